@@ -1,0 +1,6 @@
+//! wshub: a WebSocket pub/sub server.
+//!
+//! The layout is the architecture:
+//! * [`protocol`]: the sans-IO RFC 6455 core (handshake, frames, sessions). No sockets, no clocks.
+
+pub mod protocol;

@@ -1,0 +1,3 @@
+fn main() {
+    eprintln!("wshub: server coming with the reactor issue");
+}
