@@ -167,10 +167,8 @@ pub enum TimerOutcome {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     Open,
-    /// We sent a close and wait for the peer's, until the deadline.
-    CloseSent {
-        deadline: Millis,
-    },
+    /// We sent a close and wait for the peer's, until `Session::timer`.
+    CloseSent,
     /// Done: nothing more is read or written.
     Closed,
 }
@@ -193,22 +191,30 @@ enum MessageKind {
 }
 
 /// Per-connection protocol state. Small on purpose (an idle connection costs this plus the I/O
-/// layer's bookkeeping): buffers are empty, and so unallocated, unless a message is in flight.
+/// layer's bookkeeping, 32 bytes here): everything a message in flight needs lives in a boxed
+/// [`Assembly`] that exists only while a message is fragmented or split across reads.
 #[derive(Debug)]
 pub struct Session {
     state: State,
-    /// Kind of the message being assembled, if one is open (fragmented, or split across reads).
-    message: Option<MessageKind>,
-    utf8: Utf8Validator,
-    frame: Option<PartialFrame>,
-    /// Payload of the open message so far.
-    buffer: Vec<u8>,
-    /// `buffer` was handed out as an event: clear it on the next call.
+    /// The assembled message was handed out as an event: drop it on the next call.
     delivered: bool,
     /// When anything last arrived from the peer.
     last_heard: Millis,
-    /// When the next heartbeat ping is due.
-    next_ping: Millis,
+    /// Open: when the next heartbeat ping is due. CloseSent: when we stop waiting for the
+    /// peer's close.
+    timer: Millis,
+    assembly: Option<Box<Assembly>>,
+}
+
+/// A data message that did not arrive as one whole frame in one read.
+#[derive(Debug)]
+struct Assembly {
+    kind: MessageKind,
+    utf8: Utf8Validator,
+    /// The frame whose payload is still arriving, if any.
+    frame: Option<PartialFrame>,
+    /// Payload of the message so far (empty after our close: data is then only validated).
+    buffer: Vec<u8>,
 }
 
 impl Session {
@@ -216,13 +222,10 @@ impl Session {
     pub fn new(config: &SessionConfig, now: Millis) -> Session {
         Session {
             state: State::Open,
-            message: None,
-            utf8: Utf8Validator::new(),
-            frame: None,
-            buffer: Vec::new(),
             delivered: false,
             last_heard: now,
-            next_ping: config.ping_interval.map_or(Millis::MAX, |i| now.saturating_add(i)),
+            timer: config.ping_interval.map_or(Millis::MAX, |i| now.saturating_add(i)),
+            assembly: None,
         }
     }
 
@@ -240,7 +243,7 @@ impl Session {
 
     /// Bytes held for a message in flight (for memory accounting and tests).
     pub fn buffered(&self) -> usize {
-        self.buffer.len()
+        self.assembly.as_ref().map_or(0, |a| a.buffer.len())
     }
 
     /// Appends a whole data frame to `out` if the session is open; false after a close.
@@ -267,7 +270,8 @@ impl Session {
             return false;
         }
         frame::write_close(out, code, reason);
-        self.state = State::CloseSent { deadline: now.saturating_add(config.close_timeout) };
+        self.state = State::CloseSent;
+        self.timer = now.saturating_add(config.close_timeout);
         true
     }
 
@@ -276,10 +280,10 @@ impl Session {
         match self.state {
             State::Open => {
                 let silence = config.pong_wait.map_or(Millis::MAX, |w| self.last_heard.saturating_add(w));
-                let due = silence.min(self.next_ping);
+                let due = silence.min(self.timer);
                 (due != Millis::MAX).then_some(due)
             }
-            State::CloseSent { deadline } => Some(deadline),
+            State::CloseSent => Some(self.timer),
             State::Closed => None,
         }
     }
@@ -296,18 +300,18 @@ impl Session {
                         return TimerOutcome::Expired;
                     }
                 }
-                if now >= self.next_ping {
+                if now >= self.timer {
                     frame::write_frame(out, OpCode::Ping, b"");
                     let interval = config.ping_interval.unwrap_or(Millis::MAX);
-                    self.next_ping = now.saturating_add(interval);
+                    self.timer = now.saturating_add(interval);
                 }
                 TimerOutcome::Alive
             }
-            State::CloseSent { deadline } if now >= deadline => {
+            State::CloseSent if now >= self.timer => {
                 self.state = State::Closed;
                 TimerOutcome::Expired
             }
-            State::CloseSent { .. } => TimerOutcome::Alive,
+            State::CloseSent => TimerOutcome::Alive,
             State::Closed => TimerOutcome::Expired,
         }
     }
@@ -325,7 +329,7 @@ impl Session {
     ) -> Result<Step<'a>, ProtocolError> {
         if self.delivered {
             self.delivered = false;
-            self.reset_buffer();
+            self.assembly = None;
         }
         if self.state == State::Closed {
             // Nothing after the end counts; swallow it.
@@ -341,7 +345,8 @@ impl Session {
             }
             Ok((consumed, Some(Deliver::Buffer(kind)))) => {
                 self.delivered = true;
-                Ok(Step { consumed, event: Some(data_event(kind, &self.buffer)) })
+                let buffer = self.assembly.as_ref().map_or(&[][..], |a| &a.buffer[..]);
+                Ok(Step { consumed, event: Some(data_event(kind, buffer)) })
             }
             Ok((consumed, Some(Deliver::Control(range, opcode)))) => {
                 let payload = &input[range];
@@ -368,18 +373,7 @@ impl Session {
             frame::write_close(out, e.close_code(), e.reason());
         }
         self.state = State::Closed;
-        self.frame = None;
-        self.message = None;
-        self.buffer = Vec::new();
-    }
-
-    fn reset_buffer(&mut self) {
-        // Keep a modest buffer for the next split message; give big ones back.
-        if self.buffer.capacity() > 16 * 1024 {
-            self.buffer = Vec::new();
-        } else {
-            self.buffer.clear();
-        }
+        self.assembly = None;
     }
 
     /// The parsing core: returns (consumed, what to deliver). Borrows nothing from `input`
@@ -393,31 +387,33 @@ impl Session {
         let mut pos = 0;
         loop {
             // 1. Finish the payload of a data frame in progress.
-            if let Some(mut partial) = self.frame {
-                let available = (input.len() - pos) as u64;
-                let take = partial.remaining.min(available) as usize;
-                let chunk = &mut input[pos..pos + take];
-                apply_mask(chunk, partial.key, partial.offset as usize);
-                if self.message == Some(MessageKind::Text) {
-                    self.utf8.feed(chunk).map_err(|_| ProtocolError::InvalidUtf8)?;
-                }
-                if self.state == State::Open {
-                    self.buffer.extend_from_slice(chunk);
-                }
-                pos += take;
-                partial.remaining -= take as u64;
-                partial.offset += take as u64;
-                if partial.remaining > 0 {
-                    self.frame = Some(partial);
-                    return Ok((pos, None));
-                }
-                self.frame = None;
-                if partial.fin {
-                    if let Some(kind) = self.finish_message()? {
-                        return Ok((pos, Some(Deliver::Buffer(kind))));
+            if let Some(asm) = self.assembly.as_deref_mut() {
+                if let Some(mut partial) = asm.frame {
+                    let available = (input.len() - pos) as u64;
+                    let take = partial.remaining.min(available) as usize;
+                    let chunk = &mut input[pos..pos + take];
+                    apply_mask(chunk, partial.key, partial.offset as usize);
+                    if asm.kind == MessageKind::Text {
+                        asm.utf8.feed(chunk).map_err(|_| ProtocolError::InvalidUtf8)?;
                     }
+                    if self.state == State::Open {
+                        asm.buffer.extend_from_slice(chunk);
+                    }
+                    pos += take;
+                    partial.remaining -= take as u64;
+                    partial.offset += take as u64;
+                    if partial.remaining > 0 {
+                        asm.frame = Some(partial);
+                        return Ok((pos, None));
+                    }
+                    asm.frame = None;
+                    if partial.fin {
+                        if let Some(kind) = self.finish_message()? {
+                            return Ok((pos, Some(Deliver::Buffer(kind))));
+                        }
+                    }
+                    continue;
                 }
-                continue;
             }
 
             // 2. A new frame: its header must be complete.
@@ -443,14 +439,15 @@ impl Session {
             }
 
             // A data frame: check sequencing and size before touching its payload.
-            let kind = match (header.opcode, self.message) {
+            let open_kind = self.assembly.as_ref().map(|a| a.kind);
+            let kind = match (header.opcode, open_kind) {
                 (OpCode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation),
                 (OpCode::Continuation, Some(kind)) => kind,
                 (_, Some(_)) => return Err(ProtocolError::ExpectedContinuation),
                 (OpCode::Text, None) => MessageKind::Text,
                 (_, None) => MessageKind::Binary,
             };
-            let so_far = self.buffer.len() as u64;
+            let so_far = self.buffered() as u64;
             let at_least = so_far.saturating_add(header.payload_len);
             if at_least > config.max_message_size as u64 {
                 return Err(ProtocolError::MessageTooBig { at_least, max: config.max_message_size });
@@ -459,7 +456,7 @@ impl Session {
             let start = pos + header.header_len;
 
             // Fast path: a whole unfragmented message in the input. Unmask in place, lend it out.
-            if header.fin && self.message.is_none() && rest.len() >= header.header_len + len {
+            if header.fin && open_kind.is_none() && rest.len() >= header.header_len + len {
                 let payload = &mut input[start..start + len];
                 apply_mask(payload, key, 0);
                 if kind == MessageKind::Text && std::str::from_utf8(payload).is_err() {
@@ -473,13 +470,11 @@ impl Session {
             }
 
             // Slow path: the payload goes through the assembly buffer.
-            if self.message.is_none() {
-                self.message = Some(kind);
-                self.utf8 = Utf8Validator::new();
-            }
+            let asm = self.assembly.get_or_insert_with(|| {
+                Box::new(Assembly { kind, utf8: Utf8Validator::new(), frame: None, buffer: Vec::new() })
+            });
             pos = start;
-            self.frame =
-                Some(PartialFrame { fin: header.fin, key, remaining: header.payload_len, offset: 0 });
+            asm.frame = Some(PartialFrame { fin: header.fin, key, remaining: header.payload_len, offset: 0 });
             // Loop: step 1 takes what payload is here (possibly none, possibly the whole frame).
         }
     }
@@ -487,14 +482,16 @@ impl Session {
     /// Ends the open message after its final frame. `None` when it is not to be delivered
     /// (we are closing).
     fn finish_message(&mut self) -> Result<Option<MessageKind>, ProtocolError> {
-        let kind = self.message.take().expect("a frame in progress belongs to a message");
-        if kind == MessageKind::Text && !self.utf8.is_complete() {
+        let asm = self.assembly.as_deref().expect("a frame in progress belongs to a message");
+        let kind = asm.kind;
+        if kind == MessageKind::Text && !asm.utf8.is_complete() {
             return Err(ProtocolError::InvalidUtf8);
         }
         if self.state != State::Open {
-            self.buffer.clear();
+            self.assembly = None;
             return Ok(None);
         }
+        // Handed out from the buffer; `advance` drops it on the next call.
         Ok(Some(kind))
     }
 
@@ -524,8 +521,7 @@ impl Session {
                     frame::write_close(out, code.unwrap_or(code::NORMAL), "");
                 }
                 self.state = State::Closed;
-                self.frame = None;
-                self.message = None;
+                self.assembly = None;
                 Ok(Some(Deliver::Control(range, OpCode::Close)))
             }
         }
