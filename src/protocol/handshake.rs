@@ -178,7 +178,6 @@ pub fn parse_head(buf: &[u8], max_head_len: usize) -> Result<Option<RequestHead<
     let target = req.path.unwrap_or("");
     let version = req.version.unwrap_or(0);
     let header_count = req.headers.len();
-    drop(req);
     Ok(Some(RequestHead { method, target, version, head_len, headers, header_count }))
 }
 

@@ -1,0 +1,141 @@
+//! Command line and environment: every flag also reads `WSHUB_<FLAG>`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::protocol::handshake::{OriginPolicy, UpgradePolicy, DEFAULT_MAX_HEAD_LEN};
+use crate::protocol::session::{Millis, SessionConfig};
+
+/// wshub: a WebSocket pub/sub server.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "wshub", version, about, long_about = None)]
+pub struct Config {
+    /// Address to listen on (IPv4 or IPv6, e.g. 0.0.0.0:8080 or [::]:8080).
+    #[arg(long, env = "WSHUB_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Path that accepts WebSocket upgrades.
+    #[arg(long, env = "WSHUB_PATH", default_value = "/ws")]
+    pub path: String,
+
+    /// Echo every message back unchanged (for conformance testing); no JSON handling.
+    #[arg(long, env = "WSHUB_ECHO")]
+    pub echo: bool,
+
+    /// Maximum simultaneous connections [default: derived from the open-file limit].
+    #[arg(long, env = "WSHUB_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Maximum size of one message, in bytes, after reassembly (bigger: close 1009).
+    #[arg(long, env = "WSHUB_MAX_MESSAGE_SIZE", default_value_t = 1 << 20)]
+    pub max_message_size: usize,
+
+    /// Per-connection bound on output not yet taken by the socket, in bytes; a client over it
+    /// is disconnected as a slow consumer.
+    #[arg(long, env = "WSHUB_MAX_QUEUED_BYTES", default_value_t = 4 << 20)]
+    pub max_queued_bytes: usize,
+
+    /// Per-connection bound on queued hub messages; a client over it is disconnected.
+    #[arg(long, env = "WSHUB_SEND_QUEUE", default_value_t = 256)]
+    pub send_queue: usize,
+
+    /// Largest request head accepted, in bytes (bigger: 431).
+    #[arg(long, env = "WSHUB_MAX_HEAD_SIZE", default_value_t = DEFAULT_MAX_HEAD_LEN)]
+    pub max_head_size: usize,
+
+    /// Seconds a client has to send its request head.
+    #[arg(long, env = "WSHUB_HANDSHAKE_TIMEOUT", default_value_t = 10.0, value_parser = parse_secs)]
+    pub handshake_timeout: f64,
+
+    /// Seconds between heartbeat pings (0 disables them).
+    #[arg(long, env = "WSHUB_PING_INTERVAL", default_value_t = 54.0, value_parser = parse_secs)]
+    pub ping_interval: f64,
+
+    /// Seconds of silence (no pong, no data) after which a connection is closed (0 disables).
+    #[arg(long, env = "WSHUB_PONG_WAIT", default_value_t = 60.0, value_parser = parse_secs)]
+    pub pong_wait: f64,
+
+    /// Seconds queued output may make no progress before the connection is dropped.
+    #[arg(long, env = "WSHUB_WRITE_WAIT", default_value_t = 10.0, value_parser = parse_secs)]
+    pub write_wait: f64,
+
+    /// Seconds to wait for the peer's close after we send one.
+    #[arg(long, env = "WSHUB_CLOSE_TIMEOUT", default_value_t = 5.0, value_parser = parse_secs)]
+    pub close_timeout: f64,
+
+    /// Seconds to wait for clients to close on SIGINT/SIGTERM before exiting.
+    #[arg(long, env = "WSHUB_SHUTDOWN_TIMEOUT", default_value_t = 5.0, value_parser = parse_secs)]
+    pub shutdown_timeout: f64,
+
+    /// Allowed browser origin, e.g. https://app.example.com (repeatable; `*` allows any).
+    /// Without it, a request carrying Origin must come from the same host:port as `Host`.
+    #[arg(long = "allowed-origin", env = "WSHUB_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Subprotocol the server speaks (repeatable); the first one the client offers wins.
+    #[arg(long = "subprotocol", env = "WSHUB_SUBPROTOCOLS", value_delimiter = ',')]
+    pub subprotocols: Vec<String>,
+
+    /// Let WebSocket clients send `broadcast` messages (the HTTP API always may).
+    #[arg(long, env = "WSHUB_ALLOW_CLIENT_BROADCAST")]
+    pub allow_client_broadcast: bool,
+
+    /// Longest topic name, in bytes.
+    #[arg(long, env = "WSHUB_MAX_TOPIC_LENGTH", default_value_t = 256)]
+    pub max_topic_length: usize,
+
+    /// Most topics one connection may subscribe to.
+    #[arg(long, env = "WSHUB_MAX_SUBSCRIPTIONS", default_value_t = 1024)]
+    pub max_subscriptions: usize,
+
+    /// Bearer token required by POST /publish and /broadcast. Without it, those accept
+    /// loopback peers only.
+    #[arg(long, env = "WSHUB_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Largest HTTP request body accepted by the publish API, in bytes (bigger: 413).
+    #[arg(long, env = "WSHUB_MAX_BODY_SIZE", default_value_t = 64 * 1024)]
+    pub max_body_size: usize,
+}
+
+fn parse_secs(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if !v.is_finite() || !(0.0..=1e9).contains(&v) {
+        return Err(format!("{s} is not a duration in seconds"));
+    }
+    Ok(v)
+}
+
+/// Seconds (as given on the command line) to milliseconds.
+pub fn millis(secs: f64) -> Millis {
+    Duration::from_secs_f64(secs).as_millis() as Millis
+}
+
+fn optional_millis(secs: f64) -> Option<Millis> {
+    (secs > 0.0).then(|| millis(secs).max(1))
+}
+
+impl Config {
+    pub fn session(&self) -> SessionConfig {
+        SessionConfig {
+            max_message_size: self.max_message_size,
+            ping_interval: optional_millis(self.ping_interval),
+            pong_wait: optional_millis(self.pong_wait),
+            close_timeout: millis(self.close_timeout),
+        }
+    }
+
+    pub fn upgrade(&self) -> UpgradePolicy {
+        UpgradePolicy {
+            subprotocols: self.subprotocols.clone(),
+            origins: OriginPolicy::from_allowed(&self.allowed_origins),
+        }
+    }
+
+    /// Defaults for tests and embedding: what `wshub` with no flags would use.
+    pub fn defaults() -> Config {
+        Config::parse_from(["wshub"])
+    }
+}

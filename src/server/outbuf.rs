@@ -1,0 +1,331 @@
+//! Per-connection output: a queue of byte chunks, written with one `writev` per flush.
+//!
+//! Two kinds of chunk: frames shared by every subscriber of a publish (`Rc<[u8]>`, encoded once by
+//! the hub) and bytes owned by this connection (replies, echoes, pongs), which are appended to
+//! one tail buffer so many small frames leave in one write. Owned buffers come from and go back
+//! to a [`BufferPool`] owned by the reactor, so steady-state echo allocates nothing.
+//!
+//! Frames are never glued across chunk boundaries in a way that changes them: each frame is
+//! appended whole, and the socket sees exactly the concatenation of the queue.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+use std::rc::Rc;
+
+/// Most iovecs handed to one `writev`.
+const MAX_IOVECS: usize = 64;
+/// Pool entries larger than this are freed instead of kept.
+const POOL_MAX_CAPACITY: usize = 64 * 1024;
+/// Most buffers the pool keeps.
+const POOL_MAX_BUFFERS: usize = 32;
+
+/// Recycled owned buffers.
+#[derive(Default)]
+pub struct BufferPool {
+    free: Vec<Vec<u8>>,
+}
+
+impl BufferPool {
+    pub fn take(&mut self) -> Vec<u8> {
+        self.free.pop().unwrap_or_else(|| Vec::with_capacity(4096))
+    }
+
+    pub fn give(&mut self, mut buf: Vec<u8>) {
+        if buf.capacity() <= POOL_MAX_CAPACITY && self.free.len() < POOL_MAX_BUFFERS {
+            buf.clear();
+            self.free.push(buf);
+        }
+    }
+}
+
+enum Chunk {
+    Shared(Rc<[u8]>),
+    Owned(Vec<u8>),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Shared(b) => b,
+            Chunk::Owned(b) => b,
+        }
+    }
+}
+
+/// What a flush achieved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flushed {
+    pub written: usize,
+    /// The socket would take no more (output remains queued).
+    pub blocked: bool,
+}
+
+/// The output queue of one connection. Empty, it owns no heap memory.
+#[derive(Default)]
+pub struct OutQueue {
+    chunks: VecDeque<Chunk>,
+    /// Bytes of the front chunk already written (chunks are smaller than 4 GiB: messages are
+    /// bounded by the maximum message size).
+    head_written: u32,
+    /// Bytes queued and not yet written.
+    queued: usize,
+    /// Shared (hub) frames queued, for the send-queue bound.
+    shared_frames: u32,
+}
+
+impl OutQueue {
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.queued == 0
+    }
+
+    #[inline]
+    pub fn queued_bytes(&self) -> usize {
+        self.queued
+    }
+
+    #[inline]
+    pub fn shared_frames(&self) -> usize {
+        self.shared_frames as usize
+    }
+
+    /// Runs `write` on the owned tail buffer (creating it from the pool if needed) and accounts
+    /// for what it appended. The closure gets the buffer to append whole frames to.
+    #[inline]
+    pub fn append_with<R>(&mut self, pool: &mut BufferPool, write: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+        let tail = self.owned_tail(pool);
+        let before = tail.len();
+        let result = write(tail);
+        let added = tail.len() - before;
+        let tail_empty = tail.is_empty();
+        self.queued += added;
+        if added == 0 && tail_empty {
+            // Nothing was written into a fresh buffer: hand it back.
+            if let Some(Chunk::Owned(buf)) = self.chunks.pop_back() {
+                pool.give(buf);
+            }
+        }
+        result
+    }
+
+    /// Appends bytes (whole frames) owned by this connection.
+    pub fn push_bytes(&mut self, pool: &mut BufferPool, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            self.append_with(pool, |tail| tail.extend_from_slice(bytes));
+        }
+    }
+
+    /// Writes `bytes` straight to the socket when nothing is queued before them, and queues only
+    /// what the socket did not take. Used for one-off responses (the 101), so a burst of
+    /// handshakes does not hold a pooled buffer per connection until the end of the turn.
+    pub fn write_or_queue<W: Write>(
+        &mut self,
+        sink: &mut W,
+        pool: &mut BufferPool,
+        bytes: &[u8],
+    ) -> io::Result<usize> {
+        let mut written = 0;
+        if self.is_empty() {
+            loop {
+                match sink.write(&bytes[written..]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => {
+                        written += n;
+                        if written == bytes.len() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.push_bytes(pool, &bytes[written..]);
+        Ok(written)
+    }
+
+    /// Queues a frame shared with other connections: no copy, one reference count.
+    pub fn push_shared(&mut self, frame: &Rc<[u8]>) {
+        self.queued += frame.len();
+        self.shared_frames += 1;
+        self.chunks.push_back(Chunk::Shared(Rc::clone(frame)));
+    }
+
+    fn owned_tail(&mut self, pool: &mut BufferPool) -> &mut Vec<u8> {
+        // A partly written owned chunk may still grow at its end: the written prefix is skipped
+        // by `head_written`, which appending does not disturb.
+        if !matches!(self.chunks.back(), Some(Chunk::Owned(_))) {
+            self.chunks.push_back(Chunk::Owned(pool.take()));
+        }
+        match self.chunks.back_mut() {
+            Some(Chunk::Owned(buf)) => buf,
+            _ => unreachable!("an owned tail was just ensured"),
+        }
+    }
+
+    /// Writes as much as the socket takes, several chunks per `writev`, until the queue is
+    /// empty or the socket would block.
+    pub fn flush<W: Write>(&mut self, sink: &mut W, pool: &mut BufferPool) -> io::Result<Flushed> {
+        let mut written_total = 0;
+        while !self.is_empty() {
+            let n = {
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let mut count = 0;
+                for (i, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
+                    let bytes = chunk.bytes();
+                    slices[i] =
+                        IoSlice::new(if i == 0 { &bytes[self.head_written as usize..] } else { bytes });
+                    count += 1;
+                }
+                let result =
+                    if count == 1 { sink.write(&slices[0]) } else { sink.write_vectored(&slices[..count]) };
+                match result {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        return Ok(Flushed { written: written_total, blocked: true });
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            written_total += n;
+            self.consume(n, pool);
+        }
+        Ok(Flushed { written: written_total, blocked: false })
+    }
+
+    /// Drops `n` written bytes from the front.
+    fn consume(&mut self, mut n: usize, pool: &mut BufferPool) {
+        self.queued -= n;
+        while n > 0 {
+            let front_len = self.chunks.front().map_or(0, |c| c.bytes().len()) - self.head_written as usize;
+            if n < front_len {
+                self.head_written += n as u32;
+                return;
+            }
+            n -= front_len;
+            self.head_written = 0;
+            match self.chunks.pop_front() {
+                Some(Chunk::Owned(buf)) => pool.give(buf),
+                Some(Chunk::Shared(_)) => self.shared_frames -= 1,
+                None => return,
+            }
+        }
+        // Fully written owned chunks at the front went back to the pool above; an emptied
+        // queue keeps its (small) VecDeque allocation only while it is still in use.
+        if self.chunks.is_empty() && self.chunks.capacity() > 16 {
+            self.chunks = VecDeque::new();
+        }
+    }
+
+    /// Releases everything (the connection is going away).
+    pub fn clear(&mut self, pool: &mut BufferPool) {
+        for chunk in self.chunks.drain(..) {
+            if let Chunk::Owned(buf) = chunk {
+                pool.give(buf);
+            }
+        }
+        self.chunks = VecDeque::new();
+        self.head_written = 0;
+        self.queued = 0;
+        self.shared_frames = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that takes at most `limit` bytes per call, then blocks after `budget` bytes.
+    struct Trickle {
+        got: Vec<u8>,
+        per_call: usize,
+        budget: usize,
+        calls: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.calls += 1;
+            if self.budget == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.per_call - n).min(self.budget);
+                self.got.extend_from_slice(&b[..take]);
+                n += take;
+                self.budget -= take;
+                if n == self.per_call || self.budget == 0 {
+                    break;
+                }
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn output_is_the_concatenation_whatever_the_sink_takes() {
+        for per_call in [1, 3, 7, 100, 10_000] {
+            let mut pool = BufferPool::default();
+            let mut q = OutQueue::default();
+            let shared: Rc<[u8]> = Rc::from(&b"SHARED"[..]);
+            let mut expected = Vec::new();
+            for i in 0..20u8 {
+                if i % 3 == 0 {
+                    q.push_shared(&shared);
+                    expected.extend_from_slice(&shared);
+                } else {
+                    q.push_bytes(&mut pool, &[i; 5]);
+                    expected.extend_from_slice(&[i; 5]);
+                }
+            }
+            assert_eq!(q.queued_bytes(), expected.len());
+            let mut sink = Trickle { got: Vec::new(), per_call, budget: 50, calls: 0 };
+            let f = q.flush(&mut sink, &mut pool).unwrap();
+            assert!(f.blocked);
+            assert_eq!(f.written, 50);
+            assert_eq!(q.queued_bytes(), expected.len() - 50);
+            sink.budget = usize::MAX;
+            let f = q.flush(&mut sink, &mut pool).unwrap();
+            assert!(!f.blocked);
+            assert_eq!(sink.got, expected, "per_call {per_call}");
+            assert!(q.is_empty());
+            assert_eq!(q.shared_frames(), 0);
+            assert_eq!(Rc::strong_count(&shared), 1, "written shared frames are released");
+        }
+    }
+
+    #[test]
+    fn many_small_frames_leave_in_one_call() {
+        let mut pool = BufferPool::default();
+        let mut q = OutQueue::default();
+        for _ in 0..16 {
+            q.push_bytes(&mut pool, b"0123456789abcdef");
+        }
+        let mut sink = Trickle { got: Vec::new(), per_call: usize::MAX, budget: usize::MAX, calls: 0 };
+        q.flush(&mut sink, &mut pool).unwrap();
+        assert_eq!(sink.calls, 1);
+        assert_eq!(sink.got.len(), 256);
+    }
+
+    #[test]
+    fn owned_buffers_are_recycled() {
+        let mut pool = BufferPool::default();
+        let mut q = OutQueue::default();
+        q.push_bytes(&mut pool, b"abc");
+        let mut sink = Trickle { got: Vec::new(), per_call: usize::MAX, budget: usize::MAX, calls: 0 };
+        q.flush(&mut sink, &mut pool).unwrap();
+        assert_eq!(pool.free.len(), 1);
+        q.push_bytes(&mut pool, b"def");
+        assert_eq!(pool.free.len(), 0, "the pooled buffer is reused");
+    }
+}

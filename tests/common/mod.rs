@@ -1,0 +1,177 @@
+//! Test support: start the real `wshub` binary on an ephemeral loopback port, and speak raw
+//! WebSocket bytes to it (so tests can send what no well-behaved client library would).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use wshub::protocol::frame::{self, OpCode};
+
+pub struct ServerProc {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl ServerProc {
+    /// Starts `wshub --listen 127.0.0.1:0 ARGS` and waits for its "listening on" line.
+    pub fn start(args: &[&str]) -> ServerProc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wshub"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start wshub");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines.next().expect("wshub exited before listening").expect("read stderr");
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest.split_whitespace().next().expect("address").parse().expect("socket address");
+            }
+        };
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        ServerProc { child, addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Sends SIGTERM and waits for exit; returns the exit status code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        unsafe_kill(self.child.id(), "TERM");
+        self.child.wait().ok().and_then(|s| s.code())
+    }
+}
+
+fn unsafe_kill(pid: u32, sig: &str) {
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+pub fn upgrade_request(path: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+}
+
+/// Reads an HTTP response head (up to the blank line) byte by byte, so no frame bytes are eaten.
+pub fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Reads a whole HTTP response until the server closes.
+pub fn read_to_close(s: &mut TcpStream) -> String {
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+pub fn status_of(response: &str) -> u16 {
+    response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// Connects and completes a WebSocket handshake by hand.
+pub fn ws_connect(addr: SocketAddr) -> TcpStream {
+    let mut s = connect(addr);
+    s.write_all(upgrade_request("/ws", "").as_bytes()).unwrap();
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101"), "handshake failed: {head}");
+    s
+}
+
+pub fn masked(opcode: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    frame::write_masked_frame(&mut out, fin, opcode, [0x11, 0x22, 0x33, 0x44], payload);
+    out
+}
+
+/// A frame as the server sent it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ServerFrame {
+    pub fin: bool,
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+}
+
+impl ServerFrame {
+    pub fn close_code(&self) -> Option<u16> {
+        (self.opcode == 0x8 && self.payload.len() >= 2)
+            .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+    }
+}
+
+/// Reads one server frame; `None` on EOF or reset.
+pub fn read_frame(s: &mut TcpStream) -> Option<ServerFrame> {
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).ok()?;
+    assert_eq!(h[1] & 0x80, 0, "server frames must not be masked");
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            s.read_exact(&mut b).ok()?;
+            u64::from(u16::from_be_bytes(b))
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            s.read_exact(&mut b).ok()?;
+            u64::from_be_bytes(b)
+        }
+        n => u64::from(n),
+    };
+    let mut payload = vec![0u8; len as usize];
+    s.read_exact(&mut payload).ok()?;
+    Some(ServerFrame { fin: h[0] & 0x80 != 0, opcode: h[0] & 0x0f, payload })
+}
+
+/// Reads frames until a close frame; returns its code (None if the connection ended first).
+pub fn expect_close(s: &mut TcpStream) -> Option<u16> {
+    while let Some(f) = read_frame(s) {
+        if f.opcode == 0x8 {
+            return f.close_code().or(Some(1005));
+        }
+    }
+    None
+}
+
+/// True when the server closes the TCP connection within the read timeout.
+pub fn sees_eof(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
