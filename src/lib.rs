@@ -2,10 +2,12 @@
 //!
 //! The layout is the architecture:
 //! * [`protocol`]: the sans-IO RFC 6455 core (handshake, frames, sessions). No sockets, no clocks.
+//! * [`server`]: the single-threaded mio reactor that drives it: connections, buffers, timers.
+//! * [`config`]: the command line; [`sys`]: the few OS calls std lacks.
 
-pub mod protocol;
 /// Command line and environment configuration.
 pub mod config;
+pub mod protocol;
 /// The single-threaded mio reactor: connections, buffers, timers.
 pub mod server;
 /// Operating-system limits.
