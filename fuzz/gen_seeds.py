@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Writes the small committed seed corpora under fuzz/corpus/TARGET/.
+
+The input formats are the ones decoded in fuzz/src/checks.rs (see each check_* function).
+Run from anywhere: python3 fuzz/gen_seeds.py
+"""
+import base64
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+KEY = bytes([0x37, 0xFA, 0x21, 0x3D])
+
+
+def mask(payload, key=KEY):
+    return bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def frame(opcode, payload=b"", fin=True, masked=True, key=KEY):
+    out = bytearray([(0x80 if fin else 0) | opcode])
+    mbit = 0x80 if masked else 0
+    n = len(payload)
+    if n < 126:
+        out.append(mbit | n)
+    elif n <= 0xFFFF:
+        out.append(mbit | 126)
+        out += struct.pack(">H", n)
+    else:
+        out.append(mbit | 127)
+        out += struct.pack(">Q", n)
+    if masked:
+        out += key
+        out += mask(payload, key)
+    else:
+        out += payload
+    return bytes(out)
+
+
+def close(code=None, reason=b""):
+    return frame(0x8, b"" if code is None else struct.pack(">H", code) + reason)
+
+
+def write(target, name, data):
+    d = os.path.join(HERE, "corpus", target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+# --- frame_parser: max u16 LE, n u8, n chunk sizes, stream ---------------------------------
+def fp(name, stream, max_size=4096, sizes=b""):
+    write("frame_parser", name, struct.pack("<H", max_size) + bytes([len(sizes)]) + sizes + stream)
+
+
+fp("text_hello", frame(0x1, b"Hello"))
+fp("binary_200_split", frame(0x2, bytes(range(200))), sizes=bytes([3, 7]))
+fp("fragmented_text", frame(0x1, b"Hel", fin=False) + frame(0x0, b"lo"), sizes=bytes([1]))
+fp("fragmented_ping_between",
+   frame(0x2, b"ab", fin=False) + frame(0x9, b"hi") + frame(0x0, b"cd", fin=False) + frame(0x0, b"ef"),
+   sizes=bytes([5, 0, 9]))
+fp("ping_pong", frame(0x9, b"ping") + frame(0xA, b"pong") + frame(0x9, b""))
+fp("close_1000_bye", frame(0x1, b"x") + close(1000, b"bye"))
+fp("close_empty", close())
+fp("utf8_split_fragments",
+   frame(0x1, "κό".encode()[:3], fin=False) + frame(0x0, "κόσμε".encode()[3:]), sizes=bytes([2]))
+fp("too_big", frame(0x2, bytes(20)), max_size=10)
+fp("invalid_utf8", frame(0x1, b"ab\xff"))
+fp("len64_too_big", bytes([0x82, 0xFF]) + struct.pack(">Q", 70000) + KEY + b"abc")
+fp("unmasked", frame(0x1, b"plain", masked=False))
+fp("mixed_stream",
+   frame(0x1, b"one") + frame(0x9, b"p") + frame(0x2, bytes(130)) + frame(0x1, b"tw", fin=False)
+   + frame(0xA) + frame(0x0, b"o") + close(3000, b"done") + frame(0x1, b"after"),
+   sizes=bytes([0, 5, 200, 1]))
+
+# --- handshake: flags u8 (policy/max head), n u8, n chunk sizes, request bytes -------------
+RFC = (b"GET /chat HTTP/1.1\r\nHost: server.example.com\r\nUpgrade: websocket\r\n"
+       b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+       b"Origin: http://example.com\r\nSec-WebSocket-Protocol: chat, superchat\r\n"
+       b"Sec-WebSocket-Version: 13\r\n\r\n")
+
+
+def hs(name, request, flags=0x05, sizes=b""):
+    write("handshake", name, bytes([flags, len(sizes)]) + sizes + request)
+
+
+def req(headers, line=b"GET /ws HTTP/1.1", eol=b"\r\n"):
+    return line + eol + b"".join(h + eol for h in headers) + eol
+
+
+BASE = [b"Host: example.com", b"Upgrade: websocket", b"Connection: Upgrade",
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", b"Sec-WebSocket-Version: 13"]
+hs("rfc_example", RFC)
+hs("rfc_example_bytewise", RFC, sizes=bytes([1]))
+hs("same_host_origin", req(BASE + [b"Origin: https://example.com"]), flags=0x00, sizes=bytes([17, 3]))
+hs("bare_lf", req(BASE, eol=b"\n"), flags=0x02)
+hs("version_8", req(BASE[:4] + [b"Sec-WebSocket-Version: 8"]))
+hs("missing_key", req(BASE[:3] + BASE[4:]))
+hs("short_key", req(BASE[:3] + [b"Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA=", BASE[4]]))
+hs("duplicate_key", req(BASE + [b"sec-websocket-key: AQIDBAUGBwgJCgsMDQ4PEA=="]))
+hs("post", req(BASE, line=b"POST /ws HTTP/1.1"))
+hs("plain_get", req([b"Host: example.com", b"Accept: */*"], line=b"GET /index.html HTTP/1.1"))
+hs("too_large", req(BASE + [b"X-Pad: " + b"a" * 200]), flags=0x10)
+hs("token_lists", req([b"host: example.com", b"upgrade: h2c, WebSocket", b"connection: keep-alive, Upgrade",
+                       b"sec-websocket-key:   AQIDBAUGBwgJCgsMDQ4PEA==  ", b"sec-websocket-version: 13",
+                       b"sec-websocket-protocol: mqtt", b"Sec-WebSocket-Protocol: wshub.v1"]), flags=0x07)
+
+
+# --- connection ---------------------------------------------------------------------------
+# policy u8, limits u8, final chunk u8, head (flags u16 LE, 16 key bytes, extra blob), ops.
+def conn(name, ops, policy=0x01, limits=0x03, final_chunk=0, head_flags=0, extra=b""):
+    data = bytes([policy, limits, final_chunk]) + struct.pack("<H", head_flags) + bytes(range(16))
+    data += bytes([len(extra)]) + extra + b"".join(ops)
+    write("connection", name, data)
+
+
+OPS = [0x0, 0x1, 0x2, 0x8, 0x9, 0xA]
+
+
+def op_frame(opcode, fin=True, flags=0, key=KEY, n=None, blob=b"", code_sel=0, code=b""):
+    """A structured frame op; payload fields follow checks::build_frame."""
+    b0 = (0x80 if fin else 0) | OPS.index(opcode)
+    out = bytes([0, b0, flags]) + key
+    if opcode == 0x8 and not flags & 0x20:
+        out += bytes([code_sel]) + code + bytes([len(blob)]) + blob
+    elif opcode & 0x8 and not flags & 0x10:
+        out += bytes([len(blob)]) + blob
+    else:
+        out += struct.pack("<H", n or 0)
+    return out
+
+
+def deliver(n):
+    return bytes([4, n - 1])
+
+
+def tick(ms):
+    return bytes([5]) + struct.pack("<H", ms // 4)
+
+
+def send(text, binary=False):
+    return bytes([6 | (0x80 if binary else 0)]) + struct.pack("<H", len(text)) + text
+
+
+def server_close(code, reason=b""):
+    return bytes([7]) + struct.pack("<H", code) + bytes([len(reason)]) + reason
+
+
+def raw(b):
+    return bytes([3, len(b)]) + b
+
+
+conn("text_then_close", [op_frame(0x1, n=11), op_frame(0x8, blob=b"bye")], final_chunk=255)
+conn("everything_small_reads",
+     [op_frame(0x9, blob=b"hi"), op_frame(0x2, n=300), op_frame(0x1, fin=False, n=5), op_frame(0xA),
+      op_frame(0x0, n=7), deliver(3), deliver(40), op_frame(0x8, code_sel=1, code=b"\x00", blob=b"")],
+     final_chunk=6)
+conn("heartbeat_timeout", [deliver(255), deliver(255), tick(1000), op_frame(0xA), deliver(20), tick(1200),
+                           tick(3000), tick(3000)], limits=0x0F)
+conn("server_close_echo", [deliver(255), deliver(255), send(b"hello"), server_close(1001, b"going away"),
+                           op_frame(0x1, n=3), op_frame(0x8, code_sel=0)], limits=0x03)
+conn("server_close_timeout", [deliver(255), deliver(255), server_close(1000), tick(600)], limits=0x13)
+conn("server_sends", [send(b"abc"), send(b"\x00\x01", binary=True), deliver(255), deliver(255),
+                      send(b"x" * 140), op_frame(0x2, n=2)])
+conn("no_version_426", [op_frame(0x1, n=3)], head_flags=1 << 5)
+conn("bare_lf_subprotocol", [op_frame(0x1, n=20)], policy=0x07, head_flags=(1 << 12) | (1 << 9))
+conn("corrupt_frames", [op_frame(0x1, n=5, flags=0x05), op_frame(0x2, n=9, flags=0x02),
+                        op_frame(0x9, flags=0x01)], final_chunk=2)
+conn("too_big", [op_frame(0x2, n=200), op_frame(0x1, n=10)], limits=0x01)
+conn("origin_same_host", [op_frame(0x1, n=4)], policy=0x00, head_flags=(1 << 8) | (1 << 15))
+conn("extra_header_and_raw", [raw(b"\x81\x80abcd"), op_frame(0x1, n=2)], head_flags=1 << 10,
+     extra=b"X-Forwarded-For: 10.0.0.1")

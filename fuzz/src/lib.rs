@@ -1,0 +1,4 @@
+//! Support code for wshub's fuzz targets: the invariant checks live in `checks.rs`, which the
+//! stable replay test (`tests/fuzz_replay.rs`) includes as well.
+
+pub mod checks;

@@ -1,0 +1,68 @@
+//! Replays the fuzz corpora on stable: every committed seed (`fuzz/corpus/TARGET/*`) and every
+//! past crash (`fuzz/regressions/TARGET/*`) goes through the same check functions the fuzz
+//! targets run, so CI guards against regressions without nightly or libFuzzer.
+
+#[allow(dead_code)]
+#[path = "../fuzz/src/checks.rs"]
+mod checks;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<PathBuf> =
+        entries.map(|e| e.expect("readable directory entry").path()).filter(|p| p.is_file()).collect();
+    paths.sort();
+    paths
+}
+
+fn replay(target: &str, check: fn(&[u8])) {
+    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let corpus = files(&fuzz.join("corpus").join(target));
+    assert!(!corpus.is_empty(), "no committed corpus for {target}");
+    let regressions = files(&fuzz.join("regressions").join(target));
+    let mut failed = Vec::new();
+    for path in corpus.iter().chain(&regressions) {
+        let data = fs::read(path).expect("readable corpus file");
+        if std::panic::catch_unwind(|| check(&data)).is_err() {
+            failed.push(path.display().to_string());
+        }
+    }
+    assert!(failed.is_empty(), "{target}: {} input(s) fail: {failed:#?}", failed.len());
+}
+
+#[test]
+fn frame_parser_corpus_and_regressions() {
+    replay("frame_parser", checks::check_frame_parser);
+}
+
+#[test]
+fn handshake_corpus_and_regressions() {
+    replay("handshake", checks::check_handshake);
+}
+
+#[test]
+fn connection_corpus_and_regressions() {
+    replay("connection", checks::check_connection);
+}
+
+#[test]
+fn reader_reads_zeros_past_the_end() {
+    let mut r = checks::Reader::new(&[1, 2, 3]);
+    assert_eq!(r.u16(), 0x0201);
+    assert_eq!(r.u16(), 0x0003);
+    assert!(r.is_empty());
+    assert_eq!(r.blob(10), b"");
+}
+
+#[test]
+fn chunks_cover_the_stream() {
+    let stream: Vec<u8> = (0..50).collect();
+    for sizes in [&[][..], &[0], &[1], &[3, 0, 7], &[255]] {
+        let pieces = checks::chunks(&stream, sizes);
+        assert_eq!(pieces.concat(), stream, "sizes {sizes:?}");
+    }
+}
