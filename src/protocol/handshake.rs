@@ -183,9 +183,12 @@ pub fn parse_head(buf: &[u8], max_head_len: usize) -> Result<Option<RequestHead<
 
 /// Where a partial head's blank line could end, given that `new_bytes` just arrived at the end
 /// of `buf`: true if parsing is worth trying. Lets the caller skip re-parsing per byte.
+///
+/// httparse ends a head at an empty line after any mix of CRLF and bare LF line ends:
+/// `\r\n\r\n`, `\r\n\n`, `\n\r\n` or `\n\n`, and each of those contains `\n\n` or `\n\r\n`.
 pub fn may_be_complete(buf: &[u8], new_bytes: usize) -> bool {
-    let from = buf.len().saturating_sub(new_bytes + 3);
-    buf[from..].windows(2).any(|w| w == b"\n\n") || buf[from..].windows(4).any(|w| w == b"\r\n\r\n")
+    let from = buf.len().saturating_sub(new_bytes.saturating_add(3));
+    buf[from..].windows(2).any(|w| w == b"\n\n") || buf[from..].windows(3).any(|w| w == b"\n\r\n")
 }
 
 impl<'b> RequestHead<'b> {
@@ -339,4 +342,24 @@ fn trim(bytes: &[u8]) -> &[u8] {
     let start = bytes.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(bytes.len());
     let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
     &bytes[start..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn may_be_complete_sees_every_line_end_mix() {
+        // Found by the handshake fuzz target: a head ending LF then CRLF was complete for
+        // httparse but never re-parsed.
+        for end in [&b"\r\n\r\n"[..], b"\r\n\n", b"\n\r\n", b"\n\n"] {
+            let mut head = b"GET /ws HTTP/1.1\r\nHost: example.com".to_vec();
+            head.extend_from_slice(end);
+            assert!(parse_head(&head, DEFAULT_MAX_HEAD_LEN).unwrap().is_some(), "{end:?}");
+            for new_bytes in 1..=head.len() {
+                assert!(may_be_complete(&head, new_bytes), "{end:?} with {new_bytes} new bytes");
+            }
+        }
+        assert!(!may_be_complete(b"GET /ws HTTP/1.1\r\nHost: x\r\n", 5));
+    }
 }
