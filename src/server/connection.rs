@@ -67,7 +67,8 @@ pub struct Connection {
     pub input: Vec<u8>,
     /// The deadline this connection has an entry for in the reactor's queue.
     pub timer_armed: Millis,
-    /// When queued output last moved (or became non-empty), for `write_wait`.
+    /// Since when queued output has waited without the socket taking any of it, for
+    /// `write_wait`; `NEVER` while the last flush emptied the queue.
     pub last_progress: Millis,
     /// Last close code sent or received (0: none), for the log line.
     pub close_code: u16,
@@ -86,7 +87,7 @@ impl Connection {
             out: OutQueue::default(),
             input: Vec::new(),
             timer_armed: super::timers::NEVER,
-            last_progress: 0,
+            last_progress: super::timers::NEVER,
             close_code: 0,
             ending: Ending::None,
             dirty: false,
@@ -103,6 +104,23 @@ impl Connection {
                 Phase::Busy => true,
                 _ => false,
             }
+    }
+
+    /// Records the outcome of a flush for the write-progress timer.
+    #[inline]
+    pub fn note_flush(&mut self, written: usize, now: Millis) {
+        if self.out.is_empty() {
+            self.last_progress = super::timers::NEVER;
+        } else if written > 0 || self.last_progress == super::timers::NEVER {
+            // Progress, or the first time output is left waiting: the stall clock (re)starts.
+            self.last_progress = now;
+        }
+    }
+
+    /// Output has waited for `write_wait` with no progress.
+    #[inline]
+    pub fn write_stalled(&self, now: Millis, write_wait: Millis) -> bool {
+        !self.out.is_empty() && now >= self.last_progress.saturating_add(write_wait)
     }
 
     pub fn is_open(&self) -> bool {

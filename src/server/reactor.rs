@@ -42,6 +42,8 @@ const SIGNALS: Token = Token(usize::MAX - 2);
 /// unfinished header) so the next read lands right after them and nothing larger is copied.
 const READ_PREFIX: usize = MAX_UNCONSUMED;
 const READ_SIZE: usize = 256 * 1024;
+/// Full reads one connection may do per turn before the others get theirs (fairness).
+const READS_PER_TURN: usize = 8;
 /// A connection whose queue reaches this many shared frames or bytes in one turn is flushed at
 /// once, so the send-queue bound measures what the socket refused, not this turn's burst.
 const EAGER_FLUSH_FRAMES: usize = 32;
@@ -86,6 +88,8 @@ struct Shared {
     dirty: Vec<usize>,
     /// Connections to remove at the end of this turn.
     doomed: Vec<usize>,
+    /// Connections that used their read budget with input left: read again next turn.
+    reread: Vec<usize>,
     read_buf: Vec<u8>,
     /// Frames the session writes on its own (pongs, closes, pings), moved to the queue at once.
     control: Vec<u8>,
@@ -163,6 +167,7 @@ impl Server {
                 timers: DeadlineQueue::default(),
                 dirty: Vec::new(),
                 doomed: Vec::new(),
+                reread: Vec::new(),
                 read_buf,
                 control: Vec::new(),
                 reply: Vec::new(),
@@ -197,9 +202,13 @@ impl Server {
                     return Ok(());
                 }
             }
-            let timeout = self
-                .next_wakeup()
-                .map(|at| std::time::Duration::from_millis(at.saturating_sub(self.shared.now).min(60_000)));
+            let timeout = if self.shared.reread.is_empty() {
+                self.next_wakeup().map(|at| {
+                    std::time::Duration::from_millis(at.saturating_sub(self.shared.now).min(60_000))
+                })
+            } else {
+                Some(std::time::Duration::ZERO)
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -207,6 +216,9 @@ impl Server {
                 return Err(e);
             }
             self.shared.now = self.shared.started.elapsed().as_millis() as Millis;
+            for key in std::mem::take(&mut self.shared.reread) {
+                self.on_readable(key);
+            }
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),
@@ -308,7 +320,7 @@ impl Server {
     // ----- reading -----
 
     fn on_readable(&mut self, key: usize) {
-        loop {
+        for _ in 0..READS_PER_TURN {
             let s = &mut self.shared;
             let Some(conn) = self.conns.get_mut(key) else { return };
             if conn.doomed {
@@ -316,6 +328,11 @@ impl Server {
             }
             // Read after any kept bytes so the parser sees one contiguous slice.
             let kept = if matches!(conn.phase, Phase::Open(_)) { conn.input.len() } else { 0 };
+            if kept > READ_PREFIX {
+                // The session never leaves more than MAX_UNCONSUMED; refuse to guess.
+                doom(conn, s, key, Ending::IoError);
+                return;
+            }
             let start = READ_PREFIX - kept;
             let result = conn.socket.read(&mut s.read_buf[READ_PREFIX..]);
             let n = match result {
@@ -351,6 +368,9 @@ impl Server {
                 return;
             }
         }
+        // Budget spent and the socket may hold more: come back next turn, after the others
+        // had theirs (edge-triggered readiness will not remind us).
+        self.shared.reread.push(key);
     }
 
     /// Bytes of the request head (or HTTP body) arrived in `read_buf[READ_PREFIX..+n]`.
@@ -601,7 +621,7 @@ impl Server {
         }
         let conn = &mut conns[key];
         // Keep an unfinished header or control frame for the next read.
-        if pos < end && !session.is_closed() {
+        if pos < end && !session.is_closed() && !conn.doomed {
             conn.input.extend_from_slice(&s.read_buf[pos..end]);
         }
         let closed = session.is_closed();
@@ -746,10 +766,8 @@ fn flush(conn: &mut Connection, s: &mut Shared, key: usize) {
     if !conn.out.is_empty() {
         match conn.out.flush(&mut conn.socket, &mut s.pool) {
             Ok(f) => {
-                if f.written > 0 {
-                    conn.last_progress = s.now;
-                    s.metrics.bytes_out(f.written as u64);
-                }
+                conn.note_flush(f.written, s.now);
+                s.metrics.bytes_out(f.written as u64);
             }
             Err(e) => {
                 debug!("conn {key} write error: {e}");
@@ -821,6 +839,7 @@ fn on_eof(conn: &mut Connection, s: &mut Shared, key: usize) {
 
 fn on_timer(conn: &mut Connection, s: &mut Shared, key: usize) {
     let now = s.now;
+    let stalled = conn.write_stalled(now, s.settings.write_wait);
     match &mut conn.phase {
         Phase::Handshake { deadline, .. } if now >= *deadline => {
             debug!("conn {key}: handshake timeout");
@@ -831,7 +850,7 @@ fn on_timer(conn: &mut Connection, s: &mut Shared, key: usize) {
             doom(conn, s, key, Ending::CloseTimeout);
         }
         Phase::Open(session) => {
-            if !conn.out.is_empty() && now >= conn.last_progress + s.settings.write_wait {
+            if stalled {
                 debug!("conn {key}: no write progress for {} ms", s.settings.write_wait);
                 doom(conn, s, key, Ending::WriteTimeout);
                 return;
@@ -951,10 +970,8 @@ impl<'a> Deliveries<'a> {
             // Write now so the bounds below judge the client, not the size of this turn.
             match conn.out.flush(&mut conn.socket, self.pool) {
                 Ok(f) => {
-                    if f.written > 0 {
-                        self.written += f.written as u64;
-                        conn.last_progress = self.now;
-                    }
+                    self.written += f.written as u64;
+                    conn.note_flush(f.written, self.now);
                 }
                 Err(_) => {
                     self.cut_off.push(key);
