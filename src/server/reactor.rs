@@ -341,7 +341,10 @@ impl Server {
                     return;
                 }
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.flush_now(key);
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     debug!("conn {key} read error: {e}");
@@ -365,12 +368,27 @@ impl Server {
             // A short read drained the socket: with edge-triggered readiness the next arrival
             // raises a new event, so skip the read that would only say WouldBlock.
             if n < READ_SIZE {
+                self.flush_now(key);
                 return;
             }
         }
         // Budget spent and the socket may hold more: come back next turn, after the others
         // had theirs (edge-triggered readiness will not remind us).
         self.shared.reread.push(key);
+        self.flush_now(key);
+    }
+
+    /// Writes what this connection's reads produced right away, in one `writev`: its pooled
+    /// buffer goes straight back to the pool for the next connection, and replies leave
+    /// without waiting for the rest of the turn.
+    fn flush_now(&mut self, key: usize) {
+        let s = &mut self.shared;
+        if let Some(conn) = self.conns.get_mut(key) {
+            if !conn.doomed && !conn.out.is_empty() {
+                flush(conn, s, key);
+                rearm(conn, s, key);
+            }
+        }
     }
 
     /// Bytes of the request head (or HTTP body) arrived in `read_buf[READ_PREFIX..+n]`.
