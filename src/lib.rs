@@ -7,6 +7,12 @@
 
 /// Command line and environment configuration.
 pub mod config;
+/// Plain HTTP/1.1 on the WebSocket port: health, Prometheus metrics, publish and broadcast API.
+pub mod http;
+/// Topics, subscriptions and the JSON pub/sub protocol; fan-out encodes each message once.
+pub mod hub;
+/// Server counters and their Prometheus text rendering.
+pub mod metrics;
 pub mod protocol;
 /// The single-threaded mio reactor: connections, buffers, timers.
 pub mod server;

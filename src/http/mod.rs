@@ -1,0 +1,331 @@
+//! Plain HTTP/1.1 requests on the WebSocket port (not upgrades), sans-IO.
+//!
+//! The reactor parses the request head, asks [`body_plan`](crate::http::body_plan) whether to
+//! read a body and how much, reads it, then writes what [`respond`](crate::http::respond)
+//! returns and closes the connection. Nothing here touches a socket.
+//!
+//! | Route | Answer |
+//! |---|---|
+//! | `GET /healthz` | 200 `{"status":"ok","uptime_seconds":12,"connections":3}` |
+//! | `GET /metrics` | 200 Prometheus text (`text/plain; version=0.0.4`) |
+//! | `POST /publish` `{"topic":"news","data":{...}}` | 200 `{"delivered":2}` |
+//! | `POST /broadcast` `{"data":{...}}` | 200 `{"delivered":40}` |
+//!
+//! The two POST routes need `Authorization: Bearer <key>` when the server has an API key (401
+//! otherwise); without a key they only accept loopback peers (403 otherwise). Other answers:
+//! 400 for a body that is not the JSON above (with a JSON `{"error":..}` body), 411 without
+//! `Content-Length`, 413 for a body over the limit, 405 for a wrong method on a known path,
+//! 404 for any other path. Every response carries `Connection: close`.
+
+use std::borrow::Cow;
+
+use crate::hub::{self, Hub, HubError, Outbox};
+use crate::metrics::{Gauges, Metrics};
+use crate::protocol::handshake::status_text;
+
+const CONTENT_TYPE_JSON: &str = "application/json";
+/// The Prometheus text exposition format.
+const CONTENT_TYPE_PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Settings of the HTTP API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Bearer token required by the POST routes. `None` (or an empty key, which would be
+    /// trivially guessable) means loopback peers only.
+    pub api_key: Option<String>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { api_key: None, max_body_bytes: 64 * 1024 }
+    }
+}
+
+/// What the reactor read from the request head.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpRequest<'a> {
+    pub method: &'a str,
+    /// The request target; a query string, if any, is ignored.
+    pub path: &'a str,
+    /// The raw `Authorization` header value.
+    pub authorization: Option<&'a [u8]>,
+    pub content_length: Option<u64>,
+    pub peer_is_loopback: bool,
+}
+
+/// What a response may need from the rest of the server.
+pub struct HttpContext<'a, O: Outbox> {
+    pub hub: &'a mut Hub,
+    pub outbox: &'a mut O,
+    pub metrics: &'a mut Metrics,
+    pub uptime_seconds: u64,
+    /// Open connections, this one included.
+    pub connections: usize,
+}
+
+/// A complete response, written once before the connection closes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    content_type: &'static str,
+    /// One extra header some statuses require (`Allow` on 405, `WWW-Authenticate` on 401).
+    extra_header: Option<(&'static str, &'static str)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn json(status: u16, body: Vec<u8>) -> Response {
+        Response { status, content_type: CONTENT_TYPE_JSON, extra_header: None, body }
+    }
+
+    /// `{"error": message}`, plus `"detail"` when there is more to say.
+    fn error(status: u16, message: &str, detail: Option<&str>) -> Response {
+        let mut body = Vec::with_capacity(message.len() + 32);
+        body.extend_from_slice(b"{\"error\":");
+        hub::push_json_str(&mut body, message);
+        if let Some(detail) = detail {
+            body.extend_from_slice(b",\"detail\":");
+            hub::push_json_str(&mut body, detail);
+        }
+        body.push(b'}');
+        Response::json(status, body)
+    }
+
+    fn with_header(mut self, name: &'static str, value: &'static str) -> Response {
+        self.extra_header = Some((name, value));
+        self
+    }
+
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    pub fn content_type(&self) -> &'static str {
+        self.content_type
+    }
+
+    /// The extra header, if `name` (case-insensitive) is it.
+    pub fn header(&self, name: &str) -> Option<&'static str> {
+        self.extra_header.filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+    }
+
+    /// Appends the whole response: status line, headers, body.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        out.reserve(160 + self.body.len());
+        out.extend_from_slice(b"HTTP/1.1 ");
+        hub::push_decimal(out, u64::from(self.status));
+        out.push(b' ');
+        out.extend_from_slice(status_text(self.status).as_bytes());
+        out.extend_from_slice(b"\r\nContent-Type: ");
+        out.extend_from_slice(self.content_type.as_bytes());
+        out.extend_from_slice(b"\r\nContent-Length: ");
+        hub::push_decimal(out, self.body.len() as u64);
+        if let Some((name, value)) = self.extra_header {
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+        }
+        // Health and metrics are live values: no cache may answer for us.
+        out.extend_from_slice(b"\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n");
+        out.extend_from_slice(&self.body);
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    Healthz,
+    Metrics,
+    Publish,
+    Broadcast,
+}
+
+impl Route {
+    fn find(path: &str) -> Option<Route> {
+        Some(match path {
+            "/healthz" => Route::Healthz,
+            "/metrics" => Route::Metrics,
+            "/publish" => Route::Publish,
+            "/broadcast" => Route::Broadcast,
+            _ => return None,
+        })
+    }
+
+    fn method(self) -> &'static str {
+        match self {
+            Route::Healthz | Route::Metrics => "GET",
+            Route::Publish | Route::Broadcast => "POST",
+        }
+    }
+
+    fn takes_body(self) -> bool {
+        self.method() == "POST"
+    }
+}
+
+/// The route, or the 404/405 that answers instead.
+fn route(req: &HttpRequest<'_>) -> Result<Route, Response> {
+    let path = req.path.split_once('?').map_or(req.path, |(path, _query)| path);
+    let route = Route::find(path).ok_or_else(|| Response::error(404, "Not found", None))?;
+    if req.method != route.method() {
+        return Err(Response::error(405, "Method not allowed", None).with_header("Allow", route.method()));
+    }
+    Ok(route)
+}
+
+/// The API key rule for the POST routes.
+fn authorize(req: &HttpRequest<'_>, cfg: &HttpConfig) -> Result<(), Response> {
+    match cfg.api_key.as_deref().filter(|key| !key.is_empty()) {
+        Some(key) => match req.authorization.and_then(bearer_token) {
+            Some(token) if constant_time_eq(token, key.as_bytes()) => Ok(()),
+            _ => Err(Response::error(401, "Missing or invalid API key", None)
+                .with_header("WWW-Authenticate", "Bearer")),
+        },
+        None if req.peer_is_loopback => Ok(()),
+        None => Err(Response::error(
+            403,
+            "Publishing is only allowed from loopback when no API key is configured",
+            None,
+        )),
+    }
+}
+
+/// The token of `Bearer <token>`; the scheme is case-insensitive (RFC 9110 section 11.1).
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let value = value.trim_ascii();
+    let space = value.iter().position(|&b| b == b' ')?;
+    let (scheme, rest) = value.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"Bearer") {
+        return None;
+    }
+    let token = rest.trim_ascii_start();
+    (!token.is_empty()).then_some(token)
+}
+
+/// Compares a client's token with the key in time that depends only on the key's length, so
+/// response timing does not reveal how much of a guess was right.
+fn constant_time_eq(candidate: &[u8], key: &[u8]) -> bool {
+    let mut difference = candidate.len() ^ key.len();
+    for (i, &k) in key.iter().enumerate() {
+        let c = candidate.get(i).copied().unwrap_or(0);
+        difference |= usize::from(c ^ k);
+        // Keep the optimizer from turning the fold into an early exit.
+        difference = std::hint::black_box(difference);
+    }
+    difference == 0
+}
+
+/// How many body bytes a POST route will read, or why not.
+fn body_length(req: &HttpRequest<'_>, cfg: &HttpConfig) -> Result<usize, Response> {
+    let Some(length) = req.content_length else {
+        return Err(Response::error(411, "Content-Length required", None));
+    };
+    match usize::try_from(length) {
+        Ok(n) if n <= cfg.max_body_bytes => Ok(n),
+        _ => Err(too_large(cfg)),
+    }
+}
+
+fn too_large(cfg: &HttpConfig) -> Response {
+    Response::error(413, &format!("Body too large (max {} bytes)", cfg.max_body_bytes), None)
+}
+
+/// Before the body is read: whether a body is acceptable and how many bytes to read (0 for
+/// GET). Routing and authorization are decided here, so refused requests cost no body read.
+/// A refusal is the response to send.
+pub fn body_plan(req: &HttpRequest<'_>, cfg: &HttpConfig) -> Result<usize, Response> {
+    let route = route(req)?;
+    if !route.takes_body() {
+        return Ok(0);
+    }
+    authorize(req, cfg)?;
+    body_length(req, cfg)
+}
+
+/// With the whole body: the response to write before closing the connection. Checks again
+/// everything `body_plan` checked, so it is safe to call on its own. Counts the response in
+/// `ctx.metrics`.
+pub fn respond<O: Outbox>(
+    req: &HttpRequest<'_>,
+    body: &[u8],
+    cfg: &HttpConfig,
+    ctx: &mut HttpContext<'_, O>,
+) -> Response {
+    let response = match route(req) {
+        Ok(route) => answer(route, req, body, cfg, ctx),
+        Err(refusal) => refusal,
+    };
+    ctx.metrics.http_response(response.status);
+    response
+}
+
+fn answer<O: Outbox>(
+    route: Route,
+    req: &HttpRequest<'_>,
+    body: &[u8],
+    cfg: &HttpConfig,
+    ctx: &mut HttpContext<'_, O>,
+) -> Response {
+    match route {
+        Route::Healthz => {
+            let mut json = Vec::with_capacity(64);
+            json.extend_from_slice(b"{\"status\":\"ok\",\"uptime_seconds\":");
+            hub::push_decimal(&mut json, ctx.uptime_seconds);
+            json.extend_from_slice(b",\"connections\":");
+            hub::push_decimal(&mut json, ctx.connections as u64);
+            json.push(b'}');
+            Response::json(200, json)
+        }
+        Route::Metrics => {
+            let gauges = Gauges {
+                connections: ctx.connections,
+                topics: ctx.hub.topic_count(),
+                uptime_seconds: ctx.uptime_seconds,
+            };
+            let mut text = String::with_capacity(4096);
+            ctx.metrics.render_prometheus(&gauges, &mut text);
+            Response {
+                status: 200,
+                content_type: CONTENT_TYPE_PROMETHEUS,
+                extra_header: None,
+                body: text.into_bytes(),
+            }
+        }
+        Route::Publish | Route::Broadcast => {
+            if let Err(refusal) = authorize(req, cfg).and_then(|()| body_length(req, cfg)) {
+                return refusal;
+            }
+            if body.len() > cfg.max_body_bytes {
+                return too_large(cfg);
+            }
+            let Ok(text) = std::str::from_utf8(body) else {
+                return Response::error(400, "Invalid JSON body", Some("not UTF-8"));
+            };
+            let delivered = if route == Route::Publish {
+                hub::parse_publish_body(text).and_then(|(topic, data): (Cow<'_, str>, _)| {
+                    ctx.hub.publish(&topic, data, ctx.outbox, ctx.metrics)
+                })
+            } else {
+                hub::parse_broadcast_body(text).map(|data| ctx.hub.broadcast(data, ctx.outbox, ctx.metrics))
+            };
+            match delivered {
+                Ok(n) => {
+                    let mut json = Vec::with_capacity(24);
+                    json.extend_from_slice(b"{\"delivered\":");
+                    hub::push_decimal(&mut json, n as u64);
+                    json.push(b'}');
+                    Response::json(200, json)
+                }
+                Err(HubError::InvalidFormat { detail }) => {
+                    Response::error(400, "Invalid JSON body", Some(detail))
+                }
+                Err(other) => Response::error(400, &other.to_string(), None),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

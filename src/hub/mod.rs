@@ -1,0 +1,357 @@
+//! Topics and the JSON pub/sub protocol, sans-IO.
+//!
+//! The reactor hands every text message of a connection to
+//! [`Hub::handle_text`](crate::hub::Hub::handle_text); replies meant for the sender come back
+//! as whole server frames appended to a buffer, and fan-out goes through the reactor's
+//! [`Outbox`](crate::hub::Outbox). The hub owns no sockets, timers or threads.
+//!
+//! # Protocol
+//!
+//! Every message, both ways, is one WebSocket **text** frame holding a JSON object:
+//!
+//! ```json
+//! {"type": "<string>", "payload": <any JSON>, "id": <optional: any JSON, usually a number or string>}
+//! ```
+//!
+//! When a client sends an `id`, the direct reply (`pong`, `subscribed`, `unsubscribed`, `ack`
+//! or `error`) carries the same `id`, byte for byte. `"id": null` counts as no id.
+//!
+//! | Client sends | Sender receives |
+//! |---|---|
+//! | `{"type":"ping","id":1}` | `{"type":"pong","id":1}` |
+//! | `{"type":"subscribe","payload":{"topic":"news"}}` | `{"type":"subscribed","payload":{"topic":"news"}}` |
+//! | `{"type":"unsubscribe","payload":{"topic":"news"}}` | `{"type":"unsubscribed","payload":{"topic":"news"}}` |
+//! | `{"type":"publish","payload":{"topic":"news","data":{"h":"hi"}},"id":"p1"}` | `{"type":"ack","payload":{"topic":"news","delivered":2},"id":"p1"}` |
+//! | `{"type":"broadcast","payload":{"data":"hello all"},"id":9}` | `{"type":"ack","payload":{"delivered":40},"id":9}` |
+//!
+//! * **subscribe / unsubscribe** are idempotent: subscribing twice is harmless, and unsubscribing
+//!   from a topic one is not in still answers `unsubscribed`.
+//! * **publish** sends, to every current subscriber of the topic (the publisher too, if it is
+//!   subscribed):
+//!   `{"type":"message","payload":{"topic":"news","data":{"h":"hi"}}}`.
+//!   `data` is any JSON value and is forwarded exactly as the publisher wrote it. The publisher
+//!   gets an `ack` only when it sent an `id`; `delivered` counts the subscribers that took the
+//!   message. Publishing to a topic nobody subscribes to is not an error (`delivered: 0`).
+//! * **broadcast** sends `{"type":"message","payload":{"data":"hello all"}}` to every connected
+//!   client (the sender included). WebSocket clients may broadcast only when the server runs with
+//!   `--allow-client-broadcast`; the HTTP API (`POST /broadcast`) always may. Acked like publish.
+//! * Messages published to one topic by one publisher reach every subscriber in publish order.
+//!
+//! Errors answer `{"type":"error","payload":{"message":"..."}}` (with the `id` whenever the
+//! message was a JSON object carrying one) and leave the connection open:
+//!
+//! | `message` | Cause |
+//! |---|---|
+//! | `Invalid message format` | not JSON, not an object, or `type`/`payload` fields missing or of the wrong type |
+//! | `Unknown message type` | `type` is a string but not one of the five above |
+//! | `Topic must not be empty` | `"topic": ""` |
+//! | `Topic too long (300 bytes, max 256)` | topic longer than `--max-topic-length` bytes (UTF-8) |
+//! | `Too many subscriptions (max 1024)` | the connection already has `--max-subscriptions` topics |
+//! | `Broadcast from clients is disabled` | `broadcast` without `--allow-client-broadcast` |
+//! | `Binary messages are not supported` | a binary frame |
+//!
+//! # Cost model
+//!
+//! A published message is serialized and framed once into an `Rc<[u8]>` that every subscriber's
+//! send queue shares; `data` is spliced in as raw text, never parsed into a tree or re-encoded.
+//! Fan-out walks a contiguous list of subscriber ids. A connection with no subscriptions has no
+//! state in the hub at all. Subscriptions are indexed both ways (topic -> subscribers, client ->
+//! topics) so unsubscribing and disconnecting are O(1) per subscription.
+
+mod registry;
+mod wire;
+
+use std::fmt;
+use std::rc::Rc;
+
+use serde_json::value::RawValue;
+
+use crate::metrics::Metrics;
+use registry::{Registry, SubscribeOutcome};
+use wire::{BroadcastPayload, Envelope, Kind, PublishPayload, TopicPayload};
+
+pub(crate) use wire::{push_decimal, push_json_str};
+
+/// The reactor's slab key for a connection.
+pub type ClientId = usize;
+
+/// Implemented by the reactor: the connections' send queues.
+pub trait Outbox {
+    /// Queue a shared, already-framed message for `client`. Returns false when the client
+    /// could not take it (slow consumer cut off, or closing); the reactor will later call
+    /// [`Hub::remove_client`] for clients it cut off.
+    fn deliver(&mut self, client: ClientId, frame: &Rc<[u8]>) -> bool;
+    /// Queue it for every open client; returns how many took it.
+    fn deliver_all(&mut self, frame: &Rc<[u8]>) -> usize;
+}
+
+/// Limits and switches of the protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HubConfig {
+    /// Longest topic name, in bytes of UTF-8.
+    pub max_topic_length: usize,
+    /// Most topics one connection may be subscribed to at once.
+    pub max_subscriptions: usize,
+    /// Whether WebSocket clients may send `broadcast` (the HTTP API always may).
+    pub allow_client_broadcast: bool,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig { max_topic_length: 256, max_subscriptions: 1024, allow_client_broadcast: false }
+    }
+}
+
+/// Why a client message (or an HTTP publish) was refused. `Display` is the exact text sent to
+/// the client in the error reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HubError {
+    /// Not JSON, not an object, or a field missing or ill-typed; `detail` says which, for logs
+    /// and the HTTP API (the WebSocket reply keeps the fixed text).
+    InvalidFormat {
+        detail: &'static str,
+    },
+    UnknownType,
+    EmptyTopic,
+    TopicTooLong {
+        len: usize,
+        max: usize,
+    },
+    TooManySubscriptions {
+        max: usize,
+    },
+    ClientBroadcastDisabled,
+    BinaryNotSupported,
+}
+
+impl fmt::Display for HubError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HubError::InvalidFormat { .. } => f.write_str("Invalid message format"),
+            HubError::UnknownType => f.write_str("Unknown message type"),
+            HubError::EmptyTopic => f.write_str("Topic must not be empty"),
+            HubError::TopicTooLong { len, max } => write!(f, "Topic too long ({len} bytes, max {max})"),
+            HubError::TooManySubscriptions { max } => write!(f, "Too many subscriptions (max {max})"),
+            HubError::ClientBroadcastDisabled => f.write_str("Broadcast from clients is disabled"),
+            HubError::BinaryNotSupported => f.write_str("Binary messages are not supported"),
+        }
+    }
+}
+
+impl std::error::Error for HubError {}
+
+/// Parses the JSON body of `POST /publish`: `{"topic": T, "data": any}`.
+pub fn parse_publish_body(text: &str) -> Result<(std::borrow::Cow<'_, str>, &RawValue), HubError> {
+    let body: PublishPayload<'_> =
+        wire::parse_object(text, "expected {\"topic\": string, \"data\": any JSON}")?;
+    Ok((body.topic, body.data))
+}
+
+/// Parses the JSON body of `POST /broadcast`: `{"data": any}`.
+pub fn parse_broadcast_body(text: &str) -> Result<&RawValue, HubError> {
+    let body: BroadcastPayload<'_> = wire::parse_object(text, "expected {\"data\": any JSON}")?;
+    Ok(body.data)
+}
+
+/// Topics, subscriptions and the message protocol.
+pub struct Hub {
+    config: HubConfig,
+    registry: Registry,
+    /// Staging for outgoing JSON, reused so steady-state replies and publishes allocate nothing
+    /// but the shared frame itself.
+    scratch: Vec<u8>,
+}
+
+impl Hub {
+    pub fn new(config: HubConfig) -> Hub {
+        Hub { config, registry: Registry::default(), scratch: Vec::new() }
+    }
+
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    /// A text message from a client. The reply meant for the sender only (pong, subscribed,
+    /// unsubscribed, ack or error; at most one frame, sometimes none) is appended as a whole
+    /// server text frame to `reply`; fan-out goes through `outbox`, during this call.
+    pub fn handle_text(
+        &mut self,
+        from: ClientId,
+        text: &str,
+        reply: &mut Vec<u8>,
+        outbox: &mut impl Outbox,
+        metrics: &mut Metrics,
+    ) {
+        let parsed = wire::parse_envelope(text);
+        let result = match parsed.envelope {
+            Ok(envelope) => self.dispatch(from, envelope, reply, outbox, metrics),
+            Err(e) => Err(e),
+        };
+        if let Err(error) = result {
+            log::debug!("client {from}: {error} ({error:?})");
+            self.write_error(reply, &error, parsed.id, metrics);
+        }
+    }
+
+    /// A binary message from a client: not part of the protocol, answered with an error.
+    pub fn handle_binary(&mut self, from: ClientId, reply: &mut Vec<u8>, metrics: &mut Metrics) {
+        log::debug!("client {from}: binary message refused");
+        self.write_error(reply, &HubError::BinaryNotSupported, None, metrics);
+    }
+
+    /// The client is gone: drop it from every topic and free emptied topics. Must be called
+    /// before its `ClientId` is reused for another connection.
+    pub fn remove_client(&mut self, client: ClientId) {
+        self.registry.remove_client(client);
+    }
+
+    /// Publishes `data` to `topic` (HTTP API and client `publish`): returns the number of
+    /// subscribers that took it.
+    pub fn publish(
+        &mut self,
+        topic: &str,
+        data: &RawValue,
+        outbox: &mut impl Outbox,
+        metrics: &mut Metrics,
+    ) -> Result<usize, HubError> {
+        self.check_topic(topic)?;
+        let subscribers = self.registry.subscribers(topic);
+        let mut delivered = 0;
+        if !subscribers.is_empty() {
+            let frame = wire::build_shared_text_frame(&mut self.scratch, |out| {
+                wire::write_message(out, Some(topic), data);
+            });
+            for &client in subscribers {
+                if outbox.deliver(client, &frame) {
+                    delivered += 1;
+                }
+            }
+        }
+        metrics.record_publish(delivered);
+        Ok(delivered)
+    }
+
+    /// Sends `data` to every open client (HTTP API and permitted client `broadcast`): returns
+    /// how many took it.
+    pub fn broadcast(&mut self, data: &RawValue, outbox: &mut impl Outbox, metrics: &mut Metrics) -> usize {
+        let frame = wire::build_shared_text_frame(&mut self.scratch, |out| {
+            wire::write_message(out, None, data);
+        });
+        let delivered = outbox.deliver_all(&frame);
+        metrics.record_broadcast(delivered);
+        delivered
+    }
+
+    /// Topics with at least one subscriber.
+    pub fn topic_count(&self) -> usize {
+        self.registry.topic_count()
+    }
+
+    /// How many topics `client` is subscribed to.
+    pub fn subscription_count(&self, client: ClientId) -> usize {
+        self.registry.subscription_count(client)
+    }
+
+    /// The current subscribers of `topic`.
+    pub fn subscribers(&self, topic: &str) -> &[ClientId] {
+        self.registry.subscribers(topic)
+    }
+
+    fn dispatch(
+        &mut self,
+        from: ClientId,
+        envelope: Envelope<'_>,
+        reply: &mut Vec<u8>,
+        outbox: &mut impl Outbox,
+        metrics: &mut Metrics,
+    ) -> Result<(), HubError> {
+        let id = envelope.id;
+        match envelope.kind {
+            Kind::Ping => {
+                wire::append_text_frame(reply, &mut self.scratch, |out| wire::write_pong(out, id));
+            }
+            Kind::Subscribe => {
+                let TopicPayload { topic } =
+                    payload_of(envelope.payload, "subscribe needs {\"topic\": string}")?;
+                self.check_topic(&topic)?;
+                let max = self.config.max_subscriptions;
+                if self.registry.subscribe(from, &topic, max) == SubscribeOutcome::LimitReached {
+                    return Err(HubError::TooManySubscriptions { max });
+                }
+                wire::append_text_frame(reply, &mut self.scratch, |out| {
+                    wire::write_topic_reply(out, "subscribed", &topic, id);
+                });
+            }
+            Kind::Unsubscribe => {
+                let TopicPayload { topic } =
+                    payload_of(envelope.payload, "unsubscribe needs {\"topic\": string}")?;
+                self.check_topic(&topic)?;
+                // Not being subscribed is fine: the client's view ("not subscribed") holds.
+                self.registry.unsubscribe(from, &topic);
+                wire::append_text_frame(reply, &mut self.scratch, |out| {
+                    wire::write_topic_reply(out, "unsubscribed", &topic, id);
+                });
+            }
+            Kind::Publish => {
+                let PublishPayload { topic, data } =
+                    payload_of(envelope.payload, "publish needs {\"topic\": string, \"data\": any}")?;
+                let delivered = self.publish(&topic, data, outbox, metrics)?;
+                if let Some(id) = id {
+                    wire::append_text_frame(reply, &mut self.scratch, |out| {
+                        wire::write_ack(out, Some(&topic), delivered, id);
+                    });
+                }
+            }
+            Kind::Broadcast => {
+                if !self.config.allow_client_broadcast {
+                    return Err(HubError::ClientBroadcastDisabled);
+                }
+                let BroadcastPayload { data } =
+                    payload_of(envelope.payload, "broadcast needs {\"data\": any}")?;
+                let delivered = self.broadcast(data, outbox, metrics);
+                if let Some(id) = id {
+                    wire::append_text_frame(reply, &mut self.scratch, |out| {
+                        wire::write_ack(out, None, delivered, id);
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_topic(&self, topic: &str) -> Result<(), HubError> {
+        if topic.is_empty() {
+            return Err(HubError::EmptyTopic);
+        }
+        let max = self.config.max_topic_length;
+        if topic.len() > max {
+            return Err(HubError::TopicTooLong { len: topic.len(), max });
+        }
+        Ok(())
+    }
+
+    fn write_error(
+        &mut self,
+        reply: &mut Vec<u8>,
+        error: &HubError,
+        id: Option<&RawValue>,
+        metrics: &mut Metrics,
+    ) {
+        metrics.record_error_reply();
+        // Error text is short and the error path is cold: formatting may allocate here.
+        let message = error.to_string();
+        wire::append_text_frame(reply, &mut self.scratch, |out| wire::write_error(out, &message, id));
+    }
+}
+
+/// Parses a message's payload object, which the message type requires.
+fn payload_of<'a, T: serde::Deserialize<'a>>(
+    payload: Option<&'a RawValue>,
+    detail: &'static str,
+) -> Result<T, HubError> {
+    let payload = payload.ok_or(HubError::InvalidFormat { detail })?;
+    wire::parse_object(payload.get(), detail)
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,362 @@
+//! The JSON side of the protocol: reading client messages and writing server messages.
+//!
+//! Reading borrows from the client's text: `data` and `id` stay [`RawValue`]s (their text is
+//! validated once by the parser, never rebuilt), and strings are only copied when they carry
+//! escapes. Writing appends compact JSON to a caller's buffer; the only value re-encoded is
+//! a topic name, escaped by serde_json.
+
+use std::borrow::Cow;
+use std::rc::Rc;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::HubError;
+use crate::protocol::frame::{ServerHeader, MAX_SERVER_HEADER_LEN};
+use crate::protocol::OpCode;
+
+/// A scratch buffer larger than this is released after use, so one big publish does not pin
+/// its size in memory for the life of the server.
+const SCRATCH_KEEP_CAPACITY: usize = 64 * 1024;
+
+/// The envelope with every field optional and untyped, so that `id` can be echoed even when
+/// `type` or `payload` turn out to be wrong.
+#[derive(Deserialize)]
+struct LooseEnvelope<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+}
+
+/// A JSON string, borrowed when it has no escapes.
+#[derive(Deserialize)]
+struct JsonStr<'a>(#[serde(borrow)] Cow<'a, str>);
+
+/// The message types a client may send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Ping,
+    Subscribe,
+    Unsubscribe,
+    Publish,
+    Broadcast,
+}
+
+impl Kind {
+    fn from_name(name: &str) -> Option<Kind> {
+        Some(match name {
+            "ping" => Kind::Ping,
+            "subscribe" => Kind::Subscribe,
+            "unsubscribe" => Kind::Unsubscribe,
+            "publish" => Kind::Publish,
+            "broadcast" => Kind::Broadcast,
+            _ => return None,
+        })
+    }
+}
+
+/// A client message whose envelope is well-formed; the payload is checked per type.
+pub struct Envelope<'a> {
+    pub kind: Kind,
+    pub payload: Option<&'a RawValue>,
+    pub id: Option<&'a RawValue>,
+}
+
+/// The envelope parsed as far as it could be: `id` is set whenever the text was a JSON object
+/// carrying one, so errors about the rest can still be matched to the request.
+pub struct Parsed<'a> {
+    pub id: Option<&'a RawValue>,
+    pub envelope: Result<Envelope<'a>, HubError>,
+}
+
+/// Payload of `subscribe` and `unsubscribe`.
+#[derive(Deserialize)]
+pub struct TopicPayload<'a> {
+    #[serde(borrow)]
+    pub topic: Cow<'a, str>,
+}
+
+/// Payload of `publish` (and body of `POST /publish`).
+#[derive(Deserialize)]
+pub struct PublishPayload<'a> {
+    #[serde(borrow)]
+    pub topic: Cow<'a, str>,
+    #[serde(borrow)]
+    pub data: &'a RawValue,
+}
+
+/// Payload of `broadcast` (and body of `POST /broadcast`).
+#[derive(Deserialize)]
+pub struct BroadcastPayload<'a> {
+    #[serde(borrow)]
+    pub data: &'a RawValue,
+}
+
+/// Whether `text` (after JSON whitespace) is an object. serde's derived structs also accept
+/// arrays (`["ping"]` would read as `{"type":"ping"}`), which the protocol does not.
+fn is_object(text: &str) -> bool {
+    text.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{')
+}
+
+/// Parses an object into `T`; any failure is "Invalid message format" with `detail` for logs.
+pub fn parse_object<'a, T: Deserialize<'a>>(text: &'a str, detail: &'static str) -> Result<T, HubError> {
+    if !is_object(text) {
+        return Err(HubError::InvalidFormat { detail });
+    }
+    serde_json::from_str(text).map_err(|_| HubError::InvalidFormat { detail })
+}
+
+/// Reads the envelope of one client message.
+pub fn parse_envelope(text: &str) -> Parsed<'_> {
+    let loose: LooseEnvelope<'_> = match parse_object(text, "not a JSON object") {
+        Ok(loose) => loose,
+        Err(e) => return Parsed { id: None, envelope: Err(e) },
+    };
+    let envelope = match loose.kind {
+        None => Err(HubError::InvalidFormat { detail: "`type` is missing" }),
+        Some(raw) => match serde_json::from_str::<JsonStr<'_>>(raw.get()) {
+            Err(_) => Err(HubError::InvalidFormat { detail: "`type` is not a string" }),
+            Ok(JsonStr(name)) => match Kind::from_name(&name) {
+                None => Err(HubError::UnknownType),
+                Some(kind) => Ok(Envelope { kind, payload: loose.payload, id: loose.id }),
+            },
+        },
+    };
+    Parsed { id: loose.id, envelope }
+}
+
+/// Appends `s` as a JSON string literal, escaped by serde_json.
+pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    let start = out.len();
+    if let Err(e) = serde_json::to_writer(&mut *out, s) {
+        // Not expected: a Vec sink cannot fail and every str serializes. Keep the JSON whole.
+        log::error!("escaping a JSON string failed: {e}");
+        out.truncate(start);
+        out.extend_from_slice(b"\"\"");
+    }
+}
+
+/// Appends `n` in decimal, without going through `fmt` (and its `Result`).
+pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20]; // u64::MAX has 20 digits
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
+}
+
+/// Appends `,"id":<raw>` when the client sent an id.
+fn push_id(out: &mut Vec<u8>, id: Option<&RawValue>) {
+    if let Some(id) = id {
+        out.extend_from_slice(b",\"id\":");
+        out.extend_from_slice(id.get().as_bytes());
+    }
+}
+
+/// `{"type":"pong"}`, with the id.
+pub fn write_pong(out: &mut Vec<u8>, id: Option<&RawValue>) {
+    out.extend_from_slice(b"{\"type\":\"pong\"");
+    push_id(out, id);
+    out.push(b'}');
+}
+
+/// `{"type":"subscribed"|"unsubscribed","payload":{"topic":T}}`, with the id.
+pub fn write_topic_reply(out: &mut Vec<u8>, kind: &str, topic: &str, id: Option<&RawValue>) {
+    out.extend_from_slice(b"{\"type\":\"");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(b"\",\"payload\":{\"topic\":");
+    push_json_str(out, topic);
+    out.push(b'}');
+    push_id(out, id);
+    out.push(b'}');
+}
+
+/// `{"type":"ack","payload":{"topic":T,"delivered":n},"id":..}`; `topic` is absent for a
+/// broadcast.
+pub fn write_ack(out: &mut Vec<u8>, topic: Option<&str>, delivered: usize, id: &RawValue) {
+    out.extend_from_slice(b"{\"type\":\"ack\",\"payload\":{");
+    if let Some(topic) = topic {
+        out.extend_from_slice(b"\"topic\":");
+        push_json_str(out, topic);
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"delivered\":");
+    push_decimal(out, delivered as u64);
+    out.push(b'}');
+    push_id(out, Some(id));
+    out.push(b'}');
+}
+
+/// `{"type":"error","payload":{"message":M}}`, with the id.
+pub fn write_error(out: &mut Vec<u8>, message: &str, id: Option<&RawValue>) {
+    out.extend_from_slice(b"{\"type\":\"error\",\"payload\":{\"message\":");
+    push_json_str(out, message);
+    out.push(b'}');
+    push_id(out, id);
+    out.push(b'}');
+}
+
+/// `{"type":"message","payload":{"topic":T,"data":D}}`; without `topic` for a broadcast.
+/// `data` is spliced as the client sent it.
+pub fn write_message(out: &mut Vec<u8>, topic: Option<&str>, data: &RawValue) {
+    const PREFIX: &[u8] = b"{\"type\":\"message\",\"payload\":{";
+    let data = data.get().as_bytes();
+    // Escaping may grow the topic; this reserve is a good guess, not a bound.
+    out.reserve(PREFIX.len() + topic.map_or(0, |t| t.len() + 12) + data.len() + 10);
+    out.extend_from_slice(PREFIX);
+    if let Some(topic) = topic {
+        out.extend_from_slice(b"\"topic\":");
+        push_json_str(out, topic);
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"data\":");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"}}");
+}
+
+/// Builds one whole server text frame in a shared buffer: the payload is written once into
+/// `scratch` after room for the longest header, the real header goes just before it, and the
+/// frame is copied once into its exact-size `Rc`.
+pub fn build_shared_text_frame(scratch: &mut Vec<u8>, write_payload: impl FnOnce(&mut Vec<u8>)) -> Rc<[u8]> {
+    scratch.clear();
+    scratch.resize(MAX_SERVER_HEADER_LEN, 0);
+    write_payload(scratch);
+    let header = ServerHeader::new(true, OpCode::Text, scratch.len() - MAX_SERVER_HEADER_LEN);
+    let header = header.as_bytes();
+    let start = MAX_SERVER_HEADER_LEN - header.len();
+    scratch[start..MAX_SERVER_HEADER_LEN].copy_from_slice(header);
+    let frame = Rc::from(&scratch[start..]);
+    release_if_large(scratch);
+    frame
+}
+
+/// Appends one whole server text frame whose payload `write_payload` produces, staging the
+/// payload in `scratch` (replies are small; the copy is cheaper than computing lengths twice).
+pub fn append_text_frame(out: &mut Vec<u8>, scratch: &mut Vec<u8>, write_payload: impl FnOnce(&mut Vec<u8>)) {
+    scratch.clear();
+    write_payload(scratch);
+    crate::protocol::frame::write_frame(out, OpCode::Text, scratch);
+    release_if_large(scratch);
+}
+
+fn release_if_large(scratch: &mut Vec<u8>) {
+    if scratch.capacity() > SCRATCH_KEEP_CAPACITY {
+        *scratch = Vec::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::parse_header;
+
+    fn raw(text: &str) -> &RawValue {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn envelope_reads_type_payload_and_id() {
+        let parsed = parse_envelope(r#" {"id": "a\"b", "payload": {"topic":"t"}, "type": "subscribe"} "#);
+        assert_eq!(parsed.id.map(RawValue::get), Some(r#""a\"b""#));
+        let env = parsed.envelope.unwrap();
+        assert_eq!(env.kind, Kind::Subscribe);
+        assert_eq!(env.payload.map(RawValue::get), Some(r#"{"topic":"t"}"#));
+    }
+
+    #[test]
+    fn escaped_type_names_are_decoded() {
+        let parsed = parse_envelope(r#"{"type":"p\u0069ng"}"#);
+        assert_eq!(parsed.envelope.unwrap().kind, Kind::Ping);
+    }
+
+    #[test]
+    fn envelope_errors_keep_the_id_when_it_was_readable() {
+        let parsed = parse_envelope(r#"{"type":5,"id":7}"#);
+        assert_eq!(parsed.id.map(RawValue::get), Some("7"));
+        assert!(matches!(parsed.envelope, Err(HubError::InvalidFormat { .. })));
+
+        let parsed = parse_envelope(r#"{"type":"nope","id":[1]}"#);
+        assert_eq!(parsed.id.map(RawValue::get), Some("[1]"));
+        assert!(matches!(parsed.envelope, Err(HubError::UnknownType)));
+
+        let parsed = parse_envelope(r#"{"id":1,"type":"ping""#);
+        assert!(parsed.id.is_none());
+        assert!(matches!(parsed.envelope, Err(HubError::InvalidFormat { .. })));
+    }
+
+    #[test]
+    fn non_objects_are_invalid() {
+        for text in
+            ["", " ", "null", "[\"ping\"]", "\"ping\"", "1", "{", "{\"type\":\"ping\",\"type\":\"ping\"}"]
+        {
+            let parsed = parse_envelope(text);
+            assert!(matches!(parsed.envelope, Err(HubError::InvalidFormat { .. })), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn null_id_means_no_id() {
+        let parsed = parse_envelope(r#"{"type":"ping","id":null}"#);
+        assert!(parsed.id.is_none());
+    }
+
+    #[test]
+    fn payload_arrays_are_not_objects() {
+        let r: Result<TopicPayload<'_>, _> = parse_object(r#"["t"]"#, "x");
+        assert!(r.is_err());
+        let r: TopicPayload<'_> = parse_object(r#"{"topic":"t","extra":1}"#, "x").unwrap();
+        assert_eq!(r.topic, "t");
+    }
+
+    #[test]
+    fn publish_payload_requires_data_but_data_may_be_null() {
+        assert!(parse_object::<PublishPayload<'_>>(r#"{"topic":"t"}"#, "x").is_err());
+        let p: PublishPayload<'_> = parse_object(r#"{"topic":"t","data":null}"#, "x").unwrap();
+        assert_eq!(p.data.get(), "null");
+    }
+
+    #[test]
+    fn decimal_edges() {
+        for n in [0u64, 9, 10, 12345, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
+    }
+
+    #[test]
+    fn message_splices_data_and_escapes_topic() {
+        let mut out = Vec::new();
+        write_message(&mut out, Some("a\"b\n"), raw(r#"{"x": [1, 2]}"#));
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"type":"message","payload":{"topic":"a\"b\n","data":{"x": [1, 2]}}}"#
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["payload"]["topic"], "a\"b\n");
+    }
+
+    #[test]
+    fn shared_frame_has_the_minimal_header() {
+        let mut scratch = Vec::new();
+        for len in [0usize, 125, 126, 65535, 65536] {
+            let payload = vec![b'x'; len];
+            let frame = build_shared_text_frame(&mut scratch, |out| out.extend_from_slice(&payload));
+            let h = parse_header(&frame).unwrap().unwrap();
+            assert_eq!(h.opcode, OpCode::Text);
+            assert!(h.fin);
+            assert_eq!(h.payload_len, len as u64);
+            assert_eq!(&frame[h.header_len..], &payload[..]);
+        }
+        assert!(scratch.capacity() <= SCRATCH_KEEP_CAPACITY, "a big scratch buffer is released");
+    }
+}

@@ -1,0 +1,371 @@
+//! Server counters and their Prometheus text rendering.
+//!
+//! The reactor is single-threaded, so counters are plain `u64`s in one struct passed by `&mut`:
+//! no atomics, no registry, no allocation to count. Counters saturate instead of wrapping (and
+//! never panic on overflow); at realistic rates none gets near `u64::MAX`.
+//!
+//! Who counts what: the hub counts publishes, broadcasts, deliveries and error replies; the
+//! reactor counts connections, handshake rejections, messages and bytes on the wire, slow
+//! consumers, close frames sent and HTTP responses.
+
+use std::fmt::{self, Write as _};
+
+/// Statuses a refused upgrade request can get; anything else is counted as "other".
+pub const HANDSHAKE_REJECT_STATUSES: [u16; 6] = [400, 403, 404, 426, 431, 503];
+/// Close codes counted on their own; anything else is counted as "other".
+pub const CLOSE_CODES: [u16; 8] = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011];
+/// Statuses of plain HTTP responses counted on their own; anything else is "other".
+pub const HTTP_STATUSES: [u16; 9] = [200, 400, 401, 403, 404, 405, 411, 413, 503];
+
+/// Values sampled at render time rather than counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Gauges {
+    /// Open connections (WebSocket and HTTP).
+    pub connections: usize,
+    /// Topics with at least one subscriber.
+    pub topics: usize,
+    pub uptime_seconds: u64,
+}
+
+/// Every counter of the server. Fields are readable; count through the methods.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Metrics {
+    pub connections_accepted: u64,
+    /// Connections upgraded to WebSocket.
+    pub connections_opened: u64,
+    /// Connections closed, for any reason (HTTP ones included).
+    pub connections_closed: u64,
+    /// Indexed like `HANDSHAKE_REJECT_STATUSES`, then "other".
+    handshakes_rejected: [u64; HANDSHAKE_REJECT_STATUSES.len() + 1],
+    /// Whole WebSocket data messages received from clients.
+    pub messages_received: u64,
+    /// Whole WebSocket data messages queued to clients by the reactor (echoes, replies).
+    /// Hub fan-out copies are counted in `deliveries`.
+    pub messages_sent: u64,
+    /// Bytes read from sockets.
+    pub bytes_received: u64,
+    /// Bytes written to sockets.
+    pub bytes_sent: u64,
+    /// Publishes accepted (WebSocket and HTTP).
+    pub publishes: u64,
+    /// Broadcasts sent (WebSocket and HTTP).
+    pub broadcasts: u64,
+    /// Copies of published or broadcast messages taken by a client's send queue.
+    pub deliveries: u64,
+    pub slow_consumers_dropped: u64,
+    /// Protocol error replies sent to clients (the connection stays open).
+    pub error_replies: u64,
+    /// Indexed like `CLOSE_CODES`, then "other".
+    close_codes_sent: [u64; CLOSE_CODES.len() + 1],
+    /// Indexed like `HTTP_STATUSES`, then "other".
+    http_responses: [u64; HTTP_STATUSES.len() + 1],
+}
+
+/// The table slot of `key`: its position in `keys`, or the extra "other" slot after them.
+fn slot(keys: &[u16], key: u16) -> usize {
+    keys.iter().position(|&k| k == key).unwrap_or(keys.len())
+}
+
+fn bump(counter: &mut u64, by: u64) {
+    *counter = counter.saturating_add(by);
+}
+
+impl Metrics {
+    pub fn connection_accepted(&mut self) {
+        bump(&mut self.connections_accepted, 1);
+    }
+
+    /// An upgrade request refused with `status` (400, 403, 404, 426, 431, 503; others count as
+    /// "other").
+    /// A connection completed the WebSocket upgrade.
+    pub fn connection_opened(&mut self) {
+        bump(&mut self.connections_opened, 1);
+    }
+
+    /// A connection (WebSocket or HTTP) was closed.
+    pub fn connection_closed(&mut self) {
+        bump(&mut self.connections_closed, 1);
+    }
+
+    pub fn handshake_rejected(&mut self, status: u16) {
+        bump(&mut self.handshakes_rejected[slot(&HANDSHAKE_REJECT_STATUSES, status)], 1);
+    }
+
+    pub fn message_in(&mut self) {
+        bump(&mut self.messages_received, 1);
+    }
+
+    pub fn message_out(&mut self) {
+        bump(&mut self.messages_sent, 1);
+    }
+
+    /// `n` bytes read from a socket.
+    pub fn bytes_in(&mut self, n: u64) {
+        bump(&mut self.bytes_received, n);
+    }
+
+    /// `n` bytes written to a socket.
+    pub fn bytes_out(&mut self, n: u64) {
+        bump(&mut self.bytes_sent, n);
+    }
+
+    /// One publish that reached `delivered` subscribers.
+    pub fn record_publish(&mut self, delivered: usize) {
+        bump(&mut self.publishes, 1);
+        bump(&mut self.deliveries, delivered as u64);
+    }
+
+    /// One broadcast that reached `delivered` clients.
+    pub fn record_broadcast(&mut self, delivered: usize) {
+        bump(&mut self.broadcasts, 1);
+        bump(&mut self.deliveries, delivered as u64);
+    }
+
+    pub fn record_error_reply(&mut self) {
+        bump(&mut self.error_replies, 1);
+    }
+
+    pub fn slow_consumer_dropped(&mut self) {
+        bump(&mut self.slow_consumers_dropped, 1);
+    }
+
+    /// A close frame sent with `code`.
+    pub fn close_code_sent(&mut self, code: u16) {
+        bump(&mut self.close_codes_sent[slot(&CLOSE_CODES, code)], 1);
+    }
+
+    /// A plain HTTP response written (including ones from `http::body_plan`).
+    pub fn http_response(&mut self, status: u16) {
+        bump(&mut self.http_responses[slot(&HTTP_STATUSES, status)], 1);
+    }
+
+    /// Handshakes rejected with `status` (a status not in the table reads the "other" count).
+    pub fn handshakes_rejected(&self, status: u16) -> u64 {
+        self.handshakes_rejected[slot(&HANDSHAKE_REJECT_STATUSES, status)]
+    }
+
+    pub fn close_codes_sent(&self, code: u16) -> u64 {
+        self.close_codes_sent[slot(&CLOSE_CODES, code)]
+    }
+
+    pub fn http_responses(&self, status: u16) -> u64 {
+        self.http_responses[slot(&HTTP_STATUSES, status)]
+    }
+
+    /// Appends the Prometheus text exposition format (version 0.0.4) of every counter and
+    /// gauge to `out`.
+    pub fn render_prometheus(&self, gauges: &Gauges, out: &mut String) {
+        if let Err(e) = self.write_prometheus(gauges, out) {
+            // Not expected: writing to a String cannot fail.
+            log::error!("rendering metrics failed: {e}");
+        }
+    }
+
+    fn write_prometheus(&self, gauges: &Gauges, out: &mut String) -> fmt::Result {
+        let counter = |out: &mut String, name: &str, help: &str, value: u64| -> fmt::Result {
+            writeln!(out, "# HELP wshub_{name} {help}\n# TYPE wshub_{name} counter\nwshub_{name} {value}")
+        };
+        let gauge = |out: &mut String, name: &str, help: &str, value: u64| -> fmt::Result {
+            writeln!(out, "# HELP wshub_{name} {help}\n# TYPE wshub_{name} gauge\nwshub_{name} {value}")
+        };
+        let table = |out: &mut String,
+                     name: &str,
+                     help: &str,
+                     label: &str,
+                     keys: &[u16],
+                     values: &[u64]|
+         -> fmt::Result {
+            writeln!(out, "# HELP wshub_{name} {help}\n# TYPE wshub_{name} counter")?;
+            for (key, value) in keys.iter().zip(values) {
+                writeln!(out, "wshub_{name}{{{label}=\"{key}\"}} {value}")?;
+            }
+            let other = values.get(keys.len()).copied().unwrap_or(0);
+            writeln!(out, "wshub_{name}{{{label}=\"other\"}} {other}")
+        };
+
+        counter(out, "connections_accepted_total", "TCP connections accepted.", self.connections_accepted)?;
+        table(
+            out,
+            "handshakes_rejected_total",
+            "Upgrade requests refused, by HTTP status.",
+            "status",
+            &HANDSHAKE_REJECT_STATUSES,
+            &self.handshakes_rejected,
+        )?;
+        counter(
+            out,
+            "connections_opened_total",
+            "Connections upgraded to WebSocket.",
+            self.connections_opened,
+        )?;
+        counter(out, "connections_closed_total", "Connections closed.", self.connections_closed)?;
+        counter(out, "messages_received_total", "WebSocket data messages received.", self.messages_received)?;
+        counter(
+            out,
+            "messages_sent_total",
+            "WebSocket messages queued by the reactor (fan-out copies are in deliveries).",
+            self.messages_sent,
+        )?;
+        counter(out, "received_bytes_total", "Bytes read from sockets.", self.bytes_received)?;
+        counter(out, "sent_bytes_total", "Bytes written to sockets.", self.bytes_sent)?;
+        counter(out, "publishes_total", "Messages published to a topic.", self.publishes)?;
+        counter(out, "broadcasts_total", "Messages broadcast to every client.", self.broadcasts)?;
+        counter(
+            out,
+            "deliveries_total",
+            "Published or broadcast messages queued to a client.",
+            self.deliveries,
+        )?;
+        counter(
+            out,
+            "slow_consumers_dropped_total",
+            "Clients disconnected for not reading fast enough.",
+            self.slow_consumers_dropped,
+        )?;
+        counter(out, "error_replies_total", "Protocol error replies sent to clients.", self.error_replies)?;
+        table(
+            out,
+            "close_frames_sent_total",
+            "Close frames sent, by close code.",
+            "code",
+            &CLOSE_CODES,
+            &self.close_codes_sent,
+        )?;
+        table(
+            out,
+            "http_responses_total",
+            "Plain HTTP responses sent, by status.",
+            "status",
+            &HTTP_STATUSES,
+            &self.http_responses,
+        )?;
+        gauge(out, "connections", "Open connections.", gauges.connections as u64)?;
+        gauge(out, "topics", "Topics with at least one subscriber.", gauges.topics as u64)?;
+        gauge(out, "uptime_seconds", "Seconds since the server started.", gauges.uptime_seconds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(m: &Metrics, g: &Gauges) -> String {
+        let mut out = String::new();
+        m.render_prometheus(g, &mut out);
+        out
+    }
+
+    /// The value of the sample line `series` (name plus labels), if present.
+    fn sample(text: &str, series: &str) -> Option<u64> {
+        text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn every_sample_has_help_and_type_and_the_prefix() {
+        let text = render(&Metrics::default(), &Gauges::default());
+        let mut names = Vec::new();
+        for line in text.lines() {
+            assert!(
+                line.starts_with("wshub_")
+                    || line.starts_with("# HELP wshub_")
+                    || line.starts_with("# TYPE wshub_"),
+                "{line}"
+            );
+            if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert!(text.contains(&format!("# HELP {name} ")), "no HELP for {name}");
+                assert!(text.contains(&format!("# TYPE {name} ")), "no TYPE for {name}");
+                names.push(name.to_string());
+            }
+        }
+        assert!(names.len() > 30);
+        assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn counters_move() {
+        let mut m = Metrics::default();
+        let before = render(&m, &Gauges::default());
+        assert_eq!(sample(&before, "wshub_publishes_total"), Some(0));
+
+        m.connection_accepted();
+        m.connection_accepted();
+        m.connection_opened();
+        m.connection_closed();
+        m.handshake_rejected(426);
+        m.handshake_rejected(999);
+        m.message_in();
+        m.message_out();
+        m.message_out();
+        m.bytes_in(10);
+        m.bytes_out(25);
+        m.record_publish(3);
+        m.record_broadcast(4);
+        m.record_error_reply();
+        m.slow_consumer_dropped();
+        m.close_code_sent(1009);
+        m.close_code_sent(4000);
+        m.http_response(413);
+
+        let text = render(&m, &Gauges { connections: 7, topics: 2, uptime_seconds: 99 });
+        let expect = [
+            ("wshub_connections_accepted_total", 2),
+            ("wshub_connections_opened_total", 1),
+            ("wshub_connections_closed_total", 1),
+            ("wshub_handshakes_rejected_total{status=\"426\"}", 1),
+            ("wshub_handshakes_rejected_total{status=\"400\"}", 0),
+            ("wshub_handshakes_rejected_total{status=\"other\"}", 1),
+            ("wshub_messages_received_total", 1),
+            ("wshub_messages_sent_total", 2),
+            ("wshub_received_bytes_total", 10),
+            ("wshub_sent_bytes_total", 25),
+            ("wshub_publishes_total", 1),
+            ("wshub_broadcasts_total", 1),
+            ("wshub_deliveries_total", 7),
+            ("wshub_error_replies_total", 1),
+            ("wshub_slow_consumers_dropped_total", 1),
+            ("wshub_close_frames_sent_total{code=\"1009\"}", 1),
+            ("wshub_close_frames_sent_total{code=\"1000\"}", 0),
+            ("wshub_close_frames_sent_total{code=\"other\"}", 1),
+            ("wshub_http_responses_total{status=\"413\"}", 1),
+            ("wshub_connections", 7),
+            ("wshub_topics", 2),
+            ("wshub_uptime_seconds", 99),
+        ];
+        for (series, value) in expect {
+            assert_eq!(sample(&text, series), Some(value), "{series}");
+        }
+        assert_eq!(m.handshakes_rejected(426), 1);
+        assert_eq!(m.close_codes_sent(1009), 1);
+        assert_eq!(m.http_responses(413), 1);
+    }
+
+    #[test]
+    fn counters_saturate_instead_of_overflowing() {
+        let mut m = Metrics { bytes_received: u64::MAX - 1, ..Metrics::default() };
+        m.bytes_in(10);
+        assert_eq!(m.bytes_received, u64::MAX);
+    }
+
+    #[test]
+    fn every_close_code_and_status_has_its_own_line() {
+        let mut m = Metrics::default();
+        for code in CLOSE_CODES {
+            m.close_code_sent(code);
+        }
+        for status in HANDSHAKE_REJECT_STATUSES {
+            m.handshake_rejected(status);
+        }
+        let text = render(&m, &Gauges::default());
+        for code in CLOSE_CODES {
+            assert_eq!(sample(&text, &format!("wshub_close_frames_sent_total{{code=\"{code}\"}}")), Some(1));
+        }
+        for status in HANDSHAKE_REJECT_STATUSES {
+            assert_eq!(
+                sample(&text, &format!("wshub_handshakes_rejected_total{{status=\"{status}\"}}")),
+                Some(1)
+            );
+        }
+        assert_eq!(sample(&text, "wshub_close_frames_sent_total{code=\"other\"}"), Some(0));
+    }
+}
