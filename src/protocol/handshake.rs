@@ -262,6 +262,11 @@ impl<'b> RequestHead<'b> {
         if host.is_none_or(|h| trim(h).is_empty()) {
             return Err(Rejection::new(400, "missing Host header"));
         }
+        // RFC 7230 section 5.4: more than one Host is a 400 (the origin check must not see one
+        // Host while a proxy routes by another).
+        if self.headers().iter().filter(|h| h.name.eq_ignore_ascii_case("host")).count() > 1 {
+            return Err(Rejection::new(400, "more than one Host header"));
+        }
         if !self.has_token("upgrade", "websocket") {
             return Err(Rejection::new(400, "Upgrade header must include websocket"));
         }
