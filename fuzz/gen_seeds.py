@@ -169,3 +169,51 @@ conn("too_big", [op_frame(0x2, n=200), op_frame(0x1, n=10)], limits=0x01)
 conn("origin_same_host", [op_frame(0x1, n=4)], policy=0x00, head_flags=(1 << 8) | (1 << 15))
 conn("extra_header_and_raw", [raw(b"\x81\x80abcd"), op_frame(0x1, n=2)], head_flags=1 << 10,
      extra=b"X-Forwarded-For: 10.0.0.1")
+
+
+# --- hub_message: config u8, then ops (see fuzz/src/hub_checks.rs) ------------------------
+TYPES = ["ping", "subscribe", "unsubscribe", "publish", "broadcast", "ping_escaped", "nope", "5", "array"]
+TOPICS = ["news", "sport", "quote_nl", "news_escaped", "", "nihon", "emoji", "8", "9"]
+
+
+def msg(client, kind, topic=0, data=0, id_choice=8, shape=0, extra=b""):
+    """A structured message op; id_choice with bit 3 set means no id (else IDS[id_choice % 8])."""
+    tag = (client << 4) | 1
+    return bytes([tag, shape, TYPES.index(kind), topic, data, id_choice]) + extra
+
+
+def raw_text(client, text):
+    return bytes([client << 4]) + struct.pack("<H", len(text)) + text
+
+
+def hub(name, ops, cfg=0x00):
+    write("hub_message", name, bytes([cfg]) + b"".join(ops))
+
+
+hub("ping_with_ids", [msg(0, "ping", id_choice=0), msg(1, "ping", id_choice=2), msg(2, "ping_escaped", id_choice=3),
+                      msg(3, "ping", id_choice=4)])
+hub("subscribe_publish_unsubscribe",
+    [msg(0, "subscribe"), msg(1, "subscribe"), msg(1, "subscribe"), msg(2, "publish", data=1, id_choice=1),
+     msg(1, "unsubscribe", id_choice=0), msg(2, "publish", data=2), msg(0, "unsubscribe", topic=3),
+     msg(3, "publish", data=3, id_choice=0)])
+hub("broadcast_allowed", [msg(0, "subscribe", topic=5), msg(1, "broadcast", data=2, id_choice=0, shape=4),
+                          msg(2, "broadcast", data=4, shape=3)], cfg=0x10)
+hub("broadcast_disabled", [msg(1, "broadcast", data=1, id_choice=5, shape=4)])
+hub("doc_examples", [raw_text(0, b'{"type":"ping","id":1}'),
+                     raw_text(1, b'{"type":"subscribe","payload":{"topic":"news"}}'),
+                     raw_text(2, b'{"type":"publish","payload":{"topic":"news","data":{"h":"hi"}},"id":"p1"}'),
+                     raw_text(1, b'{"type":"unsubscribe","payload":{"topic":"news"}}'),
+                     raw_text(3, b'{"type":"broadcast","payload":{"data":"hello all"},"id":9}')], cfg=0x10)
+hub("errors", [msg(0, "nope", id_choice=1), msg(0, "subscribe", topic=4, id_choice=0), msg(0, "5"),
+               msg(1, "subscribe", shape=0x40, extra=b"\x02"), msg(1, "publish", shape=5, id_choice=6),
+               msg(2, "subscribe", shape=0x08, id_choice=0), msg(2, "subscribe", shape=0x10),
+               msg(3, "array")], cfg=0x01)
+hub("too_many_subscriptions", [msg(0, "subscribe", topic=0), msg(0, "subscribe", topic=1),
+                               msg(0, "subscribe", topic=2, id_choice=0), msg(0, "subscribe", topic=0)], cfg=0x04)
+hub("slow_consumer", [msg(0, "subscribe"), msg(1, "subscribe"), bytes([0x06]), msg(2, "publish", id_choice=0),
+                      bytes([0x06]), msg(2, "publish", id_choice=0)])
+hub("disconnect", [msg(0, "subscribe"), msg(0, "subscribe", topic=6), msg(1, "subscribe", topic=6), bytes([0x05]),
+                   msg(2, "publish", topic=6, id_choice=0), bytes([0x15]), msg(2, "publish", topic=6, id_choice=0)])
+hub("binary_and_malformed", [bytes([0x07]), raw_text(1, b'{"type":"ping"'), raw_text(1, b'["ping"]'),
+                             raw_text(2, b'{"type":"ping","type":"ping","id":3}'), raw_text(3, b' \n{"type":"ping"}'),
+                             raw_text(0, b'{"type":"subscribe","payload":{"topic":"a\\u0000b"},"id":null}')])

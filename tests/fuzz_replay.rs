@@ -66,3 +66,12 @@ fn chunks_cover_the_stream() {
         assert_eq!(pieces.concat(), stream, "sizes {sizes:?}");
     }
 }
+
+#[allow(dead_code)]
+#[path = "../fuzz/src/hub_checks.rs"]
+mod hub_checks;
+
+#[test]
+fn hub_message_corpus_and_regressions() {
+    replay("hub_message", hub_checks::check_hub_message);
+}

@@ -2,3 +2,4 @@
 //! stable replay test (`tests/fuzz_replay.rs`) includes as well.
 
 pub mod checks;
+pub mod hub_checks;
