@@ -8,7 +8,6 @@
 pub mod connection;
 pub mod outbuf;
 pub mod reactor;
-mod stubs;
 pub mod timers;
 
 pub use reactor::Server;

@@ -13,7 +13,7 @@ use std::io::{self, IoSlice, Write};
 use std::rc::Rc;
 
 /// Most iovecs handed to one `writev`.
-const MAX_IOVECS: usize = 64;
+const MAX_IOVECS: usize = 512;
 /// Pool entries larger than this are freed instead of kept.
 const POOL_MAX_CAPACITY: usize = 64 * 1024;
 /// Most buffers the pool keeps.

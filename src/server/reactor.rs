@@ -25,11 +25,11 @@ use slab::Slab;
 
 use super::connection::{Connection, Ending, Phase};
 use super::outbuf::BufferPool;
-use super::stubs::http::{self, HttpConfig, HttpContext, HttpRequest};
-use super::stubs::hub::{ClientId, Hub, HubConfig, Outbox};
-use super::stubs::metrics::Metrics;
 use super::timers::{DeadlineQueue, NEVER};
 use crate::config::{millis, Config};
+use crate::http::{self, HttpConfig, HttpContext, HttpRequest};
+use crate::hub::{ClientId, Hub, HubConfig, Outbox};
+use crate::metrics::Metrics;
 use crate::protocol::close::code;
 use crate::protocol::frame::{self, OpCode};
 use crate::protocol::handshake::{self, Rejection, UpgradePolicy};
@@ -46,8 +46,8 @@ const READ_SIZE: usize = 256 * 1024;
 const READS_PER_TURN: usize = 8;
 /// A connection whose queue reaches this many shared frames or bytes in one turn is flushed at
 /// once, so the send-queue bound measures what the socket refused, not this turn's burst.
-const EAGER_FLUSH_FRAMES: usize = 32;
-const EAGER_FLUSH_BYTES: usize = 64 * 1024;
+const EAGER_FLUSH_FRAMES: usize = 128;
+const EAGER_FLUSH_BYTES: usize = 256 * 1024;
 /// How long accept stays paused after running out of file descriptors.
 const ACCEPT_PAUSE: Millis = 100;
 /// Connections beyond the limit are still accepted to be told 503, up to this many at once.
@@ -505,6 +505,7 @@ impl Server {
         let body_len = match http::body_plan(&request, &s.settings.http) {
             Ok(n) => n,
             Err(response) => {
+                s.metrics.http_response(response.status);
                 let conn = &mut conns[key];
                 conn.out.append_with(&mut s.pool, |out| response.write_to(out));
                 linger(conn, s, key, Ending::Rejected);
@@ -595,6 +596,7 @@ impl Server {
                             let cut_off = std::mem::take(&mut outbox.cut_off);
                             s.metrics.bytes_out(outbox.written);
                             if !s.reply.is_empty() {
+                                s.metrics.message_out();
                                 conns[key].out.push_bytes(&mut s.pool, &s.reply);
                                 s.reply.clear();
                             }
@@ -618,6 +620,7 @@ impl Server {
                         }
                         Mode::Hub => {
                             s.hub.handle_binary(key, &mut s.reply, &mut s.metrics);
+                            s.metrics.message_out();
                             conns[key].out.push_bytes(&mut s.pool, &s.reply);
                             s.reply.clear();
                         }
@@ -984,7 +987,8 @@ impl<'a> Deliveries<'a> {
             conn.dirty = true;
             self.dirty.push(key);
         }
-        if conn.out.shared_frames() >= EAGER_FLUSH_FRAMES || conn.out.queued_bytes() >= EAGER_FLUSH_BYTES {
+        let eager_frames = EAGER_FLUSH_FRAMES.min(self.send_queue / 2).max(1);
+        if conn.out.shared_frames() >= eager_frames || conn.out.queued_bytes() >= EAGER_FLUSH_BYTES {
             // Write now so the bounds below judge the client, not the size of this turn.
             match conn.out.flush(&mut conn.socket, self.pool) {
                 Ok(f) => {
