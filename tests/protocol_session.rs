@@ -674,3 +674,22 @@ fn assembly_buffer_is_released_after_delivery() {
     d.feed(&client(true, OpCode::Binary, &[7; 120])).unwrap();
     assert_eq!(d.events.len(), 2);
 }
+
+#[test]
+fn a_message_open_when_we_close_is_never_delivered() {
+    let cfg = config();
+    let mut d = Driver::new(cfg.clone());
+    let last = client(true, OpCode::Continuation, "ó fin".as_bytes());
+    d.feed(&client(false, OpCode::Text, b"started ")).unwrap();
+    assert!(d.session.close(&cfg, &mut d.out, 1001, "", 0));
+    // The rest is still checked (split across reads) but produces no event.
+    d.feed(&last[..7]).unwrap();
+    d.feed(&last[7..]).unwrap();
+    d.feed(&client(true, OpCode::Text, b"another")).unwrap();
+    assert!(d.events.is_empty(), "{:?}", d.events);
+    assert_eq!(d.out_frames().len(), 1);
+    // A protocol error meanwhile still ends the session, without a second close.
+    assert_eq!(d.feed(&client(true, OpCode::Continuation, b"x")), Err(ProtocolError::UnexpectedContinuation));
+    assert!(d.session.is_closed());
+    assert_eq!(d.out_frames().len(), 1);
+}
