@@ -14,6 +14,8 @@ use std::rc::Rc;
 
 /// Most iovecs handed to one `writev`.
 const MAX_IOVECS: usize = 512;
+/// Chunk-list capacity an emptied queue keeps (32 bytes each).
+const MAX_KEPT_CHUNKS: usize = 1024;
 /// Pool entries larger than this are freed instead of kept.
 const POOL_MAX_CAPACITY: usize = 64 * 1024;
 /// Most buffers the pool keeps.
@@ -213,9 +215,9 @@ impl OutQueue {
                 None => return,
             }
         }
-        // Fully written owned chunks at the front went back to the pool above; an emptied
-        // queue keeps its (small) VecDeque allocation only while it is still in use.
-        if self.chunks.is_empty() && self.chunks.capacity() > 16 {
+        // An emptied queue keeps its chunk list for the next burst (regrowing it every round
+        // of a busy topic was measurable churn), unless a rare burst made it large.
+        if self.chunks.is_empty() && self.chunks.capacity() > MAX_KEPT_CHUNKS {
             self.chunks = VecDeque::new();
         }
     }
