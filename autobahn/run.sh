@@ -159,9 +159,22 @@ set +e
 rc=$?
 set -e
 log "wstest finished in $((SECONDS - start)) s (exit $rc)"
+# A server that died mid-run shows up below only as a pile of failed and missing cases; say so
+# here. Status 0 with 1001 closes means it shut down gracefully on a signal from outside.
+if ! kill -0 "$server_pid" 2>/dev/null; then
+    set +e; wait "$server_pid"; status=$?; set -e
+    server_pid=""
+    log "wshub exited during the run (status $status); its log:"
+    tail -n 30 "$reports/wshub.log" >&2
+    rc=1
+fi
 if [[ $rc -ne 0 ]]; then
     tail -n 30 "$reports/wstest.log" >&2
     [[ $rc -eq 124 ]] && log "wstest timed out"
+    # Reports of a partial run still say which cases went wrong.
+    if [[ -f "$reports/servers/index.json" ]]; then
+        python3 "$here/check.py" --reports "$reports/servers" --baseline "$here/expected-results.json" || true
+    fi
     exit 1
 fi
 
