@@ -13,7 +13,7 @@
 //! Driving it:
 //! ```text
 //! loop {
-//!     let step = session.advance(&mut buf[pos..end], &mut out, now)?;
+//!     let step = session.advance(&mut buf[pos..end], &config, &mut out, now)?;
 //!     pos += step.consumed;
 //!     match step.event { Some(ev) => handle(ev), None => break /* keep buf[pos..end] */ }
 //! }
