@@ -119,6 +119,8 @@ with open(dst, "w") as f:
 print("\n".join(args))
 EOF
 )
+# mapfile hides the generator's exit status; an empty list means it failed.
+[[ ${#server_args[@]} -gt 0 && -s "$spec_gen" ]] || { log "cannot read $spec_src"; exit 1; }
 
 server_pid=""
 cleanup() {
