@@ -267,6 +267,11 @@ impl<'b> RequestHead<'b> {
         if self.headers().iter().filter(|h| h.name.eq_ignore_ascii_case("host")).count() > 1 {
             return Err(Rejection::new(400, "more than one Host header"));
         }
+        // RFC 9112 section 6: bytes after a head that announces a body are that body; accepting
+        // the upgrade would read them as WebSocket frames.
+        if self.has_transfer_encoding() || !matches!(self.content_length(), Ok(None | Some(0))) {
+            return Err(Rejection::new(400, "WebSocket upgrade must not have a body"));
+        }
         if !self.has_token("upgrade", "websocket") {
             return Err(Rejection::new(400, "Upgrade header must include websocket"));
         }
