@@ -177,6 +177,10 @@ fn upgrade_validation_table() {
         ("key not base64", with_key("!!!!!!!!!!!!!!!!!!!!!!=="), Some(400)),
         ("key without padding", with_key("dGhlIHNhbXBsZSBub25jZQ"), Some(400)),
         ("two keys", request_with(&[], &[&format!("Sec-WebSocket-Key: {KEY}")]), Some(400)),
+        ("Content-Length: 0", request_with(&[], &["Content-Length: 0"]), None),
+        ("Content-Length: 5", request_with(&[], &["Content-Length: 5"]), Some(400)),
+        ("Content-Length: junk", request_with(&[], &["Content-Length: 5x"]), Some(400)),
+        ("Transfer-Encoding", request_with(&[], &["Transfer-Encoding: chunked"]), Some(400)),
         ("no version", request_with(&["sec-websocket-version:"], &[]), Some(426)),
         ("version 8", with_version("8"), Some(426)),
         ("version 12", with_version("12"), Some(426)),
@@ -342,6 +346,18 @@ fn a_second_host_cannot_steer_the_origin_check() {
         &["Host: example.com", "Host: internal.example", "Origin: http://example.com"],
     );
     let rejection = validate(&req, &UpgradePolicy::default()).unwrap_err();
+    assert_eq!(rejection.status, 400);
+}
+
+#[test]
+fn an_upgrade_with_a_body_is_refused() {
+    // RFC 9112 section 6: the bytes after a head with Content-Length are its body. Accepting
+    // the upgrade would read that body as WebSocket frames (here, a valid masked text frame).
+    let mut frame_bytes = Vec::new();
+    frame::write_masked_frame(&mut frame_bytes, true, OpCode::Text, [1, 2, 3, 4], b"smuggled");
+    let mut buf = request_with(&[], &[&format!("Content-Length: {}", frame_bytes.len())]);
+    buf.extend_from_slice(&frame_bytes);
+    let rejection = validate(&buf, &UpgradePolicy::default()).unwrap_err();
     assert_eq!(rejection.status, 400);
 }
 
