@@ -341,59 +341,36 @@ fn listens_on_ipv6_loopback() {
         panic!("IPv6 loopback is unavailable on this machine; the IPv6 listener cannot be tested");
     };
     drop(probe);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wshub"))
-        .args(["--listen", "[::1]:0", "--echo"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
-    let addr: std::net::SocketAddr = loop {
-        let line = lines.next().expect("listening line").unwrap();
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wshub"));
+    command.args(["--listen", "[::1]:0", "--echo"]);
+    let server = ServerProc::spawn(command);
+    let addr = server.addr;
     assert!(addr.is_ipv6());
     let mut s = ws_connect(addr);
     s.write_all(&masked(OpCode::Text, true, b"over v6")).unwrap();
     assert_eq!(read_frame(&mut s).unwrap().payload, b"over v6");
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// Out of file descriptors: accept fails with EMFILE. The server must neither exit nor spin,
 /// and must accept again once descriptors free up.
 #[test]
 fn survives_running_out_of_file_descriptors() {
-    let mut child = std::process::Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -n 40 && exec {} --listen 127.0.0.1:0 --echo --max-connections 1000",
-            env!("CARGO_BIN_EXE_wshub")
-        ))
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
-    let addr: std::net::SocketAddr = loop {
-        let line = lines.next().expect("listening line").unwrap();
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines.by_ref() {});
+    let mut command = std::process::Command::new("bash");
+    command.arg("-c").arg(format!(
+        "ulimit -n 40 && exec {} --listen 127.0.0.1:0 --echo --max-connections 1000",
+        env!("CARGO_BIN_EXE_wshub")
+    ));
+    let mut server = ServerProc::spawn(command);
+    let addr = server.addr;
     // Far more clients than descriptors: the extra ones wait in the backlog.
     let mut held: Vec<TcpStream> = (0..60).map(|_| connect(addr)).collect();
     std::thread::sleep(Duration::from_millis(300));
-    let cpu_before = cpu_ticks(child.id());
+    let cpu_before = cpu_ticks(server.child.id());
     std::thread::sleep(Duration::from_secs(2));
-    let cpu_used = cpu_ticks(child.id()) - cpu_before;
+    let cpu_used = cpu_ticks(server.child.id()) - cpu_before;
     // 2 s of wall time; a spinning accept loop would burn ~200 ticks. Allow a tenth of that.
     assert!(cpu_used < 20, "server used {cpu_used} ticks of CPU in 2 s while out of descriptors");
-    assert!(child.try_wait().unwrap().is_none(), "server exited");
+    assert!(server.child.try_wait().unwrap().is_none(), "server exited");
     // Free descriptors: new clients are served again.
     held.clear();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -409,8 +386,6 @@ fn survives_running_out_of_file_descriptors() {
         assert!(Instant::now() < deadline, "server never recovered");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// utime + stime of a process, in clock ticks.

@@ -17,9 +17,14 @@ pub struct ServerProc {
 impl ServerProc {
     /// Starts `wshub --listen 127.0.0.1:0 ARGS` and waits for its "listening on" line.
     pub fn start(args: &[&str]) -> ServerProc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wshub"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wshub"));
+        command.args(["--listen", "127.0.0.1:0"]).args(args);
+        ServerProc::spawn(command)
+    }
+
+    /// Runs `command` (which must end up exec'ing wshub) and waits for its "listening on" line.
+    pub fn spawn(mut command: Command) -> ServerProc {
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
