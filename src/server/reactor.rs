@@ -408,10 +408,12 @@ impl Server {
         let s = &mut self.shared;
         let conn = &mut self.conns[key];
         let Phase::Handshake { awaiting_body, .. } = conn.phase else { return };
-        // Keep at most the head limit plus a body bound; beyond that the request is refused
-        // anyway, and nothing the client claims sizes this buffer.
-        let cap = s.settings.max_head + s.settings.http.max_body_bytes;
-        let take = n.min(cap.saturating_sub(conn.input.len()));
+        // Keep the whole read: after a complete head these bytes are the client's first frames
+        // (or the body), and dropping any desynchronizes the frame stream. Still bounded, and
+        // never sized by what the client claims: before this read the buffer held less than
+        // the head limit (a longer partial head is refused below) or a head plus a body within
+        // its limit, and one read adds at most READ_SIZE.
+        let take = n;
         conn.input.extend_from_slice(&s.read_buf[READ_PREFIX..READ_PREFIX + take]);
         // Re-parse only when a blank line may have arrived (or a body is being read), so a
         // client trickling its head byte by byte costs a scan of new bytes, not of the head.
