@@ -1,1 +1,262 @@
-fn main() {}
+//! `loadgen`: a single-threaded WebSocket load generator for wshub and its peers.
+//!
+//! Every scenario runs a warm-up window and then `--windows` timed windows over `--duration`
+//! seconds, reports the median window, and stops by itself: a watchdog ends the process if a
+//! run outlives its budget. Each result is one `RESULT key=value ...` line on stdout.
+
+mod broadcast;
+mod chart;
+mod connrate;
+mod echo;
+mod idle;
+mod net;
+mod stats;
+mod ws;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Longest measured duration any run may ask for, in seconds.
+const MAX_DURATION: f64 = 600.0;
+/// Most connections one run may open (the open-file limit here is 20,000).
+const MAX_CONNS: usize = 19_000;
+
+#[derive(Parser)]
+#[command(name = "loadgen", about = "WebSocket load generator (echo, broadcast, idle, connrate)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Server URL (a literal IP and port).
+    #[arg(long, default_value = "ws://127.0.0.1:9001/ws")]
+    url: String,
+    /// Server name for the RESULT line.
+    #[arg(long, default_value = "unknown")]
+    server: String,
+    /// Measured seconds, split into --windows windows (capped at 600).
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Number of timed windows; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    windows: usize,
+    /// Warm-up seconds before the first window.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Seconds without progress after which the run fails.
+    #[arg(long, default_value_t = 5.0)]
+    stall: f64,
+    /// Block in epoll_wait instead of busy-polling. Busy-polling keeps the generator's core
+    /// awake, so a halted virtual CPU's wake-up latency is not measured as server slowness.
+    #[arg(long)]
+    no_spin: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// C connections each write DEPTH binary frames of SIZE bytes per write and await the echoes.
+    Echo {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 100)]
+        conns: usize,
+        #[arg(long, default_value_t = 16)]
+        size: usize,
+        #[arg(long, default_value_t = 16)]
+        depth: u32,
+    },
+    /// N subscribers of one topic; per round P of them publish and all must receive all P.
+    Broadcast {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        /// Publishers per round [default: every client].
+        #[arg(long)]
+        publishers: Option<usize>,
+        /// Filler bytes in each message's data (plus 33 bytes of timestamp and sequence).
+        #[arg(long, default_value_t = 20)]
+        size: usize,
+        #[arg(long, default_value = "bench")]
+        topic: String,
+    },
+    /// N idle connections; server RSS growth per connection.
+    Idle {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 10_000)]
+        conns: usize,
+        /// Server process id (its /proc/PID/status is read).
+        #[arg(long)]
+        pid: u32,
+        /// Seconds to hold the connections open.
+        #[arg(long, default_value_t = 3.0)]
+        hold: f64,
+    },
+    /// Handshake + close cycles per second with CONCURRENCY in flight.
+    Connrate {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
+    /// Prints a results CSV (metric,unit,server,value) as a Markdown table with ratios, and
+    /// optionally renders it as an SVG bar chart.
+    Report {
+        #[arg(long)]
+        csv: std::path::PathBuf,
+        #[arg(long)]
+        svg: Option<std::path::PathBuf>,
+        #[arg(long, default_value = "wshub")]
+        baseline: String,
+    },
+}
+
+/// How long each phase of a run may take.
+pub struct Timing {
+    pub warmup: Duration,
+    pub window: Duration,
+    pub windows: usize,
+    pub stall: Duration,
+    /// Budget for connecting and subscribing.
+    pub setup_limit: Duration,
+    /// Busy-poll (zero epoll timeout) while measuring.
+    pub spin: bool,
+}
+
+fn secs(v: f64, name: &str) -> Result<Duration, String> {
+    if !v.is_finite() || !(0.0..=MAX_DURATION).contains(&v) {
+        return Err(format!("--{name} {v}: must be between 0 and {MAX_DURATION} seconds"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+impl Common {
+    fn timing(&self) -> Result<Timing, String> {
+        let windows = self.windows.clamp(1, 1000);
+        let duration = secs(self.duration, "duration")?;
+        let timing = Timing {
+            warmup: secs(self.warmup, "warmup")?,
+            window: duration / windows as u32,
+            windows,
+            stall: secs(self.stall.max(0.5), "stall")?,
+            setup_limit: Duration::from_secs(60),
+            spin: !self.no_spin,
+        };
+        // Hard cap: whatever happens, the process ends after its budget plus a margin.
+        let budget = timing.setup_limit * 2 + timing.warmup + duration + Duration::from_secs(30);
+        std::thread::spawn(move || {
+            std::thread::sleep(budget);
+            eprintln!("loadgen: watchdog: run exceeded {budget:?}, exiting");
+            std::process::exit(3);
+        });
+        Ok(timing)
+    }
+}
+
+fn check_conns(n: usize) -> Result<usize, String> {
+    if n == 0 || n > MAX_CONNS {
+        return Err(format!("{n} connections: must be 1..={MAX_CONNS}"));
+    }
+    Ok(n)
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let nofile = stats::raise_nofile();
+    match cli.cmd {
+        Cmd::Echo { common, conns, size, depth } => {
+            let target = net::Target::parse(&common.url)?;
+            let timing = common.timing()?;
+            let conns = check_conns(conns)?;
+            let depth = depth.clamp(1, 100_000);
+            let r = echo::run(&target, &echo::Echo { conns, size, depth }, &timing)?;
+            println!(
+                "RESULT scenario=echo server={} size={size} depth={depth} conns={conns} msgs_per_s={:.0} \
+                 mb_per_s={:.2} windows={}",
+                common.server,
+                r.msgs_per_s,
+                r.mb_per_s,
+                join(&r.windows)
+            );
+        }
+        Cmd::Broadcast { common, clients, publishers, size, topic } => {
+            let target = net::Target::parse(&common.url)?;
+            let timing = common.timing()?;
+            let clients = check_conns(clients)?;
+            let publishers = publishers.unwrap_or(clients).clamp(1, clients);
+            let p = broadcast::Broadcast { clients, publishers, size, topic };
+            let r = broadcast::run(&target, &p, &timing)?;
+            println!(
+                "RESULT scenario=broadcast server={} clients={clients} publishers={publishers} size={size} \
+                 deliveries_per_s={:.0} p50_us={:.1} p99_us={:.1} rounds={} samples={} windows={}",
+                common.server,
+                r.deliveries_per_s,
+                r.p50_us,
+                r.p99_us,
+                r.rounds,
+                r.samples,
+                join(&r.windows)
+            );
+        }
+        Cmd::Idle { common, conns, pid, hold } => {
+            let target = net::Target::parse(&common.url)?;
+            let timing = common.timing()?;
+            let conns = check_conns(conns)?;
+            if conns as u64 + 64 > nofile {
+                return Err(format!("{conns} connections need more than the open-file limit {nofile}"));
+            }
+            let hold = secs(hold, "hold")?;
+            let r = idle::run(&target, &idle::Idle { conns, pid, hold }, &timing)?;
+            println!(
+                "RESULT scenario=idle server={} conns={conns} rss_before_kib={} rss_after_kib={} \
+                 rss_end_kib={} kib_per_conn={:.2} open_s={:.2} dropped={}",
+                common.server,
+                r.rss_before_kib,
+                r.rss_after_kib,
+                r.rss_end_kib,
+                r.kib_per_conn,
+                r.open_secs,
+                r.dropped
+            );
+        }
+        Cmd::Connrate { common, concurrency } => {
+            let target = net::Target::parse(&common.url)?;
+            let timing = common.timing()?;
+            let concurrency = check_conns(concurrency)?;
+            let r = connrate::run(&target, &connrate::ConnRate { concurrency }, &timing)?;
+            println!(
+                "RESULT scenario=connrate server={} concurrency={concurrency} cycles_per_s={:.0} \
+                 failures={} windows={}",
+                common.server,
+                r.cycles_per_s,
+                r.failures,
+                join(&r.windows)
+            );
+        }
+        Cmd::Report { csv, svg, baseline } => {
+            print!("{}", chart::table(&csv, &baseline)?);
+            if let Some(svg) = svg {
+                chart::render(&csv, &svg, &baseline)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn join(v: &[f64]) -> String {
+    v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(",")
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

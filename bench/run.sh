@@ -1,0 +1,224 @@
+#!/usr/bin/env bash
+# Benchmarks wshub against peer servers on this machine, over loopback.
+#
+#   bench/run.sh smoke   build wshub + loadgen, one small echo run against wshub (seconds;
+#                        no speed asserted; CI calls this)
+#   bench/run.sh quick   every scenario once against every server (about 2 minutes after builds)
+#   bench/run.sh full    every scenario 3 times, servers alternating, longer windows (~12 min)
+#
+# Each server runs pinned to core 0 and the load generator to core 1 (when there are two
+# cores), a fresh server process per run. Results: RESULT lines in bench/results/tmp/,
+# medians in bench/results/latest.csv, a Markdown table on stdout and in
+# bench/results/latest.md, and a chart in bench/results/latest.svg.
+set -euo pipefail
+mode="${1:-quick}"
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+target="${CARGO_TARGET_DIR:-$root/target}"
+case "$target" in /*) ;; *) target="$root/$target" ;; esac
+peers="$target/bench-peers"
+results="$here/results"
+tmp="$results/tmp"
+mkdir -p "$tmp"
+
+case "$mode" in
+smoke | quick | full) ;;
+*)
+    echo "usage: $0 [smoke|quick|full]" >&2
+    exit 2
+    ;;
+esac
+
+log() { echo "run.sh: $*" >&2; }
+
+log "building wshub and loadgen (release)"
+(cd "$root" && cargo build --quiet --release -p wshub -p wshub-bench)
+wshub_bin="$target/release/wshub"
+loadgen="$target/release/loadgen"
+
+# Use every open file the hard limit allows (idle runs hold 10,000 connections; servers that
+# do not raise their own limit inherit this).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+if [ "$(nproc)" -ge 2 ]; then
+    pin_server=(taskset -c 0)
+    pin_load=(taskset -c 1)
+else
+    pin_server=()
+    pin_load=()
+    log "fewer than 2 cores: not pinning"
+fi
+
+# ---- servers ---------------------------------------------------------------------------
+# server_cmd NAME MODE ADDR -> prints nothing, sets the array `cmd` (empty: not available).
+server_cmd() {
+    local name=$1 mode=$2 addr=$3
+    cmd=()
+    case "$name/$mode" in
+    wshub/echo) cmd=(env RUST_LOG=warn "$wshub_bin" --echo --listen "$addr" --max-connections 19000) ;;
+    wshub/hub) cmd=(env RUST_LOG=warn "$wshub_bin" --listen "$addr" --max-connections 19000 --send-queue 4096) ;;
+    tokio-tungstenite/echo) cmd=("$peers/tokio-tungstenite/cargo/release/echo" "$addr") ;;
+    tokio-tungstenite/hub) cmd=("$peers/tokio-tungstenite/cargo/release/broadcast" "$addr") ;;
+    fastwebsockets/echo) cmd=("$peers/fastwebsockets/cargo/release/echo" "$addr") ;;
+    gorilla/echo) cmd=(env GOMAXPROCS=1 "$peers/gorilla/echo" "$addr") ;;
+    gorilla/hub) cmd=(env GOMAXPROCS=1 "$peers/gorilla/hub" "$addr") ;;
+    node-ws/echo) cmd=(node "$here/peers/node-ws/server.js" "$addr") ;;
+    *) return 0 ;;
+    esac
+    # Only if the program exists.
+    local prog=${cmd[0]}
+    [ "$prog" = env ] && prog=${cmd[2]}
+    if [ "$prog" = node ]; then
+        command -v node >/dev/null && [ -d "$here/peers/node-ws/node_modules/ws" ] || cmd=()
+    elif [ ! -x "$prog" ]; then
+        cmd=()
+    fi
+}
+
+server_pid=""
+start_server() { # NAME MODE PORT; sets server_pid or returns 1
+    local name=$1 mode=$2 port=$3
+    server_cmd "$name" "$mode" "127.0.0.1:$port"
+    [ ${#cmd[@]} -gt 0 ] || return 1
+    # exec: $! is the server itself (env and taskset exec too), so its RSS is the server's.
+    (exec "${pin_server[@]}" "${cmd[@]}") >"$tmp/server-$name-$mode.log" 2>&1 &
+    server_pid=$!
+    for _ in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            sleep 0.1
+            return 0
+        fi
+        if ! kill -0 "$server_pid" 2>/dev/null; then
+            log "$name ($mode) exited at start; see $tmp/server-$name-$mode.log"
+            server_pid=""
+            return 1
+        fi
+        sleep 0.05
+    done
+    log "$name ($mode) did not listen on $port"
+    stop_server
+    return 1
+}
+
+stop_server() {
+    [ -n "$server_pid" ] || return 0
+    kill "$server_pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do
+        kill -0 "$server_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -9 "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+    server_pid=""
+}
+trap stop_server EXIT
+
+# ---- smoke -------------------------------------------------------------------------------
+if [ "$mode" = smoke ]; then
+    port=9400
+    start_server wshub echo $port || {
+        log "wshub did not start"
+        exit 1
+    }
+    "${pin_load[@]}" timeout 60 "$loadgen" echo --server wshub --url "ws://127.0.0.1:$port/ws" \
+        --conns 10 --size 16 --depth 16 --warmup 0.2 --duration 1 --windows 1
+    stop_server
+    log "smoke: ok"
+    exit 0
+fi
+
+# ---- quick / full ------------------------------------------------------------------------
+log "building peers"
+"$here/peers/build.sh"
+
+if [ "$mode" = full ]; then
+    reps=3
+    timing=(--warmup 1 --duration 5 --windows 5)
+    hold=3
+else
+    reps=1
+    timing=(--warmup 0.5 --duration 1.5 --windows 3)
+    hold=1
+fi
+servers=(wshub tokio-tungstenite fastwebsockets gorilla node-ws)
+
+# Cases: id | server mode | loadgen arguments | RESULT fields to keep as metric:unit.
+cases=(
+    "echo-16|echo|echo --conns 100 --size 16 --depth 16|msgs_per_s:echo 16 B msgs/s"
+    "echo-1k|echo|echo --conns 100 --size 1024 --depth 16|msgs_per_s:echo 1 KiB msgs/s"
+    "bcast-100|hub|broadcast --clients 100|deliveries_per_s:broadcast 100x100 deliveries/s,p50_us:broadcast 100x100 p50 us,p99_us:broadcast 100x100 p99 us"
+    "bcast-1000|hub|broadcast --clients 1000|deliveries_per_s:broadcast 1000x1000 deliveries/s,p99_us:broadcast 1000x1000 p99 us"
+    "fanout-10k|hub|broadcast --clients 10000 --publishers 1|deliveries_per_s:fan-out 1 to 10k deliveries/s,p99_us:fan-out 1 to 10k p99 us"
+    "idle-10k|echo|idle --conns 10000 --hold $hold|kib_per_conn:idle 10k RSS KiB/conn"
+    "connrate|echo|connrate --concurrency 32|cycles_per_s:connect+close cycles/s"
+)
+
+raw="$tmp/raw.txt"
+: >"$raw"
+port=9400
+started=$(date +%s)
+for rep in $(seq 1 "$reps"); do
+    for case in "${cases[@]}"; do
+        IFS='|' read -r id smode args _ <<<"$case"
+        # Alternate the order of servers between repetitions.
+        order=("${servers[@]}")
+        if [ $((rep % 2)) = 0 ]; then
+            order=()
+            for ((i = ${#servers[@]} - 1; i >= 0; i--)); do order+=("${servers[i]}"); done
+        fi
+        for name in "${order[@]}"; do
+            port=$((port + 1))
+            [ $port -gt 9990 ] && port=9401
+            server_cmd "$name" "$smode" x
+            [ ${#cmd[@]} -gt 0 ] || continue
+            if ! start_server "$name" "$smode" $port; then
+                continue
+            fi
+            extra=()
+            case "$args" in idle*) extra=(--pid "$server_pid") ;; esac
+            # shellcheck disable=SC2086
+            if line=$("${pin_load[@]}" "$loadgen" $args "${timing[@]}" "${extra[@]}" \
+                --server "$name" --url "ws://127.0.0.1:$port/ws" 2>"$tmp/loadgen-err.txt" | grep '^RESULT'); then
+                echo "$line"
+                echo "rep=$rep case=$id $line" >>"$raw"
+            else
+                log "$id against $name failed: $(tail -c 300 "$tmp/loadgen-err.txt")"
+            fi
+            stop_server
+        done
+    done
+done
+log "measured in $(($(date +%s) - started)) s"
+
+# Medians over repetitions -> CSV (metric,unit,server,value).
+csv="$results/latest.csv"
+{
+    echo "metric,unit,server,value"
+    for case in "${cases[@]}"; do
+        IFS='|' read -r id _ _ fields <<<"$case"
+        IFS=',' read -ra wanted <<<"$fields"
+        for w in "${wanted[@]}"; do
+            key=${w%%:*}
+            label=${w#*:}
+            unit=${label##* }
+            metric=${label% *}
+            for name in "${servers[@]}"; do
+                vals=$(grep " case=$id " "$raw" | grep " server=$name " |
+                    sed -n "s/.* $key=\([0-9.]*\).*/\1/p" | sort -g)
+                [ -n "$vals" ] || continue
+                n=$(echo "$vals" | wc -l)
+                med=$(echo "$vals" | awk -v n="$n" '{v[NR]=$1} END {if (n%2) print v[(n+1)/2]; else print (v[n/2]+v[n/2+1])/2}')
+                echo "$metric,$unit,$name,$med"
+            done
+        done
+    done
+} >"$csv"
+
+md="$results/latest.md"
+{
+    echo "bench/run.sh $mode, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, server on core 0, loadgen on core 1; median of $reps run(s)"
+    echo
+    "$loadgen" report --csv "$csv" --svg "$results/latest.svg" --baseline wshub
+} >"$md"
+cat "$md"
+log "wrote $csv, $md, $results/latest.svg"

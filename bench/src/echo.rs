@@ -1,0 +1,112 @@
+//! `echo`: every connection writes `depth` masked binary frames in one write, waits for all of
+//! them to come back, and repeats. The batch is masked once per connection and rewritten from
+//! the same buffer every round.
+
+use std::time::{Duration, Instant};
+
+use mio::{Events, Poll};
+
+use crate::net::{self, Fill, Target};
+use crate::stats::Meter;
+use crate::ws;
+use crate::Timing;
+
+pub struct Echo {
+    pub conns: usize,
+    pub size: usize,
+    pub depth: u32,
+}
+
+pub struct EchoResult {
+    pub msgs_per_s: f64,
+    pub mb_per_s: f64,
+    pub windows: Vec<f64>,
+}
+
+pub fn run(target: &Target, p: &Echo, timing: &Timing) -> Result<EchoResult, String> {
+    let mut poll = Poll::new().map_err(|e| e.to_string())?;
+    let batch_len = p.depth as usize * (p.size + 14);
+    let rbuf = (2 * batch_len).max(64 * 1024);
+    let deadline = Instant::now() + timing.setup_limit;
+    let mut conns = net::open_all(&mut poll, target, p.conns, 256, rbuf, deadline)?;
+
+    let payload: Vec<u8> = (0..p.size).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut batch = Vec::with_capacity(batch_len);
+    for _ in 0..p.depth {
+        ws::push_frame(&mut batch, ws::OP_BINARY, &payload);
+    }
+
+    let mut received: u64 = 0;
+    let mut meter = Meter::new(timing.warmup, timing.window, timing.windows);
+    for (i, c) in conns.iter_mut().enumerate() {
+        c.wbuf.clone_from(&batch);
+        c.wpos = 0;
+        c.flush().map_err(|e| format!("write #{i}: {e}"))?;
+    }
+    let mut events = Events::with_capacity(4096);
+    let mut last_progress = (Instant::now(), 0u64);
+    let size = p.size;
+    let depth = p.depth;
+    loop {
+        let now = Instant::now();
+        if meter.observe(now, received) {
+            break;
+        }
+        if received != last_progress.1 {
+            last_progress = (now, received);
+        } else if now.duration_since(last_progress.0) > timing.stall {
+            return Err(format!("stalled: no echo for {:?}", timing.stall));
+        }
+        poll.poll(&mut events, Some(if timing.spin { Duration::ZERO } else { meter.timeout(now) }))
+            .map_err(|e| e.to_string())?;
+        for ev in events.iter() {
+            let i = ev.token().0;
+            let c = &mut conns[i];
+            if ev.is_writable() && !c.flushed() {
+                c.flush().map_err(|e| format!("write #{i}: {e}"))?;
+            }
+            if ev.is_readable() || ev.is_read_closed() {
+                loop {
+                    match c.fill().map_err(|e| format!("read #{i}: {e}"))? {
+                        Fill::Data => {
+                            let mut got = c.got;
+                            c.frames(|f, _payload| {
+                                match f.opcode {
+                                    ws::OP_BINARY if f.fin && f.payload_len == size => {
+                                        got += 1;
+                                        received += 1;
+                                    }
+                                    ws::OP_PING | ws::OP_PONG => {}
+                                    ws::OP_CLOSE => return Err("server sent close".into()),
+                                    op => {
+                                        return Err(format!(
+                                            "unexpected frame: opcode {op} fin {} len {}",
+                                            f.fin, f.payload_len
+                                        ))
+                                    }
+                                }
+                                Ok(())
+                            })
+                            .map_err(|e| format!("#{i}: {e}"))?;
+                            c.got = got;
+                        }
+                        Fill::Empty => break,
+                        Fill::Eof => return Err(format!("#{i}: server closed the connection")),
+                    }
+                }
+            }
+            if c.got >= depth && c.flushed() {
+                if c.got > depth {
+                    return Err(format!("#{i}: more echoes than frames sent"));
+                }
+                c.got = 0;
+                c.wpos = 0;
+                c.flush().map_err(|e| format!("write #{i}: {e}"))?;
+            }
+        }
+    }
+    let msgs = meter.median();
+    drop(conns);
+    std::thread::sleep(Duration::from_millis(50));
+    Ok(EchoResult { msgs_per_s: msgs, mb_per_s: msgs * p.size as f64 / 1e6, windows: meter.rates })
+}

@@ -1,0 +1,267 @@
+//! Client connections on one mio poll: connect, upgrade, buffered writes, frame reads.
+//!
+//! Each connection owns one read buffer and one write buffer for its whole life; nothing is
+//! allocated per message. Sockets are edge-triggered, so every read loops until `WouldBlock`.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::ws::{self, Frame, HandshakeReply, Parse};
+
+/// Where to connect and what to ask for.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// `Host` header value.
+    pub host: String,
+    pub path: String,
+}
+
+impl Target {
+    /// Parses `ws://IP:PORT/path` (a literal address; the bench runs on loopback).
+    pub fn parse(url: &str) -> Result<Target, String> {
+        let rest = url.strip_prefix("ws://").ok_or_else(|| format!("{url}: only ws:// URLs"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let authority = if authority.starts_with("localhost:") {
+            authority.replacen("localhost", "127.0.0.1", 1)
+        } else {
+            authority.to_string()
+        };
+        let addr: SocketAddr = authority.parse().map_err(|e| format!("{url}: host must be IP:PORT ({e})"))?;
+        Ok(Target { addr, host: authority, path: path.to_string() })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Connecting,
+    Handshaking,
+    Open,
+    /// We sent a close frame and wait for the server's.
+    Closing,
+    /// The close handshake is done; we wait for the server to close TCP.
+    AwaitEof,
+    Closed,
+}
+
+pub struct Conn {
+    pub sock: TcpStream,
+    pub state: State,
+    rbuf: Vec<u8>,
+    rlen: usize,
+    pub wbuf: Vec<u8>,
+    pub wpos: usize,
+    pub since: Instant,
+    /// Scenario counters.
+    pub got: u32,
+    pub done: bool,
+}
+
+/// What reading found.
+pub enum Fill {
+    /// Bytes were read; there may be more.
+    Data,
+    /// Nothing more for now.
+    Empty,
+    /// The server closed the connection.
+    Eof,
+}
+
+impl Conn {
+    /// Starts a non-blocking connect and registers the socket as `token`.
+    pub fn connect(poll: &Poll, target: &Target, token: Token, rbuf_size: usize) -> io::Result<Conn> {
+        let mut sock = TcpStream::connect(target.addr)?;
+        poll.registry().register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)?;
+        Ok(Conn {
+            sock,
+            state: State::Connecting,
+            rbuf: vec![0; rbuf_size.max(512)],
+            rlen: 0,
+            wbuf: Vec::new(),
+            wpos: 0,
+            since: Instant::now(),
+            got: 0,
+            done: false,
+        })
+    }
+
+    /// Writes as much of `wbuf[wpos..]` as the socket takes; true once all of it is written.
+    pub fn flush(&mut self) -> io::Result<bool> {
+        while self.wpos < self.wbuf.len() {
+            match self.sock.write(&self.wbuf[self.wpos..]) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => self.wpos += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// True when every byte of `wbuf` has been written.
+    pub fn flushed(&self) -> bool {
+        self.wpos == self.wbuf.len()
+    }
+
+    /// Replaces the output with `f`'s bytes and writes them.
+    pub fn send_with(&mut self, f: impl FnOnce(&mut Vec<u8>)) -> io::Result<bool> {
+        self.wbuf.clear();
+        self.wpos = 0;
+        f(&mut self.wbuf);
+        self.flush()
+    }
+
+    /// One read into the free end of the read buffer.
+    pub fn fill(&mut self) -> io::Result<Fill> {
+        if self.rlen == self.rbuf.len() {
+            let new_len = self.rbuf.len() * 2;
+            self.rbuf.resize(new_len, 0);
+        }
+        loop {
+            match self.sock.read(&mut self.rbuf[self.rlen..]) {
+                Ok(0) => return Ok(Fill::Eof),
+                Ok(n) => {
+                    self.rlen += n;
+                    return Ok(Fill::Data);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Fill::Empty),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Checks whether a pending connect finished: Ok(true) connected, Ok(false) not yet.
+    pub fn connected(&mut self) -> io::Result<bool> {
+        if let Some(e) = self.sock.take_error()? {
+            return Err(e);
+        }
+        match self.sock.peer_addr() {
+            Ok(_) => {
+                self.sock.set_nodelay(true)?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == ErrorKind::NotConnected => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Looks for the upgrade response in what was read; on success the head is dropped from
+    /// the read buffer (anything after it stays) and the state becomes `Open`.
+    pub fn check_handshake(&mut self, accept: &str) -> Result<bool, String> {
+        match ws::check_reply(&self.rbuf[..self.rlen], accept) {
+            HandshakeReply::Partial => Ok(false),
+            HandshakeReply::Refused(why) => Err(format!("upgrade refused: {why}")),
+            HandshakeReply::Accepted(n) => {
+                self.consume(n);
+                self.state = State::Open;
+                Ok(true)
+            }
+        }
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.rbuf.copy_within(n..self.rlen, 0);
+        self.rlen -= n;
+    }
+
+    /// Hands every complete frame in the read buffer to `f` (frame, payload), then keeps only
+    /// the incomplete rest. Fragments and control frames are passed on as they are.
+    pub fn frames(&mut self, mut f: impl FnMut(Frame, &[u8]) -> Result<(), String>) -> Result<(), String> {
+        let mut pos = 0;
+        loop {
+            match ws::parse_frame(&self.rbuf[pos..self.rlen]) {
+                Parse::Frame(frame) => {
+                    let start = pos + frame.payload_at;
+                    f(frame, &self.rbuf[start..start + frame.payload_len])?;
+                    pos += frame.total();
+                }
+                Parse::Need(n) => {
+                    if n > self.rbuf.len() {
+                        // A frame bigger than the buffer: grow once to hold it whole.
+                        self.rbuf.resize(n.next_power_of_two(), 0);
+                    }
+                    break;
+                }
+                Parse::Invalid(why) => return Err(why.to_string()),
+            }
+        }
+        if pos > 0 {
+            self.consume(pos);
+        }
+        Ok(())
+    }
+}
+
+/// Opens `n` connections to `target` (at most `concurrency` handshakes in flight), each
+/// registered with its index as token. Fails if any connection fails or `deadline` passes.
+pub fn open_all(
+    poll: &mut Poll,
+    target: &Target,
+    n: usize,
+    concurrency: usize,
+    rbuf_size: usize,
+    deadline: Instant,
+) -> Result<Vec<Conn>, String> {
+    let accept = ws::expected_accept();
+    let request = ws::upgrade_request(&target.host, &target.path);
+    let mut conns: Vec<Conn> = Vec::with_capacity(n);
+    let mut events = Events::with_capacity(1024);
+    let mut open = 0;
+    while open < n {
+        while conns.len() < n && conns.len() - open < concurrency {
+            let token = Token(conns.len());
+            let conn = Conn::connect(poll, target, token, rbuf_size)
+                .map_err(|e| format!("connect #{}: {e}", conns.len()))?;
+            conns.push(conn);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(format!("only {open} of {n} connections open before the deadline"));
+        }
+        poll.poll(&mut events, Some((deadline - now).min(Duration::from_millis(100))))
+            .map_err(|e| format!("poll: {e}"))?;
+        for ev in events.iter() {
+            let i = ev.token().0;
+            let c = &mut conns[i];
+            if c.state == State::Connecting {
+                match c.connected() {
+                    Ok(true) => {
+                        c.state = State::Handshaking;
+                        c.wbuf.clear();
+                        c.wbuf.extend_from_slice(&request);
+                        c.wpos = 0;
+                    }
+                    Ok(false) => continue,
+                    Err(e) => return Err(format!("connect #{i}: {e}")),
+                }
+            }
+            if c.state == State::Handshaking {
+                c.flush().map_err(|e| format!("send upgrade #{i}: {e}"))?;
+                loop {
+                    match c.fill().map_err(|e| format!("read upgrade #{i}: {e}"))? {
+                        Fill::Data => {
+                            if c.check_handshake(&accept).map_err(|e| format!("#{i}: {e}"))? {
+                                c.wbuf.clear();
+                                c.wpos = 0;
+                                open += 1;
+                                break;
+                            }
+                        }
+                        Fill::Empty => break,
+                        Fill::Eof => return Err(format!("#{i}: server closed during the upgrade")),
+                    }
+                }
+            }
+        }
+    }
+    Ok(conns)
+}
