@@ -221,7 +221,7 @@ impl Server {
             }
             self.shared.now = self.shared.started.elapsed().as_millis() as Millis;
             for key in std::mem::take(&mut self.shared.reread) {
-                self.on_readable(key);
+                self.on_readable(key, true);
             }
             for event in events.iter() {
                 match event.token() {
@@ -229,7 +229,7 @@ impl Server {
                     SIGNALS => self.on_signal(),
                     Token(key) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.on_readable(key);
+                            self.on_readable(key, event.is_read_closed() || event.is_error());
                         }
                         if event.is_writable() {
                             self.mark_dirty(key);
@@ -331,7 +331,9 @@ impl Server {
 
     // ----- reading -----
 
-    fn on_readable(&mut self, key: usize) {
+    /// `read_to_end`: keep reading after a short read, because no new edge will come for what
+    /// is already there (the peer's FIN arrived with the data, or a re-read after the budget).
+    fn on_readable(&mut self, key: usize, read_to_end: bool) {
         for _ in 0..READS_PER_TURN {
             let s = &mut self.shared;
             let Some(conn) = self.conns.get_mut(key) else { return };
@@ -378,8 +380,9 @@ impl Server {
             }
             rearm_key(&mut self.conns, &mut self.shared, key);
             // A short read drained the socket: with edge-triggered readiness the next arrival
-            // raises a new event, so skip the read that would only say WouldBlock.
-            if n < READ_SIZE {
+            // raises a new event, so skip the read that would only say WouldBlock. Not when the
+            // peer's FIN came in the same event: the read that returns 0 is the only notice.
+            if n < READ_SIZE && !read_to_end {
                 self.flush_now(key);
                 return;
             }
@@ -868,6 +871,9 @@ fn cut_slow_consumer(conn: &mut Connection, s: &mut Shared, key: usize) {
 }
 
 fn on_eof(conn: &mut Connection, s: &mut Shared, key: usize) {
+    // The peer closed only its sending side: what we owe it (the echo of its close, replies)
+    // still goes out, best effort, before the socket is dropped.
+    flush(conn, s, key);
     let ending = if matches!(conn.phase, Phase::Draining { .. }) { Ending::Normal } else { Ending::PeerGone };
     doom(conn, s, key, ending);
 }
