@@ -227,7 +227,8 @@ impl<'b> RequestHead<'b> {
     }
 
     /// `Content-Length`, if present and a number (`Err` if present and malformed or repeated
-    /// with different values: the request is then a 400).
+    /// with different values: the request is then a 400). A number beyond `u64` reads as
+    /// `u64::MAX`, so it is refused as too large.
     pub fn content_length(&self) -> Result<Option<u64>, Rejection> {
         let mut found: Option<u64> = None;
         for h in self.headers().iter().filter(|h| h.name.eq_ignore_ascii_case("content-length")) {
@@ -235,7 +236,9 @@ impl<'b> RequestHead<'b> {
             if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(BAD_LENGTH);
             }
-            let n: u64 = text.parse().map_err(|_| BAD_LENGTH)?;
+            // All digits, so the only parse failure is overflow: a length no body limit admits
+            // (413), not a malformed one.
+            let n: u64 = text.parse().unwrap_or(u64::MAX);
             if found.is_some_and(|f| f != n) {
                 return Err(BAD_LENGTH);
             }
