@@ -997,6 +997,29 @@ fn s6_utf8_invalid_sequences_refused_in_one_frame() {
 }
 
 #[test]
+fn s6_utf8_invalid_sequences_refused_in_one_frame_sent_byte_by_byte() {
+    // The frame is never whole in one read, so the incremental validator decides, including
+    // for a sequence cut off by the end of the message.
+    for mode in MODES {
+        let server = mode.server(&[]);
+        for (name, body) in invalid_utf8_sequences() {
+            let (text, _) = mode.text(&body);
+            let mut s = ws_connect(&server);
+            let (probe, reply) = mode.probe(8);
+            s.write_all(&probe).unwrap();
+            expect_reply(&mut s, &reply, "the valid message before");
+            let bad = msg(TEXT, &text);
+            for b in &bad {
+                if s.write_all(std::slice::from_ref(b)).is_err() {
+                    break; // refused before the end: fine, the close says why
+                }
+            }
+            expect_close(&mut s, 1007, &format!("{mode:?} {name}, byte by byte"));
+        }
+    }
+}
+
+#[test]
 fn s6_utf8_invalid_sequences_refused_in_one_byte_fragments() {
     for mode in MODES {
         let server = mode.server(&[]);
@@ -1678,6 +1701,79 @@ fn s9_large_frames_right_behind_a_huge_message_in_the_same_write_are_answered() 
         expect_reply(&mut s, &reply, &format!("{mode:?} huge message"));
         expect_pong(&mut s, b"behind", &format!("{mode:?} ping behind the huge message"));
         expect_reply(&mut s, &probe_reply, &format!("{mode:?} message behind the huge message"));
+        sender.join().unwrap();
+    }
+}
+
+#[test]
+fn s7_close_server_initiated_close_handshake_on_shutdown() {
+    // SIGTERM: the server sends 1001 first. After its close it sends no data frame (section
+    // 5.5.1) and no second close whatever the client sends; the client's close completes the
+    // handshake and the server closes TCP at once.
+    for mode in MODES {
+        let mut server = mode.server(&["--shutdown-timeout", "10", "--close-timeout", "10"]);
+        let mut s = ws_connect(&server);
+        let (probe, reply) = mode.probe(64);
+        s.write_all(&probe).unwrap();
+        expect_reply(&mut s, &reply, &format!("{mode:?} before shutdown"));
+        std::process::Command::new("kill").arg("-TERM").arg(server.child.id().to_string()).status().unwrap();
+        let got = next_frame(&mut s, &format!("{mode:?} shutdown close"));
+        assert_eq!((got.opcode, got.payload.get(..2)), (CLOSE, Some(&1001u16.to_be_bytes()[..])), "{got:?}");
+        let started = Instant::now();
+        let after = concat(&[
+            probe.clone(),
+            msg(PING, b"after the server's close"),
+            msg(TEXT, &[0xff]), // would be a 1007, but a close was already sent
+            msg(CLOSE, &close_payload(1001, b"")),
+        ]);
+        s.write_all(&after).unwrap();
+        expect_eof(&mut s, &format!("{mode:?} after the client's close reply"));
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{mode:?}: TCP closed after {:?}",
+            started.elapsed()
+        );
+        let status = server.child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "{mode:?} exit status");
+    }
+}
+
+#[test]
+fn s1_framing_thousands_of_small_frames_in_random_chunks() {
+    // Mixed small messages and pings, one stream cut at random places: every one is answered,
+    // in order.
+    for mode in MODES {
+        let server = mode.server(&[]);
+        let mut s = ws_connect(&server);
+        let mut rng = Rng(0xf00d);
+        let mut bytes = Vec::new();
+        let mut replies = Vec::new();
+        for i in 0..2000u64 {
+            let len = rng.below(300);
+            match rng.below(4) {
+                0 => {
+                    let p = binary_pattern(len.min(125), i);
+                    bytes.extend(msg(PING, &p));
+                    replies.push(Reply::Exact(PONG, p));
+                }
+                1 if mode == Mode::Echo => {
+                    let p = binary_pattern(len, i);
+                    bytes.extend(msg(BINARY, &p));
+                    replies.push(Reply::Exact(BINARY, p));
+                }
+                _ => {
+                    let (text, reply) = mode.text_of_len(len.max(HUB_OVERHEAD), i);
+                    bytes.extend(msg(TEXT, &text));
+                    replies.push(reply);
+                }
+            }
+        }
+        let mut writer = s.try_clone().unwrap();
+        let sender =
+            std::thread::spawn(move || send(&mut writer, &bytes, Chop::Random { seed: 0xbeef, max: 1500 }));
+        for (i, reply) in replies.iter().enumerate() {
+            expect_reply(&mut s, reply, &format!("{mode:?} reply {i}"));
+        }
         sender.join().unwrap();
     }
 }
