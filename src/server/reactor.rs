@@ -420,7 +420,15 @@ impl Server {
         conn.input.extend_from_slice(&s.read_buf[READ_PREFIX..READ_PREFIX + take]);
         // Re-parse only when a blank line may have arrived (or a body is being read), so a
         // client trickling its head byte by byte costs a scan of new bytes, not of the head.
+        // Also on the first bytes and on a control byte no head may contain: a TLS ClientHello
+        // or other binary sent to this port gets its 400 at once, not silence until the timeout.
+        let first = conn.input.len() == take;
+        let impossible = s.read_buf[READ_PREFIX..READ_PREFIX + take]
+            .iter()
+            .any(|&b| (b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n')) || b == 0x7f);
         if awaiting_body
+            || first
+            || impossible
             || handshake::may_be_complete(&conn.input, take)
             || conn.input.len() >= s.settings.max_head
         {
