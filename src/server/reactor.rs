@@ -892,8 +892,10 @@ fn on_timer(conn: &mut Connection, s: &mut Shared, key: usize) {
     match &mut conn.phase {
         Phase::Handshake { deadline, .. } if now >= *deadline => {
             debug!("conn {key}: handshake timeout");
-            s.metrics.handshake_rejected(408);
-            doom(conn, s, key, Ending::HandshakeTimeout);
+            // Say why (RFC 9110 section 15.5.9) rather than vanish; the answer lingers at most
+            // the drain limit.
+            conn.ending = Ending::HandshakeTimeout;
+            reject(conn, s, key, Rejection::new(408, "request not received in time"));
         }
         Phase::Lingering { deadline } | Phase::Draining { deadline } if now >= *deadline => {
             doom(conn, s, key, Ending::CloseTimeout);
