@@ -516,7 +516,14 @@ impl Server {
             }
         };
         if head.has_transfer_encoding() {
-            reject(&mut conns[key], s, key, Rejection::new(411, "chunked bodies are not accepted"));
+            // With a Content-Length too, the framing is ambiguous (the request-smuggling shape,
+            // RFC 9112 section 6.3): 400. Alone, we lack the length we require: 411.
+            let rejection = if content_length.is_some() {
+                Rejection::new(400, "Content-Length with Transfer-Encoding")
+            } else {
+                Rejection::new(411, "chunked bodies are not accepted")
+            };
+            reject(&mut conns[key], s, key, rejection);
             return;
         }
         let peer_is_loopback = conns[key].socket.peer_addr().map(|a| a.ip().is_loopback()).unwrap_or(false);
