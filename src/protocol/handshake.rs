@@ -215,9 +215,27 @@ impl<'b> RequestHead<'b> {
         self.tokens(name).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
     }
 
-    /// The path without the query string.
+    /// The path without the query string. An absolute-form target (`http://host/ws`) counts by
+    /// its path: RFC 6455 section 4.2.1 item 1 allows "an absolute HTTP/HTTPS URI containing the
+    /// /resource name/", and RFC 7230 section 5.3.2 says a server MUST accept the absolute-form.
     pub fn path(&self) -> &'b str {
-        self.target.split('?').next().unwrap_or("")
+        let target = self.target;
+        let after_scheme = ["http://", "https://"].iter().find_map(|scheme| {
+            let n = scheme.len();
+            let matches =
+                target.as_bytes().get(..n).is_some_and(|p| p.eq_ignore_ascii_case(scheme.as_bytes()));
+            // The matched prefix is ASCII, so `n` is a char boundary.
+            matches.then(|| &target[n..])
+        });
+        let origin_form = match after_scheme {
+            // The authority ends at the path; with no path the resource is "/".
+            Some(rest) => match rest.find(['/', '?']) {
+                Some(i) if rest.as_bytes()[i] == b'/' => &rest[i..],
+                _ => "/",
+            },
+            None => target,
+        };
+        origin_form.split('?').next().unwrap_or("")
     }
 
     /// The client asks for a WebSocket (it sent `Upgrade: websocket` or a WebSocket key).
