@@ -1777,3 +1777,25 @@ fn s1_framing_thousands_of_small_frames_in_random_chunks() {
         sender.join().unwrap();
     }
 }
+
+#[test]
+fn rfc4_handshake_request_target_forms() {
+    // Section 4.2.1 item 1: the Request-URI is the /resource name/, "or an absolute HTTP/HTTPS
+    // URI containing the /resource name/"; a query belongs to the resource name (section 3).
+    for mode in MODES {
+        let server = mode.server(&[]);
+        let host = format!("localhost:{}", server.addr.port());
+        for target in [
+            "/ws?token=abc".to_string(),
+            format!("http://{host}/ws"),
+            format!("HTTP://{host}/ws?x=1"),
+            format!("https://{host}/ws"),
+        ] {
+            let request = upgrade_request("/ws", "")
+                .replacen("GET /ws ", &format!("GET {target} "), 1)
+                .replace("Host: localhost", &format!("Host: {host}"));
+            let mut s = upgrade_ok(&server, &request, &format!("{mode:?} GET {target}"));
+            works(&mut s, mode, &format!("{mode:?} after GET {target}"));
+        }
+    }
+}
