@@ -142,6 +142,9 @@ impl std::error::Error for HubError {}
 
 /// Parses the JSON body of `POST /publish`: `{"topic": T, "data": any}`.
 pub fn parse_publish_body(text: &str) -> Result<(std::borrow::Cow<'_, str>, &RawValue), HubError> {
+    if wire::too_deep(text) {
+        return Err(HubError::InvalidFormat { detail: "nested too deeply" });
+    }
     let body: PublishPayload<'_> =
         wire::parse_object(text, "expected {\"topic\": string, \"data\": any JSON}")?;
     Ok((body.topic, body.data))
@@ -149,6 +152,9 @@ pub fn parse_publish_body(text: &str) -> Result<(std::borrow::Cow<'_, str>, &Raw
 
 /// Parses the JSON body of `POST /broadcast`: `{"data": any}`.
 pub fn parse_broadcast_body(text: &str) -> Result<&RawValue, HubError> {
+    if wire::too_deep(text) {
+        return Err(HubError::InvalidFormat { detail: "nested too deeply" });
+    }
     let body: BroadcastPayload<'_> = wire::parse_object(text, "expected {\"data\": any JSON}")?;
     Ok(body.data)
 }

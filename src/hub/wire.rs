@@ -109,8 +109,49 @@ pub fn parse_object<'a, T: Deserialize<'a>>(text: &'a str, detail: &'static str)
     serde_json::from_str(text).map_err(|_| HubError::InvalidFormat { detail })
 }
 
+/// Deepest nesting of arrays and objects accepted in a message, as serde_json's own recursion
+/// limit. serde_json does not apply that limit to values it only skips or keeps raw (`data`,
+/// `id`, unknown fields), so without this check a 100 000-deep `[[[...]]]` is accepted and
+/// forwarded to every subscriber, whose parsers may not survive it.
+pub const MAX_NESTING: usize = 128;
+
+/// Whether `text` nests arrays or objects deeper than [`MAX_NESTING`]: one pass over the bytes,
+/// skipping strings. Only depth is judged here; the parser judges the rest.
+pub fn too_deep(text: &str) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in text.as_bytes() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Reads the envelope of one client message.
 pub fn parse_envelope(text: &str) -> Parsed<'_> {
+    if too_deep(text) {
+        return Parsed { id: None, envelope: Err(HubError::InvalidFormat { detail: "nested too deeply" }) };
+    }
     let loose: LooseEnvelope<'_> = match parse_object(text, "not a JSON object") {
         Ok(loose) => loose,
         Err(e) => return Parsed { id: None, envelope: Err(e) },
@@ -301,6 +342,19 @@ mod tests {
             let parsed = parse_envelope(text);
             assert!(matches!(parsed.envelope, Err(HubError::InvalidFormat { .. })), "{text:?}");
         }
+    }
+
+    #[test]
+    fn nesting_beyond_the_limit_is_invalid() {
+        let nest = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let msg = |data: &str| format!(r#"{{"type":"publish","payload":{{"topic":"t","data":{data}}}}}"#);
+        // The envelope and payload objects count: data may nest 126 deep here.
+        assert!(parse_envelope(&msg(&nest(MAX_NESTING - 2))).envelope.is_ok());
+        let deep = msg(&nest(MAX_NESTING - 1));
+        assert!(matches!(parse_envelope(&deep).envelope, Err(HubError::InvalidFormat { .. })));
+        // Brackets inside strings (escaped quotes included) are text, not nesting.
+        let text = format!(r#"{{"type":"ping","id":"\"{}"}}"#, "[{".repeat(1000));
+        assert!(parse_envelope(&text).envelope.is_ok());
     }
 
     #[test]
