@@ -175,6 +175,13 @@ struct Got {
     payload: Vec<u8>,
 }
 
+impl Got {
+    fn close_code(&self) -> Option<u16> {
+        (self.opcode == CLOSE && self.payload.len() >= 2)
+            .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+    }
+}
+
 /// Reads one server frame, checking what RFC 6455 section 5 demands of a server's frames.
 /// `Err` says how the stream ended instead (EOF, reset, timeout).
 fn read_got(s: &mut TcpStream) -> Result<Got, String> {
@@ -981,6 +988,9 @@ fn invalid_utf8_sequences() -> Vec<(&'static str, Vec<u8>)> {
         ("truncated 3-byte at end", vec![b'a', 0xe2, 0x82]),
         ("truncated 4-byte at end", vec![b'a', 0xf0, 0x9f, 0x98]),
         ("lead byte then ASCII", vec![0xe2, b'a', b'b']),
+        ("overlong 3-byte U+07FF", vec![0xe0, 0x9f, 0xbf]),
+        ("4-byte sequence cut by ASCII", vec![0xf0, 0x9f, 0x98, b'A']),
+        ("surrogate pair encoded separately", vec![0xed, 0xa0, 0xbd, 0xed, 0xb2, 0xa9]),
         ("kosme + surrogate + edited", kosme_surrogate),
     ]
 }
@@ -1269,6 +1279,9 @@ fn s9_limits_one_byte_over_the_maximum_is_refused_at_the_header() {
         ] {
             let bad = header(b0, len);
             valid_then_violation(&server, mode, &bad, 1009, &format!("{mode:?} {name}, header only"));
+            let mut s = ws_connect(&server);
+            send(&mut s, &bad, Chop::Bytes);
+            expect_close(&mut s, 1009, &format!("{mode:?} {name}, header only, byte by byte"));
         }
     }
 }
@@ -1428,6 +1441,11 @@ fn upgrade_ok(server: &ServerProc, request: &str, ctx: &str) -> TcpStream {
         header_value(&head, "connection").is_some_and(|v| v.eq_ignore_ascii_case("upgrade")),
         "{ctx}: {head}"
     );
+    // Nothing was negotiated that the client did not offer, and no extension is supported.
+    assert_eq!(header_value(&head, "sec-websocket-extensions"), None, "{ctx}: {head}");
+    if !request.to_ascii_lowercase().contains("sec-websocket-protocol") {
+        assert_eq!(header_value(&head, "sec-websocket-protocol"), None, "{ctx}: {head}");
+    }
     s
 }
 
@@ -1797,5 +1815,78 @@ fn rfc4_handshake_request_target_forms() {
             let mut s = upgrade_ok(&server, &request, &format!("{mode:?} GET {target}"));
             works(&mut s, mode, &format!("{mode:?} after GET {target}"));
         }
+    }
+}
+
+#[test]
+fn s1_framing_all_zero_masking_key_is_fine() {
+    // Section 5.3: the key is whatever the client picked; zero is a key like any other.
+    for mode in MODES {
+        let server = mode.server(&[]);
+        let mut s = ws_connect(&server);
+        let (text, reply) = mode.text(b"zero key");
+        let mut f = vec![FIN | TEXT, 0x80 | text.len() as u8, 0, 0, 0, 0];
+        f.extend_from_slice(&text);
+        s.write_all(&f).unwrap();
+        expect_reply(&mut s, &reply, &format!("{mode:?} zero masking key"));
+    }
+}
+
+#[test]
+fn s7_close_server_gives_up_on_a_silent_peer_after_the_close_timeout() {
+    // The server closed (shutdown) and the client never answers: the server does not wait
+    // forever for the client's close (section 7.1.1 lets it close the TCP connection).
+    for mode in MODES {
+        let server = mode.server(&["--close-timeout", "0.5", "--shutdown-timeout", "10"]);
+        let mut s = ws_connect(&server);
+        std::process::Command::new("kill").arg("-TERM").arg(server.child.id().to_string()).status().unwrap();
+        let got = next_frame(&mut s, &format!("{mode:?} shutdown close"));
+        assert_eq!(got.close_code(), Some(1001), "{mode:?}: {got:?}");
+        let started = Instant::now();
+        expect_eof(&mut s, &format!("{mode:?} silent client"));
+        assert!(started.elapsed() < Duration::from_secs(4), "{mode:?}: closed after {:?}", started.elapsed());
+    }
+}
+
+#[test]
+fn s9_large_pings_between_fragments_of_a_large_message_are_answered_at_once() {
+    for mode in MODES {
+        let server = mode.server(&["--max-message-size", "3000000"]);
+        let mut s = ws_connect(&server);
+        let size = 2 << 20;
+        let (text, reply) = mode.text_of_len(size, 99);
+        let cuts: Vec<usize> = (1..8).map(|i| i * size / 8).collect();
+        let frags = fragments(TEXT, &text, &cuts);
+        for (i, f) in frags.iter().enumerate() {
+            send(&mut s, f, Chop::Random { seed: 100 + i as u64, max: 200_000 });
+            if i + 1 < frags.len() {
+                let p = format!("after fragment {i}").into_bytes();
+                s.write_all(&msg(PING, &p)).unwrap();
+                // The message is unfinished: the pong must not wait for it.
+                expect_pong(&mut s, &p, &format!("{mode:?} pong {i} during a large message"));
+            }
+        }
+        expect_reply(&mut s, &reply, &format!("{mode:?} the large message"));
+    }
+}
+
+#[test]
+fn rfc4_handshake_offered_extensions_are_declined_and_rsv1_stays_an_error() {
+    // Section 9.1: the server accepts no extension it does not support; without one, RSV1 on a
+    // frame (a compressed message) is still a protocol error (section 5.2).
+    for mode in MODES {
+        let server = mode.server(&[]);
+        let offer = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\
+                     Sec-WebSocket-Protocol: chat\r\n";
+        let request = upgrade_request("/ws", offer);
+        let mut s = upgrade_ok(&server, &request, &format!("{mode:?} extension offered"));
+        works(&mut s, mode, &format!("{mode:?} after declining the extension"));
+        s.write_all(&frame(FIN | RSV1 | TEXT, b"not compressed")).unwrap();
+        expect_close(&mut s, 1002, &format!("{mode:?} RSV1 after declining permessage-deflate"));
+        // No subprotocol configured: none is chosen, whatever the client offers.
+        let mut s = connect(server.addr);
+        s.write_all(request.as_bytes()).unwrap();
+        let head = read_head(&mut s);
+        assert_eq!(header_value(&head, "sec-websocket-protocol"), None, "{mode:?}: {head}");
     }
 }
