@@ -53,7 +53,8 @@ pub struct Config {
     #[arg(long, env = "WSHUB_PING_INTERVAL", default_value_t = 54.0, value_parser = parse_secs)]
     pub ping_interval: f64,
 
-    /// Seconds of silence (no pong, no data) after which a connection is closed (0 disables).
+    /// Seconds without a whole frame from the client (pong, data or other) after which a
+    /// connection is closed (0 disables). A frame trickled slower than this is cut off.
     #[arg(long, env = "WSHUB_PONG_WAIT", default_value_t = 60.0, value_parser = parse_secs)]
     pub pong_wait: f64,
 

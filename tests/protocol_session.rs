@@ -569,24 +569,32 @@ fn heartbeat_pings_on_schedule_and_expires_on_silence() {
 }
 
 #[test]
-fn any_received_bytes_reset_the_silence() {
+fn only_whole_frames_reset_the_silence() {
     let cfg = SessionConfig { ping_interval: None, pong_wait: Some(1_000), ..config() };
     let mut d = Driver::at(cfg.clone(), 0);
     assert_eq!(d.session.next_timeout(&cfg), Some(1_000));
     let frame = client(true, OpCode::Binary, b"slowly");
-    // One byte of a header at 900 counts as hearing from the peer.
+    // A whole frame at 500 is hearing from the peer.
+    d.now = 500;
+    assert_eq!(d.feed(&frame).unwrap(), vec![Ev::Binary(b"slowly".to_vec())]);
+    assert_eq!(d.session.next_timeout(&cfg), Some(1_500));
+    // Parts of a frame are not: a peer trickling bytes cannot hold the connection forever.
     d.now = 900;
     assert_eq!(d.feed(&frame[..1]).unwrap(), vec![]);
-    assert_eq!(d.session.next_timeout(&cfg), Some(1_900));
-    assert_eq!(d.session.handle_timeout(&cfg, &mut d.out, 1_000), TimerOutcome::Alive);
-    d.now = 1_800;
-    assert_eq!(d.feed(&frame[1..5]).unwrap(), vec![]);
-    assert_eq!(d.session.handle_timeout(&cfg, &mut d.out, 2_799), TimerOutcome::Alive);
+    d.now = 1_400;
+    assert_eq!(d.feed(&frame[1..8]).unwrap(), vec![]);
+    assert_eq!(d.session.next_timeout(&cfg), Some(1_500));
+    assert_eq!(d.session.handle_timeout(&cfg, &mut d.out, 1_499), TimerOutcome::Alive);
     assert!(d.out.is_empty(), "no ping without ping_interval");
-    d.now = 2_700;
-    assert_eq!(d.feed(&frame[5..]).unwrap(), vec![Ev::Binary(b"slowly".to_vec())]);
-    assert_eq!(d.session.handle_timeout(&cfg, &mut d.out, 3_699), TimerOutcome::Alive);
-    assert_eq!(d.session.handle_timeout(&cfg, &mut d.out, 3_700), TimerOutcome::Expired);
+    assert_eq!(d.session.handle_timeout(&cfg, &mut d.out, 1_500), TimerOutcome::Expired);
+    // Frames of a fragmented message count one by one, as they complete.
+    let mut d = Driver::at(cfg.clone(), 0);
+    d.now = 800;
+    assert_eq!(d.feed(&client(false, OpCode::Text, b"he")).unwrap(), vec![]);
+    assert_eq!(d.session.next_timeout(&cfg), Some(1_800));
+    d.now = 1_600;
+    assert_eq!(d.feed(&client(true, OpCode::Continuation, b"llo")).unwrap(), vec![Ev::Text("hello".into())]);
+    assert_eq!(d.session.next_timeout(&cfg), Some(2_600));
 }
 
 #[test]

@@ -44,7 +44,7 @@ pub struct SessionConfig {
     pub max_message_size: usize,
     /// Send a ping this often (None: never).
     pub ping_interval: Option<Millis>,
-    /// Close a connection from which nothing arrived for this long (None: never).
+    /// Close a connection from which no whole frame arrived for this long (None: never).
     pub pong_wait: Option<Millis>,
     /// After we send a close, wait this long for the peer's close before giving up.
     pub close_timeout: Millis,
@@ -198,7 +198,8 @@ pub struct Session {
     state: State,
     /// The assembled message was handed out as an event: drop it on the next call.
     delivered: bool,
-    /// When anything last arrived from the peer.
+    /// When the peer last completed a frame. Parts of a frame do not count: a peer trickling
+    /// one byte at a time must not hold the connection past `pong_wait`.
     last_heard: Millis,
     /// Open: when the next heartbeat ping is due. CloseSent: when we stop waiting for the
     /// peer's close.
@@ -335,10 +336,7 @@ impl Session {
             // Nothing after the end counts; swallow it.
             return Ok(Step { consumed: input.len(), event: None });
         }
-        if !input.is_empty() {
-            self.last_heard = now;
-        }
-        match self.read(input, config, out) {
+        match self.read(input, config, out, now) {
             Ok((consumed, Some(Deliver::Input(range, kind)))) => {
                 let payload = &input[range];
                 Ok(Step { consumed, event: Some(data_event(kind, payload)) })
@@ -383,6 +381,7 @@ impl Session {
         input: &mut [u8],
         config: &SessionConfig,
         out: &mut Vec<u8>,
+        now: Millis,
     ) -> Result<(usize, Option<Deliver>), ProtocolError> {
         let mut pos = 0;
         loop {
@@ -407,6 +406,7 @@ impl Session {
                         return Ok((pos, None));
                     }
                     asm.frame = None;
+                    self.last_heard = now;
                     if partial.fin {
                         if let Some(kind) = self.finish_message()? {
                             return Ok((pos, Some(Deliver::Buffer(kind))));
@@ -432,6 +432,7 @@ impl Session {
                 let start = pos + header.header_len;
                 apply_mask(&mut input[start..start + len], key, 0);
                 pos += total;
+                self.last_heard = now;
                 match self.control(header.opcode, start..start + len, input, config, out)? {
                     Some(deliver) => return Ok((pos, Some(deliver))),
                     None => continue,
@@ -463,6 +464,7 @@ impl Session {
                     return Err(ProtocolError::InvalidUtf8);
                 }
                 pos = start + len;
+                self.last_heard = now;
                 if self.state != State::Open {
                     continue; // after our close, data is read and dropped
                 }
