@@ -1890,3 +1890,36 @@ fn rfc4_handshake_offered_extensions_are_declined_and_rsv1_stays_an_error() {
         assert_eq!(header_value(&head, "sec-websocket-protocol"), None, "{mode:?}: {head}");
     }
 }
+
+#[test]
+fn s7_close_the_close_frame_survives_input_the_server_never_reads() {
+    // After its close the server reads no more frames, yet it must not reset the connection
+    // while the client's bytes keep arriving: a reset could destroy the close frame in flight
+    // (section 7.1.1 wants the server to close TCP cleanly). Here 2 MB follow the trigger.
+    for mode in MODES {
+        let server = mode.server(&[]);
+        for (name, trigger, code, exact) in [
+            ("client close", msg(CLOSE, &close_payload(1000, b"")), 1000u16, true),
+            ("protocol error", msg(0x6, b""), 1002, false),
+        ] {
+            let ctx = format!("{mode:?} {name} then 2 MB");
+            let mut s = ws_connect(&server);
+            let mut bytes = trigger;
+            let junk = msg(BINARY, &binary_pattern(60_000, 1));
+            for _ in 0..35 {
+                bytes.extend_from_slice(&junk);
+            }
+            let mut writer = s.try_clone().unwrap();
+            let sender = std::thread::spawn(move || {
+                let _ = writer.write_all(&bytes); // may be cut off once the server is done
+            });
+            let got = next_frame(&mut s, &ctx);
+            assert_eq!(got.close_code(), Some(code), "{ctx}: {got:?}");
+            if exact {
+                assert_eq!(got.payload.len(), 2, "{ctx}: the echo carries no reason");
+            }
+            expect_eof(&mut s, &ctx);
+            sender.join().unwrap();
+        }
+    }
+}
