@@ -569,6 +569,9 @@ fn s2_pings_126_byte_payload_is_refused() {
             1002,
             &format!("{mode:?} 126-byte pong"),
         );
+        let mut long64 = vec![FIN | PING, 0x80 | 127];
+        long64.extend_from_slice(&70_000u64.to_be_bytes());
+        valid_then_violation(&server, mode, &long64, 1002, &format!("{mode:?} ping with a 64-bit length"));
     }
 }
 
