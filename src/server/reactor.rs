@@ -668,6 +668,11 @@ impl Server {
                     break;
                 }
             }
+            // A client that sends faster than it reads what it asks for (pongs, replies,
+            // echoes) is judged after each message, not after a whole read budget of them.
+            if conns[key].out.queued_bytes() > s.settings.max_queued_bytes {
+                flush(&mut conns[key], s, key);
+            }
             if conns[key].doomed {
                 break;
             }
@@ -882,6 +887,9 @@ fn cut_slow_consumer(conn: &mut Connection, s: &mut Shared, key: usize) {
     frame::write_close(&mut close, code::POLICY, "slow consumer");
     conn.out.push_bytes(&mut s.pool, &close);
     let _ = conn.out.flush(&mut conn.socket, &mut s.pool);
+    // Nothing more will be written: free the queue now, not at the end of the turn, so many
+    // cut-off clients in one turn do not hold their queues at once.
+    conn.out.clear(&mut s.pool);
     doom(conn, s, key, Ending::SlowConsumer);
 }
 
