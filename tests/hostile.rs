@@ -1,0 +1,948 @@
+//! The server under attack: what an internet adversary sends, over real loopback sockets to the
+//! real binary. Every attack is bounded in time and count and stops by itself; after each one the
+//! server must still be alive and serve a fresh client at once (`assert_healthy`).
+//!
+//! The standard: bad input gets a precise answer (the right HTTP status before the upgrade, the
+//! right close code after it) and costs nothing: no allocation sized by a claim, no other client
+//! harmed, nothing already accepted lost.
+
+mod common;
+
+use std::io::{ErrorKind, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+use wshub::protocol::OpCode;
+
+// ----- helpers -----
+
+/// The server process is alive and a fresh client gets its upgrade and a pong quickly.
+fn assert_healthy(server: &ServerProc) {
+    let pid = server.child.id();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("server process exists");
+    let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next()).flatten();
+    assert!(matches!(state, Some('R' | 'S')), "server process state {state:?}");
+    let started = Instant::now();
+    let mut s = connect(server.addr);
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(upgrade_request("/ws", "").as_bytes()).unwrap();
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101"), "healthy server upgrades, got {head:?}");
+    s.write_all(&masked(OpCode::Ping, true, b"health")).unwrap();
+    loop {
+        let f = read_frame(&mut s).expect("pong from a healthy server");
+        if f.opcode == 0xA {
+            assert_eq!(f.payload, b"health");
+            break;
+        }
+        assert_eq!(f.opcode, 0x9, "only heartbeat pings may come before the pong");
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "healthy server answered in {:?}", started.elapsed());
+    s.write_all(&masked(OpCode::Close, true, &1000u16.to_be_bytes())).unwrap();
+    assert_eq!(expect_close(&mut s), Some(1000));
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+/// Open file descriptors of a process.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Sends raw bytes and reads the whole response until the server closes (or 5 s pass).
+fn raw_http(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = connect(addr);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(bytes);
+    read_to_close(&mut s)
+}
+
+fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let response = raw_http(addr, request.as_bytes());
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status_of(&response), body)
+}
+
+/// A sample from /metrics (`name` includes any labels).
+fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let (status, text) = http(addr, "GET", "/metrics", "");
+    assert_eq!(status, 200);
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            (key == name).then(|| value.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("metric {name} missing in:\n{text}"))
+}
+
+/// Polls `/metrics` until `wshub_connections` is `want` (the metrics request itself counts as 1).
+fn wait_connections(addr: SocketAddr, want: f64, within: Duration) {
+    let deadline = Instant::now() + within;
+    let mut last = -1.0;
+    while Instant::now() < deadline {
+        last = metric(addr, "wshub_connections");
+        if last == want {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("wshub_connections stayed at {last}, expected {want}");
+}
+
+fn send_json(s: &mut TcpStream, v: &Value) {
+    s.write_all(&masked(OpCode::Text, true, v.to_string().as_bytes())).unwrap();
+}
+
+/// The next text message as JSON (skipping pings).
+fn recv_json(s: &mut TcpStream) -> Value {
+    loop {
+        let f = read_frame(s).expect("connection open");
+        match f.opcode {
+            0x1 => return serde_json::from_slice(&f.payload).expect("server sends JSON"),
+            0x9 => continue,
+            other => panic!("unexpected opcode {other}: {:?}", String::from_utf8_lossy(&f.payload)),
+        }
+    }
+}
+
+/// A masked frame header announcing `len` bytes (minimal length encoding), mask key 0.
+fn header(opcode: u8, fin: bool, len: u64) -> Vec<u8> {
+    let mut v = vec![(if fin { 0x80 } else { 0 }) | opcode];
+    if len < 126 {
+        v.push(0x80 | len as u8);
+    } else if len <= 0xffff {
+        v.push(0x80 | 126);
+        v.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        v.push(0x80 | 127);
+        v.extend_from_slice(&len.to_be_bytes());
+    }
+    v.extend_from_slice(&[0, 0, 0, 0]);
+    v
+}
+
+/// Reads until the server's close frame or EOF; returns the close code and how long it took.
+fn close_within(s: &mut TcpStream, limit: Duration) -> (Option<u16>, Duration) {
+    let started = Instant::now();
+    s.set_read_timeout(Some(limit)).unwrap();
+    let code = expect_close(s);
+    (code, started.elapsed())
+}
+
+fn ws(server: &ServerProc) -> TcpStream {
+    ws_connect(server.addr)
+}
+
+// ----- before the upgrade -----
+
+#[test]
+fn slowloris_request_head_is_answered_408_at_the_handshake_timeout() {
+    let server = ServerProc::start(&["--echo", "--handshake-timeout", "1"]);
+    let mut s = connect(server.addr);
+    let mut reader = s.try_clone().unwrap();
+    let started = Instant::now();
+    // Trickle a head that never ends: one byte every 50 ms, for at most 6 s.
+    let writer = std::thread::spawn(move || {
+        let line = b"GET /ws HTTP/1.1\r\nHost: localhost\r\nX-Slow: ";
+        let deadline = Instant::now() + Duration::from_secs(6);
+        for &b in line.iter().chain(std::iter::repeat(&b'a')) {
+            if Instant::now() > deadline || s.write_all(&[b]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    reader.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let response = read_to_close(&mut reader);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_millis(3500), "closed after {took:?}");
+    assert_eq!(status_of(&response), 408, "response {response:?}");
+    writer.join().unwrap();
+    assert_healthy(&server);
+}
+
+#[test]
+fn silent_client_and_missing_body_time_out_with_408() {
+    let server = ServerProc::start(&["--handshake-timeout", "0.5"]);
+    // Connects and says nothing.
+    let mut silent = connect(server.addr);
+    // Announces a body that never arrives.
+    let mut no_body = connect(server.addr);
+    no_body
+        .write_all(b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"topic\":")
+        .unwrap();
+    let started = Instant::now();
+    for s in [&mut silent, &mut no_body] {
+        let response = read_to_close(s);
+        assert_eq!(status_of(&response), 408, "response {response:?}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_healthy(&server);
+}
+
+#[test]
+fn oversized_heads_get_431() {
+    let server = ServerProc::start(&["--echo"]);
+    // One header line larger than the head limit, never finished.
+    let mut s = connect(server.addr);
+    let mut big = b"GET /ws HTTP/1.1\r\nHost: localhost\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 100_000));
+    let _ = s.write_all(&big);
+    assert_eq!(status_of(&read_to_close(&mut s)), 431);
+    // A complete head over the limit.
+    let mut head = b"GET /ws HTTP/1.1\r\nHost: localhost\r\n".to_vec();
+    for i in 0..400 {
+        head.extend_from_slice(format!("X-Pad-{i}: {}\r\n", "b".repeat(40)).as_bytes());
+    }
+    head.extend_from_slice(b"\r\n");
+    assert_eq!(status_of(&raw_http(server.addr, &head)), 431);
+    // Many small headers (over httparse's 64), well under the byte limit.
+    let mut many = b"GET /ws HTTP/1.1\r\nHost: localhost\r\n".to_vec();
+    for i in 0..100 {
+        many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    assert_eq!(status_of(&raw_http(server.addr, &many)), 431);
+    assert_healthy(&server);
+}
+
+#[test]
+fn invalid_bytes_in_a_head_get_400() {
+    let server = ServerProc::start(&["--echo"]);
+    let cases: &[&[u8]] = &[
+        b"GET /ws HTTP/1.1\r\nHost: local\x01host\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHo st: localhost\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: localhost\r\nX\x00: y\r\n\r\n",
+        b"GET /w\x7fs HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        b"GET /ws HTTP/9.9\r\nHost: localhost\r\n\r\n",
+        b"GET\r\n\r\n",
+        b"GET /ws\r\n\r\n",
+        b" GET /ws HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\n Host: localhost\r\n\r\n",
+    ];
+    for case in cases {
+        let response = raw_http(server.addr, case);
+        assert_eq!(status_of(&response), 400, "{:?} -> {response:?}", String::from_utf8_lossy(case));
+    }
+    assert_healthy(&server);
+}
+
+#[test]
+fn binary_garbage_and_tls_client_hello_get_400_at_once() {
+    let server = ServerProc::start(&["--echo"]);
+    // The start of a TLS 1.2/1.3 ClientHello: no line ends anywhere.
+    let mut hello = vec![0x16, 0x03, 0x01, 0x00, 0xf1, 0x01, 0x00, 0x00, 0xed, 0x03, 0x03];
+    hello.extend((0u8..32).map(|i| i.wrapping_mul(37).wrapping_add(11)));
+    hello.extend_from_slice(&[0x20; 33]);
+    hello.extend_from_slice(&[0x00, 0x08, 0x13, 0x02, 0x13, 0x03, 0x13, 0x01, 0x00, 0xff, 0x01, 0x00]);
+    let cases: Vec<Vec<u8>> = vec![
+        hello,
+        vec![0u8; 64],
+        vec![0xff; 10],
+        b"\x00\x01\x02GET /ws HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(),
+        b"SSH-2.0-OpenSSH_9.6\r\n".to_vec(),
+    ];
+    for case in cases {
+        let started = Instant::now();
+        let mut s = connect(server.addr);
+        s.write_all(&case).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let response = read_to_close(&mut s);
+        assert_eq!(status_of(&response), 400, "{case:x?} -> {response:?}");
+        assert!(started.elapsed() < Duration::from_secs(2), "answered after {:?}", started.elapsed());
+    }
+    assert_healthy(&server);
+}
+
+#[test]
+fn garbage_trickled_byte_by_byte_is_refused_without_waiting_for_a_line_end() {
+    let server = ServerProc::start(&["--echo"]);
+    let mut s = connect(server.addr);
+    let started = Instant::now();
+    s.write_all(b"GET").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    // A control byte can never be part of a request head.
+    let _ = s.write_all(b"\x01");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let response = read_to_close(&mut s);
+    assert_eq!(status_of(&response), 400, "{response:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_healthy(&server);
+}
+
+#[test]
+fn request_smuggling_shapes_are_refused() {
+    let server = ServerProc::start(&[]);
+    let publish = |headers: &str, body: &str| {
+        let request = format!("POST /publish HTTP/1.1\r\nHost: localhost\r\n{headers}\r\n{body}");
+        status_of(&raw_http(server.addr, request.as_bytes()))
+    };
+    let body = r#"{"topic":"t","data":1}"#;
+    // Two different lengths: which one frames the body is exactly the ambiguity smuggling uses.
+    assert_eq!(publish("Content-Length: 22\r\nContent-Length: 5\r\n", body), 400);
+    assert_eq!(publish("Content-Length: 22, 5\r\n", body), 400);
+    assert_eq!(publish("Content-Length: +22\r\n", body), 400);
+    assert_eq!(publish("Content-Length: -1\r\n", body), 400);
+    assert_eq!(publish("Content-Length: 0x16\r\n", body), 400);
+    // Transfer-Encoding with Content-Length: the classic CL.TE desync; refused outright.
+    assert_eq!(publish("Content-Length: 22\r\nTransfer-Encoding: chunked\r\n", body), 400);
+    // Chunked alone: we need a length.
+    assert_eq!(publish("Transfer-Encoding: chunked\r\n", "16\r\n{\"topic\":\"t\",\"data\":1}\r\n0\r\n\r\n"), 411);
+    // The same length twice is one length.
+    assert_eq!(publish("Content-Length: 22\r\nContent-Length: 22\r\n", body), 200);
+    // An upgrade carrying a body: the body would be read as frames.
+    let upgrade = upgrade_request("/ws", "Content-Length: 6\r\n");
+    let mut bytes = upgrade.into_bytes();
+    bytes.extend_from_slice(&masked(OpCode::Text, true, b""));
+    assert_eq!(status_of(&raw_http(server.addr, &bytes)), 400);
+    assert_healthy(&server);
+}
+
+#[test]
+fn enormous_content_length_is_413_without_reading_the_body() {
+    let server = ServerProc::start(&[]);
+    let pid = server.child.id();
+    let before = rss_kib(pid);
+    for length in ["65537", "4611686018427387904", "18446744073709551615", "999999999999999999999999999999"] {
+        let started = Instant::now();
+        let mut s = connect(server.addr);
+        let head = format!("POST /publish HTTP/1.1\r\nHost: localhost\r\nContent-Length: {length}\r\n\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        // Send nothing more: the answer must not wait for the body.
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let response = read_head(&mut s);
+        assert_eq!(status_of(&response), 413, "Content-Length {length} -> {response:?}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+    assert!(rss_kib(pid) < before + 4096, "RSS grew from {before} to {} KiB", rss_kib(pid));
+    assert_healthy(&server);
+}
+
+#[test]
+fn body_sent_anyway_after_413_does_not_turn_into_a_reset_of_the_answer() {
+    let server = ServerProc::start(&[]);
+    let mut s = connect(server.addr);
+    let head = "POST /publish HTTP/1.1\r\nHost: localhost\r\nContent-Length: 200000\r\n\r\n";
+    s.write_all(head.as_bytes()).unwrap();
+    // The body follows at once, as curl would send it.
+    let _ = s.write_all(&vec![b'x'; 200_000]);
+    let response = read_to_close(&mut s);
+    assert_eq!(status_of(&response), 413, "{response:?}");
+    assert_healthy(&server);
+}
+
+// ----- after the upgrade -----
+
+#[test]
+fn trickled_frame_is_bounded_by_pong_wait() {
+    let server = ServerProc::start(&["--echo", "--pong-wait", "1", "--ping-interval", "0.4"]);
+    let mut s = ws(&server);
+    let mut writer = s.try_clone().unwrap();
+    // A header announcing 100 000 bytes, then the payload: one byte every 100 ms, for at most 8 s.
+    let t = std::thread::spawn(move || {
+        let mut bytes = header(0x2, true, 100_000);
+        bytes.extend(std::iter::repeat_n(0u8, 100_000));
+        let deadline = Instant::now() + Duration::from_secs(8);
+        for b in bytes {
+            if Instant::now() > deadline || writer.write_all(&[b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let (code, took) = close_within(&mut s, Duration::from_secs(6));
+    assert!(took < Duration::from_millis(2500), "closed after {took:?} (code {code:?})");
+    assert_eq!(code, Some(1008));
+    drop(s);
+    t.join().unwrap();
+    assert_healthy(&server);
+}
+
+#[test]
+fn frame_length_claims_are_refused_before_allocation() {
+    let server = ServerProc::start(&["--echo"]);
+    let pid = server.child.id();
+    let before = rss_kib(pid);
+    let cases: &[(Vec<u8>, u16)] = &[
+        (header(0x2, true, 1 << 62), 1009),
+        (header(0x1, false, (1 << 63) - 1), 1009),
+        (header(0x2, true, (1 << 20) + 1), 1009),
+        // Top bit set: not a length at all.
+        ({
+            let mut h = vec![0x82, 0xff];
+            h.extend_from_slice(&u64::MAX.to_be_bytes());
+            h.extend_from_slice(&[0; 4]);
+            h
+        }, 1002),
+        // Non-minimal 64-bit length.
+        ({
+            let mut h = vec![0x82, 0xff];
+            h.extend_from_slice(&5u64.to_be_bytes());
+            h.extend_from_slice(&[0; 4]);
+            h
+        }, 1002),
+        // A ping claiming 64 KiB.
+        (header(0x9, true, 65536), 1002),
+    ];
+    for (bytes, want) in cases {
+        let mut s = ws(&server);
+        s.write_all(bytes).unwrap();
+        let (code, took) = close_within(&mut s, Duration::from_secs(3));
+        assert_eq!(code, Some(*want), "{bytes:x?}");
+        assert!(took < Duration::from_secs(1));
+        assert!(sees_eof(&mut s));
+    }
+    // Fragments that together exceed the limit: refused at the fragment that crosses it.
+    let mut s = ws(&server);
+    s.write_all(&masked(OpCode::Binary, false, &vec![1; 600_000])).unwrap();
+    s.write_all(&header(0x0, true, 600_000)).unwrap();
+    assert_eq!(close_within(&mut s, Duration::from_secs(3)).0, Some(1009));
+    assert!(rss_kib(pid) < before + 8192, "RSS grew from {before} to {} KiB", rss_kib(pid));
+    assert_healthy(&server);
+}
+
+#[test]
+fn many_slow_near_limit_frames_cost_only_what_arrived() {
+    let server = ServerProc::start(&["--echo"]);
+    let pid = server.child.id();
+    let before = rss_kib(pid);
+    // 400 connections each announce 1 MiB - 1 and send 4 KiB of it: 400 MiB claimed, 1.6 MiB sent.
+    let mut conns = Vec::new();
+    for _ in 0..400 {
+        let mut s = ws(&server);
+        let mut bytes = header(0x2, true, (1 << 20) - 1);
+        bytes.extend(std::iter::repeat_n(7u8, 4096));
+        s.write_all(&bytes).unwrap();
+        conns.push(s);
+    }
+    assert_healthy(&server);
+    let grown = rss_kib(pid).saturating_sub(before);
+    assert!(grown < 40 * 1024, "RSS grew by {grown} KiB for 1.6 MiB received");
+    // Every one of them can still finish its message and get it back whole.
+    for s in conns.iter_mut().take(3) {
+        s.write_all(&vec![7u8; (1 << 20) - 1 - 4096]).unwrap();
+        let f = read_frame(s).expect("echo");
+        assert_eq!(f.payload.len(), (1 << 20) - 1);
+        assert!(f.payload.iter().all(|&b| b == 7));
+    }
+    drop(conns);
+    wait_connections(server.addr, 1.0, Duration::from_secs(5));
+    assert_healthy(&server);
+}
+
+#[test]
+fn ping_flood_without_reading_is_cut_off_by_max_queued_bytes() {
+    let server = ServerProc::start(&["--echo", "--max-queued-bytes", "1000000", "--write-wait", "30"]);
+    let pid = server.child.id();
+    let before = rss_kib(pid);
+    let mut s = ws(&server);
+    s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let ping = masked(OpCode::Ping, true, &[0x5a; 125]);
+    let batch: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 500).collect();
+    let started = Instant::now();
+    let mut sent = 0usize;
+    let mut cut = false;
+    while started.elapsed() < Duration::from_secs(10) && sent < 500 << 20 {
+        match s.write(&batch) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {}
+            Err(_) => {
+                cut = true;
+                break;
+            }
+        }
+    }
+    assert!(cut, "the server kept taking pings ({sent} bytes) from a client that reads nothing");
+    let grown = rss_kib(pid).saturating_sub(before);
+    assert!(grown < 16 * 1024, "RSS grew by {grown} KiB");
+    assert!(metric(server.addr, "wshub_slow_consumers_dropped_total") >= 1.0);
+    assert_healthy(&server);
+}
+
+#[test]
+fn hub_error_reply_flood_without_reading_is_cut_off() {
+    let server = ServerProc::start(&["--max-queued-bytes", "1000000", "--write-wait", "30"]);
+    let pid = server.child.id();
+    let before = rss_kib(pid);
+    let mut s = ws(&server);
+    s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    // 7 bytes in, about 70 bytes of error reply out.
+    let junk = masked(OpCode::Text, true, b"x");
+    let batch: Vec<u8> = junk.iter().copied().cycle().take(junk.len() * 20_000).collect();
+    let started = Instant::now();
+    let mut cut = false;
+    while started.elapsed() < Duration::from_secs(10) {
+        match s.write(&batch) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {}
+            Err(_) => {
+                cut = true;
+                break;
+            }
+        }
+    }
+    assert!(cut, "never cut off");
+    let grown = rss_kib(pid).saturating_sub(before);
+    assert!(grown < 24 * 1024, "RSS grew by {grown} KiB");
+    assert_healthy(&server);
+}
+
+#[test]
+fn bytes_after_close_are_ignored() {
+    let server = ServerProc::start(&["--echo"]);
+    let mut s = ws(&server);
+    s.write_all(&masked(OpCode::Text, true, b"before")).unwrap();
+    let mut bytes = masked(OpCode::Close, true, &1000u16.to_be_bytes());
+    bytes.extend_from_slice(&masked(OpCode::Text, true, b"after"));
+    bytes.extend(std::iter::repeat_n(0xffu8, 20_000));
+    s.write_all(&bytes).unwrap();
+    let f = read_frame(&mut s).expect("echo of the message before the close");
+    assert_eq!(f.payload, b"before");
+    assert_eq!(expect_close(&mut s), Some(1000));
+    assert!(sees_eof(&mut s));
+    assert_healthy(&server);
+}
+
+#[test]
+fn close_frame_abuse_gets_precise_codes() {
+    let server = ServerProc::start(&["--echo"]);
+    let cases: &[(&[u8], u16)] = &[
+        (&[0x03], 1002),                 // one byte
+        (&[0x03, 0xed], 1002),           // 1005 may not be sent
+        (&[0x03, 0xee], 1002),           // 1006 neither
+        (&[0x00, 0x00], 1002),           // 0
+        (&[0x13, 0x88], 1002),           // 5000 is not assigned
+        (&[0x03, 0xe8, 0xff, 0xfe], 1007), // reason not UTF-8
+        (&[0x0f, 0xa0], 4000),           // private use: echoed
+    ];
+    for (payload, want) in cases {
+        let mut s = ws(&server);
+        s.write_all(&masked(OpCode::Close, true, payload)).unwrap();
+        assert_eq!(expect_close(&mut s), Some(*want), "close payload {payload:x?}");
+    }
+    assert_healthy(&server);
+}
+
+#[test]
+fn frame_level_garbage_gets_1002_or_1007() {
+    let server = ServerProc::start(&["--echo"]);
+    let mut unmasked = vec![0x81, 0x02];
+    unmasked.extend_from_slice(b"hi");
+    let mut split_utf8 = masked(OpCode::Text, false, &[b'a', 0xe2, 0x82]);
+    split_utf8.extend_from_slice(&masked(OpCode::Continuation, true, &[0x28]));
+    let cases: Vec<(Vec<u8>, u16)> = vec![
+        (unmasked, 1002),
+        (vec![0x83, 0x80, 0, 0, 0, 0], 1002),   // reserved opcode
+        (vec![0xc1, 0x80, 0, 0, 0, 0], 1002),   // RSV1 without an extension
+        (vec![0x09, 0x80, 0, 0, 0, 0], 1002),   // fragmented ping
+        (masked(OpCode::Continuation, true, b"x"), 1002),
+        ([masked(OpCode::Text, false, b"a"), masked(OpCode::Binary, true, b"b")].concat(), 1002),
+        (masked(OpCode::Text, true, &[0xc0, 0xaf]), 1007), // overlong
+        (masked(OpCode::Text, true, &[0xed, 0xa0, 0x80]), 1007), // surrogate
+        (split_utf8, 1007),
+        (masked(OpCode::Text, true, &[0xf4, 0x90, 0x80, 0x80]), 1007), // > U+10FFFF
+    ];
+    for (bytes, want) in cases {
+        let mut s = ws(&server);
+        s.write_all(&bytes).unwrap();
+        assert_eq!(close_within(&mut s, Duration::from_secs(3)).0, Some(want), "{bytes:x?}");
+    }
+    assert_healthy(&server);
+}
+
+#[test]
+fn half_closed_client_after_upgrade_is_closed() {
+    let server = ServerProc::start(&["--echo"]);
+    let mut s = ws(&server);
+    s.shutdown(Shutdown::Write).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let started = Instant::now();
+    assert!(sees_eof(&mut s), "server kept a half-closed connection open");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // A message sent just before the FIN is still answered.
+    let mut s = ws(&server);
+    s.write_all(&masked(OpCode::Text, true, b"last words")).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let f = read_frame(&mut s).expect("echo before the close");
+    assert_eq!(f.payload, b"last words");
+    wait_connections(server.addr, 1.0, Duration::from_secs(3));
+    assert_healthy(&server);
+}
+
+#[test]
+fn http_request_then_fin_still_gets_its_answer() {
+    let server = ServerProc::start(&[]);
+    let mut s = connect(server.addr);
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(status_of(&read_to_close(&mut s)), 200);
+    assert_healthy(&server);
+}
+
+fn reset(s: TcpStream) {
+    // SO_LINGER 0: close sends RST.
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    use std::os::fd::AsRawFd;
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    drop(s);
+}
+
+#[test]
+fn resets_mid_message_and_mid_head_leave_nothing_behind() {
+    let server = ServerProc::start(&["--echo"]);
+    let baseline_fds = open_fds(server.child.id());
+    for i in 0..200 {
+        let mut s = connect(server.addr);
+        match i % 4 {
+            0 => s.write_all(b"GET /ws HTTP/1.1\r\nHo").unwrap(),
+            1 => {
+                s.write_all(upgrade_request("/ws", "").as_bytes()).unwrap();
+                read_head(&mut s);
+                s.write_all(&header(0x2, true, 50_000)).unwrap();
+                s.write_all(&[1; 20_000]).unwrap();
+            }
+            2 => {
+                s.write_all(upgrade_request("/ws", "").as_bytes()).unwrap();
+                s.write_all(&masked(OpCode::Text, false, b"part")).unwrap();
+            }
+            _ => {
+                s.write_all(b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{").unwrap();
+            }
+        }
+        reset(s);
+    }
+    wait_connections(server.addr, 1.0, Duration::from_secs(5));
+    let fds = open_fds(server.child.id());
+    assert!(fds <= baseline_fds + 2, "fds {baseline_fds} -> {fds}");
+    assert_healthy(&server);
+}
+
+#[test]
+fn connection_churn_leaks_nothing() {
+    let server = ServerProc::start(&["--echo", "--handshake-timeout", "2"]);
+    let pid = server.child.id();
+    let baseline_fds = open_fds(pid);
+    let started = Instant::now();
+    let mut n = 0;
+    while n < 3000 && started.elapsed() < Duration::from_secs(20) {
+        let mut s = connect(server.addr);
+        match n % 5 {
+            0 => {}
+            1 => {
+                let _ = s.write_all(b"GET /ws HTTP/1.1\r\n");
+            }
+            2 => {
+                let _ = s.write_all(upgrade_request("/ws", "").as_bytes());
+            }
+            3 => {
+                let _ = s.write_all(upgrade_request("/ws", "").as_bytes());
+                read_head(&mut s);
+                let _ = s.write_all(&masked(OpCode::Text, true, b"bye"));
+            }
+            _ => {
+                let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+            }
+        }
+        drop(s);
+        n += 1;
+    }
+    assert_eq!(n, 3000, "churn too slow");
+    wait_connections(server.addr, 1.0, Duration::from_secs(5));
+    assert_eq!(metric(server.addr, "wshub_connections_opened_total"), metric(server.addr, "wshub_connections_closed_total"));
+    let fds = open_fds(pid);
+    assert!(fds <= baseline_fds + 2, "fds {baseline_fds} -> {fds}");
+    assert_healthy(&server);
+}
+
+// ----- the hub -----
+
+#[test]
+fn subscribing_to_ten_thousand_topics_stops_at_the_limit() {
+    let server = ServerProc::start(&[]);
+    let mut s = ws(&server);
+    let mut batch = Vec::new();
+    for i in 0..10_000 {
+        let msg = json!({"type":"subscribe","payload":{"topic":format!("t{i}")},"id":i});
+        batch.extend_from_slice(&masked(OpCode::Text, true, msg.to_string().as_bytes()));
+    }
+    let mut writer = s.try_clone().unwrap();
+    let t = std::thread::spawn(move || writer.write_all(&batch).unwrap());
+    for i in 0..10_000 {
+        let reply = recv_json(&mut s);
+        if i < 1024 {
+            assert_eq!(reply["type"], "subscribed", "{reply}");
+        } else {
+            assert_eq!(reply, json!({"type":"error","payload":{"message":"Too many subscriptions (max 1024)"},"id":i}));
+        }
+    }
+    t.join().unwrap();
+    assert_eq!(metric(server.addr, "wshub_topics"), 1024.0);
+    drop(s);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(metric(server.addr, "wshub_topics"), 0.0, "topics are freed with their last subscriber");
+    assert_healthy(&server);
+}
+
+#[test]
+fn giant_topic_names_are_refused_cheaply() {
+    let server = ServerProc::start(&[]);
+    let mut s = ws(&server);
+    let topic = "x".repeat(900_000);
+    for kind in ["subscribe", "unsubscribe", "publish"] {
+        let msg = json!({"type":kind,"payload":{"topic":topic,"data":1},"id":kind});
+        send_json(&mut s, &msg);
+        assert_eq!(
+            recv_json(&mut s),
+            json!({"type":"error","payload":{"message":"Topic too long (900000 bytes, max 256)"},"id":kind})
+        );
+    }
+    // Escapes that shrink below the limit are measured after decoding.
+    let escaped = "\\u0041".repeat(256);
+    let text = format!(r#"{{"type":"subscribe","payload":{{"topic":"{escaped}"}}}}"#);
+    s.write_all(&masked(OpCode::Text, true, text.as_bytes())).unwrap();
+    assert_eq!(recv_json(&mut s)["type"], "subscribed");
+    let (status, body) = http(server.addr, "POST", "/publish", &format!(r#"{{"topic":"{}","data":1}}"#, "y".repeat(60_000)));
+    assert_eq!(status, 400, "{body}");
+    assert_healthy(&server);
+}
+
+#[test]
+fn json_nesting_bombs_get_an_error_not_a_crash() {
+    let server = ServerProc::start(&[]);
+    let mut s = ws(&server);
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let cases = [
+        format!(r#"{{"type":"publish","payload":{{"topic":"t","data":{deep}}},"id":1}}"#),
+        format!(r#"{{"type":"ping","id":{deep}}}"#),
+        format!(r#"{{"type":"ping","junk":{deep},"id":1}}"#),
+        format!(r#"{{"type":"subscribe","payload":{{"topic":"t","x":{deep}}},"id":1}}"#),
+        format!(r#"{{"type":"publish","payload":{{"topic":"t","data":{}}},"id":1}}"#, "[".repeat(200_000)),
+        format!(r#"{{"type":"ping","id":{}}}"#, "{\"a\":".repeat(100_000)),
+        deep.clone(),
+    ];
+    for case in &cases {
+        s.write_all(&masked(OpCode::Text, true, case.as_bytes())).unwrap();
+        let reply = recv_json(&mut s);
+        assert_eq!(reply["type"], "error", "{}", &reply.to_string()[..reply.to_string().len().min(200)]);
+        assert_eq!(reply["payload"]["message"], "Invalid message format");
+    }
+    // The HTTP API, within its 64 KiB body limit.
+    let deep = format!("{}{}", "[".repeat(30_000), "]".repeat(30_000));
+    let (status, _) = http(server.addr, "POST", "/publish", &format!(r#"{{"topic":"t","data":{deep}}}"#));
+    assert_eq!(status, 400);
+    let (status, _) = http(server.addr, "POST", "/broadcast", &format!(r#"{{"data":{deep}}}"#));
+    assert_eq!(status, 400);
+    // Nesting within the limit is fine.
+    let ok = format!("{}{}", "[".repeat(100), "]".repeat(100));
+    send_json(&mut s, &json!({"type":"subscribe","payload":{"topic":"t"}}));
+    recv_json(&mut s);
+    let text = format!(r#"{{"type":"publish","payload":{{"topic":"t","data":{ok}}}}}"#);
+    s.write_all(&masked(OpCode::Text, true, text.as_bytes())).unwrap();
+    let msg = recv_json(&mut s);
+    assert_eq!(msg["type"], "message");
+    assert_healthy(&server);
+}
+
+#[test]
+fn big_publish_to_many_subscribers_is_shared_not_copied() {
+    let server = ServerProc::start(&["--max-queued-bytes", "4000000", "--write-wait", "30"]);
+    let pid = server.child.id();
+    let mut subs = Vec::new();
+    for _ in 0..200 {
+        let mut s = ws(&server);
+        send_json(&mut s, &json!({"type":"subscribe","payload":{"topic":"big"}}));
+        assert_eq!(recv_json(&mut s)["type"], "subscribed");
+        subs.push(s);
+    }
+    let before = rss_kib(pid);
+    let data = "z".repeat(900_000);
+    let mut publisher = ws(&server);
+    send_json(&mut publisher, &json!({"type":"publish","payload":{"topic":"big","data":data},"id":1}));
+    let ack = recv_json(&mut publisher);
+    assert_eq!(ack["payload"]["delivered"], 200, "{ack}");
+    // Nobody has read yet: what the sockets did not take waits in the queues, shared.
+    let grown = rss_kib(pid).saturating_sub(before);
+    assert!(grown < 30 * 1024, "RSS grew by {grown} KiB for 200 x 900 KB (copies would be 176 MiB)");
+    for s in subs.iter_mut() {
+        let msg = recv_json(s);
+        assert_eq!(msg["payload"]["data"].as_str().map(str::len), Some(900_000));
+    }
+    assert_healthy(&server);
+}
+
+#[test]
+fn subscriber_that_reads_nothing_is_cut_off_and_others_get_everything() {
+    let server = ServerProc::start(&["--max-queued-bytes", "2000000", "--write-wait", "30"]);
+    let mut sleeper = ws(&server);
+    send_json(&mut sleeper, &json!({"type":"subscribe","payload":{"topic":"t"}}));
+    recv_json(&mut sleeper);
+    let mut reader = ws(&server);
+    send_json(&mut reader, &json!({"type":"subscribe","payload":{"topic":"t"}}));
+    recv_json(&mut reader);
+    let mut publisher = ws(&server);
+    let data = "d".repeat(50_000);
+    let mut got = 0;
+    for i in 0..200 {
+        send_json(&mut publisher, &json!({"type":"publish","payload":{"topic":"t","data":{"i":i,"d":data}}}));
+        // Keep the reader current, the way a healthy client is.
+        let msg = recv_json(&mut reader);
+        assert_eq!(msg["payload"]["data"]["i"], i);
+        got += 1;
+    }
+    assert_eq!(got, 200);
+    assert!(metric(server.addr, "wshub_slow_consumers_dropped_total") >= 1.0);
+    // The sleeper finds its stream ended (whatever it had queued before the cut).
+    sleeper.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(sees_eof(&mut sleeper));
+    assert_healthy(&server);
+}
+
+// ----- shutdown -----
+
+#[test]
+fn sigterm_with_clients_mid_message_closes_each_with_1001_and_exits() {
+    let mut server = ServerProc::start(&["--echo", "--shutdown-timeout", "3"]);
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        let mut s = ws(&server);
+        // Half a frame: header and part of the payload.
+        s.write_all(&header(0x1, true, 1000)).unwrap();
+        s.write_all(&vec![b'a'; 500]).unwrap();
+        if i % 2 == 0 {
+            // And an unfinished fragmented message.
+            s.write_all(&vec![b'a'; 500]).unwrap();
+            s.write_all(&masked(OpCode::Text, false, b"frag")).unwrap();
+        }
+        clients.push(s);
+    }
+    // One more that only got as far as half a head.
+    let mut half_head = connect(server.addr);
+    half_head.write_all(b"GET /ws HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = server.child.id();
+    let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let started = Instant::now();
+    for (i, s) in clients.iter_mut().enumerate() {
+        let mut code = None;
+        let mut echoes = Vec::new();
+        while let Some(f) = read_frame(s) {
+            if f.opcode == 0x8 {
+                code = f.close_code();
+                break;
+            }
+            assert_eq!(f.opcode, 0x1, "client {i}: only the finished echo may precede the close");
+            echoes.push(f.payload);
+        }
+        assert_eq!(code, Some(1001), "client {i}");
+        // The message that was whole before the signal is answered before the close.
+        let want: Vec<Vec<u8>> = if i % 2 == 0 { vec![vec![b'a'; 1000]] } else { vec![] };
+        assert_eq!(echoes, want, "client {i}");
+        if i % 4 == 1 {
+            // Finishing the message after the close is allowed and ignored.
+            let _ = s.write_all(&vec![b'a'; 500]);
+            let _ = s.write_all(&masked(OpCode::Close, true, &1001u16.to_be_bytes()));
+        } else if i % 4 == 0 {
+            // Completes the frame and the message, then closes.
+            let _ = s.write_all(&masked(OpCode::Continuation, true, b"end"));
+            let _ = s.write_all(&masked(OpCode::Close, true, &1000u16.to_be_bytes()));
+        }
+        // The rest never answer: the shutdown timeout ends them.
+    }
+    // The client with half a head is simply closed.
+    half_head.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(sees_eof(&mut half_head));
+    let status = server.child.wait().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "exit took {:?}", started.elapsed());
+    assert_eq!(status.code(), Some(0));
+}
+
+// ----- many attackers in one turn -----
+
+/// Peak resident memory of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmHWM")
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = std::process::Command::new("kill").args([sig, &pid.to_string()]).status();
+}
+
+/// Fills `s` (non-blocking) with copies of `unit` until the kernel takes no more or `max` bytes.
+fn fill(s: &mut TcpStream, unit: &[u8], max: usize) -> usize {
+    let batch: Vec<u8> = unit.iter().copied().cycle().take(unit.len() * (65536 / unit.len())).collect();
+    s.set_nonblocking(true).unwrap();
+    let mut sent = 0;
+    while sent < max {
+        match s.write(&batch) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    s.set_nonblocking(false).unwrap();
+    sent
+}
+
+#[test]
+fn simultaneous_reply_floods_are_bounded_by_the_queue_limit() {
+    let server = ServerProc::start(&["--max-queued-bytes", "1000000", "--write-wait", "30"]);
+    let pid = server.child.id();
+    let mut attackers: Vec<TcpStream> = (0..10).map(|_| ws(&server)).collect();
+    let before = peak_rss_kib(pid);
+    // Freeze the server so every attacker's requests are waiting at once when it wakes: tiny
+    // invalid messages, each drawing an error reply ten times its size, never read.
+    signal(pid, "-STOP");
+    let junk = masked(OpCode::Text, true, b"x");
+    let mut queued = 0;
+    for s in attackers.iter_mut() {
+        queued += fill(s, &junk, 3 << 20);
+    }
+    signal(pid, "-CONT");
+    let woke = Instant::now();
+    let mut probe = connect(server.addr);
+    probe.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    probe.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(status_of(&read_to_close(&mut probe)), 200);
+    eprintln!("{queued} bytes of requests; a bystander was answered after {:?}", woke.elapsed());
+    // Each attacker is cut at its bound, one by one; then the server is all ours again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(server.addr, "wshub_slow_consumers_dropped_total") < 10.0 {
+        assert!(Instant::now() < deadline, "attackers not cut off");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_healthy(&server);
+    let grown = peak_rss_kib(pid).saturating_sub(before);
+    // 10 clients x 1 MB of queue is the budget; the reply amplification must not multiply it.
+    assert!(grown < 32 * 1024, "peak RSS grew by {grown} KiB");
+    drop(attackers);
+}
