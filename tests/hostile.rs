@@ -946,3 +946,181 @@ fn simultaneous_reply_floods_are_bounded_by_the_queue_limit() {
     assert!(grown < 32 * 1024, "peak RSS grew by {grown} KiB");
     drop(attackers);
 }
+
+#[test]
+fn connection_flood_over_the_limit_gets_503_and_the_server_recovers() {
+    let server = ServerProc::start(&["--echo", "--max-connections", "20", "--handshake-timeout", "3"]);
+    let mut held: Vec<TcpStream> = (0..20).map(|_| ws(&server)).collect();
+    // 300 more: the first 256 are told 503, the rest are dropped; none is upgraded.
+    let mut refused = 0;
+    let mut dropped = 0;
+    let mut extra = Vec::new();
+    for _ in 0..300 {
+        match TcpStream::connect(server.addr) {
+            Ok(s) => extra.push(s),
+            Err(_) => dropped += 1,
+        }
+    }
+    for s in extra.iter_mut() {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(upgrade_request("/ws", "").as_bytes());
+        let response = read_to_close(s);
+        match status_of(&response) {
+            503 => refused += 1,
+            0 => dropped += 1,
+            other => panic!("over the limit, got {other}: {response:?}"),
+        }
+    }
+    assert!(refused >= 200, "{refused} told 503, {dropped} dropped");
+    // The held clients were not disturbed.
+    for s in held.iter_mut().take(3) {
+        s.write_all(&masked(OpCode::Text, true, b"still here")).unwrap();
+        assert_eq!(read_frame(s).unwrap().payload, b"still here");
+    }
+    drop(extra);
+    held.truncate(0);
+    std::thread::sleep(Duration::from_millis(300));
+    wait_connections(server.addr, 1.0, Duration::from_secs(5));
+    assert_healthy(&server);
+}
+
+#[test]
+fn a_publish_followed_by_fin_is_still_delivered() {
+    let server = ServerProc::start(&[]);
+    let mut subscriber = ws(&server);
+    send_json(&mut subscriber, &json!({"type":"subscribe","payload":{"topic":"t"}}));
+    recv_json(&mut subscriber);
+    for i in 0..50 {
+        let mut publisher = connect(server.addr);
+        // Upgrade, publish and FIN in one go, without waiting for anything.
+        let mut bytes = upgrade_request("/ws", "").into_bytes();
+        let msg = json!({"type":"publish","payload":{"topic":"t","data":i}});
+        bytes.extend_from_slice(&masked(OpCode::Text, true, msg.to_string().as_bytes()));
+        publisher.write_all(&bytes).unwrap();
+        publisher.shutdown(Shutdown::Write).unwrap();
+        drop(publisher);
+    }
+    for i in 0..50 {
+        assert_eq!(recv_json(&mut subscriber)["payload"]["data"], i);
+    }
+    assert_healthy(&server);
+}
+
+#[test]
+fn odd_request_lines_for_an_upgrade_get_400() {
+    let server = ServerProc::start(&["--echo"]);
+    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+    let cases = [
+        format!("GET /ws HTTP/1.0\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{key}\r\n"),
+        format!("get /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{key}\r\n"),
+        format!("POST /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{key}\r\n"),
+        format!("GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{key}\r\n"),
+        format!("GET /ws HTTP/1.1\r\nHost: x\r\nHost: y\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{key}\r\n"),
+        format!("GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{key}{key}\r\n"),
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            "QUFBQUFB".repeat(500)
+        ),
+    ];
+    for case in &cases {
+        let response = raw_http(server.addr, case.as_bytes());
+        assert_eq!(status_of(&response), 400, "{case:?} -> {response:?}");
+    }
+    assert_healthy(&server);
+}
+
+#[test]
+fn pong_and_empty_fragment_floods_cost_no_memory() {
+    let server = ServerProc::start(&["--echo"]);
+    let pid = server.child.id();
+    let before = rss_kib(pid);
+    let mut s = ws(&server);
+    // Unsolicited pongs: no answer is owed.
+    let pong = masked(OpCode::Pong, true, &[1; 125]);
+    let pongs: Vec<u8> = pong.iter().copied().cycle().take(pong.len() * 40_000).collect();
+    s.write_all(&pongs).unwrap();
+    // A message of 200 000 empty fragments with pings between them.
+    let mut frags = masked(OpCode::Text, false, b"");
+    for _ in 0..200_000 / 100 {
+        for _ in 0..100 {
+            frags.extend_from_slice(&masked(OpCode::Continuation, false, b""));
+        }
+        frags.extend_from_slice(&masked(OpCode::Ping, true, b"p"));
+    }
+    frags.extend_from_slice(&masked(OpCode::Continuation, true, b"end"));
+    let mut writer = s.try_clone().unwrap();
+    let t = std::thread::spawn(move || writer.write_all(&frags).unwrap());
+    let mut pongs_back = 0;
+    loop {
+        let f = read_frame(&mut s).expect("frames");
+        match f.opcode {
+            0xA => pongs_back += 1,
+            0x1 => {
+                assert_eq!(f.payload, b"end");
+                break;
+            }
+            other => panic!("opcode {other}"),
+        }
+    }
+    t.join().unwrap();
+    assert_eq!(pongs_back, 2000);
+    let grown = rss_kib(pid).saturating_sub(before);
+    assert!(grown < 8 * 1024, "RSS grew by {grown} KiB");
+    assert_healthy(&server);
+}
+
+#[test]
+fn a_thousand_slowloris_clients_do_not_starve_a_real_one() {
+    let server = ServerProc::start(&["--echo", "--handshake-timeout", "1.5"]);
+    let mut loris: Vec<TcpStream> = (0..1000).map(|_| connect(server.addr)).collect();
+    let head = b"GET /ws HTTP/1.1\r\nHost: localhost\r\nX-Loris: ";
+    let started = Instant::now();
+    let mut round = 0;
+    // Every client trickles one byte per 100 ms; a real client is served meanwhile.
+    while started.elapsed() < Duration::from_millis(800) {
+        for s in loris.iter_mut() {
+            let _ = s.write_all(&[*head.get(round).unwrap_or(&b'a')]);
+        }
+        round += 1;
+        if round == 3 {
+            assert_healthy(&server);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // At the timeout every one of them is told 408 and closed.
+    let mut told = 0;
+    for s in loris.iter_mut() {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        if status_of(&read_to_close(s)) == 408 {
+            told += 1;
+        }
+    }
+    assert_eq!(told, 1000);
+    assert!(started.elapsed() < Duration::from_secs(6));
+    drop(loris);
+    wait_connections(server.addr, 1.0, Duration::from_secs(5));
+    assert_healthy(&server);
+}
+
+#[test]
+fn a_client_that_keeps_sending_after_its_protocol_error_is_closed_within_the_drain_limit() {
+    let server = ServerProc::start(&["--echo"]);
+    let mut s = ws(&server);
+    let mut writer = s.try_clone().unwrap();
+    let t = std::thread::spawn(move || {
+        // An unmasked frame (1002), then garbage for at most 8 s.
+        let _ = writer.write_all(&[0x81, 0x01, b'x']);
+        let junk = vec![0x42u8; 16 * 1024];
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(8) {
+            if writer.write_all(&junk).is_err() {
+                return started.elapsed();
+            }
+        }
+        started.elapsed()
+    });
+    assert_eq!(close_within(&mut s, Duration::from_secs(3)).0, Some(1002));
+    let kept_sending_for = t.join().unwrap();
+    assert!(kept_sending_for < Duration::from_secs(4), "server read garbage for {kept_sending_for:?}");
+    assert_healthy(&server);
+}
