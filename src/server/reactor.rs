@@ -546,10 +546,18 @@ impl Server {
         };
         let have = input.len() - head.head_len;
         if have < body_len {
+            // RFC 9110 section 10.1.1: a client that waits to be told to send its body is told,
+            // once (never an HTTP/1.0 client, which may not get a 1xx).
+            let go_ahead = head.version == 1
+                && head.header("expect").is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"));
             let conn = &mut conns[key];
             conn.input = input;
             if let Phase::Handshake { awaiting_body, .. } = &mut conn.phase {
-                *awaiting_body = true;
+                let first = !std::mem::replace(awaiting_body, true);
+                if go_ahead && first {
+                    conn.out.push_bytes(&mut s.pool, b"HTTP/1.1 100 Continue\r\n\r\n");
+                    mark(conn, s, key);
+                }
             }
             return;
         }
