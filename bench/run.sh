@@ -155,6 +155,10 @@ cases=(
 
 raw="$tmp/raw.txt"
 : >"$raw"
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+if awk -v l="${load_start%% *}" 'BEGIN { exit !(l > 1.5) }'; then
+    log "WARNING: load average $load_start before starting: other processes share the cores, results will be low and noisy"
+fi
 port=9400
 started=$(date +%s)
 for rep in $(seq 1 "$reps"); do
@@ -189,6 +193,7 @@ for rep in $(seq 1 "$reps"); do
     done
 done
 log "measured in $(($(date +%s) - started)) s"
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # Medians over repetitions -> CSV (metric,unit,server,value).
 csv="$results/latest.csv"
@@ -204,7 +209,7 @@ csv="$results/latest.csv"
             metric=${label% *}
             for name in "${servers[@]}"; do
                 vals=$(grep " case=$id " "$raw" | grep " server=$name " |
-                    sed -n "s/.* $key=\([0-9.]*\).*/\1/p" | sort -g)
+                    sed -n "s/.* $key=\([0-9.]*\).*/\1/p" | sort -g || true)
                 [ -n "$vals" ] || continue
                 n=$(echo "$vals" | wc -l)
                 med=$(echo "$vals" | awk -v n="$n" '{v[NR]=$1} END {if (n%2) print v[(n+1)/2]; else print (v[n/2]+v[n/2+1])/2}')
@@ -216,7 +221,8 @@ csv="$results/latest.csv"
 
 md="$results/latest.md"
 {
-    echo "bench/run.sh $mode, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, server on core 0, loadgen on core 1; median of $reps run(s)"
+    echo "bench/run.sh $mode, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, server on core 0, loadgen on core 1;" \
+        "median of $reps run(s); load average before: $load_start, after: $load_end"
     echo
     "$loadgen" report --csv "$csv" --svg "$results/latest.svg" --baseline wshub
 } >"$md"

@@ -98,7 +98,8 @@ pub fn table(csv: &Path, baseline: &str) -> Result<String, String> {
         for p in peers {
             match (value(metric, baseline), value(metric, p)) {
                 (Some(b), Some(v)) if v > 0.0 => {
-                    let _ = write!(out, " {:.2} |", b / v);
+                    let r = b / v;
+                    let _ = if r >= 0.1 { write!(out, " {r:.2} |") } else { write!(out, " {r:.4} |") };
                 }
                 _ => out.push_str(" – |"),
             }
