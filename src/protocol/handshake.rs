@@ -123,16 +123,20 @@ pub fn status_text(status: u16) -> &'static str {
     }
 }
 
-/// Writes `HTTP/1.1 status` with a `text/plain` body and `Connection: close`.
+/// Writes `HTTP/1.1 status` with a `text/plain` body and `Connection: close`. With
+/// `version_header` (the 426), also the protocol to upgrade to: RFC 9110 section 15.5.22 requires
+/// `Upgrade` on a 426 (and section 7.8 the `upgrade` connection option with it), RFC 6455
+/// section 4.4 the version we speak.
 pub fn write_plain_response(out: &mut Vec<u8>, status: u16, body: &str, version_header: bool) {
     use std::io::Write as _;
     let _ = write!(
         out,
-        "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n{}\n",
+        "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: {}\r\n{}\r\n{}\n",
         status,
         status_text(status),
         body.len() + 1,
-        if version_header { "Sec-WebSocket-Version: 13\r\n" } else { "" },
+        if version_header { "Upgrade, close" } else { "close" },
+        if version_header { "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n" } else { "" },
         body
     );
 }
