@@ -497,6 +497,12 @@ impl Server {
             self.on_frames(key, READ_PREFIX, end);
             return;
         }
+        if head.path() == s.settings.path {
+            // The WebSocket endpoint exists; this request just did not ask to upgrade. 426 says
+            // so (404 said there was nothing here).
+            reject(conn, s, key, Rejection::new(426, "this endpoint speaks WebSocket only; send an upgrade request"));
+            return;
+        }
         self.on_http(key, input);
     }
 
