@@ -1215,3 +1215,26 @@ fn echo_floods_that_read_do_not_starve_a_bystander() {
     // would wait out the 15 s of flooding.
     assert!(worst < Duration::from_secs(10), "bystander waited {worst:?}");
 }
+
+#[test]
+fn a_plain_request_to_the_websocket_path_gets_426_with_the_protocol_to_use() {
+    let server = ServerProc::start(&[]);
+    for request in [
+        "GET /ws HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /ws?x=1 HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
+        "POST /ws HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+    ] {
+        let response = raw_http(server.addr, request.as_bytes());
+        assert_eq!(status_of(&response), 426, "{request:?} -> {response:?}");
+        assert!(response.contains("\r\nUpgrade: websocket\r\n"), "{response}");
+        assert!(response.contains("\r\nSec-WebSocket-Version: 13\r\n"), "{response}");
+    }
+    // A wrong version on a real upgrade request says which protocol too.
+    let response = raw_http(server.addr, upgrade_request("/ws", "").replace("Version: 13", "Version: 8").as_bytes());
+    assert_eq!(status_of(&response), 426);
+    assert!(response.contains("\r\nUpgrade: websocket\r\n"), "{response}");
+    // Other paths are still plain HTTP.
+    assert_eq!(http(server.addr, "GET", "/nowhere", "").0, 404);
+    assert_eq!(http(server.addr, "GET", "/healthz", "").0, 200);
+    assert_healthy(&server);
+}
