@@ -790,7 +790,9 @@ impl Server {
                 continue;
             }
             if matches!(conn.phase, Phase::Handshake { .. }) {
-                doom(conn, s, key, Ending::Shutdown);
+                // A request still arriving is told why it will not be served.
+                conn.ending = Ending::Shutdown;
+                reject(conn, s, key, Rejection::new(503, "server shutting down"));
                 continue;
             }
             let Phase::Open(session) = &mut conn.phase else { continue };
