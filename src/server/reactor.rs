@@ -500,7 +500,12 @@ impl Server {
         if head.path() == s.settings.path {
             // The WebSocket endpoint exists; this request just did not ask to upgrade. 426 says
             // so (404 said there was nothing here).
-            reject(conn, s, key, Rejection::new(426, "this endpoint speaks WebSocket only; send an upgrade request"));
+            reject(
+                conn,
+                s,
+                key,
+                Rejection::new(426, "this endpoint speaks WebSocket only; send an upgrade request"),
+            );
             return;
         }
         self.on_http(key, input);
@@ -555,7 +560,9 @@ impl Server {
             // RFC 9110 section 10.1.1: a client that waits to be told to send its body is told,
             // once (never an HTTP/1.0 client, which may not get a 1xx).
             let go_ahead = head.version == 1
-                && head.header("expect").is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"));
+                && head
+                    .header("expect")
+                    .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"));
             let conn = &mut conns[key];
             conn.input = input;
             if let Phase::Handshake { awaiting_body, .. } = &mut conn.phase {
