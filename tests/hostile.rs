@@ -22,7 +22,7 @@ use wshub::protocol::OpCode;
 fn assert_healthy(server: &ServerProc) {
     let pid = server.child.id();
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("server process exists");
-    let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next()).flatten();
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
     assert!(matches!(state, Some('R' | 'S')), "server process state {state:?}");
     let started = Instant::now();
     let mut s = connect(server.addr);
@@ -185,7 +185,10 @@ fn slowloris_request_head_is_answered_408_at_the_handshake_timeout() {
     reader.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let response = read_to_close(&mut reader);
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(900) && took < Duration::from_millis(3500), "closed after {took:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(3500),
+        "closed after {took:?}"
+    );
     assert_eq!(status_of(&response), 408, "response {response:?}");
     writer.join().unwrap();
     assert_healthy(&server);
@@ -317,7 +320,10 @@ fn request_smuggling_shapes_are_refused() {
     // Transfer-Encoding with Content-Length: the classic CL.TE desync; refused outright.
     assert_eq!(publish("Content-Length: 22\r\nTransfer-Encoding: chunked\r\n", body), 400);
     // Chunked alone: we need a length.
-    assert_eq!(publish("Transfer-Encoding: chunked\r\n", "16\r\n{\"topic\":\"t\",\"data\":1}\r\n0\r\n\r\n"), 411);
+    assert_eq!(
+        publish("Transfer-Encoding: chunked\r\n", "16\r\n{\"topic\":\"t\",\"data\":1}\r\n0\r\n\r\n"),
+        411
+    );
     // The same length twice is one length.
     assert_eq!(publish("Content-Length: 22\r\nContent-Length: 22\r\n", body), 200);
     // An upgrade carrying a body: the body would be read as frames.
@@ -398,19 +404,25 @@ fn frame_length_claims_are_refused_before_allocation() {
         (header(0x1, false, (1 << 63) - 1), 1009),
         (header(0x2, true, (1 << 20) + 1), 1009),
         // Top bit set: not a length at all.
-        ({
-            let mut h = vec![0x82, 0xff];
-            h.extend_from_slice(&u64::MAX.to_be_bytes());
-            h.extend_from_slice(&[0; 4]);
-            h
-        }, 1002),
+        (
+            {
+                let mut h = vec![0x82, 0xff];
+                h.extend_from_slice(&u64::MAX.to_be_bytes());
+                h.extend_from_slice(&[0; 4]);
+                h
+            },
+            1002,
+        ),
         // Non-minimal 64-bit length.
-        ({
-            let mut h = vec![0x82, 0xff];
-            h.extend_from_slice(&5u64.to_be_bytes());
-            h.extend_from_slice(&[0; 4]);
-            h
-        }, 1002),
+        (
+            {
+                let mut h = vec![0x82, 0xff];
+                h.extend_from_slice(&5u64.to_be_bytes());
+                h.extend_from_slice(&[0; 4]);
+                h
+            },
+            1002,
+        ),
         // A ping claiming 64 KiB.
         (header(0x9, true, 65536), 1002),
     ];
@@ -537,13 +549,13 @@ fn bytes_after_close_are_ignored() {
 fn close_frame_abuse_gets_precise_codes() {
     let server = ServerProc::start(&["--echo"]);
     let cases: &[(&[u8], u16)] = &[
-        (&[0x03], 1002),                 // one byte
-        (&[0x03, 0xed], 1002),           // 1005 may not be sent
-        (&[0x03, 0xee], 1002),           // 1006 neither
-        (&[0x00, 0x00], 1002),           // 0
-        (&[0x13, 0x88], 1002),           // 5000 is not assigned
+        (&[0x03], 1002),                   // one byte
+        (&[0x03, 0xed], 1002),             // 1005 may not be sent
+        (&[0x03, 0xee], 1002),             // 1006 neither
+        (&[0x00, 0x00], 1002),             // 0
+        (&[0x13, 0x88], 1002),             // 5000 is not assigned
         (&[0x03, 0xe8, 0xff, 0xfe], 1007), // reason not UTF-8
-        (&[0x0f, 0xa0], 4000),           // private use: echoed
+        (&[0x0f, 0xa0], 4000),             // private use: echoed
     ];
     for (payload, want) in cases {
         let mut s = ws(&server);
@@ -562,9 +574,9 @@ fn frame_level_garbage_gets_1002_or_1007() {
     split_utf8.extend_from_slice(&masked(OpCode::Continuation, true, &[0x28]));
     let cases: Vec<(Vec<u8>, u16)> = vec![
         (unmasked, 1002),
-        (vec![0x83, 0x80, 0, 0, 0, 0], 1002),   // reserved opcode
-        (vec![0xc1, 0x80, 0, 0, 0, 0], 1002),   // RSV1 without an extension
-        (vec![0x09, 0x80, 0, 0, 0, 0], 1002),   // fragmented ping
+        (vec![0x83, 0x80, 0, 0, 0, 0], 1002), // reserved opcode
+        (vec![0xc1, 0x80, 0, 0, 0, 0], 1002), // RSV1 without an extension
+        (vec![0x09, 0x80, 0, 0, 0, 0], 1002), // fragmented ping
         (masked(OpCode::Continuation, true, b"x"), 1002),
         ([masked(OpCode::Text, false, b"a"), masked(OpCode::Binary, true, b"b")].concat(), 1002),
         (masked(OpCode::Text, true, &[0xc0, 0xaf]), 1007), // overlong
@@ -686,7 +698,10 @@ fn connection_churn_leaks_nothing() {
     }
     assert_eq!(n, 3000, "churn too slow");
     wait_connections(server.addr, 1.0, Duration::from_secs(5));
-    assert_eq!(metric(server.addr, "wshub_connections_opened_total"), metric(server.addr, "wshub_connections_closed_total"));
+    assert_eq!(
+        metric(server.addr, "wshub_connections_opened_total"),
+        metric(server.addr, "wshub_connections_closed_total")
+    );
     wait_fds_at_most(pid, baseline_fds, Duration::from_secs(3));
     assert_healthy(&server);
 }
@@ -709,7 +724,10 @@ fn subscribing_to_ten_thousand_topics_stops_at_the_limit() {
         if i < 1024 {
             assert_eq!(reply["type"], "subscribed", "{reply}");
         } else {
-            assert_eq!(reply, json!({"type":"error","payload":{"message":"Too many subscriptions (max 1024)"},"id":i}));
+            assert_eq!(
+                reply,
+                json!({"type":"error","payload":{"message":"Too many subscriptions (max 1024)"},"id":i})
+            );
         }
     }
     t.join().unwrap();
@@ -738,7 +756,8 @@ fn giant_topic_names_are_refused_cheaply() {
     let text = format!(r#"{{"type":"subscribe","payload":{{"topic":"{escaped}"}}}}"#);
     s.write_all(&masked(OpCode::Text, true, text.as_bytes())).unwrap();
     assert_eq!(recv_json(&mut s)["type"], "subscribed");
-    let (status, body) = http(server.addr, "POST", "/publish", &format!(r#"{{"topic":"{}","data":1}}"#, "y".repeat(60_000)));
+    let (status, body) =
+        http(server.addr, "POST", "/publish", &format!(r#"{{"topic":"{}","data":1}}"#, "y".repeat(60_000)));
     assert_eq!(status, 400, "{body}");
     assert_healthy(&server);
 }
@@ -1155,8 +1174,10 @@ fn expect_100_continue_is_answered_before_the_body() {
     assert_eq!(status_of(&read_to_close(&mut s)), 200);
     // A refusal needs no go-ahead: 413 at once, and no 100 before it.
     let mut s = connect(server.addr);
-    s.write_all(b"POST /publish HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 9999999\r\n\r\n")
-        .unwrap();
+    s.write_all(
+        b"POST /publish HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 9999999\r\n\r\n",
+    )
+    .unwrap();
     assert_eq!(status_of(&read_head(&mut s)), 413);
     assert_healthy(&server);
 }
@@ -1176,7 +1197,9 @@ fn echo_floods_that_read_do_not_starve_a_bystander() {
             let frame = masked(OpCode::Binary, true, &[9; 100]);
             let batch: Vec<u8> = frame.iter().copied().cycle().take(frame.len() * 600).collect();
             let started = Instant::now();
-            while !stop_w.load(std::sync::atomic::Ordering::Relaxed) && started.elapsed() < Duration::from_secs(15) {
+            while !stop_w.load(std::sync::atomic::Ordering::Relaxed)
+                && started.elapsed() < Duration::from_secs(15)
+            {
                 if s.write_all(&batch).is_err() {
                     break;
                 }
@@ -1230,7 +1253,8 @@ fn a_plain_request_to_the_websocket_path_gets_426_with_the_protocol_to_use() {
         assert!(response.contains("\r\nSec-WebSocket-Version: 13\r\n"), "{response}");
     }
     // A wrong version on a real upgrade request says which protocol too.
-    let response = raw_http(server.addr, upgrade_request("/ws", "").replace("Version: 13", "Version: 8").as_bytes());
+    let response =
+        raw_http(server.addr, upgrade_request("/ws", "").replace("Version: 13", "Version: 8").as_bytes());
     assert_eq!(status_of(&response), 426);
     assert!(response.contains("\r\nUpgrade: websocket\r\n"), "{response}");
     // Other paths are still plain HTTP.
