@@ -1262,3 +1262,45 @@ fn a_plain_request_to_the_websocket_path_gets_426_with_the_protocol_to_use() {
     assert_eq!(http(server.addr, "GET", "/healthz", "").0, 200);
     assert_healthy(&server);
 }
+
+#[test]
+fn subscribers_resetting_during_fan_out_do_not_disturb_the_rest() {
+    let server = ServerProc::start(&[]);
+    let mut subs = Vec::new();
+    for _ in 0..60 {
+        let mut s = ws(&server);
+        send_json(&mut s, &json!({"type":"subscribe","payload":{"topic":"t"}}));
+        recv_json(&mut s);
+        subs.push(s);
+    }
+    let mut publisher = ws(&server);
+    let data = "r".repeat(100_000);
+    let mut writer = publisher.try_clone().unwrap();
+    let batch: Vec<u8> = (0..30)
+        .flat_map(|i| {
+            let msg = json!({"type":"publish","payload":{"topic":"t","data":{"i":i,"d":data}}});
+            masked(OpCode::Text, true, msg.to_string().as_bytes())
+        })
+        .collect();
+    let t = std::thread::spawn(move || writer.write_all(&batch).unwrap());
+    // Every other subscriber resets as the messages pour in.
+    let mut kept = Vec::new();
+    for (i, s) in subs.into_iter().enumerate() {
+        if i % 2 == 0 {
+            reset(s);
+        } else {
+            kept.push(s);
+        }
+    }
+    t.join().unwrap();
+    for s in kept.iter_mut() {
+        for i in 0..30 {
+            assert_eq!(recv_json(s)["payload"]["data"]["i"], i);
+        }
+    }
+    drop(publisher);
+    drop(kept);
+    wait_connections(server.addr, 1.0, Duration::from_secs(5));
+    assert_eq!(metric(server.addr, "wshub_topics"), 0.0);
+    assert_healthy(&server);
+}
