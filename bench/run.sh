@@ -7,7 +7,7 @@
 #   bench/run.sh full    every scenario 3 times, servers alternating, longer windows (~12 min)
 #
 # Each server runs pinned to core 0 and the load generator to core 1 (when there are two
-# cores), a fresh server process per run. Results: RESULT lines in bench/results/tmp/,
+# cores), a fresh server process per run. Results: RESULT lines in bench/results/latest-raw.txt,
 # medians in bench/results/latest.csv, a Markdown table on stdout and in
 # bench/results/latest.md, and a chart in bench/results/latest.svg.
 set -euo pipefail
@@ -194,6 +194,8 @@ for rep in $(seq 1 "$reps"); do
 done
 log "measured in $(($(date +%s) - started)) s"
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
+
+cp "$raw" "$results/latest-raw.txt"
 
 # Medians over repetitions -> CSV (metric,unit,server,value).
 csv="$results/latest.csv"
