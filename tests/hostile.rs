@@ -1273,7 +1273,7 @@ fn subscribers_resetting_during_fan_out_do_not_disturb_the_rest() {
         recv_json(&mut s);
         subs.push(s);
     }
-    let mut publisher = ws(&server);
+    let publisher = ws(&server);
     let data = "r".repeat(100_000);
     let mut writer = publisher.try_clone().unwrap();
     let batch: Vec<u8> = (0..30)
