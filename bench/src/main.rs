@@ -68,6 +68,12 @@ enum Cmd {
         size: usize,
         #[arg(long, default_value_t = 16)]
         depth: u32,
+        /// Send text frames (the server validates UTF-8) instead of binary ones.
+        #[arg(long)]
+        text: bool,
+        /// Fixed work instead of timed windows: stop once this many echoes came back.
+        #[arg(long)]
+        messages: Option<u64>,
     },
     /// N subscribers of one topic; per round P of them publish and all must receive all P.
     Broadcast {
@@ -168,18 +174,19 @@ fn check_conns(n: usize) -> Result<usize, String> {
 fn run(cli: Cli) -> Result<(), String> {
     let nofile = stats::raise_nofile();
     match cli.cmd {
-        Cmd::Echo { common, conns, size, depth } => {
+        Cmd::Echo { common, conns, size, depth, text, messages } => {
             let target = net::Target::parse(&common.url)?;
             let timing = common.timing()?;
             let conns = check_conns(conns)?;
             let depth = depth.clamp(1, 100_000);
-            let r = echo::run(&target, &echo::Echo { conns, size, depth }, &timing)?;
+            let r = echo::run(&target, &echo::Echo { conns, size, depth, text, messages }, &timing)?;
             println!(
-                "RESULT scenario=echo server={} size={size} depth={depth} conns={conns} msgs_per_s={:.0} \
-                 mb_per_s={:.2} windows={}",
+                "RESULT scenario=echo server={} size={size} depth={depth} conns={conns} text={text} \
+                 msgs_per_s={:.0} mb_per_s={:.2} received={} windows={}",
                 common.server,
                 r.msgs_per_s,
                 r.mb_per_s,
+                r.received,
                 join(&r.windows)
             );
         }
