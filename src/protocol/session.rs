@@ -26,7 +26,7 @@ use std::fmt;
 
 use super::close::{self, code};
 use super::frame::{self, HeaderError, OpCode, MAX_CONTROL_PAYLOAD};
-use super::mask::apply_mask;
+use super::mask::{apply_mask, unmask_is_ascii};
 use super::utf8::Utf8Validator;
 
 /// The most bytes `advance` can leave unconsumed without an event: a complete control frame
@@ -459,8 +459,10 @@ impl Session {
             // Fast path: a whole unfragmented message in the input. Unmask in place, lend it out.
             if header.fin && open_kind.is_none() && rest.len() >= header.header_len + len {
                 let payload = &mut input[start..start + len];
-                apply_mask(payload, key, 0);
-                if kind == MessageKind::Text && std::str::from_utf8(payload).is_err() {
+                // One pass unmasks and spots non-ASCII bytes; only text that has some pays for a
+                // full UTF-8 validation.
+                let ascii = unmask_is_ascii(payload, key);
+                if kind == MessageKind::Text && !ascii && std::str::from_utf8(payload).is_err() {
                     return Err(ProtocolError::InvalidUtf8);
                 }
                 pos = start + len;
@@ -539,8 +541,8 @@ enum Deliver {
 
 fn data_event(kind: MessageKind, payload: &[u8]) -> Event<'_> {
     match kind {
-        // SAFETY: every text payload was validated on the way in, by `from_utf8` on the fast
-        // path or by the incremental validator (checked complete) on the slow path. Validating
+        // SAFETY: every text payload was validated on the way in, on the fast path by the
+        // unmasking pass (pure ASCII) or else `from_utf8`, on the slow path by the incremental validator (checked complete) on the slow path. Validating
         // again here would double the cost of UTF-8 checking on the hot path.
         MessageKind::Text => Event::Text(unsafe { std::str::from_utf8_unchecked(payload) }),
         MessageKind::Binary => Event::Binary(payload),
