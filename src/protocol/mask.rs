@@ -126,4 +126,32 @@ mod tests {
         apply_mask(b, key, 13);
         assert_eq!(whole, pieces);
     }
+
+    proptest::proptest! {
+        /// The word-at-a-time paths agree with the byte-by-byte definition on every input, and
+        /// the ASCII verdict is exactly "no byte >= 0x80" (so skipping UTF-8 validation on it
+        /// never lets invalid text through).
+        #[test]
+        fn fast_paths_agree_with_the_definition(
+            payload in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            key in proptest::array::uniform4(proptest::num::u8::ANY),
+            offset in 0usize..4,
+            start in 0usize..8,
+        ) {
+            let mut padded = vec![0u8; start];
+            padded.extend_from_slice(&payload);
+            let mut expected = payload.clone();
+            naive(&mut expected, key, offset);
+            let mut got = padded.clone();
+            apply_mask(&mut got[start..], key, offset);
+            proptest::prop_assert_eq!(&got[start..], &expected[..]);
+
+            let mut zero_offset = payload.clone();
+            naive(&mut zero_offset, key, 0);
+            let mut fused = padded;
+            let ascii = unmask_is_ascii(&mut fused[start..], key);
+            proptest::prop_assert_eq!(&fused[start..], &zero_offset[..]);
+            proptest::prop_assert_eq!(ascii, zero_offset.iter().all(|b| *b < 0x80));
+        }
+    }
 }
