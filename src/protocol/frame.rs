@@ -114,6 +114,7 @@ impl fmt::Display for HeaderError {
 /// Non-minimal length encodings (e.g. 5 encoded in 16 bits) are rejected: RFC 6455 section 5.2
 /// says "the minimal number of bytes MUST be used to encode the length", and a strict reading
 /// closes a door to length-smuggling tricks between intermediaries.
+#[inline]
 pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>, HeaderError> {
     let Some(&[b0, b1]) = buf.get(..2).map(|s| <&[u8; 2]>::try_from(s).expect("two bytes")) else {
         return Ok(None);
