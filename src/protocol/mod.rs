@@ -17,4 +17,4 @@ pub mod session;
 pub mod utf8;
 
 pub use frame::OpCode;
-pub use session::{Event, Session, SessionConfig};
+pub use session::{Event, Sender, Session, SessionConfig};

@@ -14,7 +14,7 @@ use super::fanout::Deliveries;
 use super::lifecycle::{cut_slow_consumer, flush, linger, mark};
 use super::state::{Mode, Shared};
 use crate::protocol::close::code;
-use crate::protocol::frame::{self, OpCode};
+use crate::protocol::frame::OpCode;
 use crate::protocol::session::{Event, Step};
 
 /// Frames in `read_buf[start..end]` for an open connection: the hot path.
@@ -31,7 +31,7 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
             conns[key].out.push_bytes(&mut s.pool, &s.control);
             s.control.clear();
         }
-        let Step { consumed, event } = match step {
+        let Step { consumed, event, sender } = match step {
             Ok(step) => step,
             Err(e) => {
                 debug!("conn {key} protocol error: {e}");
@@ -50,11 +50,15 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
                 s.metrics.message_in();
                 match s.settings.mode {
                     Mode::Echo => {
+                        // Through the session's send path: after our close (a shutdown's 1001),
+                        // a message still in flight from the peer gets no echo.
                         let conn = &mut conns[key];
-                        conn.out.append_with(&mut s.pool, |out| {
-                            frame::write_frame(out, OpCode::Text, text.as_bytes())
-                        });
-                        s.metrics.message_out();
+                        if conn
+                            .out
+                            .append_with(&mut s.pool, |out| sender.send(out, OpCode::Text, text.as_bytes()))
+                        {
+                            s.metrics.message_out();
+                        }
                     }
                     Mode::Hub => {
                         let mut outbox =
@@ -80,9 +84,9 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
                 match s.settings.mode {
                     Mode::Echo => {
                         let conn = &mut conns[key];
-                        conn.out
-                            .append_with(&mut s.pool, |out| frame::write_frame(out, OpCode::Binary, data));
-                        s.metrics.message_out();
+                        if conn.out.append_with(&mut s.pool, |out| sender.send(out, OpCode::Binary, data)) {
+                            s.metrics.message_out();
+                        }
                     }
                     Mode::Hub => {
                         s.hub.handle_binary(key, &mut s.reply, &mut s.metrics);
