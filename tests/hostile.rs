@@ -621,23 +621,6 @@ fn http_request_then_fin_still_gets_its_answer() {
     assert_healthy(&server);
 }
 
-fn reset(s: TcpStream) {
-    // SO_LINGER 0: close sends RST.
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-    use std::os::fd::AsRawFd;
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
-    drop(s);
-}
-
 #[test]
 fn resets_mid_message_and_mid_head_leave_nothing_behind() {
     let server = ServerProc::start(&["--echo"]);

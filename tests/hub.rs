@@ -266,3 +266,56 @@ fn metrics_counters_move() {
     assert_eq!(metric(server.addr, "wshub_topics"), 1.0);
     assert!(metric(server.addr, "wshub_connections") >= 1.0);
 }
+
+/// Subscribers that reset while fan-out is being written to them end as resets, never as slow
+/// consumers (1,000 benchmark clients closing at once used to show hundreds of "slow consumer"
+/// cut-offs, none of them slow).
+#[test]
+fn subscribers_that_reset_during_fan_out_count_as_resets_not_slow_consumers() {
+    // A send queue of 2: every delivery is written at once (eager flush), so publishes keep
+    // writing to sockets whose reset the server has not read yet.
+    let server = ServerProc::start(&["--send-queue", "2"]);
+    let addr = server.addr;
+    const SUBSCRIBERS: usize = 40;
+    const PUBLISHES: usize = 400;
+    let subs: Vec<TcpStream> = (0..SUBSCRIBERS)
+        .map(|_| {
+            let mut s = ws_connect(addr);
+            subscribe(&mut s, "t");
+            s
+        })
+        .collect();
+    let mut publisher = ws_connect(addr);
+    let publishing = std::thread::spawn(move || {
+        // No id: no ack to read. ~60-byte frames: 400 of them fit every subscriber's socket
+        // buffer, so nobody here is slow.
+        for i in 0..PUBLISHES {
+            send(&mut publisher, &json!({"type":"publish","payload":{"topic":"t","data":i}}));
+            if i % 8 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        publisher
+    });
+    for s in subs {
+        reset(s);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut publisher = publishing.join().unwrap();
+    // The publisher is still served: its ping gets its pong after all the publishes.
+    send(&mut publisher, &json!({"type":"ping","id":1}));
+    assert_eq!(recv(&mut publisher), json!({"type":"pong","id":1}));
+    // Every reset is seen (on read or on a fan-out write) within a generous bound.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut resets = 0.0;
+    while std::time::Instant::now() < deadline {
+        resets = metric(addr, "wshub_connection_resets_total");
+        if resets >= SUBSCRIBERS as f64 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(resets, SUBSCRIBERS as f64, "every subscriber that reset counts as one reset");
+    assert_eq!(metric(addr, "wshub_slow_consumers_dropped_total"), 0.0);
+    assert_eq!(metric(addr, "wshub_close_frames_sent_total{code=\"1008\"}"), 0.0);
+}

@@ -19,7 +19,7 @@ use slab::Slab;
 use super::connection::{Connection, Ending, Phase};
 use super::frames::on_frames;
 use super::http_route::on_http;
-use super::lifecycle::{doom, mark, rearm, reject};
+use super::lifecycle::{doom, mark, rearm, reject, socket_failed};
 use super::state::{Shared, READ_PREFIX, READ_SIZE};
 use crate::protocol::handshake::{self, Rejection};
 use crate::protocol::session::{Millis, Session};
@@ -151,8 +151,7 @@ fn on_request(conns: &mut Slab<Connection>, s: &mut Shared, key: usize) {
             Ok(n) => s.metrics.bytes_out(n as u64),
             Err(e) => {
                 s.control.clear();
-                debug!("conn {key} write error: {e}");
-                doom(conn, s, key, Ending::IoError);
+                socket_failed(conn, s, key, "write", &e);
                 return;
             }
         }

@@ -11,7 +11,7 @@ use slab::Slab;
 
 use super::connection::{Connection, Ending, Phase};
 use super::fanout::Deliveries;
-use super::lifecycle::{cut_slow_consumer, flush, linger, mark};
+use super::lifecycle::{flush, linger, mark};
 use super::state::{Mode, Shared};
 use crate::protocol::close::code;
 use crate::protocol::frame::OpCode;
@@ -64,18 +64,13 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
                         let mut outbox =
                             Deliveries::new(conns, &mut s.pool, &mut s.dirty, &s.settings, s.now);
                         s.hub.handle_text(key, text, &mut s.reply, &mut outbox, &mut s.metrics);
-                        let cut_off = std::mem::take(&mut outbox.cut_off);
-                        s.metrics.bytes_out(outbox.written);
+                        let cuts = outbox.finish();
                         if !s.reply.is_empty() {
                             s.metrics.message_out();
                             conns[key].out.push_bytes(&mut s.pool, &s.reply);
                             s.reply.clear();
                         }
-                        for victim in cut_off {
-                            if let Some(c) = conns.get_mut(victim) {
-                                cut_slow_consumer(c, s, victim);
-                            }
-                        }
+                        cuts.apply(conns, s);
                     }
                 }
             }

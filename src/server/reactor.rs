@@ -22,7 +22,7 @@ use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use log::{debug, info};
+use log::info;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -32,7 +32,7 @@ use slab::Slab;
 use super::accept::{self, OVERFLOW_SLOTS};
 use super::connection::{Connection, Ending, Phase};
 use super::frames::on_frames;
-use super::lifecycle::{doom, flush_dirty, flush_now, mark_dirty, on_eof, reap, rearm_key};
+use super::lifecycle::{doom, flush_dirty, flush_now, mark_dirty, on_eof, reap, rearm_key, socket_failed};
 use super::outbuf::BufferPool;
 use super::shutdown;
 use super::state::{Mode, Settings, Shared, READ_PREFIX, READ_SIZE};
@@ -257,8 +257,7 @@ impl Server {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    debug!("conn {key} read error: {e}");
-                    doom(conn, s, key, Ending::IoError);
+                    socket_failed(conn, s, key, "read", &e);
                     return;
                 }
             };

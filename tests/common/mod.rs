@@ -168,6 +168,23 @@ pub fn expect_close(s: &mut TcpStream) -> Option<u16> {
     None
 }
 
+/// Closes `s` with a reset (SO_LINGER 0: close sends RST), as a peer that vanishes does.
+pub fn reset(s: TcpStream) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    use std::os::fd::AsRawFd;
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    drop(s);
+}
+
 /// True when the server closes the TCP connection within the read timeout.
 pub fn sees_eof(s: &mut TcpStream) -> bool {
     let mut buf = [0u8; 4096];
