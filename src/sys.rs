@@ -1,6 +1,6 @@
 //! The few operating-system calls std does not wrap: the open-file limit.
 //!
-//! `libc` is a direct dependency only for `getrlimit`/`setrlimit` (mio already builds it).
+//! `libc` is a direct dependency only for these few calls (mio already builds it).
 
 /// Raises the soft open-file limit to the hard limit (each connection is a descriptor) and
 /// returns the limit now in force.
@@ -29,4 +29,17 @@ pub fn open_file_limit() -> usize {
         return 1024;
     }
     usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
+}
+
+/// 64 random bits from the kernel (`getrandom`), for identifiers that must differ between
+/// processes; falls back to the clock and the pid if the call fails.
+pub fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: the kernel writes at most `bytes.len()` bytes into our stack buffer.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n == bytes.len() as isize {
+        return u64::from_ne_bytes(bytes);
+    }
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    (nanos as u64) ^ (u64::from(std::process::id()) << 32)
 }

@@ -587,6 +587,7 @@ impl Server {
                 metrics: &mut s.metrics,
                 uptime_seconds: s.now / 1000,
                 connections,
+                backplane: None,
             },
         );
         let cut_off = std::mem::take(&mut outbox.cut_off);
