@@ -137,8 +137,10 @@ impl clap::builder::TypedValueParser for RedisUrlParser {
         value: &std::ffi::OsStr,
     ) -> Result<RedisUrl, clap::Error> {
         use clap::error::ErrorKind;
-        let text = value.to_str().ok_or_else(|| clap::Error::raw(ErrorKind::InvalidUtf8, "--redis: not UTF-8\n"))?;
-        RedisUrl::parse(text).map_err(|e| clap::Error::raw(ErrorKind::ValueValidation, format!("--redis: {e}\n")))
+        let text =
+            value.to_str().ok_or_else(|| clap::Error::raw(ErrorKind::InvalidUtf8, "--redis: not UTF-8\n"))?;
+        RedisUrl::parse(text)
+            .map_err(|e| clap::Error::raw(ErrorKind::ValueValidation, format!("--redis: {e}\n")))
     }
 }
 

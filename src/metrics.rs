@@ -248,15 +248,30 @@ impl Metrics {
         gauge(out, "uptime_seconds", "Seconds since the server started.", gauges.uptime_seconds)?;
         if let Some(b) = &gauges.backplane {
             gauge(out, "backplane_up", "1 while the Redis backplane is connected.", u64::from(b.up))?;
-            counter(out, "backplane_reconnects_total", "Connection attempts to Redis after the first.", b.reconnects)?;
-            counter(out, "backplane_published_total", "Messages handed to Redis for the other nodes.", b.published)?;
+            counter(
+                out,
+                "backplane_reconnects_total",
+                "Connection attempts to Redis after the first.",
+                b.reconnects,
+            )?;
+            counter(
+                out,
+                "backplane_published_total",
+                "Messages handed to Redis for the other nodes.",
+                b.published,
+            )?;
             counter(
                 out,
                 "backplane_publish_failed_total",
                 "Messages not handed to Redis (down, buffer full, refused, or lost in flight).",
                 b.publish_failed,
             )?;
-            counter(out, "backplane_received_total", "Messages from other nodes delivered here.", b.received)?;
+            counter(
+                out,
+                "backplane_received_total",
+                "Messages from other nodes delivered here.",
+                b.received,
+            )?;
             counter(out, "backplane_garbage_total", "Messages from Redis dropped as malformed.", b.garbage)?;
         }
         Ok(())

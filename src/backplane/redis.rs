@@ -114,9 +114,13 @@ pub enum Garbage {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     /// Disconnected; the next attempt is due at `retry_at`.
-    Down { retry_at: Millis },
+    Down {
+        retry_at: Millis,
+    },
     /// Sockets opening, handshake replies awaited until `deadline`.
-    Connecting { deadline: Millis },
+    Connecting {
+        deadline: Millis,
+    },
     Up,
 }
 
@@ -589,7 +593,12 @@ impl RedisBackplane {
         }
     }
 
-    fn service(&mut self, which: usize, now: Millis, mut deliver: impl FnMut(Inbound<'_>) -> bool) -> Result<(), String> {
+    fn service(
+        &mut self,
+        which: usize,
+        now: Millis,
+        mut deliver: impl FnMut(Inbound<'_>) -> bool,
+    ) -> Result<(), String> {
         let Some(socket) = self.sockets[which].as_mut() else { return Ok(()) };
         if !self.connected[which] {
             if let Some(e) = socket.take_error().map_err(|e| e.to_string())? {

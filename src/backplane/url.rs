@@ -152,7 +152,13 @@ mod tests {
     fn ok(url: &str, host: &str, port: u16, user: Option<&str>, password: Option<&str>, db: Option<u32>) {
         let parsed = RedisUrl::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
         assert_eq!(
-            (parsed.host.as_str(), parsed.port, parsed.user.as_deref(), parsed.password.as_deref(), parsed.db),
+            (
+                parsed.host.as_str(),
+                parsed.port,
+                parsed.user.as_deref(),
+                parsed.password.as_deref(),
+                parsed.db
+            ),
             (host, port, user, password, db),
             "{url}"
         );

@@ -76,7 +76,9 @@ fn auth_and_select_come_first_on_both_connections() {
     assert!(take_output(&mut core, SUB).starts_with(auth));
     assert!(take_output(&mut core, PUB).starts_with(auth));
     feed(&mut core, PUB, b"+OK\r\n+OK\r\n+PONG\r\n").1.unwrap();
-    feed(&mut core, SUB, b"+OK\r\n+OK\r\n*3\r\n$9\r\nsubscribe\r\n$15\r\nwshub:broadcast\r\n:1\r\n").1.unwrap();
+    feed(&mut core, SUB, b"+OK\r\n+OK\r\n*3\r\n$9\r\nsubscribe\r\n$15\r\nwshub:broadcast\r\n:1\r\n")
+        .1
+        .unwrap();
     assert!(core.is_up());
 }
 
@@ -176,7 +178,10 @@ fn data_over_the_message_limit_is_garbage() {
     let mut s = settings();
     s.max_data = 10;
     let core = RedisCore::new(s, 0);
-    assert_eq!(core.check(b"wshub:broadcast", &[OTHER, b"\"0123456789\""].concat()).err(), Some(Garbage::BadData));
+    assert_eq!(
+        core.check(b"wshub:broadcast", &[OTHER, b"\"0123456789\""].concat()).err(),
+        Some(Garbage::BadData)
+    );
     assert!(core.check(b"wshub:broadcast", &[OTHER, b"\"0123\""].concat()).unwrap().is_some());
 }
 
