@@ -36,6 +36,9 @@
 //!   client (the sender included). WebSocket clients may broadcast only when the server runs with
 //!   `--allow-client-broadcast`; the HTTP API (`POST /broadcast`) always may. Acked like publish.
 //! * Messages published to one topic by one publisher reach every subscriber in publish order.
+//! * With a backplane joining other processes ([`Outbox::backplane`]), publishes and broadcasts
+//!   are relayed to it after local delivery, acks add `"backplane":true|false` (handed over or
+//!   not), and the backplane hears when a topic gains its first or loses its last subscriber.
 //!
 //! Errors answer `{"type":"error","payload":{"message":"..."}}` (with the `id` whenever the
 //! message was a JSON object carrying one) and leave the connection open:
