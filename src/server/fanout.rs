@@ -18,6 +18,8 @@ use super::connection::Connection;
 use super::lifecycle::{cut_slow_consumer, socket_failed};
 use super::outbuf::BufferPool;
 use super::state::{Settings, Shared};
+use crate::backplane::redis::{BackplaneStats, RedisBackplane};
+use crate::backplane::Backplane;
 use crate::hub::{ClientId, Outbox};
 use crate::protocol::session::Millis;
 
@@ -38,6 +40,9 @@ pub(super) struct Deliveries<'a> {
     /// Bytes written by eager flushes, for the metrics.
     written: u64,
     now: Millis,
+    /// Where publishes go on to the other nodes; `None` for a single node and for messages that
+    /// came from the backplane (never relayed back).
+    backplane: Option<&'a mut RedisBackplane>,
 }
 
 /// Why a client takes no more frames in this fan-out.
@@ -50,12 +55,19 @@ enum Cut {
 
 /// What a fan-out leaves to do once the hub has returned.
 #[must_use = "clients refused during the fan-out must be ended with `apply`"]
+#[derive(Default)]
 pub(super) struct Cuts {
     cuts: Vec<(usize, Cut)>,
     written: u64,
 }
 
 impl Cuts {
+    /// Adds what another fan-out left, for a handler that runs several before it can end them.
+    pub(super) fn absorb(&mut self, other: Cuts) {
+        self.cuts.extend(other.cuts);
+        self.written += other.written;
+    }
+
     /// Counts the bytes the eager flushes wrote, then ends each refused client for its reason.
     pub(super) fn apply(self, conns: &mut Slab<Connection>, s: &mut Shared) {
         s.metrics.bytes_out(self.written);
@@ -86,12 +98,24 @@ impl<'a> Deliveries<'a> {
             cuts: Vec::new(),
             written: 0,
             now,
+            backplane: None,
         }
     }
 
     /// Ends the fan-out, releasing the connections; what is left to do is in the [`Cuts`].
     pub(super) fn finish(self) -> Cuts {
         Cuts { cuts: self.cuts, written: self.written }
+    }
+
+    /// The backplane's state and counters, for `/healthz` and `/metrics`.
+    pub(super) fn backplane_stats(&self) -> Option<BackplaneStats> {
+        self.backplane.as_ref().map(|b| b.stats())
+    }
+
+    /// Relays this call's publishes and subscription changes to `backplane`.
+    pub(super) fn relaying(mut self, backplane: Option<&'a mut RedisBackplane>) -> Deliveries<'a> {
+        self.backplane = backplane;
+        self
     }
 
     fn deliver_to(&mut self, key: usize, frame: &Rc<[u8]>) -> bool {
@@ -135,5 +159,9 @@ impl Outbox for Deliveries<'_> {
         let keys: Vec<usize> =
             self.conns.iter().filter(|(_, c)| c.accepts_messages()).map(|(k, _)| k).collect();
         keys.into_iter().filter(|&k| self.deliver_to(k, frame)).count()
+    }
+
+    fn backplane(&mut self) -> Option<&mut dyn Backplane> {
+        self.backplane.as_deref_mut().map(|b| b as &mut dyn Backplane)
     }
 }

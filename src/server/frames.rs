@@ -62,7 +62,8 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
                     }
                     Mode::Hub => {
                         let mut outbox =
-                            Deliveries::new(conns, &mut s.pool, &mut s.dirty, &s.settings, s.now);
+                            Deliveries::new(conns, &mut s.pool, &mut s.dirty, &s.settings, s.now)
+                                .relaying(s.backplane.as_mut());
                         s.hub.handle_text(key, text, &mut s.reply, &mut outbox, &mut s.metrics);
                         let cuts = outbox.finish();
                         if !s.reply.is_empty() {

@@ -10,6 +10,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use wshub::protocol::frame::{self, OpCode};
 
+pub mod redis;
+
 pub struct ServerProc {
     pub child: Child,
     pub addr: SocketAddr,
