@@ -3,13 +3,12 @@
 //! count of those not logged. Sans-IO: time comes in as `now` (the reactor's milliseconds).
 //!
 //! ```ignore
-//! // on each event:
-//! if let Some(n) = self.accept_log.summary(now) { warn!("{n} more accept failures in the last 5 s"); }
-//! if self.accept_log.event(now) == Verdict::Log { warn!("accept failed: {e}"); }
-//! // or both at once, with the summary wording built in:
-//! self.accept_log.warn(now, format_args!("accept failed: {e}"));
-//! // and once per loop turn, so the last count of a flood is not held back until the next one:
-//! self.accept_log.flush(now);
+//! if s.logs.accept_failed.hit(s.now) {
+//!     warn!("accept failed ({e})"); // the first of a flood, in full, with whatever key-values
+//! }
+//! // and once per loop turn, so the last count of a flood is not held back until the next
+//! // event (the loop also wakes at `next_due`):
+//! s.logs.accept_failed.flush(s.now);
 //! ```
 //!
 //! State: one deadline and one counter (16 bytes beyond the name), no allocation.
@@ -101,13 +100,11 @@ impl RateLimitedLog {
         }
     }
 
-    /// Records an event and logs at warn level what is due: a summary, then the event itself
-    /// if it is the first of a quiet period.
-    pub fn warn(&mut self, now: Millis, message: std::fmt::Arguments) {
+    /// Logs a due summary, records an event, and says whether to log this one in full (the
+    /// first of a quiet period). The caller logs it, with its own level and key-values.
+    pub fn hit(&mut self, now: Millis) -> bool {
         self.flush(now);
-        if self.event(now) == Verdict::Log {
-            log::warn!("{message}");
-        }
+        self.event(now) == Verdict::Log
     }
 }
 

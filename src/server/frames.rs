@@ -34,7 +34,7 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
         let Step { consumed, event } = match step {
             Ok(step) => step,
             Err(e) => {
-                debug!("conn {key} protocol error: {e}");
+                debug!(conn = key; "protocol error: {e}");
                 conns[key].close_code = e.close_code();
                 s.metrics.close_code_sent(e.close_code());
                 ended_by = Some(Ending::ProtocolError);
@@ -94,7 +94,7 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
             }
             Event::Ping(_) | Event::Pong(_) => {}
             Event::Closed { code: peer_code, reason } => {
-                debug!("conn {key} closed by peer: code {peer_code:?} reason {reason:?}");
+                debug!(conn = key; "closed by peer: code {peer_code:?} reason {reason:?}");
                 let c = peer_code.unwrap_or(code::NORMAL);
                 conns[key].close_code = c;
                 s.metrics.close_code_sent(c);
