@@ -311,32 +311,48 @@ fn version_lists_capabilities() {
 }
 
 #[test]
-fn json_logs_are_one_object_per_line() {
+fn json_logs_are_one_object_per_line_with_the_connection() {
     let mut child = with_nofile(wshub().args(["--listen", "127.0.0.1:0", "--log-format", "json"]), 1024)
         .args(["--max-connections", "10000"])
+        .env("RUST_LOG", "debug")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
+    let mut next = || {
+        let line = lines.next().expect("a log line").unwrap();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
         for field in ["timestamp", "level", "target", "message"] {
             assert!(v[field].is_string(), "{field} in {line}");
         }
-        let listening = v["message"].as_str().unwrap().contains("listening on");
-        seen.push(v);
-        if listening {
-            break;
-        }
-    }
+        v
+    };
+    let warning = next();
+    assert_eq!(warning["level"], "WARN");
+    assert!(warning["message"].as_str().unwrap().starts_with("--max-connections 10000 lowered to 864 "));
+    let listening = next();
+    assert_eq!(listening["level"], "INFO");
+    let message = listening["message"].as_str().unwrap();
+    let addr: std::net::SocketAddr =
+        message.split("listening on ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let mut s = connect(addr);
+    let local = s.local_addr().unwrap().to_string();
+    s.write_all(upgrade_request("/ws", "").as_bytes()).unwrap();
+    assert_eq!(status_of(&read_head(&mut s)), 101);
+    drop(s);
+    // accepted (conn, peer), upgraded (conn), closed (conn, peer)
+    let accepted = next();
+    assert_eq!(accepted["message"], "accepted", "{accepted}");
+    assert!(accepted["conn"].is_u64(), "{accepted}");
+    assert_eq!(accepted["peer"], local.as_str());
+    let id = accepted["conn"].clone();
+    let upgraded = next();
+    assert_eq!((&upgraded["message"], &upgraded["conn"]), (&"upgraded".into(), &id), "{upgraded}");
+    let closed = next();
+    assert!(closed["message"].as_str().unwrap().starts_with("closed: "), "{closed}");
+    assert_eq!((&closed["conn"], &closed["peer"]), (&id, &local.as_str().into()), "{closed}");
     let _ = child.kill();
     let _ = child.wait();
-    assert_eq!(seen.len(), 2, "{seen:?}");
-    assert_eq!(seen[0]["level"], "WARN");
-    assert!(seen[0]["message"].as_str().unwrap().starts_with("--max-connections 10000 lowered to 864 "));
-    assert_eq!(seen[1]["level"], "INFO");
 }
 
 /// The example file documents the defaults truthfully, and a server started from it (with a
