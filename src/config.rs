@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::protocol::deflate::DeflateConfig;
 use crate::protocol::handshake::{OriginPolicy, UpgradePolicy, DEFAULT_MAX_HEAD_LEN};
 use crate::protocol::session::{Millis, SessionConfig};
 
@@ -99,6 +100,20 @@ pub struct Config {
     /// Largest HTTP request body accepted by the publish API, in bytes (bigger: 413).
     #[arg(long, env = "WSHUB_MAX_BODY_SIZE", default_value_t = 64 * 1024)]
     pub max_body_size: usize,
+
+    /// Negotiate permessage-deflate (RFC 7692) with clients that offer it, always with no
+    /// context takeover both ways (no compression state kept per connection).
+    #[arg(long, env = "WSHUB_COMPRESSION")]
+    pub compression: bool,
+
+    /// Messages shorter than this many bytes are sent uncompressed.
+    #[arg(long, env = "WSHUB_COMPRESSION_THRESHOLD", default_value_t = 128)]
+    pub compression_threshold: usize,
+
+    /// zlib compression level for what the server sends: 1 (fastest) to 9 (smallest).
+    #[arg(long, env = "WSHUB_COMPRESSION_LEVEL", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub compression_level: u32,
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -132,7 +147,12 @@ impl Config {
         UpgradePolicy {
             subprotocols: self.subprotocols.clone(),
             origins: OriginPolicy::from_allowed(&self.allowed_origins),
+            deflate: self.compression,
         }
+    }
+
+    pub fn deflate(&self) -> DeflateConfig {
+        DeflateConfig { threshold: self.compression_threshold, level: self.compression_level }
     }
 
     /// Defaults for tests and embedding: what `wshub` with no flags would use.
