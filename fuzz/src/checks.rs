@@ -568,7 +568,9 @@ fn check_head(
                 Some(agreed) => {
                     assert!(policy.deflate, "deflate agreed while disabled");
                     let ext = ext.expect("agreed deflate is answered");
-                    assert!(ext.starts_with(b"permessage-deflate; server_no_context_takeover; client_no_context_takeover"));
+                    assert!(ext.starts_with(
+                        b"permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+                    ));
                     assert!((8..=15).contains(&agreed.server_max_window_bits));
                 }
                 None => assert!(ext.is_none()),

@@ -53,7 +53,8 @@
 //! # Cost model
 //!
 //! A published message is serialized and framed once into an `Rc<[u8]>` that every subscriber's
-//! send queue shares; `data` is spliced in as raw text, never parsed into a tree or re-encoded.
+//! send queue shares (with permessage-deflate, compressed at most once more per window size in
+//! use, lazily, into a second shared frame: see [`SharedMessage`]); `data` is spliced in as raw text, never parsed into a tree or re-encoded.
 //! Fan-out walks a contiguous list of subscriber ids. A connection with no subscriptions has no
 //! state in the hub at all. Subscriptions are indexed both ways (topic -> subscribers, client ->
 //! topics) so unsubscribing and disconnecting are O(1) per subscription.
@@ -62,11 +63,12 @@ mod registry;
 mod wire;
 
 use std::fmt;
-use std::rc::Rc;
 
 use serde_json::value::RawValue;
 
 use crate::metrics::Metrics;
+use crate::protocol::deflate::SharedMessage;
+use crate::protocol::OpCode;
 use registry::{Registry, SubscribeOutcome};
 use wire::{BroadcastPayload, Envelope, Kind, PublishPayload, TopicPayload};
 
@@ -76,13 +78,17 @@ pub(crate) use wire::{push_decimal, push_json_str};
 pub type ClientId = usize;
 
 /// Implemented by the reactor: the connections' send queues.
+///
+/// A message comes framed once, plain; the outbox picks the wire variant each client needs
+/// ([`SharedMessage::frame_for`]: plain, or compressed once per window size when the client
+/// negotiated permessage-deflate). The hub knows nothing of compression.
 pub trait Outbox {
     /// Queue a shared, already-framed message for `client`. Returns false when the client
     /// could not take it (slow consumer cut off, or closing); the reactor will later call
     /// [`Hub::remove_client`] for clients it cut off.
-    fn deliver(&mut self, client: ClientId, frame: &Rc<[u8]>) -> bool;
+    fn deliver(&mut self, client: ClientId, message: &SharedMessage) -> bool;
     /// Queue it for every open client; returns how many took it.
-    fn deliver_all(&mut self, frame: &Rc<[u8]>) -> usize;
+    fn deliver_all(&mut self, message: &SharedMessage) -> usize;
 }
 
 /// Limits and switches of the protocol.
@@ -227,8 +233,9 @@ impl Hub {
             let frame = wire::build_shared_text_frame(&mut self.scratch, |out| {
                 wire::write_message(out, Some(topic), data);
             });
+            let message = SharedMessage::from_frame(OpCode::Text, frame);
             for &client in subscribers {
-                if outbox.deliver(client, &frame) {
+                if outbox.deliver(client, &message) {
                     delivered += 1;
                 }
             }
@@ -243,7 +250,7 @@ impl Hub {
         let frame = wire::build_shared_text_frame(&mut self.scratch, |out| {
             wire::write_message(out, None, data);
         });
-        let delivered = outbox.deliver_all(&frame);
+        let delivered = outbox.deliver_all(&SharedMessage::from_frame(OpCode::Text, frame));
         metrics.record_broadcast(delivered);
         delivered
     }

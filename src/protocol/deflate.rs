@@ -472,6 +472,22 @@ impl Deflater {
         }
         super::frame::write_frame(out, opcode, payload);
     }
+
+    /// Appends whole plain server frames (as the hub writes its replies) to `out`, each data
+    /// frame compressed as [`Deflater::write_frame`] would; control frames are copied.
+    pub fn rewrite_frames(&mut self, out: &mut Vec<u8>, mut frames: &[u8], window: u8) {
+        while let Ok(Some(h)) = super::frame::parse_header(frames) {
+            let end = (h.header_len as u64 + h.payload_len).min(frames.len() as u64) as usize;
+            let payload = &frames[h.header_len..end];
+            if h.fin && !h.opcode.is_control() && h.opcode != OpCode::Continuation {
+                self.write_frame(out, h.opcode, payload, Some(window));
+            } else {
+                out.extend_from_slice(&frames[..end]);
+            }
+            frames = &frames[end..];
+        }
+        out.extend_from_slice(frames);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

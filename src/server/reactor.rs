@@ -42,6 +42,7 @@ use crate::config::{millis, Config};
 use crate::http::HttpConfig;
 use crate::hub::{Hub, HubConfig};
 use crate::metrics::Metrics;
+use crate::protocol::deflate::Deflater;
 use crate::protocol::session::Millis;
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -122,6 +123,7 @@ impl Server {
                 read_buf,
                 control: Vec::new(),
                 reply: Vec::new(),
+                deflater: Deflater::new(config.deflate()),
                 started: Instant::now(),
                 now: 0,
                 accept_paused_until: None,

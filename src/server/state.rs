@@ -14,6 +14,7 @@ use super::timers::DeadlineQueue;
 use crate::http::HttpConfig;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::protocol::deflate::Deflater;
 use crate::protocol::handshake::UpgradePolicy;
 use crate::protocol::session::{Millis, SessionConfig, MAX_UNCONSUMED};
 
@@ -62,6 +63,8 @@ pub(super) struct Shared {
     pub(super) control: Vec<u8>,
     /// Replies the hub writes for the sender.
     pub(super) reply: Vec<u8>,
+    /// permessage-deflate for everything sent: one compressor per window size, reactor-wide.
+    pub(super) deflater: Deflater,
     pub(super) started: Instant,
     pub(super) now: Millis,
     pub(super) accept_paused_until: Option<Millis>,
