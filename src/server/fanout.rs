@@ -14,6 +14,8 @@ use slab::Slab;
 use super::connection::Connection;
 use super::outbuf::BufferPool;
 use super::state::Settings;
+use crate::backplane::redis::{BackplaneStats, RedisBackplane};
+use crate::backplane::Backplane;
 use crate::hub::{ClientId, Outbox};
 use crate::protocol::deflate::{Deflater, SharedMessage};
 use crate::protocol::session::Millis;
@@ -36,6 +38,9 @@ pub(super) struct Deliveries<'a> {
     /// Bytes written by eager flushes, for the metrics.
     pub(super) written: u64,
     now: Millis,
+    /// Where publishes go on to the other nodes; `None` for a single node and for messages that
+    /// came from the backplane (never relayed back).
+    backplane: Option<&'a mut RedisBackplane>,
 }
 
 impl<'a> Deliveries<'a> {
@@ -57,7 +62,19 @@ impl<'a> Deliveries<'a> {
             cut_off: Vec::new(),
             written: 0,
             now,
+            backplane: None,
         }
+    }
+
+    /// The backplane's state and counters, for `/healthz` and `/metrics`.
+    pub(super) fn backplane_stats(&self) -> Option<BackplaneStats> {
+        self.backplane.as_ref().map(|b| b.stats())
+    }
+
+    /// Relays this call's publishes and subscription changes to `backplane`.
+    pub(super) fn relaying(mut self, backplane: Option<&'a mut RedisBackplane>) -> Deliveries<'a> {
+        self.backplane = backplane;
+        self
     }
 
     fn deliver_to(&mut self, key: usize, message: &SharedMessage) -> bool {
@@ -102,5 +119,9 @@ impl Outbox for Deliveries<'_> {
         let keys: Vec<usize> =
             self.conns.iter().filter(|(_, c)| c.accepts_messages()).map(|(k, _)| k).collect();
         keys.into_iter().filter(|&k| self.deliver_to(k, message)).count()
+    }
+
+    fn backplane(&mut self) -> Option<&mut dyn Backplane> {
+        self.backplane.as_deref_mut().map(|b| b as &mut dyn Backplane)
     }
 }

@@ -65,7 +65,8 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
                             &mut s.deflater,
                             &s.settings,
                             s.now,
-                        );
+                        )
+                        .relaying(s.backplane.as_mut());
                         s.hub.handle_text(key, text, &mut s.reply, &mut outbox, &mut s.metrics);
                         let cut_off = std::mem::take(&mut outbox.cut_off);
                         s.metrics.bytes_out(outbox.written);

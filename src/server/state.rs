@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use super::outbuf::BufferPool;
 use super::timers::DeadlineQueue;
+use crate::backplane::redis::RedisBackplane;
 use crate::http::HttpConfig;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -49,6 +50,8 @@ pub(super) struct Settings {
 pub(super) struct Shared {
     pub(super) settings: Settings,
     pub(super) hub: Hub,
+    /// The Redis backplane joining this process to others (`--redis`); `None`: a single node.
+    pub(super) backplane: Option<RedisBackplane>,
     pub(super) metrics: Metrics,
     pub(super) pool: BufferPool,
     pub(super) timers: DeadlineQueue,
