@@ -14,8 +14,8 @@ pub struct Capability {
 
 pub const CAPABILITIES: &[Capability] = &[
     Capability { name: "tls", enabled: false, what: "wss:// on the same port (rustls)" },
-    Capability { name: "compression", enabled: false, what: "permessage-deflate (RFC 7692)" },
-    Capability { name: "backplane", enabled: false, what: "Redis pub/sub between servers" },
+    Capability { name: "compression", enabled: true, what: "permessage-deflate (RFC 7692)" },
+    Capability { name: "backplane", enabled: true, what: "Redis pub/sub between servers" },
     Capability { name: "config-file", enabled: true, what: "--config FILE.toml, wshub check-config" },
     Capability { name: "json-logs", enabled: true, what: "--log-format json" },
 ];

@@ -6,6 +6,8 @@
 //! * [`config`]: flags, environment and config file, validated; [`logging`]: log format and
 //!   rate-limited warnings; [`sys`]: the few OS calls std lacks.
 
+/// Joins several wshub processes through Redis pub/sub (`--redis`).
+pub mod backplane;
 /// What this build can do, for `--version`.
 pub mod capabilities;
 /// Settings from flags, environment and a TOML file, validated before anything is bound.
