@@ -62,8 +62,6 @@ pub enum Problem {
     PingNotBelowPongWait { ping: f64, pong: f64 },
     /// A number outside its row of [`RANGES`].
     OutOfRange { flag: &'static str, value: f64, min: f64, max: f64, unit: &'static str },
-    /// `--max-queued-bytes` must hold one message of `--max-message-size`.
-    QueueBelowMessageSize { queued: usize, message: usize },
     /// `--allowed-origin` must be `*` or `scheme://host[:port]`, exactly as browsers send it.
     OriginNotSchemeHostPort { value: String, why: &'static str },
     /// `--subprotocol` must be an HTTP token (RFC 7230 §3.2.6).
@@ -83,7 +81,6 @@ impl Problem {
             Problem::PathNotAbsolute { .. } | Problem::PathNotPlain { .. } => "path",
             Problem::PingNotBelowPongWait { .. } => "ping-interval",
             Problem::OutOfRange { flag, .. } => flag,
-            Problem::QueueBelowMessageSize { .. } => "max-queued-bytes",
             Problem::OriginNotSchemeHostPort { .. } => "allowed-origin",
             Problem::SubprotocolNotToken { .. } => "subprotocol",
             Problem::ApiKeyNotToken => "api-key",
@@ -111,11 +108,6 @@ impl fmt::Display for Problem {
             Problem::OutOfRange { value, min, max, unit, .. } => {
                 write!(f, "{value} is out of range: must be from {min} to {max} {unit}")
             }
-            Problem::QueueBelowMessageSize { queued, message } => write!(
-                f,
-                "{queued} bytes must be at least --max-message-size {message}: a receiver of the largest message \
-                 would be cut off as a slow consumer"
-            ),
             Problem::OriginNotSchemeHostPort { value, why } => {
                 write!(f, "{value:?} must be `*` or scheme://host[:port] as browsers send it: {why}")
             }
@@ -139,7 +131,17 @@ impl fmt::Display for Problem {
 /// A setting changed to fit, for a warning in the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Adjustment {
-    MaxConnectionsLowered { asked: usize, fitted: usize, budget: FdBudget },
+    MaxConnectionsLowered {
+        asked: usize,
+        fitted: usize,
+        budget: FdBudget,
+    },
+    /// Not refused (a queue bound below the message size works while messages stay small, and
+    /// tests rely on it), but worth a warning: a big message cuts its receivers off.
+    QueueBelowMessageSize {
+        queued: usize,
+        message: usize,
+    },
 }
 
 impl fmt::Display for Adjustment {
@@ -154,6 +156,11 @@ impl fmt::Display for Adjustment {
                 budget.open_files,
                 RESERVED_FDS,
                 budget.overflow
+            ),
+            Adjustment::QueueBelowMessageSize { queued, message } => write!(
+                f,
+                "--max-queued-bytes {queued} is below --max-message-size {message}: a receiver of a message that \
+                 large is cut off as a slow consumer unless its socket takes it at once"
             ),
         }
     }
@@ -248,7 +255,6 @@ pub type Rule = fn(&Input) -> Vec<Problem>;
 pub const RULES: &[(&str, Rule)] = &[
     ("path", path),
     ("ping-interval", ping_below_pong),
-    ("max-queued-bytes", queue_holds_a_message),
     ("allowed-origin", origins),
     ("subprotocol", subprotocols),
     ("api-key", api_key),
@@ -270,15 +276,6 @@ fn ping_below_pong(i: &Input) -> Vec<Problem> {
     let (ping, pong) = (i.config.ping_interval, i.config.pong_wait);
     if ping > 0.0 && pong > 0.0 && ping >= pong {
         vec![Problem::PingNotBelowPongWait { ping, pong }]
-    } else {
-        Vec::new()
-    }
-}
-
-fn queue_holds_a_message(i: &Input) -> Vec<Problem> {
-    let (queued, message) = (i.config.max_queued_bytes, i.config.max_message_size);
-    if queued < message {
-        vec![Problem::QueueBelowMessageSize { queued, message }]
     } else {
         Vec::new()
     }
@@ -420,6 +417,10 @@ pub fn validate(config: &mut Config, cmd: &Command, matches: &ArgMatches, open_f
         problems.extend(rule(&input));
     }
     let mut adjustments = Vec::new();
+    let (queued, message) = (config.max_queued_bytes, config.max_message_size);
+    if queued < message {
+        adjustments.push(Adjustment::QueueBelowMessageSize { queued, message });
+    }
     let overflow = FdBudget::overflow_for(open_files);
     let max_connections = match FdBudget::fit(open_files) {
         None => {
