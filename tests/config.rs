@@ -209,9 +209,9 @@ fn max_connections_over_the_open_file_limit_is_lowered_with_a_warning() {
     assert!(!stderr.contains("lowered"), "{stderr}");
     assert!(stdout.contains("max-connections = 192  # derived from the open-file limit 256"), "{stdout}");
     // A limit that leaves nothing for connections is an error.
-    let (code, _, stderr) = run(with_nofile(wshub().arg("check-config"), 40));
+    let (code, _, stderr) = run(with_nofile(wshub().arg("check-config"), 24));
     assert_eq!(code, 2);
-    assert!(stderr.contains("the open-file limit (40) leaves no descriptor for connections"), "{stderr}");
+    assert!(stderr.contains("the open-file limit (24) leaves no descriptor for connections"), "{stderr}");
 }
 
 #[test]

@@ -17,9 +17,6 @@ use clap::{ArgMatches, Command, ValueHint};
 use super::file::Applied;
 use super::Config;
 
-/// Descriptors kept back from connections: the listener, the poll instance, the signal pipe,
-/// the standard streams, and slack for what a library opens (a resolver, a log file).
-pub const RESERVED_FDS: usize = 32;
 /// The slab's key space ends at 2^24; connections plus the 503 overflow must fit below it.
 const MAX_SLOTS: usize = (1 << 24) - 1;
 
@@ -37,6 +34,13 @@ pub struct FdBudget {
 }
 
 impl FdBudget {
+    /// Descriptors kept back from connections: the listener, the poll instance, the signal
+    /// pipe, the standard streams, a backplane socket, and slack for what a library opens (a
+    /// resolver, a log file). About ten are used; an eighth of the limit, 16 to 32, is kept.
+    pub fn reserved_for(open_files: usize) -> usize {
+        (open_files / 8).clamp(16, 32)
+    }
+
     /// 503 slots for a limit: an eighth of it, at least 8, at most 256.
     pub fn overflow_for(open_files: usize) -> usize {
         (open_files / 8).clamp(8, 256)
@@ -44,7 +48,7 @@ impl FdBudget {
 
     /// The most connections `open_files` descriptors can serve, if any.
     pub fn fit(open_files: usize) -> Option<usize> {
-        let fit = open_files.checked_sub(RESERVED_FDS + Self::overflow_for(open_files))?;
+        let fit = open_files.checked_sub(Self::reserved_for(open_files) + Self::overflow_for(open_files))?;
         (fit >= 1).then_some(fit.min(MAX_SLOTS - 256))
     }
 }
@@ -120,8 +124,9 @@ impl fmt::Display for Problem {
             Problem::FileUnreadable { path, error, .. } => write!(f, "cannot read {}: {error}", path.display()),
             Problem::OpenFileLimitTooLow { open_files } => write!(
                 f,
-                "the open-file limit ({open_files}) leaves no descriptor for connections after {RESERVED_FDS} reserved \
-                 and {} for 503 answers; raise it (ulimit -n)",
+                "the open-file limit ({open_files}) leaves no descriptor for connections after {} reserved and {} \
+                 for 503 answers; raise it (ulimit -n)",
+                FdBudget::reserved_for(*open_files),
                 FdBudget::overflow_for(*open_files)
             ),
         }
@@ -154,7 +159,7 @@ impl fmt::Display for Adjustment {
                  over the limit (raise it with ulimit -n or LimitNOFILE)",
                 asked - fitted,
                 budget.open_files,
-                RESERVED_FDS,
+                FdBudget::reserved_for(budget.open_files),
                 budget.overflow
             ),
             Adjustment::QueueBelowMessageSize { queued, message } => write!(
@@ -476,7 +481,9 @@ mod tests {
         assert_eq!(FdBudget::fit(256), Some(256 - 32 - 32));
         assert_eq!(FdBudget::overflow_for(1 << 20), 256);
         assert_eq!(FdBudget::fit(1 << 20), Some((1 << 20) - 32 - 256));
-        assert_eq!(FdBudget::fit(40), None);
+        assert_eq!(FdBudget::fit(128), Some(128 - 16 - 16));
+        assert_eq!(FdBudget::fit(40), Some(40 - 16 - 8));
+        assert_eq!(FdBudget::fit(24), None);
     }
 
     /// The file rule knows no flag by name: any flag declared `value_hint = FilePath` is checked.
