@@ -56,9 +56,11 @@
 //! # Cost model
 //!
 //! A published message is serialized and framed once into an `Rc<[u8]>` that every subscriber's
-//! send queue shares; `data` is spliced in as raw text, never parsed into a tree or re-encoded.
-//! The frame is written in place: a counting pass sizes it, then one exact-size allocation is
-//! filled, so `data` is copied once, from the publisher's read buffer into the frame.
+//! send queue shares (with permessage-deflate, compressed at most once more per window size in
+//! use, lazily, into a second shared frame: see [`SharedMessage`]); `data` is spliced in as raw
+//! text, never parsed into a tree or re-encoded. The plain frame is written in place: a counting
+//! pass sizes it, then one exact-size allocation is filled, so `data` is copied once, from the
+//! publisher's read buffer into the frame.
 //! Fan-out walks a contiguous list of subscriber ids. A connection with no subscriptions has no
 //! state in the hub at all. Subscriptions are indexed both ways (topic -> subscribers, client ->
 //! topics) so unsubscribing and disconnecting are O(1) per subscription.
@@ -67,12 +69,13 @@ mod registry;
 mod wire;
 
 use std::fmt;
-use std::rc::Rc;
 
 use serde_json::value::RawValue;
 
 use crate::backplane::{Backplane, Relay};
 use crate::metrics::Metrics;
+use crate::protocol::deflate::SharedMessage;
+use crate::protocol::OpCode;
 use registry::{Registry, SubscribeOutcome};
 use wire::{BroadcastPayload, Envelope, Kind, PublishPayload, TopicPayload};
 
@@ -82,13 +85,17 @@ pub(crate) use wire::{push_decimal, push_json_str, push_relay, too_deep};
 pub type ClientId = usize;
 
 /// Implemented by the reactor: the connections' send queues.
+///
+/// A message comes framed once, plain; the outbox picks the wire variant each client needs
+/// ([`SharedMessage::frame_for`]: plain, or compressed once per window size when the client
+/// negotiated permessage-deflate). The hub knows nothing of compression.
 pub trait Outbox {
     /// Queue a shared, already-framed message for `client`. Returns false when the client
     /// could not take it (slow consumer cut off, or closing); the reactor will later call
     /// [`Hub::remove_client`] for clients it cut off.
-    fn deliver(&mut self, client: ClientId, frame: &Rc<[u8]>) -> bool;
+    fn deliver(&mut self, client: ClientId, message: &SharedMessage) -> bool;
     /// Queue it for every open client; returns how many took it.
-    fn deliver_all(&mut self, frame: &Rc<[u8]>) -> usize;
+    fn deliver_all(&mut self, message: &SharedMessage) -> usize;
     /// The other nodes, when a backplane joins this process to them. Publishes and broadcasts
     /// are relayed to it after local delivery, and it is told when a topic gains its first
     /// local subscriber or loses its last. `None` (the default): a single node.
@@ -252,8 +259,9 @@ impl Hub {
             let frame = wire::build_shared_text_frame(|out| {
                 wire::write_message(out, Some(topic), data);
             });
+            let message = SharedMessage::from_frame(OpCode::Text, frame);
             for &client in subscribers {
-                if outbox.deliver(client, &frame) {
+                if outbox.deliver(client, &message) {
                     delivered += 1;
                 }
             }
@@ -269,7 +277,7 @@ impl Hub {
         let frame = wire::build_shared_text_frame(|out| {
             wire::write_message(out, None, data);
         });
-        let delivered = outbox.deliver_all(&frame);
+        let delivered = outbox.deliver_all(&SharedMessage::from_frame(OpCode::Text, frame));
         metrics.record_broadcast(delivered);
         self.last_relay = outbox.backplane().map_or(Relay::Off, |b| b.broadcast(data));
         delivered

@@ -1,6 +1,8 @@
 //! The hub's view of the connections: [`Deliveries`], the [`Outbox`] a publish writes into.
 //!
-//! A delivery queues the one shared frame (an `Rc` clone, no copy) on a subscriber and marks it
+//! A delivery queues the one shared frame (an `Rc` clone, no copy) on a subscriber: the plain
+//! frame, or for a client that negotiated permessage-deflate the compressed one for its window,
+//! compressed at most once per message and window by the reactor's [`Deflater`]; and marks it
 //! for the end-of-turn flush. A subscriber whose queue grows past the eager-flush mark is written
 //! at once, so the bounds judge the client, not the size of this turn. A client over a bound, or
 //! whose socket failed in that write (a peer that reset), is refused further frames and listed
@@ -10,7 +12,6 @@
 //! WebSocket messages (`frames`) and the HTTP publish API (`http_route`).
 
 use std::io;
-use std::rc::Rc;
 
 use slab::Slab;
 
@@ -21,6 +22,7 @@ use super::state::{Settings, Shared};
 use crate::backplane::redis::{BackplaneStats, RedisBackplane};
 use crate::backplane::Backplane;
 use crate::hub::{ClientId, Outbox};
+use crate::protocol::deflate::{Deflater, SharedMessage};
 use crate::protocol::session::Millis;
 
 /// A connection whose queue reaches this many shared frames or bytes in one turn is flushed at
@@ -33,6 +35,7 @@ pub(super) struct Deliveries<'a> {
     pub(super) conns: &'a mut Slab<Connection>,
     pool: &'a mut BufferPool,
     dirty: &'a mut Vec<usize>,
+    deflater: &'a mut Deflater,
     max_queued_bytes: usize,
     send_queue: usize,
     /// Clients refused during this call, and why; ended right after it (the hub is busy).
@@ -86,6 +89,7 @@ impl<'a> Deliveries<'a> {
         conns: &'a mut Slab<Connection>,
         pool: &'a mut BufferPool,
         dirty: &'a mut Vec<usize>,
+        deflater: &'a mut Deflater,
         settings: &Settings,
         now: Millis,
     ) -> Deliveries<'a> {
@@ -93,6 +97,7 @@ impl<'a> Deliveries<'a> {
             conns,
             pool,
             dirty,
+            deflater,
             max_queued_bytes: settings.max_queued_bytes,
             send_queue: settings.send_queue,
             cuts: Vec::new(),
@@ -118,12 +123,13 @@ impl<'a> Deliveries<'a> {
         self
     }
 
-    fn deliver_to(&mut self, key: usize, frame: &Rc<[u8]>) -> bool {
+    fn deliver_to(&mut self, key: usize, message: &SharedMessage) -> bool {
         let Some(conn) = self.conns.get_mut(key) else { return false };
         if !conn.accepts_messages() || self.cuts.iter().any(|&(k, _)| k == key) {
             return false;
         }
-        conn.out.push_shared(frame);
+        // Plain, or the compressed variant for this client's window (built on first need).
+        conn.out.push_shared(message.frame_for(conn.send_window, self.deflater));
         if !conn.dirty {
             conn.dirty = true;
             self.dirty.push(key);
@@ -151,14 +157,14 @@ impl<'a> Deliveries<'a> {
 }
 
 impl Outbox for Deliveries<'_> {
-    fn deliver(&mut self, client: ClientId, frame: &Rc<[u8]>) -> bool {
-        self.deliver_to(client, frame)
+    fn deliver(&mut self, client: ClientId, message: &SharedMessage) -> bool {
+        self.deliver_to(client, message)
     }
 
-    fn deliver_all(&mut self, frame: &Rc<[u8]>) -> usize {
+    fn deliver_all(&mut self, message: &SharedMessage) -> usize {
         let keys: Vec<usize> =
             self.conns.iter().filter(|(_, c)| c.accepts_messages()).map(|(k, _)| k).collect();
-        keys.into_iter().filter(|&k| self.deliver_to(k, frame)).count()
+        keys.into_iter().filter(|&k| self.deliver_to(k, message)).count()
     }
 
     fn backplane(&mut self) -> Option<&mut dyn Backplane> {

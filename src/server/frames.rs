@@ -34,7 +34,7 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
         let Step { consumed, event, sender } = match step {
             Ok(step) => step,
             Err(e) => {
-                debug!("conn {key} protocol error: {e}");
+                debug!(conn = key; "protocol error: {e}");
                 conns[key].close_code = e.close_code();
                 s.metrics.close_code_sent(e.close_code());
                 ended_by = Some(Ending::ProtocolError);
@@ -50,26 +50,33 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
                 s.metrics.message_in();
                 match s.settings.mode {
                     Mode::Echo => {
-                        // Through the session's send path: after our close (a shutdown's 1001),
-                        // a message still in flight from the peer gets no echo.
+                        // The session's send rule first: after our close (a shutdown's 1001), a
+                        // message still in flight from the peer gets no echo. Then the frame as
+                        // this client takes it (compressed when it negotiated permessage-deflate).
                         let conn = &mut conns[key];
-                        if conn
-                            .out
-                            .append_with(&mut s.pool, |out| sender.send(out, OpCode::Text, text.as_bytes()))
-                        {
+                        if sender.can_send() {
+                            let (window, deflater) = (conn.send_window, &mut s.deflater);
+                            conn.out.append_with(&mut s.pool, |out| {
+                                deflater.write_frame(out, OpCode::Text, text.as_bytes(), window)
+                            });
                             s.metrics.message_out();
                         }
                     }
                     Mode::Hub => {
-                        let mut outbox =
-                            Deliveries::new(conns, &mut s.pool, &mut s.dirty, &s.settings, s.now)
-                                .relaying(s.backplane.as_mut());
+                        let mut outbox = Deliveries::new(
+                            conns,
+                            &mut s.pool,
+                            &mut s.dirty,
+                            &mut s.deflater,
+                            &s.settings,
+                            s.now,
+                        )
+                        .relaying(s.backplane.as_mut());
                         s.hub.handle_text(key, text, &mut s.reply, &mut outbox, &mut s.metrics);
                         let cuts = outbox.finish();
                         if !s.reply.is_empty() {
                             s.metrics.message_out();
-                            conns[key].out.push_bytes(&mut s.pool, &s.reply);
-                            s.reply.clear();
+                            push_reply(&mut conns[key], s);
                         }
                         cuts.apply(conns, s);
                     }
@@ -80,21 +87,24 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
                 match s.settings.mode {
                     Mode::Echo => {
                         let conn = &mut conns[key];
-                        if conn.out.append_with(&mut s.pool, |out| sender.send(out, OpCode::Binary, data)) {
+                        if sender.can_send() {
+                            let (window, deflater) = (conn.send_window, &mut s.deflater);
+                            conn.out.append_with(&mut s.pool, |out| {
+                                deflater.write_frame(out, OpCode::Binary, data, window)
+                            });
                             s.metrics.message_out();
                         }
                     }
                     Mode::Hub => {
                         s.hub.handle_binary(key, &mut s.reply, &mut s.metrics);
                         s.metrics.message_out();
-                        conns[key].out.push_bytes(&mut s.pool, &s.reply);
-                        s.reply.clear();
+                        push_reply(&mut conns[key], s);
                     }
                 }
             }
             Event::Ping(_) | Event::Pong(_) => {}
             Event::Closed { code: peer_code, reason } => {
-                debug!("conn {key} closed by peer: code {peer_code:?} reason {reason:?}");
+                debug!(conn = key; "closed by peer: code {peer_code:?} reason {reason:?}");
                 let c = peer_code.unwrap_or(code::NORMAL);
                 conns[key].close_code = c;
                 s.metrics.close_code_sent(c);
@@ -122,4 +132,17 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
     if closed {
         linger(conn, s, key, ended_by.unwrap_or(Ending::Normal));
     }
+}
+
+/// Queues the hub's reply frames (in `s.reply`) for the sender, compressed when it negotiated
+/// permessage-deflate and a reply reaches the threshold (most replies are short and go plain).
+fn push_reply(conn: &mut Connection, s: &mut Shared) {
+    match conn.send_window {
+        Some(window) if s.reply.len() >= s.deflater.config().threshold => {
+            let (reply, deflater) = (&s.reply, &mut s.deflater);
+            conn.out.append_with(&mut s.pool, |out| deflater.rewrite_frames(out, reply, window));
+        }
+        _ => conn.out.push_bytes(&mut s.pool, &s.reply),
+    }
+    s.reply.clear();
 }

@@ -74,8 +74,8 @@ pub(super) fn on_http(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, 
         return;
     }
     let body = &input[head.head_len..head.head_len + body_len];
-    let mut outbox =
-        Deliveries::new(conns, &mut s.pool, &mut s.dirty, &s.settings, s.now).relaying(s.backplane.as_mut());
+    let mut outbox = Deliveries::new(conns, &mut s.pool, &mut s.dirty, &mut s.deflater, &s.settings, s.now)
+        .relaying(s.backplane.as_mut());
     let backplane = outbox.backplane_stats();
     let connections = outbox.conns.len();
     let response = http::respond(

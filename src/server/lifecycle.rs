@@ -78,7 +78,7 @@ pub(super) fn flush(conn: &mut Connection, s: &mut Shared, key: usize) {
 
 /// Queue a refusal and end the connection after it is written.
 pub(super) fn reject(conn: &mut Connection, s: &mut Shared, key: usize, rejection: Rejection) {
-    debug!("conn {key} rejected: {} {}", rejection.status, rejection.reason);
+    debug!(conn = key; "rejected: {} {}", rejection.status, rejection.reason);
     s.metrics.handshake_rejected(rejection.status);
     conn.out.append_with(&mut s.pool, |out| rejection.write_response(out));
     linger(conn, s, key, Ending::Rejected);
@@ -105,7 +105,10 @@ pub(super) fn cut_slow_consumer(conn: &mut Connection, s: &mut Shared, key: usiz
     if conn.doomed {
         return;
     }
-    warn!("conn {key} cut off: slow consumer ({} bytes queued)", conn.out.queued_bytes());
+    if s.logs.slow_consumer.hit(s.now) {
+        let peer = conn.socket.peer_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        warn!(conn = key, peer = peer.as_str(); "cut off: slow consumer ({} bytes queued)", conn.out.queued_bytes());
+    }
     s.metrics.slow_consumer_dropped();
     conn.close_code = code::POLICY;
     s.metrics.close_code_sent(code::POLICY);
@@ -128,7 +131,7 @@ pub(super) fn socket_failed(conn: &mut Connection, s: &mut Shared, key: usize, d
     if conn.doomed {
         return;
     }
-    debug!("conn {key} {during} error: {e}");
+    debug!(conn = key; "{during} error: {e}");
     s.metrics.connection_reset();
     // Queued output can never leave: give its buffers back now.
     conn.out.clear(&mut s.pool);
@@ -224,8 +227,8 @@ pub(super) fn reap(conns: &mut Slab<Connection>, s: &mut Shared, registry: &Regi
         }
         let _ = registry.deregister(&mut conn.socket);
         if log::log_enabled!(log::Level::Debug) {
-            let peer = conn.socket.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
-            debug!("conn {key} from {peer} closed: {:?}, close code {}", conn.ending, conn.close_code);
+            let peer = conn.socket.peer_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
+            debug!(conn = key, peer = peer.as_str(); "closed: {:?}, close code {}", conn.ending, conn.close_code);
         }
         conn.out.clear(&mut s.pool);
     }
