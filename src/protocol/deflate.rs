@@ -454,23 +454,43 @@ impl Deflater {
 
     /// Appends one whole server frame for `payload`: compressed (RSV1 set) when `window` is
     /// `Some`, the payload reaches the threshold and compression pays; plain otherwise.
+    /// Inline so the plain case (no extension, or a small message) costs the caller one
+    /// comparison on the echo hot path; compression lives out of line.
+    #[inline]
     pub fn write_frame(&mut self, out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], window: Option<u8>) {
-        if let Some(bits) = window.filter(|_| payload.len() >= self.config.threshold) {
-            // Compress right after a maximal header gap, then write the real header in front.
-            let start = out.len();
-            out.resize(start + MAX_SERVER_HEADER_LEN, 0);
-            if self.compress(payload, bits, out) {
-                let len = out.len() - start - MAX_SERVER_HEADER_LEN;
-                let header = ServerHeader::new_compressed(opcode, len);
-                let h = header.as_bytes();
-                let gap = MAX_SERVER_HEADER_LEN - h.len();
-                out[start + gap..start + MAX_SERVER_HEADER_LEN].copy_from_slice(h);
-                out.drain(start..start + gap);
-                return;
+        match window {
+            Some(bits) if payload.len() >= self.config.threshold => {
+                if !self.write_compressed_frame(out, opcode, payload, bits) {
+                    super::frame::write_frame(out, opcode, payload);
+                }
             }
-            out.truncate(start);
+            _ => super::frame::write_frame(out, opcode, payload),
         }
-        super::frame::write_frame(out, opcode, payload);
+    }
+
+    /// The compressed half of [`Deflater::write_frame`]; false (and nothing written) when
+    /// compression does not pay.
+    fn write_compressed_frame(
+        &mut self,
+        out: &mut Vec<u8>,
+        opcode: OpCode,
+        payload: &[u8],
+        bits: u8,
+    ) -> bool {
+        // Compress right after a maximal header gap, then write the real header in front.
+        let start = out.len();
+        out.resize(start + MAX_SERVER_HEADER_LEN, 0);
+        if self.compress(payload, bits, out) {
+            let len = out.len() - start - MAX_SERVER_HEADER_LEN;
+            let header = ServerHeader::new_compressed(opcode, len);
+            let h = header.as_bytes();
+            let gap = MAX_SERVER_HEADER_LEN - h.len();
+            out[start + gap..start + MAX_SERVER_HEADER_LEN].copy_from_slice(h);
+            out.drain(start..start + gap);
+            return true;
+        }
+        out.truncate(start);
+        false
     }
 
     /// Appends whole plain server frames (as the hub writes its replies) to `out`, each data
