@@ -91,6 +91,13 @@ const ROWS: &[Row] = &[
     ("api-key", &["--api-key="], &[], "--api-key: must be non-empty visible ASCII without spaces"),
     ("api-key", &["--api-key", "a b"], &[], "--api-key: must be non-empty visible ASCII without spaces"),
     ("send-queue", &[], &[("WSHUB_SEND_QUEUE", "0")], "WSHUB_SEND_QUEUE: 0 is out of range: must be from 1 to 1000000"),
+    ("redis-prefix", &["--redis-prefix", "my app:"], &[], "--redis-prefix: \"my app:\" must be at most 256 bytes"),
+    (
+        "redis",
+        &["--echo", "--redis", "redis://127.0.0.1:6379"],
+        &[],
+        "--redis: cannot be used with --echo: echo mode has no hub",
+    ),
 ];
 
 /// Every non-range rule has rows, every row fails alone with exactly its line and exit code 2.
@@ -117,7 +124,13 @@ fn every_rule_refuses_its_bad_values_with_exit_2_and_one_line() {
 /// naming the flag and the range; the bounds themselves are accepted.
 #[test]
 fn every_range_is_enforced_at_both_ends() {
+    let cmd = wshub::config::command();
     for r in RANGES {
+        assert!(
+            cmd.get_arguments().any(|a| a.get_long() == Some(r.flag)),
+            "RANGES names --{}, not a flag",
+            r.flag
+        );
         let flag = format!("--{}", r.flag);
         let fmt = |v: f64| if v.fract() == 0.0 { format!("{v:.0}") } else { v.to_string() };
         let mut bad = vec![fmt(r.max * 2.0 + 1.0)];
@@ -410,6 +423,45 @@ fn example_file_matches_the_defaults_and_drives_a_server_like_flags() {
             "1001-byte message: close 1009".to_owned(),
         ]
     );
+}
+
+/// Every flag is in the example file, set or commented out (`# key = value`), so the file stays
+/// the complete reference as flags are added.
+#[test]
+fn example_file_mentions_every_flag() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("wshub.example.toml");
+    let text = std::fs::read_to_string(&example).unwrap();
+    let uncommented: String = text
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest)
+                if rest
+                    .split_once(" = ")
+                    .is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '-')) =>
+            {
+                rest
+            }
+            _ => l,
+        })
+        .flat_map(|l| [l, "\n"])
+        .collect();
+    let cmd = wshub::config::command();
+    let first = cmd.clone().try_get_matches_from(["wshub"]).unwrap();
+    let applied = wshub::config::file::parse(&example, &uncommented)
+        .expect("the example with its commented keys is valid TOML")
+        .apply(&cmd, &first)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    for arg in cmd.get_arguments() {
+        let id = arg.get_id().as_str();
+        if matches!(id, "help" | "version" | "config") {
+            continue;
+        }
+        let long = arg.get_long().unwrap_or(id);
+        assert!(
+            applied.used.iter().any(|(used, _)| used == id),
+            "wshub.example.toml does not mention --{long}: add it with its default (commented out if it has none)"
+        );
+    }
 }
 
 /// What a client sees of the settings the example file changes.
