@@ -1,6 +1,7 @@
 //! Command line and environment: every flag also reads `WSHUB_<FLAG>`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -99,6 +100,15 @@ pub struct Config {
     /// Largest HTTP request body accepted by the publish API, in bytes (bigger: 413).
     #[arg(long, env = "WSHUB_MAX_BODY_SIZE", default_value_t = 64 * 1024)]
     pub max_body_size: usize,
+
+    /// PEM certificate chain, end entity first. With --tls-key the listener speaks only TLS
+    /// (wss:// and https://); SIGHUP reloads both files.
+    #[arg(long, env = "WSHUB_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, RSA or SEC1) matching --tls-cert.
+    #[arg(long, env = "WSHUB_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -132,6 +142,14 @@ impl Config {
         UpgradePolicy {
             subprotocols: self.subprotocols.clone(),
             origins: OriginPolicy::from_allowed(&self.allowed_origins),
+        }
+    }
+
+    /// The certificate and key files, when TLS is on.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles { cert: cert.clone(), key: key.clone() }),
+            _ => None,
         }
     }
 

@@ -9,5 +9,6 @@ pub mod connection;
 pub mod outbuf;
 pub mod reactor;
 pub mod timers;
+pub mod transport;
 
 pub use reactor::Server;
