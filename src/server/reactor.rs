@@ -11,29 +11,32 @@
 //! Hot paths: [`Server::on_readable`] -> [`Server::on_frames`] (parse and unmask in place, in the
 //! loop's one read buffer) and [`Server::flush`].
 
-use std::io::{self, Read};
-use std::net::{Shutdown, SocketAddr};
+use std::io;
+use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use super::connection::{Connection, Ending, Phase};
 use super::outbuf::BufferPool;
 use super::timers::{DeadlineQueue, NEVER};
+use super::transport::{Received, Transport};
 use crate::config::{millis, Config};
 use crate::http::{self, HttpConfig, HttpContext, HttpRequest};
 use crate::hub::{ClientId, Hub, HubConfig, Outbox};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TlsFailure};
 use crate::protocol::close::code;
 use crate::protocol::frame::{self, OpCode};
 use crate::protocol::handshake::{self, Rejection, UpgradePolicy};
 use crate::protocol::session::{Event, Millis, Session, SessionConfig, Step, TimerOutcome, MAX_UNCONSUMED};
+use crate::tls::TlsFiles;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
@@ -56,6 +59,14 @@ const ACCEPT_PAUSE: Millis = 100;
 const OVERFLOW_SLOTS: usize = 256;
 /// The most time a connection that ended badly is given to drain.
 const DRAIN_LIMIT: Millis = 2_000;
+/// Ciphertext read from a socket at once (the loop's one scratch buffer, TLS only).
+const TLS_READ_SIZE: usize = 64 * 1024;
+
+/// The listener's TLS settings: the files (for SIGHUP) and the config new handshakes use.
+struct TlsListener {
+    files: TlsFiles,
+    config: Arc<rustls::ServerConfig>,
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -101,6 +112,10 @@ struct Shared {
     now: Millis,
     accept_paused_until: Option<Millis>,
     shutting_down: Option<Millis>,
+    /// TLS on the listener, if configured.
+    tls: Option<TlsListener>,
+    /// Ciphertext on its way into rustls; empty without TLS.
+    tls_scratch: Vec<u8>,
 }
 
 pub struct Server {
@@ -116,12 +131,21 @@ impl Server {
     /// Binds the listener and prepares the loop. `handle_signals`: stop on SIGINT/SIGTERM
     /// (the binary does; in-process tests do not).
     pub fn bind(config: &Config, handle_signals: bool) -> io::Result<Server> {
+        // Certificate problems are reported before the port is taken.
+        let tls = match config.tls_files() {
+            Some(files) => {
+                let config = files.load().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                Some(TlsListener { files, config })
+            }
+            None => None,
+        };
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(config.listen)?;
         let local_addr = listener.local_addr()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let signals = if handle_signals {
-            let mut signals = Signals::new([SIGINT, SIGTERM])?;
+            // SIGHUP reloads the TLS pair (and is ignored without TLS rather than fatal).
+            let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
             poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
             Some(signals)
         } else {
@@ -177,6 +201,8 @@ impl Server {
                 now: 0,
                 accept_paused_until: None,
                 shutting_down: None,
+                tls_scratch: if tls.is_some() { vec![0u8; TLS_READ_SIZE] } else { Vec::new() },
+                tls,
             },
         })
     }
@@ -189,8 +215,9 @@ impl Server {
     /// timeout has passed.
     pub fn run(mut self) -> io::Result<()> {
         info!(
-            "wshub listening on {} (path {}, {} mode, max {} connections)",
+            "wshub listening on {} ({}path {}, {} mode, max {} connections)",
             self.local_addr,
+            if self.shared.tls.is_some() { "TLS, " } else { "" },
             self.shared.settings.path,
             if self.shared.settings.mode == Mode::Echo { "echo" } else { "hub" },
             self.shared.settings.max_connections
@@ -320,7 +347,18 @@ impl Server {
             warn!("register failed for {peer}: {e}");
             return;
         }
-        let conn = entry.insert(Connection::new(socket, s.now + s.settings.handshake_timeout));
+        let transport = match &s.tls {
+            None => Transport::plain(socket),
+            Some(tls) => match Transport::tls(socket, &tls.config) {
+                Ok(t) => t,
+                Err(e) => {
+                    // Not expected (a server config is always usable); the socket closes.
+                    warn!("TLS setup failed for {peer}: {e}");
+                    return;
+                }
+            },
+        };
+        let conn = entry.insert(Connection::new(transport, s.now + s.settings.handshake_timeout));
         s.metrics.connection_accepted();
         debug!("conn {key} accepted from {peer}");
         if over_limit {
@@ -348,18 +386,30 @@ impl Server {
                 return;
             }
             let start = READ_PREFIX - kept;
-            let result = conn.socket.read(&mut s.read_buf[READ_PREFIX..]);
-            let n = match result {
-                Ok(0) => {
+            let result = conn.transport.read(&mut s.read_buf[READ_PREFIX..], &mut s.tls_scratch);
+            if conn.transport.handshake_completed() {
+                s.metrics.tls_handshake_completed();
+            }
+            let (n, more) = match result {
+                Ok(Received { n: 0, .. }) => {
                     on_eof(conn, s, key);
                     return;
                 }
-                Ok(n) => n,
+                Ok(Received { n, more }) => (n, more),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.flush_now(key);
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::InvalidData && conn.transport.is_tls() => {
+                    debug!("conn {key} TLS error: {e}");
+                    if conn.transport.handshaking() {
+                        s.metrics.tls_handshake_failed(TlsFailure::Error);
+                    }
+                    // The alert, if any, is already written; nothing else is owed.
+                    doom(conn, s, key, Ending::TlsError);
+                    return;
+                }
                 Err(e) => {
                     debug!("conn {key} read error: {e}");
                     doom(conn, s, key, Ending::IoError);
@@ -382,7 +432,7 @@ impl Server {
             // A short read drained the socket: with edge-triggered readiness the next arrival
             // raises a new event, so skip the read that would only say WouldBlock. Not when the
             // peer's FIN came in the same event: the read that returns 0 is the only notice.
-            if n < READ_SIZE && !read_to_end {
+            if !more && !read_to_end {
                 self.flush_now(key);
                 return;
             }
@@ -399,7 +449,7 @@ impl Server {
     fn flush_now(&mut self, key: usize) {
         let s = &mut self.shared;
         if let Some(conn) = self.conns.get_mut(key) {
-            if !conn.doomed && !conn.out.is_empty() {
+            if !conn.doomed && conn.has_output() {
                 flush(conn, s, key);
                 rearm(conn, s, key);
             }
@@ -467,7 +517,7 @@ impl Server {
             let head_len = head.head_len;
             s.control.clear();
             accepted.write_response(&s.settings.upgrade, &mut s.control);
-            match conn.out.write_or_queue(&mut conn.socket, &mut s.pool, &s.control) {
+            match conn.transport.write_or_queue(&mut conn.out, &mut s.pool, &s.control) {
                 Ok(n) => s.metrics.bytes_out(n as u64),
                 Err(e) => {
                     s.control.clear();
@@ -537,7 +587,8 @@ impl Server {
             reject(&mut conns[key], s, key, rejection);
             return;
         }
-        let peer_is_loopback = conns[key].socket.peer_addr().map(|a| a.ip().is_loopback()).unwrap_or(false);
+        let peer_is_loopback =
+            conns[key].transport.socket().peer_addr().map(|a| a.ip().is_loopback()).unwrap_or(false);
         let request = HttpRequest {
             method: head.method,
             path: head.path(),
@@ -691,7 +742,7 @@ impl Server {
             }
             // A client that sends faster than it reads what it asks for (pongs, replies,
             // echoes) is judged after each message, not after a whole read budget of them.
-            if conns[key].out.queued_bytes() > s.settings.max_queued_bytes {
+            if conns[key].queued_bytes() > s.settings.max_queued_bytes {
                 flush(&mut conns[key], s, key);
             }
             if conns[key].doomed {
@@ -713,7 +764,7 @@ impl Server {
 
     fn mark_dirty(&mut self, key: usize) {
         if let Some(conn) = self.conns.get_mut(key) {
-            if !conn.out.is_empty() {
+            if conn.has_output() {
                 mark(conn, &mut self.shared, key);
             }
         }
@@ -766,9 +817,10 @@ impl Server {
             if s.settings.mode == Mode::Hub {
                 s.hub.remove_client(key);
             }
-            let _ = self.poll.registry().deregister(&mut conn.socket);
+            let _ = self.poll.registry().deregister(conn.transport.socket_mut());
             if log::log_enabled!(log::Level::Debug) {
-                let peer = conn.socket.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+                let peer =
+                    conn.transport.socket().peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
                 debug!("conn {key} from {peer} closed: {:?}, close code {}", conn.ending, conn.close_code);
             }
             conn.out.clear(&mut s.pool);
@@ -777,12 +829,37 @@ impl Server {
 
     fn on_signal(&mut self) {
         let Some(signals) = self.signals.as_mut() else { return };
-        let got: Vec<i32> = signals.pending().collect();
+        let mut got: Vec<i32> = signals.pending().collect();
+        if got.contains(&SIGHUP) {
+            got.retain(|&sig| sig != SIGHUP);
+            self.reload_tls();
+        }
         if got.is_empty() || self.shared.shutting_down.is_some() {
             return;
         }
         info!("signal {:?}: closing {} connections", got, self.conns.len());
         self.begin_shutdown();
+    }
+
+    /// SIGHUP: load the certificate and key again. New handshakes use the new pair; open
+    /// connections keep theirs; a pair that fails to load leaves the current one in place.
+    fn reload_tls(&mut self) {
+        let s = &mut self.shared;
+        let Some(tls) = s.tls.as_mut() else {
+            info!("SIGHUP: no TLS certificate to reload");
+            return;
+        };
+        match tls.files.load() {
+            Ok(config) => {
+                tls.config = config;
+                s.metrics.tls_reload(true);
+                info!("SIGHUP: TLS certificate and key reloaded from {}", tls.files.cert.display());
+            }
+            Err(e) => {
+                s.metrics.tls_reload(false);
+                warn!("SIGHUP: TLS reload failed, keeping the current certificate: {e}");
+            }
+        }
     }
 
     /// Stop accepting, send 1001 to every client, and give them `shutdown_timeout` to finish.
@@ -794,6 +871,11 @@ impl Server {
         }
         for (key, conn) in self.conns.iter_mut() {
             if conn.doomed {
+                continue;
+            }
+            if conn.transport.handshaking() {
+                // No TLS yet to say anything with.
+                doom(conn, s, key, Ending::Shutdown);
                 continue;
             }
             if matches!(conn.phase, Phase::Handshake { .. }) {
@@ -826,7 +908,7 @@ impl Server {
 // ----- per-connection steps, as free functions over split borrows -----
 
 fn mark(conn: &mut Connection, s: &mut Shared, key: usize) {
-    if !conn.dirty && !conn.out.is_empty() {
+    if !conn.dirty && conn.has_output() {
         conn.dirty = true;
         s.dirty.push(key);
     }
@@ -844,8 +926,8 @@ fn doom(conn: &mut Connection, s: &mut Shared, key: usize, ending: Ending) {
 
 /// Writes what the socket takes; a connection whose final bytes are out shuts down its side.
 fn flush(conn: &mut Connection, s: &mut Shared, key: usize) {
-    if !conn.out.is_empty() {
-        match conn.out.flush(&mut conn.socket, &mut s.pool) {
+    if conn.has_output() {
+        match conn.transport.flush(&mut conn.out, &mut s.pool) {
             Ok(f) => {
                 conn.note_flush(f.written, s.now);
                 s.metrics.bytes_out(f.written as u64);
@@ -856,17 +938,23 @@ fn flush(conn: &mut Connection, s: &mut Shared, key: usize) {
                 return;
             }
         }
-        if conn.out.queued_bytes() > s.settings.max_queued_bytes && conn.is_open() {
+        if conn.queued_bytes() > s.settings.max_queued_bytes && conn.is_open() {
             cut_slow_consumer(conn, s, key);
             return;
         }
     }
-    if conn.out.is_empty() {
+    if !conn.has_output() {
         if let Phase::Lingering { deadline } = conn.phase {
-            // Everything is out: FIN after the last byte, then wait for the peer's FIN so
-            // unread input does not turn our close into a reset.
-            let _ = conn.socket.shutdown(Shutdown::Write);
-            conn.phase = Phase::Draining { deadline };
+            // Everything is out: close_notify (TLS) and FIN after the last byte, then wait for
+            // the peer's FIN so unread input does not turn our close into a reset.
+            match conn.transport.finish() {
+                Ok(true) => conn.phase = Phase::Draining { deadline },
+                Ok(false) => mark(conn, s, key), // close_notify waits for the socket
+                Err(e) => {
+                    debug!("conn {key} write error: {e}");
+                    doom(conn, s, key, Ending::IoError);
+                }
+            }
         }
     }
 }
@@ -891,7 +979,7 @@ fn linger(conn: &mut Connection, s: &mut Shared, key: usize, ending: Ending) {
     let wait = s.settings.session.close_timeout.clamp(1, DRAIN_LIMIT);
     conn.phase = Phase::Lingering { deadline: s.now + wait };
     mark(conn, s, key);
-    if conn.out.is_empty() {
+    if !conn.has_output() {
         flush(conn, s, key);
     }
 }
@@ -900,7 +988,7 @@ fn cut_slow_consumer(conn: &mut Connection, s: &mut Shared, key: usize) {
     if conn.doomed {
         return;
     }
-    warn!("conn {key} cut off: slow consumer ({} bytes queued)", conn.out.queued_bytes());
+    warn!("conn {key} cut off: slow consumer ({} bytes queued)", conn.queued_bytes());
     s.metrics.slow_consumer_dropped();
     conn.close_code = code::POLICY;
     s.metrics.close_code_sent(code::POLICY);
@@ -909,7 +997,7 @@ fn cut_slow_consumer(conn: &mut Connection, s: &mut Shared, key: usize) {
     let mut close = Vec::new();
     frame::write_close(&mut close, code::POLICY, "slow consumer");
     conn.out.push_bytes(&mut s.pool, &close);
-    let _ = conn.out.flush(&mut conn.socket, &mut s.pool);
+    let _ = conn.transport.flush(&mut conn.out, &mut s.pool);
     // Nothing more will be written: free the queue now, not at the end of the turn, so many
     // cut-off clients in one turn do not hold their queues at once.
     conn.out.clear(&mut s.pool);
@@ -921,6 +1009,9 @@ fn on_eof(conn: &mut Connection, s: &mut Shared, key: usize) {
     // still goes out, best effort, before the socket is dropped.
     flush(conn, s, key);
     let ending = if matches!(conn.phase, Phase::Draining { .. }) { Ending::Normal } else { Ending::PeerGone };
+    if conn.transport.handshaking() && !conn.doomed {
+        s.metrics.tls_handshake_failed(TlsFailure::Closed);
+    }
     doom(conn, s, key, ending);
 }
 
@@ -928,6 +1019,12 @@ fn on_timer(conn: &mut Connection, s: &mut Shared, key: usize) {
     let now = s.now;
     let stalled = conn.write_stalled(now, s.settings.write_wait);
     match &mut conn.phase {
+        Phase::Handshake { deadline, .. } if now >= *deadline && conn.transport.handshaking() => {
+            // The TLS handshake did not finish: no channel to answer on.
+            debug!("conn {key}: TLS handshake timeout");
+            s.metrics.tls_handshake_failed(TlsFailure::Timeout);
+            doom(conn, s, key, Ending::HandshakeTimeout);
+        }
         Phase::Handshake { deadline, .. } if now >= *deadline => {
             debug!("conn {key}: handshake timeout");
             // Say why (RFC 9110 section 15.5.9) rather than vanish; the answer lingers at most
@@ -985,7 +1082,7 @@ fn rearm(conn: &mut Connection, s: &mut Shared, key: usize) {
         }
         Phase::Open(session) => {
             let mut d = session.next_timeout(&s.settings.session).unwrap_or(NEVER);
-            if !conn.out.is_empty() {
+            if conn.has_output() {
                 d = d.min(conn.last_progress.saturating_add(s.settings.write_wait));
             }
             d
@@ -1058,7 +1155,7 @@ impl<'a> Deliveries<'a> {
         let eager_frames = EAGER_FLUSH_FRAMES.min(self.send_queue / 2).max(1);
         if conn.out.shared_frames() >= eager_frames || conn.out.queued_bytes() >= EAGER_FLUSH_BYTES {
             // Write now so the bounds below judge the client, not the size of this turn.
-            match conn.out.flush(&mut conn.socket, self.pool) {
+            match conn.transport.flush(&mut conn.out, self.pool) {
                 Ok(f) => {
                     self.written += f.written as u64;
                     conn.note_flush(f.written, self.now);
@@ -1069,7 +1166,7 @@ impl<'a> Deliveries<'a> {
                 }
             }
         }
-        if conn.out.shared_frames() > self.send_queue || conn.out.queued_bytes() > self.max_queued_bytes {
+        if conn.out.shared_frames() > self.send_queue || conn.queued_bytes() > self.max_queued_bytes {
             self.cut_off.push(key);
             return false;
         }
