@@ -128,6 +128,26 @@ impl TlsFiles {
     }
 }
 
+/// The listener's TLS: the files (for SIGHUP) and the config new handshakes use.
+pub struct TlsListener {
+    pub files: TlsFiles,
+    pub config: Arc<ServerConfig>,
+}
+
+impl TlsListener {
+    pub fn load(files: TlsFiles) -> Result<TlsListener, TlsError> {
+        let config = files.load()?;
+        Ok(TlsListener { files, config })
+    }
+
+    /// Loads the files again. On success new handshakes use the new pair (connections already
+    /// open keep the config they started with); on failure the current pair stays.
+    pub fn reload(&mut self) -> Result<(), TlsError> {
+        self.config = self.files.load()?;
+        Ok(())
+    }
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Unreadable { path: path.to_owned(), source })
 }
