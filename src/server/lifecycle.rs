@@ -210,7 +210,10 @@ pub(super) fn reap(conns: &mut Slab<Connection>, s: &mut Shared, registry: &Regi
             s.metrics.connection_closed();
         }
         if s.settings.mode == Mode::Hub {
-            s.hub.remove_client(key);
+            match s.backplane.as_mut() {
+                Some(backplane) => s.hub.remove_client_relayed(key, backplane),
+                None => s.hub.remove_client(key),
+            }
         }
         let _ = registry.deregister(conn.transport.socket_mut());
         if log::log_enabled!(log::Level::Debug) {
