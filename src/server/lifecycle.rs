@@ -5,10 +5,13 @@
 //! last bytes with [`reject`] or [`linger`] (write them, shut down our side, drain, bounded by a
 //! deadline) or ends at once with [`doom`]; [`reap`] removes the doomed at the end of the turn.
 //! After any step that may move a deadline, [`rearm`] puts the connection's next one in the timer
-//! queue. A client whose queue outgrows its bound is cut off by [`cut_slow_consumer`].
+//! queue. A client whose queue outgrows its bound is cut off by [`cut_slow_consumer`]; one whose
+//! socket fails (a reset, a broken pipe) ends in [`socket_failed`], counted apart.
 //!
 //! Everything here takes one connection (or the slab) and [`Shared`], never the `Server`, and
 //! calls nothing above it: handlers and the loop call down into this file, not the other way.
+
+use std::io;
 
 use log::{debug, warn};
 use mio::Registry;
@@ -54,8 +57,7 @@ pub(super) fn flush(conn: &mut Connection, s: &mut Shared, key: usize) {
                 s.metrics.bytes_out(f.written as u64);
             }
             Err(e) => {
-                debug!("conn {key} write error: {e}");
-                doom(conn, s, key, Ending::IoError);
+                socket_failed(conn, s, key, "write", &e);
                 return;
             }
         }
@@ -71,10 +73,7 @@ pub(super) fn flush(conn: &mut Connection, s: &mut Shared, key: usize) {
             match conn.transport.finish() {
                 Ok(true) => conn.phase = Phase::Draining { deadline },
                 Ok(false) => mark(conn, s, key), // close_notify waits for the socket
-                Err(e) => {
-                    debug!("conn {key} write error: {e}");
-                    doom(conn, s, key, Ending::IoError);
-                }
+                Err(e) => socket_failed(conn, s, key, "write", &e),
             }
         }
     }
@@ -82,7 +81,7 @@ pub(super) fn flush(conn: &mut Connection, s: &mut Shared, key: usize) {
 
 /// Queue a refusal and end the connection after it is written.
 pub(super) fn reject(conn: &mut Connection, s: &mut Shared, key: usize, rejection: Rejection) {
-    debug!("conn {key} rejected: {} {}", rejection.status, rejection.reason);
+    debug!(conn = key; "rejected: {} {}", rejection.status, rejection.reason);
     s.metrics.handshake_rejected(rejection.status);
     conn.out.append_with(&mut s.pool, |out| rejection.write_response(out));
     linger(conn, s, key, Ending::Rejected);
@@ -109,7 +108,10 @@ pub(super) fn cut_slow_consumer(conn: &mut Connection, s: &mut Shared, key: usiz
     if conn.doomed {
         return;
     }
-    warn!("conn {key} cut off: slow consumer ({} bytes queued)", conn.queued_bytes());
+    if s.logs.slow_consumer.hit(s.now) {
+        let peer = conn.transport.socket().peer_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        warn!(conn = key, peer = peer.as_str(); "cut off: slow consumer ({} bytes queued)", conn.queued_bytes());
+    }
     s.metrics.slow_consumer_dropped();
     conn.close_code = code::POLICY;
     s.metrics.close_code_sent(code::POLICY);
@@ -123,6 +125,20 @@ pub(super) fn cut_slow_consumer(conn: &mut Connection, s: &mut Shared, key: usiz
     // cut-off clients in one turn do not hold their queues at once.
     conn.out.clear(&mut s.pool);
     doom(conn, s, key, Ending::SlowConsumer);
+}
+
+/// A read or write failed: the peer reset the connection, or it is otherwise unusable. Logged
+/// and counted as a reset (`connection_resets_total`), not as a slow consumer, and ended at once:
+/// nothing more can be written to it.
+pub(super) fn socket_failed(conn: &mut Connection, s: &mut Shared, key: usize, during: &str, e: &io::Error) {
+    if conn.doomed {
+        return;
+    }
+    debug!(conn = key; "{during} error: {e}");
+    s.metrics.connection_reset();
+    // Queued output can never leave: give its buffers back now.
+    conn.out.clear(&mut s.pool);
+    doom(conn, s, key, Ending::IoError);
 }
 
 pub(super) fn on_eof(conn: &mut Connection, s: &mut Shared, key: usize) {
@@ -217,9 +233,8 @@ pub(super) fn reap(conns: &mut Slab<Connection>, s: &mut Shared, registry: &Regi
         }
         let _ = registry.deregister(conn.transport.socket_mut());
         if log::log_enabled!(log::Level::Debug) {
-            let peer =
-                conn.transport.socket().peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
-            debug!("conn {key} from {peer} closed: {:?}, close code {}", conn.ending, conn.close_code);
+            let peer = conn.transport.socket().peer_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
+            debug!(conn = key, peer = peer.as_str(); "closed: {:?}, close code {}", conn.ending, conn.close_code);
         }
         conn.out.clear(&mut s.pool);
     }

@@ -44,12 +44,12 @@ pub(super) fn on_timer(conn: &mut Connection, s: &mut Shared, key: usize) {
     match &mut conn.phase {
         Phase::Handshake { deadline, .. } if now >= *deadline && conn.transport.handshaking() => {
             // The TLS handshake did not finish: there is no channel to answer 408 on.
-            debug!("conn {key}: TLS handshake timeout");
+            debug!(conn = key; "TLS handshake timeout");
             s.metrics.tls_handshake_failed(TlsFailure::Timeout);
             doom(conn, s, key, Ending::HandshakeTimeout);
         }
         Phase::Handshake { deadline, .. } if now >= *deadline => {
-            debug!("conn {key}: handshake timeout");
+            debug!(conn = key; "handshake timeout");
             // Say why (RFC 9110 section 15.5.9) rather than vanish; the answer lingers at most
             // the drain limit.
             conn.ending = Ending::HandshakeTimeout;
@@ -60,7 +60,7 @@ pub(super) fn on_timer(conn: &mut Connection, s: &mut Shared, key: usize) {
         }
         Phase::Open(session) => {
             if stalled {
-                debug!("conn {key}: no write progress for {} ms", s.settings.write_wait);
+                debug!(conn = key; "no write progress for {} ms", s.settings.write_wait);
                 doom(conn, s, key, Ending::WriteTimeout);
                 return;
             }
