@@ -91,6 +91,18 @@ const ROWS: &[Row] = &[
     ("api-key", &["--api-key="], &[], "--api-key: must be non-empty visible ASCII without spaces"),
     ("api-key", &["--api-key", "a b"], &[], "--api-key: must be non-empty visible ASCII without spaces"),
     ("send-queue", &[], &[("WSHUB_SEND_QUEUE", "0")], "WSHUB_SEND_QUEUE: 0 is out of range: must be from 1 to 1000000"),
+    (
+        "(any FilePath flag)",
+        &["--tls-cert", "/nonexistent/cert.pem", "--tls-key", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")],
+        &[],
+        "--tls-cert: cannot read /nonexistent/cert.pem: No such file or directory",
+    ),
+    (
+        "(any FilePath flag)",
+        &["--tls-cert", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"), "--tls-key", "/"],
+        &[],
+        "--tls-key: cannot read /: not a regular file",
+    ),
     ("redis-prefix", &["--redis-prefix", "my app:"], &[], "--redis-prefix: \"my app:\" must be at most 256 bytes"),
     (
         "redis",
@@ -104,9 +116,6 @@ const ROWS: &[Row] = &[
 #[test]
 fn every_rule_refuses_its_bad_values_with_exit_2_and_one_line() {
     for (rule, _) in RULES {
-        if rule.starts_with('(') {
-            continue; // the file rule is covered below and in the unit tests (no file flag yet)
-        }
         assert!(ROWS.iter().any(|r| r.0 == *rule), "rule {rule} has no row");
     }
     for (rule, args, env, expected) in ROWS {
@@ -252,7 +261,10 @@ fn file_values_are_overridden_by_env_then_flags_and_problems_name_the_key() {
         assert!(stdout.lines().any(|l| l == line), "missing {line:?} in\n{stdout}");
     }
     // A bad file value is blamed on its key.
-    let bad = temp_file("bad.toml", "path = \"ws\"\nsend-queue = 0\n");
+    let bad = temp_file(
+        "bad.toml",
+        "path = \"ws\"\nsend-queue = 0\n[tls]\ncert = \"/nonexistent/c.pem\"\nkey = \"/\"\n",
+    );
     let (code, _, stderr) = check(&["--config", bad.to_str().unwrap()], &[]);
     assert_eq!(code, 2);
     let b = bad.display();
@@ -261,10 +273,22 @@ fn file_values_are_overridden_by_env_then_flags_and_problems_name_the_key() {
         "{stderr}"
     );
     assert!(stderr.contains(&format!("wshub: error: {b}: key `send-queue`: 0 is out of range")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("wshub: error: {b}: key `tls.cert`: cannot read /nonexistent/c.pem")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("wshub: error: {b}: key `tls.key`: cannot read /: not a regular file")),
+        "{stderr}"
+    );
     // ... unless a flag overrides it.
-    let (code, _, stderr) =
-        check(&["--config", bad.to_str().unwrap(), "--path", "/ok", "--send-queue", "1"], &[]);
-    assert_eq!(code, 0, "{stderr}");
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let overrides = ["--path", "/ok", "--send-queue", "1", "--tls-cert", manifest, "--tls-key", manifest];
+    let (code, _, stderr) = check(&[&["--config", bad.to_str().unwrap()][..], &overrides].concat(), &[]);
+    // Every file problem is gone; what is left is check-config loading the (non-PEM) pair.
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("Cargo.toml holds no PEM CERTIFICATE"), "{stderr}");
 }
 
 #[test]
@@ -308,6 +332,15 @@ fn check_config_masks_secrets_and_binds_nothing() {
     let saved = temp_file("saved.toml", &stdout);
     let (code, _, stderr) = check(&["--config", saved.to_str().unwrap()], &[]);
     assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn check_config_loads_the_tls_pair_as_the_server_would() {
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let (code, stdout, stderr) = check(&["--tls-cert", manifest, "--tls-key", manifest], &[]);
+    assert_eq!(code, 2, "{stdout}");
+    assert!(stderr.starts_with("wshub: error: ") && stderr.contains("Cargo.toml"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
 
 #[test]

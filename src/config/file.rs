@@ -193,9 +193,11 @@ impl FileSettings {
                 }
             };
             // Parse the value alone so a bad one is blamed on its key, not on a flag the user
-            // never typed.
+            // never typed. Alone, a flag that needs another (`--tls-cert` needs `--tls-key`)
+            // misses it: that is for the whole parse to judge, not this value.
             let alone = std::iter::once("wshub".to_owned()).chain(args.iter().cloned());
-            if let Err(e) = cmd.clone().try_get_matches_from(alone) {
+            let refused = cmd.clone().try_get_matches_from(alone).err();
+            if let Some(e) = refused.filter(|e| e.kind() != clap::error::ErrorKind::MissingRequiredArgument) {
                 errors.push(FileError::BadValue { path: path(), key: key(), message: clap_message(&e) });
                 continue;
             }
