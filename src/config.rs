@@ -99,6 +99,22 @@ pub struct Config {
     /// Largest HTTP request body accepted by the publish API, in bytes (bigger: 413).
     #[arg(long, env = "WSHUB_MAX_BODY_SIZE", default_value_t = 64 * 1024)]
     pub max_body_size: usize,
+
+    /// Messages kept per topic for clients that reconnect (`subscribe` with `since`); 0 = off.
+    #[arg(long, env = "WSHUB_HISTORY_SIZE", default_value_t = 0)]
+    pub history_size: usize,
+
+    /// Seconds a kept message lives, and an unused topic keeps its epoch.
+    #[arg(long, env = "WSHUB_HISTORY_TTL", default_value_t = 300.0, value_parser = parse_secs)]
+    pub history_ttl: f64,
+
+    /// Bound on the memory all kept messages take, in bytes (oldest evicted first).
+    #[arg(long, env = "WSHUB_HISTORY_MAX_BYTES", default_value_t = 64 << 20)]
+    pub history_max_bytes: usize,
+
+    /// Serve a demo page (live chat and counter, built on the browser client) at `GET /`.
+    #[arg(long, env = "WSHUB_DEMO")]
+    pub demo: bool,
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -133,6 +149,15 @@ impl Config {
             subprotocols: self.subprotocols.clone(),
             origins: OriginPolicy::from_allowed(&self.allowed_origins),
         }
+    }
+
+    /// The history settings, or `None` when history is off.
+    pub fn history(&self) -> Option<crate::hub::history::HistoryConfig> {
+        (self.history_size > 0).then(|| crate::hub::history::HistoryConfig {
+            size: self.history_size,
+            ttl: millis(self.history_ttl).max(1),
+            max_bytes: self.history_max_bytes,
+        })
     }
 
     /// Defaults for tests and embedding: what `wshub` with no flags would use.

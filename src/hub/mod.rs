@@ -58,6 +58,7 @@
 //! state in the hub at all. Subscriptions are indexed both ways (topic -> subscribers, client ->
 //! topics) so unsubscribing and disconnecting are O(1) per subscription.
 
+pub mod history;
 mod registry;
 mod wire;
 
@@ -67,8 +68,10 @@ use std::rc::Rc;
 use serde_json::value::RawValue;
 
 use crate::metrics::Metrics;
+use crate::protocol::session::Millis;
+use history::{HistoryStats, HistoryStore, Since};
 use registry::{Registry, SubscribeOutcome};
-use wire::{BroadcastPayload, Envelope, Kind, PublishPayload, TopicPayload};
+use wire::{BroadcastPayload, Envelope, Kind, PublishPayload, SubscribePayload, TopicPayload};
 
 pub(crate) use wire::{push_decimal, push_json_str};
 
@@ -166,11 +169,54 @@ pub struct Hub {
     /// Staging for outgoing JSON, reused so steady-state replies and publishes allocate nothing
     /// but the shared frame itself.
     scratch: Vec<u8>,
+    /// Topic history, when `--history-size` is above 0; `None` costs nothing per topic.
+    history: Option<Box<dyn HistoryStore>>,
+    /// Frames a recovering subscribe replays, reused.
+    replay: Vec<Rc<[u8]>>,
+    /// The reactor's clock, as of its last [`Hub::tick`].
+    now: Millis,
 }
 
 impl Hub {
     pub fn new(config: HubConfig) -> Hub {
-        Hub { config, registry: Registry::default(), scratch: Vec::new() }
+        Hub {
+            config,
+            registry: Registry::default(),
+            scratch: Vec::new(),
+            history: None,
+            replay: Vec::new(),
+            now: 0,
+        }
+    }
+
+    /// Keeps topic history in `store`: messages then carry offsets and subscribers may recover.
+    pub fn with_history(mut self, store: Box<dyn HistoryStore>) -> Hub {
+        self.history = Some(store);
+        self
+    }
+
+    /// The reactor's clock, once per turn: history stamps and expires messages by it.
+    pub fn tick(&mut self, now: Millis) {
+        self.now = now;
+        self.expire_history();
+    }
+
+    /// When [`Hub::tick`] next has history to expire, if ever.
+    pub fn history_deadline(&self) -> Option<Millis> {
+        self.history.as_ref().and_then(|h| h.next_deadline())
+    }
+
+    /// What the history keeps (all zero without history).
+    pub fn history_stats(&self) -> HistoryStats {
+        self.history.as_ref().map(|h| h.stats()).unwrap_or_default()
+    }
+
+    fn expire_history(&mut self) {
+        let Some(history) = &mut self.history else { return };
+        if history.next_deadline().is_some_and(|at| at <= self.now) {
+            let registry = &self.registry;
+            history.expire(self.now, &|topic| !registry.subscribers(topic).is_empty());
+        }
     }
 
     pub fn config(&self) -> &HubConfig {
@@ -208,6 +254,11 @@ impl Hub {
     /// The client is gone: drop it from every topic and free emptied topics. Must be called
     /// before its `ClientId` is reused for another connection.
     pub fn remove_client(&mut self, client: ClientId) {
+        if let Some(history) = &mut self.history {
+            for topic in self.registry.topics_of(client) {
+                history.touch(topic, self.now);
+            }
+        }
         self.registry.remove_client(client);
     }
 
@@ -221,11 +272,26 @@ impl Hub {
         metrics: &mut Metrics,
     ) -> Result<usize, HubError> {
         self.check_topic(topic)?;
-        let subscribers = self.registry.subscribers(topic);
+        self.expire_history();
         let mut delivered = 0;
+        let frame = match &mut self.history {
+            // Kept even when nobody listens now: that is when a reconnecting client needs it.
+            Some(history) => {
+                let scratch = &mut self.scratch;
+                Some(history.append(topic, self.now, &mut |offset| {
+                    wire::build_shared_text_frame(scratch, |out| {
+                        wire::write_message_at(out, Some(topic), data, Some(offset));
+                    })
+                }))
+            }
+            None => None,
+        };
+        let subscribers = self.registry.subscribers(topic);
         if !subscribers.is_empty() {
-            let frame = wire::build_shared_text_frame(&mut self.scratch, |out| {
-                wire::write_message(out, Some(topic), data);
+            let frame = frame.unwrap_or_else(|| {
+                wire::build_shared_text_frame(&mut self.scratch, |out| {
+                    wire::write_message(out, Some(topic), data);
+                })
             });
             for &client in subscribers {
                 if outbox.deliver(client, &frame) {
@@ -277,23 +343,29 @@ impl Hub {
                 wire::append_text_frame(reply, &mut self.scratch, |out| wire::write_pong(out, id));
             }
             Kind::Subscribe => {
-                let TopicPayload { topic } =
-                    payload_of(envelope.payload, "subscribe needs {\"topic\": string}")?;
+                const DETAIL: &str =
+                    "subscribe needs {\"topic\": string, \"since\"?: {\"offset\": integer, \"epoch\": string}}";
+                let payload: SubscribePayload<'_> = payload_of(envelope.payload, DETAIL)?;
+                let since = payload.since(DETAIL)?;
+                let topic = payload.topic;
                 self.check_topic(&topic)?;
                 let max = self.config.max_subscriptions;
                 if self.registry.subscribe(from, &topic, max) == SubscribeOutcome::LimitReached {
                     return Err(HubError::TooManySubscriptions { max });
                 }
-                wire::append_text_frame(reply, &mut self.scratch, |out| {
-                    wire::write_topic_reply(out, "subscribed", &topic, id);
-                });
+                let since = since.as_ref().map(|s| Since { offset: s.offset, epoch: &s.epoch });
+                self.subscribed(from, &topic, since, id, reply, outbox);
             }
             Kind::Unsubscribe => {
                 let TopicPayload { topic } =
                     payload_of(envelope.payload, "unsubscribe needs {\"topic\": string}")?;
                 self.check_topic(&topic)?;
                 // Not being subscribed is fine: the client's view ("not subscribed") holds.
-                self.registry.unsubscribe(from, &topic);
+                if self.registry.unsubscribe(from, &topic) {
+                    if let Some(history) = &mut self.history {
+                        history.touch(&topic, self.now);
+                    }
+                }
                 wire::append_text_frame(reply, &mut self.scratch, |out| {
                     wire::write_topic_reply(out, "unsubscribed", &topic, id);
                 });
@@ -323,6 +395,58 @@ impl Hub {
             }
         }
         Ok(())
+    }
+
+    /// Answers a subscribe that was accepted. Without history, or with nothing to replay, the
+    /// reply goes to `reply` like any other. With frames to replay, the reply and then the
+    /// replayed frames go through `outbox`, in that order and within this call, so the client
+    /// reads `subscribed`, then every missed message, then live ones: nothing can be published
+    /// in between, so nothing is missed or repeated.
+    fn subscribed(
+        &mut self,
+        from: ClientId,
+        topic: &str,
+        since: Option<Since<'_>>,
+        id: Option<&RawValue>,
+        reply: &mut Vec<u8>,
+        outbox: &mut impl Outbox,
+    ) {
+        if self.history.is_none() {
+            // No history: a `since` is answered, not refused, so clients need not know.
+            let recovered = since.map(|_| false);
+            wire::append_text_frame(reply, &mut self.scratch, |out| {
+                wire::write_subscribed(out, topic, None, recovered, id);
+            });
+            return;
+        }
+        // Exact at `now`, not only as of the last sweep: never replay an expired message.
+        self.expire_history();
+        let Some(history) = &mut self.history else { return };
+        self.replay.clear();
+        let position = history.subscribe(topic, since, self.now, &mut self.replay);
+        let write = |out: &mut Vec<u8>| {
+            wire::write_subscribed(
+                out,
+                topic,
+                Some((position.offset, &position.epoch)),
+                position.recovered,
+                id,
+            );
+        };
+        if self.replay.is_empty() {
+            wire::append_text_frame(reply, &mut self.scratch, write);
+            return;
+        }
+        let frame = wire::build_shared_text_frame(&mut self.scratch, write);
+        // A client cut off as a slow consumer refuses the rest; the reactor then drops it.
+        if outbox.deliver(from, &frame) {
+            for frame in &self.replay {
+                if !outbox.deliver(from, frame) {
+                    break;
+                }
+            }
+        }
+        self.replay.clear();
     }
 
     fn check_topic(&self, topic: &str) -> Result<(), HubError> {
@@ -359,5 +483,7 @@ fn payload_of<'a, T: serde::Deserialize<'a>>(
     wire::parse_object(payload.get(), detail)
 }
 
+#[cfg(test)]
+mod history_tests;
 #[cfg(test)]
 pub(crate) mod tests;

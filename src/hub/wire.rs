@@ -79,6 +79,31 @@ pub struct TopicPayload<'a> {
     pub topic: Cow<'a, str>,
 }
 
+/// Payload of `subscribe`: a topic, and where the client stopped if it is recovering.
+#[derive(Deserialize)]
+pub struct SubscribePayload<'a> {
+    #[serde(borrow)]
+    pub topic: Cow<'a, str>,
+    /// Kept raw and read by [`SubscribePayload::since`], which refuses arrays.
+    #[serde(borrow, default)]
+    since: Option<&'a RawValue>,
+}
+
+impl<'a> SubscribePayload<'a> {
+    /// The `since` object, if any (`null` is none).
+    pub fn since(&self, detail: &'static str) -> Result<Option<SincePayload<'a>>, HubError> {
+        self.since.map(|raw| parse_object(raw.get(), detail)).transpose()
+    }
+}
+
+/// `{"offset": O, "epoch": E}` in a `subscribe`.
+#[derive(Deserialize)]
+pub struct SincePayload<'a> {
+    pub offset: u64,
+    #[serde(borrow)]
+    pub epoch: Cow<'a, str>,
+}
+
 /// Payload of `publish` (and body of `POST /publish`).
 #[derive(Deserialize)]
 pub struct PublishPayload<'a> {
@@ -221,6 +246,31 @@ pub fn write_topic_reply(out: &mut Vec<u8>, kind: &str, topic: &str, id: Option<
     out.push(b'}');
 }
 
+/// `{"type":"subscribed","payload":{"topic":T,"offset":O,"epoch":E,"recovered":R}}`, with the
+/// id: `offset` and `epoch` when the topic has history, `recovered` when the client sent `since`.
+pub fn write_subscribed(
+    out: &mut Vec<u8>,
+    topic: &str,
+    position: Option<(u64, &str)>,
+    recovered: Option<bool>,
+    id: Option<&RawValue>,
+) {
+    out.extend_from_slice(b"{\"type\":\"subscribed\",\"payload\":{\"topic\":");
+    push_json_str(out, topic);
+    if let Some((offset, epoch)) = position {
+        out.extend_from_slice(b",\"offset\":");
+        push_decimal(out, offset);
+        out.extend_from_slice(b",\"epoch\":");
+        push_json_str(out, epoch);
+    }
+    if let Some(recovered) = recovered {
+        out.extend_from_slice(if recovered { b",\"recovered\":true" } else { b",\"recovered\":false" });
+    }
+    out.push(b'}');
+    push_id(out, id);
+    out.push(b'}');
+}
+
 /// `{"type":"ack","payload":{"topic":T,"delivered":n},"id":..}`; `topic` is absent for a
 /// broadcast.
 pub fn write_ack(out: &mut Vec<u8>, topic: Option<&str>, delivered: usize, id: &RawValue) {
@@ -249,6 +299,11 @@ pub fn write_error(out: &mut Vec<u8>, message: &str, id: Option<&RawValue>) {
 /// `{"type":"message","payload":{"topic":T,"data":D}}`; without `topic` for a broadcast.
 /// `data` is spliced as the client sent it.
 pub fn write_message(out: &mut Vec<u8>, topic: Option<&str>, data: &RawValue) {
+    write_message_at(out, topic, data, None);
+}
+
+/// [`write_message`], with `,"offset":O` after `data` when the topic keeps history.
+pub fn write_message_at(out: &mut Vec<u8>, topic: Option<&str>, data: &RawValue, offset: Option<u64>) {
     const PREFIX: &[u8] = b"{\"type\":\"message\",\"payload\":{";
     let data = data.get().as_bytes();
     // Escaping may grow the topic; this reserve is a good guess, not a bound.
@@ -261,6 +316,10 @@ pub fn write_message(out: &mut Vec<u8>, topic: Option<&str>, data: &RawValue) {
     }
     out.extend_from_slice(b"\"data\":");
     out.extend_from_slice(data);
+    if let Some(offset) = offset {
+        out.extend_from_slice(b",\"offset\":");
+        push_decimal(out, offset);
+    }
     out.extend_from_slice(b"}}");
 }
 
@@ -397,6 +456,48 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["payload"]["topic"], "a\"b\n");
+    }
+
+    #[test]
+    fn subscribed_and_message_carry_history_fields() {
+        let mut out = Vec::new();
+        write_subscribed(&mut out, "t", Some((7, "ab")), Some(true), Some(raw("1")));
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"type":"subscribed","payload":{"topic":"t","offset":7,"epoch":"ab","recovered":true},"id":1}"#
+        );
+        out.clear();
+        write_subscribed(&mut out, "t", None, Some(false), None);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"type":"subscribed","payload":{"topic":"t","recovered":false}}"#
+        );
+        out.clear();
+        write_message_at(&mut out, Some("t"), raw("[1]"), Some(12));
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"type":"message","payload":{"topic":"t","data":[1],"offset":12}}"#
+        );
+    }
+
+    #[test]
+    fn since_must_have_an_offset_and_an_epoch() {
+        let p: SubscribePayload<'_> =
+            parse_object(r#"{"topic":"t","since":{"offset":3,"epoch":"e"}}"#, "x").unwrap();
+        let since = p.since("x").unwrap().unwrap();
+        assert_eq!((since.offset, &*since.epoch), (3, "e"));
+        for bad in [
+            r#"{"topic":"t","since":{"offset":-1,"epoch":"e"}}"#,
+            r#"{"topic":"t","since":{"offset":1}}"#,
+            r#"{"topic":"t","since":{"epoch":"e"}}"#,
+            r#"{"topic":"t","since":{"offset":1.5,"epoch":"e"}}"#,
+            r#"{"topic":"t","since":[1,"e"]}"#,
+        ] {
+            let p = parse_object::<SubscribePayload<'_>>(bad, "x");
+            assert!(p.is_err() || p.unwrap().since("x").is_err(), "{bad}");
+        }
+        let p: SubscribePayload<'_> = parse_object(r#"{"topic":"t","since":null}"#, "x").unwrap();
+        assert!(p.since("x").unwrap().is_none(), "null since is no since");
     }
 
     #[test]
