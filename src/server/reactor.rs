@@ -28,6 +28,7 @@ use super::outbuf::BufferPool;
 use super::timers::{DeadlineQueue, NEVER};
 use crate::config::{millis, Config};
 use crate::http::{self, HttpConfig, HttpContext, HttpRequest};
+use crate::hub::history::{random_seed, MemoryHistory};
 use crate::hub::{ClientId, Hub, HubConfig, Outbox};
 use crate::metrics::Metrics;
 use crate::protocol::close::code;
@@ -52,6 +53,8 @@ const EAGER_FLUSH_BYTES: usize = 256 * 1024;
 const MAX_DEFERRED_TURNS: usize = 8;
 /// How long accept stays paused after running out of file descriptors.
 const ACCEPT_PAUSE: Millis = 100;
+/// Shortest gap between two history expiry wake-ups.
+const HISTORY_SWEEP: Millis = 1000;
 /// Connections beyond the limit are still accepted to be told 503, up to this many at once.
 const OVERFLOW_SLOTS: usize = 256;
 /// The most time a connection that ended badly is given to drain.
@@ -136,7 +139,11 @@ impl Server {
             path: config.path.clone(),
             session: config.session(),
             upgrade: config.upgrade(),
-            http: HttpConfig { api_key: config.api_key.clone(), max_body_bytes: config.max_body_size },
+            http: HttpConfig {
+                api_key: config.api_key.clone(),
+                max_body_bytes: config.max_body_size,
+                demo: config.demo,
+            },
             max_connections,
             max_head: config.max_head_size.max(64),
             max_queued_bytes: config.max_queued_bytes.max(1),
@@ -150,6 +157,10 @@ impl Server {
             max_subscriptions: config.max_subscriptions,
             allow_client_broadcast: config.allow_client_broadcast,
         });
+        let hub = match config.history() {
+            Some(history) => hub.with_history(Box::new(MemoryHistory::new(history, random_seed()))),
+            None => hub,
+        };
         // Sized for the limit up front: the slab's pages are only touched (and so only count
         // towards RSS) as connections arrive, and it never reallocates and copies under load.
         let conns = Slab::with_capacity((max_connections + OVERFLOW_SLOTS).min(1 << 24));
@@ -220,6 +231,7 @@ impl Server {
                 return Err(e);
             }
             self.shared.now = self.shared.started.elapsed().as_millis() as Millis;
+            self.shared.hub.tick(self.shared.now);
             for key in std::mem::take(&mut self.shared.reread) {
                 self.on_readable(key, true);
             }
@@ -256,6 +268,10 @@ impl Server {
         }
         if let Some(at) = self.shared.shutting_down {
             next = next.min(at);
+        }
+        if let Some(at) = self.shared.hub.history_deadline() {
+            // History expiry wakes the loop at most once a second (TTLs are kept within one).
+            next = next.min(at.max(self.shared.now + HISTORY_SWEEP));
         }
         (next != NEVER).then_some(next)
     }
