@@ -34,7 +34,8 @@
 //! plus its name twice, whether or not it keeps messages; such state exists only for topics
 //! published to or subscribed within the last TTL, or subscribed now. So, with `N` =
 //! `--history-size`, `T` such topics and frames of `F` bytes:
-//! `bytes <= min(T * N * (F + 80), max_bytes) + T * (PER_TOPIC_OVERHEAD + 2 * name)`.
+//! `bytes <= min(T * N * (F + 72), max_bytes) + T * (PER_TOPIC_OVERHEAD + 2 * name)` (on 64-bit
+//! Linux the overheads are 72 and 168 bytes).
 //! With `--history-size 0` there is no store at all: topics cost nothing and `message`s carry
 //! no offset.
 //!

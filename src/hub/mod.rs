@@ -36,6 +36,11 @@
 //!   client (the sender included). WebSocket clients may broadcast only when the server runs with
 //!   `--allow-client-broadcast`; the HTTP API (`POST /broadcast`) always may. Acked like publish.
 //! * Messages published to one topic by one publisher reach every subscriber in publish order.
+//! * With history (`--history-size`, [`history`]), `message` payloads carry `"offset"`,
+//!   `subscribed` carries `offset` and `epoch`, and `subscribe` may carry
+//!   `"since":{"offset":O,"epoch":E}`: the reply (with `recovered`) comes first, then every
+//!   kept message after `O` (when all of them are kept and `E` matches), then live messages,
+//!   all queued within one call so nothing falls in between.
 //!
 //! Errors answer `{"type":"error","payload":{"message":"..."}}` (with the `id` whenever the
 //! message was a JSON object carrying one) and leave the connection open:
