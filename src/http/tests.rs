@@ -36,6 +36,7 @@ impl Server {
             metrics: &mut self.metrics,
             uptime_seconds: 42,
             connections: 3,
+            backplane: None,
         };
         respond(req, body, cfg, &mut ctx)
     }
@@ -144,6 +145,7 @@ fn respond_rechecks_the_body_size() {
         metrics: &mut s.metrics,
         uptime_seconds: 0,
         connections: 0,
+        backplane: None,
     };
     let r = respond(&req, body, &cfg, &mut ctx);
     assert_eq!(r.status, 413);

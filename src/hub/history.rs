@@ -47,7 +47,12 @@ use std::rc::Rc;
 
 use slab::Slab;
 
+use crate::protocol::deflate::SharedMessage;
 use crate::protocol::session::Millis;
+
+/// A kept message: the very message the subscribers were sent, with its plain frame and any
+/// compressed variants built for them, so a replay encodes and compresses nothing again.
+pub type Frame = Rc<SharedMessage>;
 
 /// A topic's message counter: the first message published is 1; 0 means "none yet".
 pub type Offset = u64;
@@ -95,7 +100,7 @@ pub struct HistoryStats {
 pub trait HistoryStore {
     /// Records a message published to `topic`: assigns the next offset, lets `encode` build the
     /// frame with it (once), keeps that frame and returns it for fan-out.
-    fn append(&mut self, topic: &str, now: Millis, encode: &mut dyn FnMut(Offset) -> Rc<[u8]>) -> Rc<[u8]>;
+    fn append(&mut self, topic: &str, now: Millis, encode: &mut dyn FnMut(Offset) -> Frame) -> Frame;
 
     /// A client subscribes to `topic`. Creates the topic's state (fresh epoch) if it had none.
     /// With `since`, pushes onto `replay` every kept frame after it, in order, when the epoch
@@ -105,7 +110,7 @@ pub trait HistoryStore {
         topic: &str,
         since: Option<Since<'_>>,
         now: Millis,
-        replay: &mut Vec<Rc<[u8]>>,
+        replay: &mut Vec<Frame>,
     ) -> Position;
 
     /// A subscriber left `topic`: its idle time counts from `now`, so a client that drops off
@@ -122,10 +127,12 @@ pub trait HistoryStore {
     fn stats(&self) -> HistoryStats;
 }
 
-/// Cost of one kept message beyond its frame: its ring slot, its due entry and the `Rc`'s two
-/// counters.
-pub const PER_MESSAGE_OVERHEAD: usize =
-    std::mem::size_of::<Kept>() + std::mem::size_of::<Due>() + 2 * std::mem::size_of::<usize>();
+/// Cost of one kept message beyond its frame: its ring slot, its due entry, the shared
+/// message's record and the two `Rc`s' counters.
+pub const PER_MESSAGE_OVERHEAD: usize = std::mem::size_of::<Kept>()
+    + std::mem::size_of::<Due>()
+    + std::mem::size_of::<SharedMessage>()
+    + 4 * std::mem::size_of::<usize>();
 
 /// Cost of one topic's state beyond its name (kept twice: map key and epoch-owning record)
 /// and its ring's slots: the record in the slab, the map entry, the epoch string.
@@ -140,7 +147,7 @@ const EPOCH_LEN: usize = 16;
 /// One kept message.
 struct Kept {
     offset: Offset,
-    frame: Rc<[u8]>,
+    frame: Frame,
 }
 
 /// An entry of the due queue: a message to drop at `at + ttl`, or (`offset == 0`) a topic to
@@ -280,12 +287,15 @@ impl MemoryHistory {
     }
 }
 
-fn cost(frame: &Rc<[u8]>) -> usize {
-    frame.len() + PER_MESSAGE_OVERHEAD
+/// What a kept message counts against the byte bound: its plain frame and the bookkeeping.
+/// Compressed variants, built only for subscribers that negotiated compression, are smaller
+/// than the plain frame and not counted.
+fn cost(frame: &Frame) -> usize {
+    frame.plain().len() + PER_MESSAGE_OVERHEAD
 }
 
 impl HistoryStore for MemoryHistory {
-    fn append(&mut self, topic: &str, now: Millis, encode: &mut dyn FnMut(Offset) -> Rc<[u8]>) -> Rc<[u8]> {
+    fn append(&mut self, topic: &str, now: Millis, encode: &mut dyn FnMut(Offset) -> Frame) -> Frame {
         let key = self.key_of(topic, now);
         let t = &mut self.topics[key];
         t.last += 1;
@@ -316,7 +326,7 @@ impl HistoryStore for MemoryHistory {
         topic: &str,
         since: Option<Since<'_>>,
         now: Millis,
-        replay: &mut Vec<Rc<[u8]>>,
+        replay: &mut Vec<Frame>,
     ) -> Position {
         let key = self.key_of(topic, now);
         let t = &mut self.topics[key];
@@ -394,6 +404,7 @@ fn epoch_text(bits: u64) -> Rc<str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::OpCode;
 
     const SEC: Millis = 1000;
 
@@ -406,13 +417,18 @@ mod tests {
         let mut got = 0;
         h.append(topic, now, &mut |offset| {
             got = offset;
-            Rc::from(format!("{topic}:{offset}").as_bytes())
+            Rc::new(SharedMessage::new(OpCode::Text, format!("{topic}:{offset}").as_bytes()))
         });
         got
     }
 
-    fn replayed(frames: &[Rc<[u8]>]) -> Vec<String> {
-        frames.iter().map(|f| String::from_utf8(f.to_vec()).unwrap()).collect()
+    fn replayed(frames: &[Frame]) -> Vec<String> {
+        frames.iter().map(|f| String::from_utf8(f.payload().to_vec()).unwrap()).collect()
+    }
+
+    /// The cost of the message whose payload is `text`.
+    fn cost_of(text: &str) -> usize {
+        cost(&Rc::new(SharedMessage::new(OpCode::Text, text.as_bytes())))
     }
 
     fn since(
@@ -483,7 +499,7 @@ mod tests {
         assert_eq!(h.stats().messages, 4);
         assert_eq!(
             h.stats().bytes,
-            ["t:97", "t:98", "t:99", "t:100"].iter().map(|s| s.len() + PER_MESSAGE_OVERHEAD).sum::<usize>()
+            ["t:97", "t:98", "t:99", "t:100"].iter().map(|s| cost_of(s)).sum::<usize>()
         );
     }
 
@@ -525,7 +541,7 @@ mod tests {
 
     #[test]
     fn the_byte_bound_drops_the_oldest_of_any_topic() {
-        let one = "a:1".len() + PER_MESSAGE_OVERHEAD;
+        let one = cost_of("a:1");
         let mut h = store(100, 60 * SEC, 3 * one);
         put(&mut h, "a", 0);
         put(&mut h, "b", 1);
@@ -538,7 +554,7 @@ mod tests {
         assert_eq!(since(&mut h, "a", 0, &epoch, 3).0.recovered, Some(false), "a:1 was evicted");
         assert_eq!(since(&mut h, "a", 1, &epoch, 3).1, ["a:2"]);
         // A single message bigger than the bound is not kept at all.
-        let mut h = store(100, 60 * SEC, 10);
+        let mut h = store(100, 60 * SEC, cost_of("a:1") - 1);
         put(&mut h, "a", 0);
         assert_eq!(h.stats().messages, 0);
         assert_eq!(h.subscribe("a", None, 0, &mut Vec::new()).offset, 1, "its offset still counts");

@@ -41,6 +41,9 @@
 //!   `"since":{"offset":O,"epoch":E}`: the reply (with `recovered`) comes first, then every
 //!   kept message after `O` (when all of them are kept and `E` matches), then live messages,
 //!   all queued within one call so nothing falls in between.
+//! * With a backplane joining other processes ([`Outbox::backplane`]), publishes and broadcasts
+//!   are relayed to it after local delivery, acks add `"backplane":true|false` (handed over or
+//!   not), and the backplane hears when a topic gains its first or loses its last subscriber.
 //!
 //! Errors answer `{"type":"error","payload":{"message":"..."}}` (with the `id` whenever the
 //! message was a JSON object carrying one) and leave the connection open:
@@ -58,7 +61,8 @@
 //! # Cost model
 //!
 //! A published message is serialized and framed once into an `Rc<[u8]>` that every subscriber's
-//! send queue shares; `data` is spliced in as raw text, never parsed into a tree or re-encoded.
+//! send queue shares (with permessage-deflate, compressed at most once more per window size in
+//! use, lazily, into a second shared frame: see [`SharedMessage`]); `data` is spliced in as raw text, never parsed into a tree or re-encoded.
 //! Fan-out walks a contiguous list of subscriber ids. A connection with no subscriptions has no
 //! state in the hub at all. Subscriptions are indexed both ways (topic -> subscribers, client ->
 //! topics) so unsubscribing and disconnecting are O(1) per subscription.
@@ -72,25 +76,38 @@ use std::rc::Rc;
 
 use serde_json::value::RawValue;
 
+use crate::backplane::{Backplane, Relay};
 use crate::metrics::Metrics;
+use crate::protocol::deflate::SharedMessage;
 use crate::protocol::session::Millis;
+use crate::protocol::OpCode;
 use history::{HistoryStats, HistoryStore, Since};
 use registry::{Registry, SubscribeOutcome};
 use wire::{BroadcastPayload, Envelope, Kind, PublishPayload, SubscribePayload, TopicPayload};
 
-pub(crate) use wire::{push_decimal, push_json_str};
+pub(crate) use wire::{push_decimal, push_json_str, push_relay, too_deep};
 
 /// The reactor's slab key for a connection.
 pub type ClientId = usize;
 
 /// Implemented by the reactor: the connections' send queues.
+///
+/// A message comes framed once, plain; the outbox picks the wire variant each client needs
+/// ([`SharedMessage::frame_for`]: plain, or compressed once per window size when the client
+/// negotiated permessage-deflate). The hub knows nothing of compression.
 pub trait Outbox {
     /// Queue a shared, already-framed message for `client`. Returns false when the client
     /// could not take it (slow consumer cut off, or closing); the reactor will later call
     /// [`Hub::remove_client`] for clients it cut off.
-    fn deliver(&mut self, client: ClientId, frame: &Rc<[u8]>) -> bool;
+    fn deliver(&mut self, client: ClientId, message: &SharedMessage) -> bool;
     /// Queue it for every open client; returns how many took it.
-    fn deliver_all(&mut self, frame: &Rc<[u8]>) -> usize;
+    fn deliver_all(&mut self, message: &SharedMessage) -> usize;
+    /// The other nodes, when a backplane joins this process to them. Publishes and broadcasts
+    /// are relayed to it after local delivery, and it is told when a topic gains its first
+    /// local subscriber or loses its last. `None` (the default): a single node.
+    fn backplane(&mut self) -> Option<&mut dyn Backplane> {
+        None
+    }
 }
 
 /// Limits and switches of the protocol.
@@ -171,13 +188,15 @@ pub fn parse_broadcast_body(text: &str) -> Result<&RawValue, HubError> {
 pub struct Hub {
     config: HubConfig,
     registry: Registry,
+    /// What the last publish or broadcast did on the backplane, for its ack or HTTP reply.
+    last_relay: Relay,
     /// Staging for outgoing JSON, reused so steady-state replies and publishes allocate nothing
     /// but the shared frame itself.
     scratch: Vec<u8>,
     /// Topic history, when `--history-size` is above 0; `None` costs nothing per topic.
     history: Option<Box<dyn HistoryStore>>,
-    /// Frames a recovering subscribe replays, reused.
-    replay: Vec<Rc<[u8]>>,
+    /// Messages a recovering subscribe replays, reused.
+    replay: Vec<Rc<SharedMessage>>,
     /// The reactor's clock, as of its last [`Hub::tick`].
     now: Millis,
 }
@@ -187,6 +206,7 @@ impl Hub {
         Hub {
             config,
             registry: Registry::default(),
+            last_relay: Relay::Off,
             scratch: Vec::new(),
             history: None,
             replay: Vec::new(),
@@ -221,6 +241,15 @@ impl Hub {
         if history.next_deadline().is_some_and(|at| at <= self.now) {
             let registry = &self.registry;
             history.expire(self.now, &|topic| !registry.subscribers(topic).is_empty());
+        }
+    }
+
+    /// A client is leaving its topics: their idle time (for the history's TTL) starts now.
+    fn touch_topics_of(&mut self, client: ClientId) {
+        if let Some(history) = &mut self.history {
+            for topic in self.registry.topics_of(client) {
+                history.touch(topic, self.now);
+            }
         }
     }
 
@@ -259,12 +288,20 @@ impl Hub {
     /// The client is gone: drop it from every topic and free emptied topics. Must be called
     /// before its `ClientId` is reused for another connection.
     pub fn remove_client(&mut self, client: ClientId) {
-        if let Some(history) = &mut self.history {
-            for topic in self.registry.topics_of(client) {
-                history.touch(topic, self.now);
-            }
-        }
+        self.touch_topics_of(client);
         self.registry.remove_client(client);
+    }
+
+    /// [`Hub::remove_client`], telling `backplane` about every topic left without a subscriber.
+    pub fn remove_client_relayed(&mut self, client: ClientId, backplane: &mut dyn Backplane) {
+        self.touch_topics_of(client);
+        self.registry.remove_client_with(client, |topic| backplane.topic_unwanted(topic));
+    }
+
+    /// What the last [`Hub::publish`] or [`Hub::broadcast`] did on the backplane
+    /// ([`Relay::Off`] without one).
+    pub fn last_relay(&self) -> Relay {
+        self.last_relay
     }
 
     /// Publishes `data` to `topic` (HTTP API and client `publish`): returns the number of
@@ -279,32 +316,40 @@ impl Hub {
         self.check_topic(topic)?;
         self.expire_history();
         let mut delivered = 0;
-        let frame = match &mut self.history {
+        let kept = match &mut self.history {
             // Kept even when nobody listens now: that is when a reconnecting client needs it.
             Some(history) => {
                 let scratch = &mut self.scratch;
                 Some(history.append(topic, self.now, &mut |offset| {
-                    wire::build_shared_text_frame(scratch, |out| {
+                    let frame = wire::build_shared_text_frame(scratch, |out| {
                         wire::write_message_at(out, Some(topic), data, Some(offset));
-                    })
+                    });
+                    Rc::new(SharedMessage::from_frame(OpCode::Text, frame))
                 }))
             }
             None => None,
         };
         let subscribers = self.registry.subscribers(topic);
         if !subscribers.is_empty() {
-            let frame = frame.unwrap_or_else(|| {
-                wire::build_shared_text_frame(&mut self.scratch, |out| {
-                    wire::write_message(out, Some(topic), data);
-                })
-            });
+            let built;
+            let message = match &kept {
+                Some(kept) => &**kept,
+                None => {
+                    let frame = wire::build_shared_text_frame(&mut self.scratch, |out| {
+                        wire::write_message(out, Some(topic), data);
+                    });
+                    built = SharedMessage::from_frame(OpCode::Text, frame);
+                    &built
+                }
+            };
             for &client in subscribers {
-                if outbox.deliver(client, &frame) {
+                if outbox.deliver(client, message) {
                     delivered += 1;
                 }
             }
         }
         metrics.record_publish(delivered);
+        self.last_relay = outbox.backplane().map_or(Relay::Off, |b| b.publish(topic, data));
         Ok(delivered)
     }
 
@@ -314,8 +359,9 @@ impl Hub {
         let frame = wire::build_shared_text_frame(&mut self.scratch, |out| {
             wire::write_message(out, None, data);
         });
-        let delivered = outbox.deliver_all(&frame);
+        let delivered = outbox.deliver_all(&SharedMessage::from_frame(OpCode::Text, frame));
         metrics.record_broadcast(delivered);
+        self.last_relay = outbox.backplane().map_or(Relay::Off, |b| b.broadcast(data));
         delivered
     }
 
@@ -355,8 +401,14 @@ impl Hub {
                 let topic = payload.topic;
                 self.check_topic(&topic)?;
                 let max = self.config.max_subscriptions;
-                if self.registry.subscribe(from, &topic, max) == SubscribeOutcome::LimitReached {
-                    return Err(HubError::TooManySubscriptions { max });
+                match self.registry.subscribe(from, &topic, max) {
+                    SubscribeOutcome::LimitReached => return Err(HubError::TooManySubscriptions { max }),
+                    SubscribeOutcome::Added if self.registry.subscribers(&topic).len() == 1 => {
+                        if let Some(backplane) = outbox.backplane() {
+                            backplane.topic_wanted(&topic);
+                        }
+                    }
+                    _ => {}
                 }
                 let since = since.as_ref().map(|s| Since { offset: s.offset, epoch: &s.epoch });
                 self.subscribed(from, &topic, since, id, reply, outbox);
@@ -370,6 +422,11 @@ impl Hub {
                     if let Some(history) = &mut self.history {
                         history.touch(&topic, self.now);
                     }
+                    if self.registry.subscribers(&topic).is_empty() {
+                        if let Some(backplane) = outbox.backplane() {
+                            backplane.topic_unwanted(&topic);
+                        }
+                    }
                 }
                 wire::append_text_frame(reply, &mut self.scratch, |out| {
                     wire::write_topic_reply(out, "unsubscribed", &topic, id);
@@ -381,7 +438,7 @@ impl Hub {
                 let delivered = self.publish(&topic, data, outbox, metrics)?;
                 if let Some(id) = id {
                     wire::append_text_frame(reply, &mut self.scratch, |out| {
-                        wire::write_ack(out, Some(&topic), delivered, id);
+                        wire::write_ack(out, Some(&topic), delivered, self.last_relay, id);
                     });
                 }
             }
@@ -394,7 +451,7 @@ impl Hub {
                 let delivered = self.broadcast(data, outbox, metrics);
                 if let Some(id) = id {
                     wire::append_text_frame(reply, &mut self.scratch, |out| {
-                        wire::write_ack(out, None, delivered, id);
+                        wire::write_ack(out, None, delivered, self.last_relay, id);
                     });
                 }
             }
@@ -403,10 +460,10 @@ impl Hub {
     }
 
     /// Answers a subscribe that was accepted. Without history, or with nothing to replay, the
-    /// reply goes to `reply` like any other. With frames to replay, the reply and then the
-    /// replayed frames go through `outbox`, in that order and within this call, so the client
-    /// reads `subscribed`, then every missed message, then live ones: nothing can be published
-    /// in between, so nothing is missed or repeated.
+    /// reply goes to `reply` like any other. With messages to replay, the reply and then the
+    /// replayed messages go through `outbox`, in that order and within this call, so the
+    /// client reads `subscribed`, then every missed message, then live ones: nothing can be
+    /// published in between, so nothing is missed or repeated.
     fn subscribed(
         &mut self,
         from: ClientId,
@@ -444,9 +501,9 @@ impl Hub {
         }
         let frame = wire::build_shared_text_frame(&mut self.scratch, write);
         // A client cut off as a slow consumer refuses the rest; the reactor then drops it.
-        if outbox.deliver(from, &frame) {
-            for frame in &self.replay {
-                if !outbox.deliver(from, frame) {
+        if outbox.deliver(from, &SharedMessage::from_frame(OpCode::Text, frame)) {
+            for message in &self.replay {
+                if !outbox.deliver(from, message) {
                     break;
                 }
             }

@@ -77,6 +77,10 @@ pub struct Connection {
     pub dirty: bool,
     /// Will be removed at the end of this event round; takes no more output.
     pub doomed: bool,
+    /// permessage-deflate window to compress what we send this client with (None: send plain).
+    /// Kept here, not only in the session, because fan-out reaches a sender whose session is
+    /// out of its slot ([`Phase::Busy`]).
+    pub send_window: Option<u8>,
 }
 
 impl Connection {
@@ -92,6 +96,7 @@ impl Connection {
             ending: Ending::None,
             dirty: false,
             doomed: false,
+            send_window: None,
         }
     }
 

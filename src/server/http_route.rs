@@ -74,7 +74,9 @@ pub(super) fn on_http(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, 
         return;
     }
     let body = &input[head.head_len..head.head_len + body_len];
-    let mut outbox = Deliveries::new(conns, &mut s.pool, &mut s.dirty, &s.settings, s.now);
+    let mut outbox = Deliveries::new(conns, &mut s.pool, &mut s.dirty, &mut s.deflater, &s.settings, s.now)
+        .relaying(s.backplane.as_mut());
+    let backplane = outbox.backplane_stats();
     let connections = outbox.conns.len();
     let response = http::respond(
         &request,
@@ -86,6 +88,7 @@ pub(super) fn on_http(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, 
             metrics: &mut s.metrics,
             uptime_seconds: s.now / 1000,
             connections,
+            backplane,
         },
     );
     let cut_off = std::mem::take(&mut outbox.cut_off);

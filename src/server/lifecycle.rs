@@ -55,7 +55,7 @@ pub(super) fn flush(conn: &mut Connection, s: &mut Shared, key: usize) {
                 s.metrics.bytes_out(f.written as u64);
             }
             Err(e) => {
-                debug!("conn {key} write error: {e}");
+                debug!(conn = key; "write error: {e}");
                 doom(conn, s, key, Ending::IoError);
                 return;
             }
@@ -77,7 +77,7 @@ pub(super) fn flush(conn: &mut Connection, s: &mut Shared, key: usize) {
 
 /// Queue a refusal and end the connection after it is written.
 pub(super) fn reject(conn: &mut Connection, s: &mut Shared, key: usize, rejection: Rejection) {
-    debug!("conn {key} rejected: {} {}", rejection.status, rejection.reason);
+    debug!(conn = key; "rejected: {} {}", rejection.status, rejection.reason);
     s.metrics.handshake_rejected(rejection.status);
     conn.out.append_with(&mut s.pool, |out| rejection.write_response(out));
     linger(conn, s, key, Ending::Rejected);
@@ -104,7 +104,10 @@ pub(super) fn cut_slow_consumer(conn: &mut Connection, s: &mut Shared, key: usiz
     if conn.doomed {
         return;
     }
-    warn!("conn {key} cut off: slow consumer ({} bytes queued)", conn.out.queued_bytes());
+    if s.logs.slow_consumer.hit(s.now) {
+        let peer = conn.socket.peer_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        warn!(conn = key, peer = peer.as_str(); "cut off: slow consumer ({} bytes queued)", conn.out.queued_bytes());
+    }
     s.metrics.slow_consumer_dropped();
     conn.close_code = code::POLICY;
     s.metrics.close_code_sent(code::POLICY);
@@ -202,12 +205,15 @@ pub(super) fn reap(conns: &mut Slab<Connection>, s: &mut Shared, registry: &Regi
             s.metrics.connection_closed();
         }
         if s.settings.mode == Mode::Hub {
-            s.hub.remove_client(key);
+            match s.backplane.as_mut() {
+                Some(backplane) => s.hub.remove_client_relayed(key, backplane),
+                None => s.hub.remove_client(key),
+            }
         }
         let _ = registry.deregister(&mut conn.socket);
         if log::log_enabled!(log::Level::Debug) {
-            let peer = conn.socket.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
-            debug!("conn {key} from {peer} closed: {:?}, close code {}", conn.ending, conn.close_code);
+            let peer = conn.socket.peer_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
+            debug!(conn = key, peer = peer.as_str(); "closed: {:?}, close code {}", conn.ending, conn.close_code);
         }
         conn.out.clear(&mut s.pool);
     }

@@ -11,9 +11,12 @@ use std::time::Instant;
 
 use super::outbuf::BufferPool;
 use super::timers::DeadlineQueue;
+use crate::backplane::redis::RedisBackplane;
 use crate::http::HttpConfig;
 use crate::hub::Hub;
+use crate::logging::RateLimitedLog;
 use crate::metrics::Metrics;
+use crate::protocol::deflate::Deflater;
 use crate::protocol::handshake::UpgradePolicy;
 use crate::protocol::session::{Millis, SessionConfig, MAX_UNCONSUMED};
 
@@ -36,6 +39,9 @@ pub(super) struct Settings {
     pub(super) upgrade: UpgradePolicy,
     pub(super) http: HttpConfig,
     pub(super) max_connections: usize,
+    /// Connections accepted beyond `max_connections` only to be answered 503; their descriptors
+    /// are part of the open-file budget (`config::validate::FdBudget`).
+    pub(super) overflow_slots: usize,
     pub(super) max_head: usize,
     pub(super) max_queued_bytes: usize,
     pub(super) send_queue: usize,
@@ -48,6 +54,8 @@ pub(super) struct Settings {
 pub(super) struct Shared {
     pub(super) settings: Settings,
     pub(super) hub: Hub,
+    /// The Redis backplane joining this process to others (`--redis`); `None`: a single node.
+    pub(super) backplane: Option<RedisBackplane>,
     pub(super) metrics: Metrics,
     pub(super) pool: BufferPool,
     pub(super) timers: DeadlineQueue,
@@ -62,8 +70,49 @@ pub(super) struct Shared {
     pub(super) control: Vec<u8>,
     /// Replies the hub writes for the sender.
     pub(super) reply: Vec<u8>,
+    /// permessage-deflate for everything sent: one compressor per window size, reactor-wide.
+    pub(super) deflater: Deflater,
     pub(super) started: Instant,
     pub(super) now: Millis,
     pub(super) accept_paused_until: Option<Millis>,
     pub(super) shutting_down: Option<Millis>,
+    pub(super) logs: StressLogs,
+}
+
+/// How often a warning that comes in floods is summarized.
+const STRESS_LOG_INTERVAL: Millis = 5_000;
+
+/// Warnings that come in floods under stress: each is logged in full once, then summarized
+/// with a count once per interval (see [`RateLimitedLog`]). A new one is a field here and an
+/// entry in `all`.
+pub(super) struct StressLogs {
+    pub(super) accept_failed: RateLimitedLog,
+    pub(super) slow_consumer: RateLimitedLog,
+}
+
+impl Default for StressLogs {
+    fn default() -> StressLogs {
+        StressLogs {
+            accept_failed: RateLimitedLog::new("accept failures", STRESS_LOG_INTERVAL),
+            slow_consumer: RateLimitedLog::new("slow consumers cut off", STRESS_LOG_INTERVAL),
+        }
+    }
+}
+
+impl StressLogs {
+    fn all(&mut self) -> [&mut RateLimitedLog; 2] {
+        [&mut self.accept_failed, &mut self.slow_consumer]
+    }
+
+    /// Logs the summaries due at `now`; called once per loop turn.
+    pub(super) fn flush(&mut self, now: Millis) {
+        for log in self.all() {
+            log.flush(now);
+        }
+    }
+
+    /// The earliest summary due, for the loop's wake-up.
+    pub(super) fn next_due(&mut self) -> Option<Millis> {
+        self.all().into_iter().filter_map(|l| l.next_due()).min()
+    }
 }
