@@ -62,7 +62,10 @@
 //!
 //! A published message is serialized and framed once into an `Rc<[u8]>` that every subscriber's
 //! send queue shares (with permessage-deflate, compressed at most once more per window size in
-//! use, lazily, into a second shared frame: see [`SharedMessage`]); `data` is spliced in as raw text, never parsed into a tree or re-encoded.
+//! use, lazily, into a second shared frame: see [`SharedMessage`]); `data` is spliced in as raw
+//! text, never parsed into a tree or re-encoded. The plain frame is written in place: a counting
+//! pass sizes it, then one exact-size allocation is filled, so `data` is copied once, from the
+//! publisher's read buffer into the frame.
 //! Fan-out walks a contiguous list of subscriber ids. A connection with no subscriptions has no
 //! state in the hub at all. Subscriptions are indexed both ways (topic -> subscribers, client ->
 //! topics) so unsubscribing and disconnecting are O(1) per subscription.
@@ -318,15 +321,12 @@ impl Hub {
         let mut delivered = 0;
         let kept = match &mut self.history {
             // Kept even when nobody listens now: that is when a reconnecting client needs it.
-            Some(history) => {
-                let scratch = &mut self.scratch;
-                Some(history.append(topic, self.now, &mut |offset| {
-                    let frame = wire::build_shared_text_frame(scratch, |out| {
-                        wire::write_message_at(out, Some(topic), data, Some(offset));
-                    });
-                    Rc::new(SharedMessage::from_frame(OpCode::Text, frame))
-                }))
-            }
+            Some(history) => Some(history.append(topic, self.now, &mut |offset| {
+                let frame = wire::build_shared_text_frame(|out| {
+                    wire::write_message_at(out, Some(topic), data, Some(offset));
+                });
+                Rc::new(SharedMessage::from_frame(OpCode::Text, frame))
+            })),
             None => None,
         };
         let subscribers = self.registry.subscribers(topic);
@@ -335,7 +335,7 @@ impl Hub {
             let message = match &kept {
                 Some(kept) => &**kept,
                 None => {
-                    let frame = wire::build_shared_text_frame(&mut self.scratch, |out| {
+                    let frame = wire::build_shared_text_frame(|out| {
                         wire::write_message(out, Some(topic), data);
                     });
                     built = SharedMessage::from_frame(OpCode::Text, frame);
@@ -356,7 +356,7 @@ impl Hub {
     /// Sends `data` to every open client (HTTP API and permitted client `broadcast`): returns
     /// how many took it.
     pub fn broadcast(&mut self, data: &RawValue, outbox: &mut impl Outbox, metrics: &mut Metrics) -> usize {
-        let frame = wire::build_shared_text_frame(&mut self.scratch, |out| {
+        let frame = wire::build_shared_text_frame(|out| {
             wire::write_message(out, None, data);
         });
         let delivered = outbox.deliver_all(&SharedMessage::from_frame(OpCode::Text, frame));
@@ -486,7 +486,7 @@ impl Hub {
         let Some(history) = &mut self.history else { return };
         self.replay.clear();
         let position = history.subscribe(topic, since, self.now, &mut self.replay);
-        let write = |out: &mut Vec<u8>| {
+        let write = |out: &mut dyn wire::Sink| {
             wire::write_subscribed(
                 out,
                 topic,
@@ -496,10 +496,10 @@ impl Hub {
             );
         };
         if self.replay.is_empty() {
-            wire::append_text_frame(reply, &mut self.scratch, write);
+            wire::append_text_frame(reply, &mut self.scratch, |out| write(out));
             return;
         }
-        let frame = wire::build_shared_text_frame(&mut self.scratch, write);
+        let frame = wire::build_shared_text_frame(write);
         // A client cut off as a slow consumer refuses the rest; the reactor then drops it.
         if outbox.deliver(from, &SharedMessage::from_frame(OpCode::Text, frame)) {
             for message in &self.replay {
