@@ -224,6 +224,9 @@ pub const RANGES: &[Range] = &[
     range("pong-wait", 0.0, DAY, "s"),
     range("compression-threshold", 0.0, GIB, "bytes"),
     range("redis-max-queued-bytes", KIB, GIB, "bytes"),
+    range("history-size", 0.0, 1e6, "messages"),
+    range("history-ttl", 0.001, 7.0 * DAY, "s"),
+    range("history-max-bytes", 0.0, 64.0 * GIB, "bytes"),
 ];
 
 /// The value of flag `long` as given, if it was given or has a default.
