@@ -5,6 +5,8 @@
 //! * [`server`]: the single-threaded mio reactor that drives it: connections, buffers, timers.
 //! * [`config`]: the command line; [`sys`]: the few OS calls std lacks.
 
+/// Connection tokens (JWT), topic permissions and per-connection rate limits, sans-IO.
+pub mod auth;
 /// Command line and environment configuration.
 pub mod config;
 /// Plain HTTP/1.1 on the WebSocket port: health, Prometheus metrics, publish and broadcast API.

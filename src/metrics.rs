@@ -59,6 +59,8 @@ pub struct Metrics {
     close_codes_sent: [u64; CLOSE_CODES.len() + 1],
     /// Indexed like `HTTP_STATUSES`, then "other".
     http_responses: [u64; HTTP_STATUSES.len() + 1],
+    /// Token refusals, permission denials, expiries, refreshes, rate-limit closes.
+    pub auth: crate::auth::AuthMetrics,
 }
 
 /// The table slot of `key`: its position in `keys`, or the extra "other" slot after them.
@@ -239,6 +241,7 @@ impl Metrics {
             &HTTP_STATUSES,
             &self.http_responses,
         )?;
+        self.auth.write_prometheus(out)?;
         gauge(out, "connections", "Open connections.", gauges.connections as u64)?;
         gauge(out, "topics", "Topics with at least one subscriber.", gauges.topics as u64)?;
         gauge(out, "uptime_seconds", "Seconds since the server started.", gauges.uptime_seconds)
