@@ -66,9 +66,10 @@ use std::rc::Rc;
 
 use serde_json::value::RawValue;
 
+use crate::auth::{Grant, Refusal, Verifier};
 use crate::metrics::Metrics;
 use registry::{Registry, SubscribeOutcome};
-use wire::{BroadcastPayload, Envelope, Kind, PublishPayload, TopicPayload};
+use wire::{BroadcastPayload, Envelope, Kind, PublishPayload, RefreshPayload, TopicPayload};
 
 pub(crate) use wire::{push_decimal, push_json_str};
 
@@ -83,6 +84,16 @@ pub trait Outbox {
     fn deliver(&mut self, client: ClientId, frame: &Rc<[u8]>) -> bool;
     /// Queue it for every open client; returns how many took it.
     fn deliver_all(&mut self, frame: &Rc<[u8]>) -> usize;
+}
+
+/// What the sender of a message may do.
+pub enum Access<'a> {
+    /// No connection tokens on this server: every topic is open and `--allow-client-broadcast`
+    /// decides broadcasts.
+    Open,
+    /// The connection's token decides (least privilege: what it does not grant is denied).
+    /// `verifier` and `now_unix_ms` (wall clock) serve the `refresh` message.
+    Token { grant: &'a mut Grant, verifier: &'a Verifier, now_unix_ms: u64 },
 }
 
 /// Limits and switches of the protocol.
@@ -122,6 +133,14 @@ pub enum HubError {
     },
     ClientBroadcastDisabled,
     BinaryNotSupported,
+    /// The connection's token does not grant this subscribe, publish or broadcast.
+    PermissionDenied,
+    /// `refresh` on a server without connection tokens.
+    AuthDisabled,
+    /// `refresh` with a token that does not verify.
+    RefreshRefused(Refusal),
+    /// `refresh` with a valid token for another subject.
+    RefreshOtherSubject,
 }
 
 impl fmt::Display for HubError {
@@ -134,6 +153,10 @@ impl fmt::Display for HubError {
             HubError::TooManySubscriptions { max } => write!(f, "Too many subscriptions (max {max})"),
             HubError::ClientBroadcastDisabled => f.write_str("Broadcast from clients is disabled"),
             HubError::BinaryNotSupported => f.write_str("Binary messages are not supported"),
+            HubError::PermissionDenied => f.write_str("Permission denied"),
+            HubError::AuthDisabled => f.write_str("Authentication is not enabled"),
+            HubError::RefreshRefused(cause) => write!(f, "Token refused: {}", cause.reason()),
+            HubError::RefreshOtherSubject => f.write_str("Token refused: another subject"),
         }
     }
 }
@@ -188,9 +211,25 @@ impl Hub {
         outbox: &mut impl Outbox,
         metrics: &mut Metrics,
     ) {
+        self.handle_text_as(from, Access::Open, text, reply, outbox, metrics);
+    }
+
+    /// [`Hub::handle_text`] for a sender whose `access` is checked before each subscribe,
+    /// publish and broadcast (a denied action is an error reply; the connection stays). A
+    /// `refresh` replaces the grant: subscriptions the new one does not permit are dropped, each
+    /// told with an `unsubscribed` (no id), and then `refreshed` answers with the id.
+    pub fn handle_text_as(
+        &mut self,
+        from: ClientId,
+        access: Access<'_>,
+        text: &str,
+        reply: &mut Vec<u8>,
+        outbox: &mut impl Outbox,
+        metrics: &mut Metrics,
+    ) {
         let parsed = wire::parse_envelope(text);
         let result = match parsed.envelope {
-            Ok(envelope) => self.dispatch(from, envelope, reply, outbox, metrics),
+            Ok(envelope) => self.dispatch(from, access, envelope, reply, outbox, metrics),
             Err(e) => Err(e),
         };
         if let Err(error) = result {
@@ -266,6 +305,7 @@ impl Hub {
     fn dispatch(
         &mut self,
         from: ClientId,
+        mut access: Access<'_>,
         envelope: Envelope<'_>,
         reply: &mut Vec<u8>,
         outbox: &mut impl Outbox,
@@ -280,6 +320,11 @@ impl Hub {
                 let TopicPayload { topic } =
                     payload_of(envelope.payload, "subscribe needs {\"topic\": string}")?;
                 self.check_topic(&topic)?;
+                if let Access::Token { grant, .. } = &access {
+                    if !grant.may_subscribe(&topic) {
+                        return Err(HubError::PermissionDenied);
+                    }
+                }
                 let max = self.config.max_subscriptions;
                 if self.registry.subscribe(from, &topic, max) == SubscribeOutcome::LimitReached {
                     return Err(HubError::TooManySubscriptions { max });
@@ -301,6 +346,12 @@ impl Hub {
             Kind::Publish => {
                 let PublishPayload { topic, data } =
                     payload_of(envelope.payload, "publish needs {\"topic\": string, \"data\": any}")?;
+                if let Access::Token { grant, .. } = &access {
+                    self.check_topic(&topic)?;
+                    if !grant.may_publish(&topic) {
+                        return Err(HubError::PermissionDenied);
+                    }
+                }
                 let delivered = self.publish(&topic, data, outbox, metrics)?;
                 if let Some(id) = id {
                     wire::append_text_frame(reply, &mut self.scratch, |out| {
@@ -309,8 +360,16 @@ impl Hub {
                 }
             }
             Kind::Broadcast => {
-                if !self.config.allow_client_broadcast {
-                    return Err(HubError::ClientBroadcastDisabled);
+                match &access {
+                    // With tokens, the claim decides (the switch is for servers without them).
+                    Access::Token { grant, .. } if !grant.may_broadcast() => {
+                        return Err(HubError::PermissionDenied)
+                    }
+                    Access::Token { .. } => {}
+                    Access::Open if !self.config.allow_client_broadcast => {
+                        return Err(HubError::ClientBroadcastDisabled)
+                    }
+                    Access::Open => {}
                 }
                 let BroadcastPayload { data } =
                     payload_of(envelope.payload, "broadcast needs {\"data\": any}")?;
@@ -321,8 +380,38 @@ impl Hub {
                     });
                 }
             }
+            Kind::Refresh => {
+                let Access::Token { grant, verifier, now_unix_ms } = &mut access else {
+                    return Err(HubError::AuthDisabled);
+                };
+                let RefreshPayload { token } =
+                    payload_of(envelope.payload, "refresh needs {\"token\": string}")?;
+                let fresh = verifier.verify(&token, *now_unix_ms).map_err(HubError::RefreshRefused)?;
+                if fresh.sub != grant.sub {
+                    return Err(HubError::RefreshOtherSubject);
+                }
+                **grant = fresh;
+                metrics.auth.refreshed();
+                self.drop_unpermitted(from, grant, reply);
+                wire::append_text_frame(reply, &mut self.scratch, |out| {
+                    wire::write_refreshed(out, grant.exp_ms / 1000, id);
+                });
+            }
         }
         Ok(())
+    }
+
+    /// After a refresh: unsubscribes `client` from every topic `grant` no longer permits,
+    /// telling it with an `unsubscribed` each. Cold path (one refresh per token lifetime).
+    fn drop_unpermitted(&mut self, client: ClientId, grant: &Grant, reply: &mut Vec<u8>) {
+        let dropped: Vec<Rc<str>> =
+            self.registry.topics_of(client).filter(|t| !grant.may_subscribe(t)).cloned().collect();
+        for topic in dropped {
+            self.registry.unsubscribe(client, &topic);
+            wire::append_text_frame(reply, &mut self.scratch, |out| {
+                wire::write_topic_reply(out, "unsubscribed", &topic, None);
+            });
+        }
     }
 
     fn check_topic(&self, topic: &str) -> Result<(), HubError> {
@@ -344,6 +433,11 @@ impl Hub {
         metrics: &mut Metrics,
     ) {
         metrics.record_error_reply();
+        match error {
+            HubError::PermissionDenied => metrics.auth.permission_denied(),
+            HubError::RefreshRefused(_) | HubError::RefreshOtherSubject => metrics.auth.refresh_refused(),
+            _ => {}
+        }
         // Error text is short and the error path is cold: formatting may allocate here.
         let message = error.to_string();
         wire::append_text_frame(reply, &mut self.scratch, |out| wire::write_error(out, &message, id));
@@ -359,5 +453,7 @@ fn payload_of<'a, T: serde::Deserialize<'a>>(
     wire::parse_object(payload.get(), detail)
 }
 
+#[cfg(test)]
+mod access_tests;
 #[cfg(test)]
 pub(crate) mod tests;
