@@ -11,6 +11,10 @@ fn main() {
     wshub::sys::raise_open_file_limit();
     let server = match Server::bind(&config, true) {
         Ok(server) => server,
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            log::error!("{e}");
+            std::process::exit(2);
+        }
         Err(e) => {
             log::error!("cannot listen on {}: {e}", config.listen);
             std::process::exit(1);

@@ -11,9 +11,9 @@
 use std::fmt::{self, Write as _};
 
 /// Statuses a refused upgrade request can get; anything else is counted as "other".
-pub const HANDSHAKE_REJECT_STATUSES: [u16; 6] = [400, 403, 404, 426, 431, 503];
+pub const HANDSHAKE_REJECT_STATUSES: [u16; 7] = [400, 401, 403, 404, 426, 431, 503];
 /// Close codes counted on their own; anything else is counted as "other".
-pub const CLOSE_CODES: [u16; 8] = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011];
+pub const CLOSE_CODES: [u16; 9] = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 4001];
 /// Statuses of plain HTTP responses counted on their own; anything else is "other".
 pub const HTTP_STATUSES: [u16; 9] = [200, 400, 401, 403, 404, 405, 411, 413, 503];
 

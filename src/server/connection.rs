@@ -7,6 +7,8 @@
 use mio::net::TcpStream;
 
 use super::outbuf::OutQueue;
+use crate::auth::rate::Buckets;
+use crate::auth::Grant;
 use crate::protocol::session::{Millis, Session};
 
 /// Where a connection is in its life.
@@ -77,6 +79,11 @@ pub struct Connection {
     pub dirty: bool,
     /// Will be removed at the end of this event round; takes no more output.
     pub doomed: bool,
+    /// What the connection's token grants (None: no tokens on this server). Boxed so servers
+    /// without tokens pay one null pointer.
+    pub grant: Option<Box<Grant>>,
+    /// Rate-limit buckets (untouched without `--rate-limit`).
+    pub rate: Buckets,
 }
 
 impl Connection {
@@ -92,6 +99,8 @@ impl Connection {
             ending: Ending::None,
             dirty: false,
             doomed: false,
+            grant: None,
+            rate: Buckets::default(),
         }
     }
 

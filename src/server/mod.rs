@@ -16,6 +16,7 @@
 //!   bytes, one `writev` per flush); [`timers`] the deadline queue.
 
 mod accept;
+mod access;
 pub mod connection;
 mod fanout;
 mod frames;
