@@ -522,7 +522,10 @@ fn check_token_extraction(target: &str, authorization: Option<&[u8]>) {
             assert_ne!(refusal, Refusal::Missing, "a token that is there cannot be missing");
         }
         Err(refusal) => {
-            assert!(matches!(refusal, Refusal::Missing | Refusal::Malformed), "extraction refused as {refusal:?}")
+            assert!(
+                matches!(refusal, Refusal::Missing | Refusal::Malformed),
+                "extraction refused as {refusal:?}"
+            )
         }
     }
 }
