@@ -63,7 +63,7 @@ pub fn check(
 
 /// Refuses the upgrade with 401 and `WWW-Authenticate: Bearer`, then ends the connection.
 pub(super) fn refuse(conn: &mut Connection, s: &mut Shared, key: usize, refusal: Refusal) {
-    debug!("conn {key} refused: 401 {refusal}");
+    debug!(conn = key; "refused: 401 {refusal}");
     s.metrics.handshake_rejected(401);
     conn.out.append_with(&mut s.pool, |out| auth::write_unauthorized(out, refusal));
     linger(conn, s, key, Ending::Rejected);
@@ -118,7 +118,7 @@ pub(super) fn close_with(
 
 /// Over the rate: close 1008.
 pub(super) fn rate_limited(session: &mut Session, conn: &mut Connection, s: &mut Shared, key: usize) {
-    debug!("conn {key}: rate limit exceeded");
+    debug!(conn = key; "rate limit exceeded");
     s.metrics.auth.rate_limited();
     close_with(session, conn, s, code::POLICY, auth::RATE_LIMITED_REASON);
 }
@@ -143,7 +143,7 @@ pub(super) fn on_expiry(conn: &mut Connection, s: &mut Shared, key: usize) -> bo
     let Phase::Open(mut session) = std::mem::replace(&mut conn.phase, Phase::Busy) else {
         return false;
     };
-    debug!("conn {key}: token expired");
+    debug!(conn = key; "token expired");
     s.metrics.auth.token_expired();
     close_with(&mut session, conn, s, auth::CLOSE_TOKEN_EXPIRED, auth::TOKEN_EXPIRED_REASON);
     conn.phase = Phase::Open(session);

@@ -12,11 +12,11 @@ use slab::Slab;
 use super::access::{self, FrameClass};
 use super::connection::{Connection, Ending, Phase};
 use super::fanout::Deliveries;
-use super::lifecycle::{cut_slow_consumer, flush, linger, mark};
+use super::lifecycle::{flush, linger, mark};
 use super::state::{Mode, Shared};
 use crate::hub::Access;
 use crate::protocol::close::code;
-use crate::protocol::frame::{self, OpCode};
+use crate::protocol::frame::OpCode;
 use crate::protocol::session::{Event, Step};
 
 /// Frames in `read_buf[start..end]` for an open connection: the hot path.
@@ -45,10 +45,10 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
             conns[key].out.push_bytes(&mut s.pool, &s.control);
             s.control.clear();
         }
-        let Step { consumed, event } = match step {
+        let Step { consumed, event, sender } = match step {
             Ok(step) => step,
             Err(e) => {
-                debug!("conn {key} protocol error: {e}");
+                debug!(conn = key; "protocol error: {e}");
                 conns[key].close_code = e.close_code();
                 s.metrics.close_code_sent(e.close_code());
                 ended_by = Some(Ending::ProtocolError);
@@ -68,18 +68,31 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
                 s.metrics.message_in();
                 match s.settings.mode {
                     Mode::Echo => {
+                        // The session's send rule first: after our close (a shutdown's 1001), a
+                        // message still in flight from the peer gets no echo. Then the frame as
+                        // this client takes it (compressed when it negotiated permessage-deflate).
                         let conn = &mut conns[key];
-                        conn.out.append_with(&mut s.pool, |out| {
-                            frame::write_frame(out, OpCode::Text, text.as_bytes())
-                        });
-                        s.metrics.message_out();
+                        if sender.can_send() {
+                            let (window, deflater) = (conn.send_window, &mut s.deflater);
+                            conn.out.append_with(&mut s.pool, |out| {
+                                deflater.write_frame(out, OpCode::Text, text.as_bytes(), window)
+                            });
+                            s.metrics.message_out();
+                        }
                     }
                     Mode::Hub => {
                         // The grant leaves its slot for the call, as the session does, so the
                         // hub may deliver to this connection too.
                         let mut grant = conns[key].grant.take();
-                        let mut outbox =
-                            Deliveries::new(conns, &mut s.pool, &mut s.dirty, &s.settings, s.now);
+                        let mut outbox = Deliveries::new(
+                            conns,
+                            &mut s.pool,
+                            &mut s.dirty,
+                            &mut s.deflater,
+                            &s.settings,
+                            s.now,
+                        )
+                        .relaying(s.backplane.as_mut());
                         match (grant.as_deref_mut(), &s.settings.verifier) {
                             (Some(grant), Some(verifier)) => {
                                 let now_unix_ms = access::unix_ms(s.settings.wall_start_ms, s.now);
@@ -95,19 +108,13 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
                             }
                             _ => s.hub.handle_text(key, text, &mut s.reply, &mut outbox, &mut s.metrics),
                         }
-                        let cut_off = std::mem::take(&mut outbox.cut_off);
-                        s.metrics.bytes_out(outbox.written);
+                        let cuts = outbox.finish();
                         conns[key].grant = grant;
                         if !s.reply.is_empty() {
                             s.metrics.message_out();
-                            conns[key].out.push_bytes(&mut s.pool, &s.reply);
-                            s.reply.clear();
+                            push_reply(&mut conns[key], s);
                         }
-                        for victim in cut_off {
-                            if let Some(c) = conns.get_mut(victim) {
-                                cut_slow_consumer(c, s, victim);
-                            }
-                        }
+                        cuts.apply(conns, s);
                     }
                 }
             }
@@ -116,21 +123,24 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
                 match s.settings.mode {
                     Mode::Echo => {
                         let conn = &mut conns[key];
-                        conn.out
-                            .append_with(&mut s.pool, |out| frame::write_frame(out, OpCode::Binary, data));
-                        s.metrics.message_out();
+                        if sender.can_send() {
+                            let (window, deflater) = (conn.send_window, &mut s.deflater);
+                            conn.out.append_with(&mut s.pool, |out| {
+                                deflater.write_frame(out, OpCode::Binary, data, window)
+                            });
+                            s.metrics.message_out();
+                        }
                     }
                     Mode::Hub => {
                         s.hub.handle_binary(key, &mut s.reply, &mut s.metrics);
                         s.metrics.message_out();
-                        conns[key].out.push_bytes(&mut s.pool, &s.reply);
-                        s.reply.clear();
+                        push_reply(&mut conns[key], s);
                     }
                 }
             }
             Event::Ping(_) | Event::Pong(_) => {}
             Event::Closed { code: peer_code, reason } => {
-                debug!("conn {key} closed by peer: code {peer_code:?} reason {reason:?}");
+                debug!(conn = key; "closed by peer: code {peer_code:?} reason {reason:?}");
                 let c = peer_code.unwrap_or(code::NORMAL);
                 conns[key].close_code = c;
                 s.metrics.close_code_sent(c);
@@ -140,7 +150,7 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
         }
         // A client that sends faster than it reads what it asks for (pongs, replies,
         // echoes) is judged after each message, not after a whole read budget of them.
-        if conns[key].out.queued_bytes() > s.settings.max_queued_bytes {
+        if conns[key].queued_bytes() > s.settings.max_queued_bytes {
             flush(&mut conns[key], s, key);
         }
         if conns[key].doomed {
@@ -158,4 +168,17 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
     if closed {
         linger(conn, s, key, ended_by.unwrap_or(Ending::Normal));
     }
+}
+
+/// Queues the hub's reply frames (in `s.reply`) for the sender, compressed when it negotiated
+/// permessage-deflate and a reply reaches the threshold (most replies are short and go plain).
+fn push_reply(conn: &mut Connection, s: &mut Shared) {
+    match conn.send_window {
+        Some(window) if s.reply.len() >= s.deflater.config().threshold => {
+            let (reply, deflater) = (&s.reply, &mut s.deflater);
+            conn.out.append_with(&mut s.pool, |out| deflater.rewrite_frames(out, reply, window));
+        }
+        _ => conn.out.push_bytes(&mut s.pool, &s.reply),
+    }
+    s.reply.clear();
 }

@@ -7,13 +7,15 @@
 //! * The handlers, one concern each: `accept` (accept, request head, upgrade or refusal),
 //!   `frames` (an open connection's frames to echo or hub; the hot path), `http_route` (plain
 //!   HTTP: health, metrics, publish), `timeouts` (what a passed deadline means), `shutdown`
-//!   (signals, graceful stop). `fanout` is the hub's outbox over the connections, shared by
-//!   `frames` and `http_route`.
+//!   (signals, graceful stop), `relay` (the Redis backplane's sockets and deadline, when
+//!   `--redis` is set). `fanout` is the hub's outbox over the connections, shared by `frames`,
+//!   `http_route` and `relay`.
 //! * `lifecycle` is the floor every handler stands on: mark dirty, doom, linger, flush, re-arm,
 //!   cut a slow consumer, reap.
 //! * `state` holds the settings and the loop's shared buffers, reachable from every file.
-//! * [`connection`] is one client's state; [`outbuf`] its output queue (shared frames and owned
-//!   bytes, one `writev` per flush); [`timers`] the deadline queue.
+//! * [`connection`] is one client's state; [`transport`] what carries its bytes (the socket, or
+//!   rustls over it); [`outbuf`] its output queue (shared frames and owned bytes, one `writev`
+//!   per flush); [`timers`] the deadline queue.
 
 mod accept;
 mod access;
@@ -24,9 +26,11 @@ mod http_route;
 mod lifecycle;
 pub mod outbuf;
 pub mod reactor;
+mod relay;
 mod shutdown;
 mod state;
 mod timeouts;
 pub mod timers;
+pub mod transport;
 
 pub use reactor::Server;

@@ -7,19 +7,27 @@
 //! sends a ping or gives up on a missing pong or close.
 
 use log::debug;
+use mio::Registry;
 use slab::Slab;
 
 use super::connection::{Connection, Ending, Phase};
 use super::lifecycle::{doom, linger, mark, rearm, reject};
+use super::relay::{self, BACKPLANE_TIMER};
 use super::state::Shared;
 use super::timers::NEVER;
+use crate::metrics::TlsFailure;
 use crate::protocol::close::code;
 use crate::protocol::handshake::Rejection;
 use crate::protocol::session::TimerOutcome;
 
-/// Runs every connection deadline that is due, and re-arms each connection's next one.
-pub(super) fn run_timers(conns: &mut Slab<Connection>, s: &mut Shared) {
+/// Runs every deadline that is due (the connections', and the backplane's under its reserved
+/// token), and re-arms each connection's next one.
+pub(super) fn run_timers(conns: &mut Slab<Connection>, s: &mut Shared, registry: &Registry) {
     while let Some((deadline, key)) = s.timers.pop_due(s.now) {
+        if key == BACKPLANE_TIMER {
+            relay::on_timer(s, registry, deadline);
+            continue;
+        }
         let Some(conn) = conns.get_mut(key) else { continue };
         if conn.timer_armed != deadline || conn.doomed {
             continue; // superseded by an earlier entry, or the slot was reused
@@ -39,8 +47,14 @@ pub(super) fn on_timer(conn: &mut Connection, s: &mut Shared, key: usize) {
         return;
     }
     match &mut conn.phase {
+        Phase::Handshake { deadline, .. } if now >= *deadline && conn.transport.handshaking() => {
+            // The TLS handshake did not finish: there is no channel to answer 408 on.
+            debug!(conn = key; "TLS handshake timeout");
+            s.metrics.tls_handshake_failed(TlsFailure::Timeout);
+            doom(conn, s, key, Ending::HandshakeTimeout);
+        }
         Phase::Handshake { deadline, .. } if now >= *deadline => {
-            debug!("conn {key}: handshake timeout");
+            debug!(conn = key; "handshake timeout");
             // Say why (RFC 9110 section 15.5.9) rather than vanish; the answer lingers at most
             // the drain limit.
             conn.ending = Ending::HandshakeTimeout;
@@ -51,7 +65,7 @@ pub(super) fn on_timer(conn: &mut Connection, s: &mut Shared, key: usize) {
         }
         Phase::Open(session) => {
             if stalled {
-                debug!("conn {key}: no write progress for {} ms", s.settings.write_wait);
+                debug!(conn = key; "no write progress for {} ms", s.settings.write_wait);
                 doom(conn, s, key, Ending::WriteTimeout);
                 return;
             }
