@@ -19,10 +19,6 @@ fn main() {
     let config = &loaded.config;
     let server = match Server::bind(config, true) {
         Ok(server) => server,
-        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
-            log::error!("{e}");
-            std::process::exit(2);
-        }
         Err(e) => {
             log::error!("cannot start on {}: {e}", config.listen);
             std::process::exit(1);
