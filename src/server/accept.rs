@@ -16,6 +16,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
+use super::access;
 use super::connection::{Connection, Ending, Phase};
 use super::frames::on_frames;
 use super::http_route::on_http;
@@ -157,6 +158,13 @@ fn on_request(conns: &mut Slab<Connection>, s: &mut Shared, key: usize) {
                 return;
             }
         };
+        let grant = match access::admit(&head, s) {
+            Ok(grant) => grant,
+            Err(refusal) => {
+                access::refuse(conn, s, key, refusal);
+                return;
+            }
+        };
         let head_len = head.head_len;
         s.control.clear();
         accepted.write_response(&s.settings.upgrade, &mut s.control);
@@ -171,6 +179,8 @@ fn on_request(conns: &mut Slab<Connection>, s: &mut Shared, key: usize) {
         s.control.clear();
         conn.phase = Phase::Open(Session::new(&s.settings.session, s.now).with_deflate(accepted.deflate));
         conn.send_window = accepted.deflate.and_then(|a| a.send_window());
+        conn.grant = grant;
+        conn.rate = access::buckets(&s.settings, s.now);
         s.metrics.connection_opened();
         mark(conn, s, key);
         debug!(conn = key; "upgraded");

@@ -6,6 +6,8 @@
 
 use super::outbuf::OutQueue;
 use super::transport::Transport;
+use crate::auth::rate::Buckets;
+use crate::auth::Grant;
 use crate::protocol::session::{Millis, Session};
 
 /// Where a connection is in its life.
@@ -79,6 +81,11 @@ pub struct Connection {
     pub dirty: bool,
     /// Will be removed at the end of this event round; takes no more output.
     pub doomed: bool,
+    /// What the connection's token grants (None: no tokens on this server). Boxed so servers
+    /// without tokens pay one null pointer.
+    pub grant: Option<Box<Grant>>,
+    /// Rate-limit buckets (untouched without `--rate-limit`).
+    pub rate: Buckets,
     /// permessage-deflate window to compress what we send this client with (None: send plain).
     /// Kept here, not only in the session, because fan-out reaches a sender whose session is
     /// out of its slot ([`Phase::Busy`]).
@@ -98,6 +105,8 @@ impl Connection {
             ending: Ending::None,
             dirty: false,
             doomed: false,
+            grant: None,
+            rate: Buckets::default(),
             send_window: None,
         }
     }

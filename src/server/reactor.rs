@@ -22,7 +22,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use log::info;
+use log::{info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -110,16 +110,15 @@ impl Server {
             .max_connections
             .unwrap_or_else(|| FdBudget::fit(open_files).unwrap_or(1))
             .clamp(1, (1 << 24) - overflow_slots - 1);
+        let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
+        let verifier = config.verifier().map_err(invalid)?;
+        let api_key = config.effective_api_key().map_err(invalid)?;
         let settings = Settings {
             mode: if config.echo { Mode::Echo } else { Mode::Hub },
             path: config.path.clone(),
             session: config.session(),
             upgrade: config.upgrade(),
-            http: HttpConfig {
-                api_key: config.api_key.clone(),
-                max_body_bytes: config.max_body_size,
-                demo: config.demo,
-            },
+            http: HttpConfig { api_key, max_body_bytes: config.max_body_size, demo: config.demo },
             max_connections,
             overflow_slots,
             max_head: config.max_head_size.max(64),
@@ -128,7 +127,21 @@ impl Server {
             handshake_timeout: millis(config.handshake_timeout).max(1),
             write_wait: millis(config.write_wait).max(1),
             shutdown_timeout: millis(config.shutdown_timeout),
+            verifier,
+            rate_limit: config.rate_limit(),
+            wall_start_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         };
+        match &settings.verifier {
+            Some(verifier) => info!("connection tokens required ({:?})", verifier.algorithms()),
+            None if !config.listen.ip().is_loopback() => warn!(
+                "listening on {} with no authentication: anyone who can reach it may subscribe and \
+                 publish (see --jwt-secret, --jwt-public-key)",
+                config.listen
+            ),
+            None => {}
+        }
         let hub = Hub::new(HubConfig {
             max_topic_length: config.max_topic_length,
             max_subscriptions: config.max_subscriptions,
