@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::http::HttpConfig;
+use crate::hub::HubConfig;
 use crate::protocol::handshake::{OriginPolicy, UpgradePolicy, DEFAULT_MAX_HEAD_LEN};
 use crate::protocol::session::{Millis, SessionConfig};
 
@@ -91,6 +93,11 @@ pub struct Config {
     #[arg(long, env = "WSHUB_MAX_SUBSCRIPTIONS", default_value_t = 1024)]
     pub max_subscriptions: usize,
 
+    /// Most topics the server holds at once; subscribing to a new topic beyond it is refused
+    /// with an error (the connection stays). About 200 bytes plus the name per topic.
+    #[arg(long, env = "WSHUB_MAX_TOPICS", default_value_t = crate::hub::DEFAULT_MAX_TOPICS)]
+    pub max_topics: usize,
+
     /// Bearer token required by POST /publish and /broadcast. Without it, those accept
     /// loopback peers only.
     #[arg(long, env = "WSHUB_API_KEY", hide_env_values = true)]
@@ -125,6 +132,23 @@ impl Config {
             ping_interval: optional_millis(self.ping_interval),
             pong_wait: optional_millis(self.pong_wait),
             close_timeout: millis(self.close_timeout),
+        }
+    }
+
+    pub fn hub(&self) -> HubConfig {
+        HubConfig {
+            max_topic_length: self.max_topic_length,
+            max_subscriptions: self.max_subscriptions,
+            max_topics: self.max_topics,
+            allow_client_broadcast: self.allow_client_broadcast,
+        }
+    }
+
+    pub fn http(&self) -> HttpConfig {
+        HttpConfig {
+            api_key: self.api_key.clone(),
+            max_body_bytes: self.max_body_size,
+            origins: OriginPolicy::from_allowed(&self.allowed_origins),
         }
     }
 

@@ -1,6 +1,7 @@
-//! The few operating-system calls std does not wrap: the open-file limit.
+//! The few operating-system calls std does not wrap: the open-file limit, giving freed heap
+//! back to the system.
 //!
-//! `libc` is a direct dependency only for `getrlimit`/`setrlimit` (mio already builds it).
+//! `libc` is a direct dependency only for these (mio already builds it).
 
 /// Raises the soft open-file limit to the hard limit (each connection is a descriptor) and
 /// returns the limit now in force.
@@ -29,4 +30,16 @@ pub fn open_file_limit() -> usize {
         return 1024;
     }
     usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
+}
+
+/// Asks the allocator to return free heap pages to the system. glibc keeps freed small chunks
+/// in its heap and only trims its top; after many scattered frees (a topic churn) the pages in
+/// the middle stay resident until `malloc_trim` releases them (`MADV_DONTNEED`). It walks the
+/// heap, so callers run it only after freeing a lot. Elsewhere (musl, other systems) a no-op.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: takes no pointers; only reorganizes the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

@@ -28,7 +28,7 @@ use super::outbuf::BufferPool;
 use super::timers::{DeadlineQueue, NEVER};
 use crate::config::{millis, Config};
 use crate::http::{self, HttpConfig, HttpContext, HttpRequest};
-use crate::hub::{ClientId, Hub, HubConfig, Outbox};
+use crate::hub::{ClientId, Hub, Outbox};
 use crate::metrics::Metrics;
 use crate::protocol::close::code;
 use crate::protocol::frame::{self, OpCode};
@@ -136,7 +136,7 @@ impl Server {
             path: config.path.clone(),
             session: config.session(),
             upgrade: config.upgrade(),
-            http: HttpConfig { api_key: config.api_key.clone(), max_body_bytes: config.max_body_size },
+            http: config.http(),
             max_connections,
             max_head: config.max_head_size.max(64),
             max_queued_bytes: config.max_queued_bytes.max(1),
@@ -145,11 +145,7 @@ impl Server {
             write_wait: millis(config.write_wait).max(1),
             shutdown_timeout: millis(config.shutdown_timeout),
         };
-        let hub = Hub::new(HubConfig {
-            max_topic_length: config.max_topic_length,
-            max_subscriptions: config.max_subscriptions,
-            allow_client_broadcast: config.allow_client_broadcast,
-        });
+        let hub = Hub::new(config.hub());
         // Sized for the limit up front: the slab's pages are only touched (and so only count
         // towards RSS) as connections arrive, and it never reallocates and copies under load.
         let conns = Slab::with_capacity((max_connections + OVERFLOW_SLOTS).min(1 << 24));
@@ -448,7 +444,8 @@ impl Server {
                 return;
             }
             Err(rejection) => {
-                reject(conn, s, key, rejection);
+                // Not a readable request, so not a handshake either: an HTTP error.
+                reject_http(conn, s, key, rejection);
                 return;
             }
         };
@@ -522,7 +519,7 @@ impl Server {
         let content_length = match head.content_length() {
             Ok(n) => n,
             Err(rejection) => {
-                reject(&mut conns[key], s, key, rejection);
+                reject_http(&mut conns[key], s, key, rejection);
                 return;
             }
         };
@@ -534,7 +531,7 @@ impl Server {
             } else {
                 Rejection::new(411, "chunked bodies are not accepted")
             };
-            reject(&mut conns[key], s, key, rejection);
+            reject_http(&mut conns[key], s, key, rejection);
             return;
         }
         let peer_is_loopback = conns[key].socket.peer_addr().map(|a| a.ip().is_loopback()).unwrap_or(false);
@@ -544,6 +541,9 @@ impl Server {
             authorization: head.header("authorization"),
             content_length,
             peer_is_loopback,
+            content_type: head.header("content-type"),
+            origin: head.header("origin"),
+            host: head.header("host"),
         };
         let body_len = match http::body_plan(&request, &s.settings.http) {
             Ok(n) => n,
@@ -879,6 +879,15 @@ fn reject(conn: &mut Connection, s: &mut Shared, key: usize, rejection: Rejectio
     linger(conn, s, key, Ending::Rejected);
 }
 
+/// As [`reject`], for a request that was not an upgrade (or not readable as one): counted as
+/// an HTTP response, not a refused handshake.
+fn reject_http(conn: &mut Connection, s: &mut Shared, key: usize, rejection: Rejection) {
+    debug!("conn {key} refused: {} {}", rejection.status, rejection.reason);
+    s.metrics.http_response(rejection.status);
+    conn.out.append_with(&mut s.pool, |out| rejection.write_response(out));
+    linger(conn, s, key, Ending::Rejected);
+}
+
 /// The last bytes are queued: write them, then shut down, bounded by the close timeout.
 fn linger(conn: &mut Connection, s: &mut Shared, key: usize, ending: Ending) {
     if conn.ending == Ending::None {
@@ -933,7 +942,7 @@ fn on_timer(conn: &mut Connection, s: &mut Shared, key: usize) {
             // Say why (RFC 9110 section 15.5.9) rather than vanish; the answer lingers at most
             // the drain limit.
             conn.ending = Ending::HandshakeTimeout;
-            reject(conn, s, key, Rejection::new(408, "request not received in time"));
+            reject_http(conn, s, key, Rejection::new(408, "request not received in time"));
         }
         Phase::Lingering { deadline } | Phase::Draining { deadline } if now >= *deadline => {
             doom(conn, s, key, Ending::CloseTimeout);
