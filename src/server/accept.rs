@@ -1,0 +1,198 @@
+//! New connections, up to the upgrade: accept, read the request head, then upgrade, refuse, or
+//! hand the request to plain HTTP.
+//!
+//! [`accept_all`] takes connections until `WouldBlock` (pausing a moment when out of descriptors,
+//! and still answering 503 past the connection limit, up to [`OVERFLOW_SLOTS`] at once).
+//! [`on_request_bytes`] collects the head, re-parsing only when it may be complete;
+//! [`on_request`] then routes it: a valid upgrade on our path opens a session and passes any
+//! bytes after the head to `frames` (they are the client's first frames), a bad one gets its
+//! precise status, and any other request goes to `http_route`.
+
+use std::io;
+use std::net::SocketAddr;
+
+use log::{debug, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
+use slab::Slab;
+
+use super::connection::{Connection, Ending, Phase};
+use super::frames::on_frames;
+use super::http_route::on_http;
+use super::lifecycle::{doom, mark, rearm, reject, reject_http};
+use super::state::{Shared, READ_PREFIX, READ_SIZE};
+use crate::protocol::handshake::{self, Rejection};
+use crate::protocol::session::{Millis, Session};
+
+/// How long accept stays paused after running out of file descriptors.
+const ACCEPT_PAUSE: Millis = 100;
+/// Connections beyond the limit are still accepted to be told 503, up to this many at once.
+pub(super) const OVERFLOW_SLOTS: usize = 256;
+
+/// Accept until `WouldBlock`.
+pub(super) fn accept_all(
+    listener: &TcpListener,
+    registry: &Registry,
+    conns: &mut Slab<Connection>,
+    s: &mut Shared,
+) {
+    if s.accept_paused_until.is_some() || s.shutting_down.is_some() {
+        return;
+    }
+    loop {
+        match listener.accept() {
+            Ok((socket, peer)) => on_accepted(registry, conns, s, socket, peer),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if is_resource_exhaustion(&e) => {
+                // Out of descriptors or memory: pending clients wait in the backlog. Try
+                // again shortly rather than spin on a listener that stays readable.
+                warn!("accept failed ({e}); pausing accepts for {ACCEPT_PAUSE} ms");
+                s.accept_paused_until = Some(s.now + ACCEPT_PAUSE);
+                return;
+            }
+            Err(e) => {
+                // ECONNABORTED and friends concern one client only.
+                debug!("accept error: {e}");
+            }
+        }
+    }
+}
+
+fn on_accepted(
+    registry: &Registry,
+    conns: &mut Slab<Connection>,
+    s: &mut Shared,
+    mut socket: TcpStream,
+    peer: SocketAddr,
+) {
+    let over_limit = conns.len() >= s.settings.max_connections;
+    if over_limit && conns.len() >= s.settings.max_connections + OVERFLOW_SLOTS {
+        // Too many even to answer: drop at once.
+        s.metrics.handshake_rejected(503);
+        return;
+    }
+    let _ = socket.set_nodelay(true);
+    let entry = conns.vacant_entry();
+    let key = entry.key();
+    if let Err(e) = registry.register(&mut socket, Token(key), Interest::READABLE | Interest::WRITABLE) {
+        warn!("register failed for {peer}: {e}");
+        return;
+    }
+    let conn = entry.insert(Connection::new(socket, s.now + s.settings.handshake_timeout));
+    s.metrics.connection_accepted();
+    debug!("conn {key} accepted from {peer}");
+    if over_limit {
+        reject(conn, s, key, Rejection::new(503, "Too many connections"));
+    }
+    rearm(conn, s, key);
+}
+
+/// Bytes of the request head (or HTTP body) arrived in `read_buf[READ_PREFIX..+n]`.
+pub(super) fn on_request_bytes(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, n: usize) {
+    let conn = &mut conns[key];
+    let Phase::Handshake { awaiting_body, .. } = conn.phase else { return };
+    // Keep the whole read: after a complete head these bytes are the client's first frames
+    // (or the body), and dropping any desynchronizes the frame stream. Still bounded, and
+    // never sized by what the client claims: before this read the buffer held less than
+    // the head limit (a longer partial head is refused below) or a head plus a body within
+    // its limit, and one read adds at most READ_SIZE.
+    let take = n;
+    conn.input.extend_from_slice(&s.read_buf[READ_PREFIX..READ_PREFIX + take]);
+    // Re-parse only when a blank line may have arrived (or a body is being read), so a
+    // client trickling its head byte by byte costs a scan of new bytes, not of the head.
+    // Also on the first bytes and on a control byte no head may contain: a TLS ClientHello
+    // or other binary sent to this port gets its 400 at once, not silence until the timeout.
+    let first = conn.input.len() == take;
+    let impossible = s.read_buf[READ_PREFIX..READ_PREFIX + take]
+        .iter()
+        .any(|&b| (b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n')) || b == 0x7f);
+    if awaiting_body
+        || first
+        || impossible
+        || handshake::may_be_complete(&conn.input, take)
+        || conn.input.len() >= s.settings.max_head
+    {
+        on_request(conns, s, key);
+    }
+}
+
+/// The head may be complete in `conn.input`: upgrade, answer HTTP, or wait for more.
+fn on_request(conns: &mut Slab<Connection>, s: &mut Shared, key: usize) {
+    let conn = &mut conns[key];
+    let input = std::mem::take(&mut conn.input);
+    let head = match handshake::parse_head(&input, s.settings.max_head) {
+        Ok(Some(head)) => head,
+        Ok(None) => {
+            conn.input = input;
+            return;
+        }
+        Err(rejection) => {
+            // Not a readable request, so not a handshake either: an HTTP error.
+            reject_http(conn, s, key, rejection);
+            return;
+        }
+    };
+    if head.is_upgrade() {
+        if head.path() != s.settings.path {
+            reject(conn, s, key, Rejection::new(404, "no WebSocket endpoint at this path"));
+            return;
+        }
+        let accepted = match head.validate_upgrade(&s.settings.upgrade) {
+            Ok(a) => a,
+            Err(rejection) => {
+                reject(conn, s, key, rejection);
+                return;
+            }
+        };
+        let head_len = head.head_len;
+        s.control.clear();
+        accepted.write_response(&s.settings.upgrade, &mut s.control);
+        match conn.out.write_or_queue(&mut conn.socket, &mut s.pool, &s.control) {
+            Ok(n) => s.metrics.bytes_out(n as u64),
+            Err(e) => {
+                s.control.clear();
+                debug!("conn {key} write error: {e}");
+                doom(conn, s, key, Ending::IoError);
+                return;
+            }
+        }
+        s.control.clear();
+        conn.phase = Phase::Open(Session::new(&s.settings.session, s.now));
+        s.metrics.connection_opened();
+        mark(conn, s, key);
+        debug!("conn {key} upgraded");
+        // Bytes after the head are the first frames: never lose them.
+        let rest = &input[head_len..];
+        if rest.is_empty() {
+            return;
+        }
+        if rest.len() > READ_SIZE {
+            // Cannot happen (the head buffer is bounded well below READ_SIZE); refuse
+            // rather than truncate.
+            doom(conn, s, key, Ending::IoError);
+            return;
+        }
+        s.read_buf[READ_PREFIX..READ_PREFIX + rest.len()].copy_from_slice(rest);
+        let end = READ_PREFIX + rest.len();
+        on_frames(conns, s, key, READ_PREFIX, end);
+        return;
+    }
+    if head.path() == s.settings.path {
+        // The WebSocket endpoint exists; this request just did not ask to upgrade. 426 says
+        // so (404 said there was nothing here).
+        reject(
+            conn,
+            s,
+            key,
+            Rejection::new(426, "this endpoint speaks WebSocket only; send an upgrade request"),
+        );
+        return;
+    }
+    on_http(conns, s, key, input);
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    // EMFILE, ENFILE, ENOBUFS, ENOMEM
+    matches!(e.raw_os_error(), Some(24) | Some(23) | Some(105) | Some(12))
+}

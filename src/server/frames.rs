@@ -1,0 +1,125 @@
+//! Frames for an open connection: the hot path.
+//!
+//! [`on_frames`] runs the connection's session over the bytes just read (parsed and unmasked in
+//! place, in the loop's one read buffer), queues what the session writes on its own (pongs,
+//! closes), and hands each message to the mode: echo it back, or give it to the hub, whose
+//! fan-out goes through [`Deliveries`]. The session is taken out of its slot for the call
+//! ([`Phase::Busy`]) so the hub may deliver to every connection, the sender included.
+
+use log::debug;
+use slab::Slab;
+
+use super::connection::{Connection, Ending, Phase};
+use super::fanout::Deliveries;
+use super::lifecycle::{cut_slow_consumer, flush, linger, mark};
+use super::state::{Mode, Shared};
+use crate::protocol::close::code;
+use crate::protocol::frame::{self, OpCode};
+use crate::protocol::session::{Event, Step};
+
+/// Frames in `read_buf[start..end]` for an open connection: the hot path.
+pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, start: usize, end: usize) {
+    let Phase::Open(mut session) = std::mem::replace(&mut conns[key].phase, Phase::Busy) else {
+        unreachable!("on_frames is only called for open connections");
+    };
+    let mut pos = start;
+    let mut ended_by: Option<Ending> = None;
+    while pos < end {
+        let buf = &mut s.read_buf[pos..end];
+        let step = session.advance(buf, &s.settings.session, &mut s.control, s.now);
+        if !s.control.is_empty() {
+            conns[key].out.push_bytes(&mut s.pool, &s.control);
+            s.control.clear();
+        }
+        let Step { consumed, event } = match step {
+            Ok(step) => step,
+            Err(e) => {
+                debug!("conn {key} protocol error: {e}");
+                conns[key].close_code = e.close_code();
+                s.metrics.close_code_sent(e.close_code());
+                ended_by = Some(Ending::ProtocolError);
+                break;
+            }
+        };
+        pos += consumed;
+        let Some(event) = event else {
+            break;
+        };
+        match event {
+            Event::Text(text) => {
+                s.metrics.message_in();
+                match s.settings.mode {
+                    Mode::Echo => {
+                        let conn = &mut conns[key];
+                        conn.out.append_with(&mut s.pool, |out| {
+                            frame::write_frame(out, OpCode::Text, text.as_bytes())
+                        });
+                        s.metrics.message_out();
+                    }
+                    Mode::Hub => {
+                        let mut outbox =
+                            Deliveries::new(conns, &mut s.pool, &mut s.dirty, &s.settings, s.now);
+                        s.hub.handle_text(key, text, &mut s.reply, &mut outbox, &mut s.metrics);
+                        let cut_off = std::mem::take(&mut outbox.cut_off);
+                        s.metrics.bytes_out(outbox.written);
+                        if !s.reply.is_empty() {
+                            s.metrics.message_out();
+                            conns[key].out.push_bytes(&mut s.pool, &s.reply);
+                            s.reply.clear();
+                        }
+                        for victim in cut_off {
+                            if let Some(c) = conns.get_mut(victim) {
+                                cut_slow_consumer(c, s, victim);
+                            }
+                        }
+                    }
+                }
+            }
+            Event::Binary(data) => {
+                s.metrics.message_in();
+                match s.settings.mode {
+                    Mode::Echo => {
+                        let conn = &mut conns[key];
+                        conn.out
+                            .append_with(&mut s.pool, |out| frame::write_frame(out, OpCode::Binary, data));
+                        s.metrics.message_out();
+                    }
+                    Mode::Hub => {
+                        s.hub.handle_binary(key, &mut s.reply, &mut s.metrics);
+                        s.metrics.message_out();
+                        conns[key].out.push_bytes(&mut s.pool, &s.reply);
+                        s.reply.clear();
+                    }
+                }
+            }
+            Event::Ping(_) | Event::Pong(_) => {}
+            Event::Closed { code: peer_code, reason } => {
+                debug!("conn {key} closed by peer: code {peer_code:?} reason {reason:?}");
+                let c = peer_code.unwrap_or(code::NORMAL);
+                conns[key].close_code = c;
+                s.metrics.close_code_sent(c);
+                ended_by = Some(Ending::Normal);
+                break;
+            }
+        }
+        // A client that sends faster than it reads what it asks for (pongs, replies,
+        // echoes) is judged after each message, not after a whole read budget of them.
+        if conns[key].out.queued_bytes() > s.settings.max_queued_bytes {
+            flush(&mut conns[key], s, key);
+        }
+        if conns[key].doomed {
+            break;
+        }
+    }
+    let conn = &mut conns[key];
+    // Keep an unfinished header or control frame for the next read.
+    if pos < end && !session.is_closed() && !conn.doomed {
+        conn.input.extend_from_slice(&s.read_buf[pos..end]);
+    }
+    let closed = session.is_closed();
+    conn.phase = Phase::Open(session);
+    mark(conn, s, key);
+    if closed {
+        linger(conn, s, key, ended_by.unwrap_or(Ending::Normal));
+    }
+}

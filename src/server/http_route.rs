@@ -1,0 +1,104 @@
+//! Plain HTTP requests on the server's port: health, metrics and the publish API.
+//!
+//! [`on_http`] checks the framing the reactor relies on (one exact `Content-Length`, never
+//! chunked), waits for the body (answering `Expect: 100-continue` once), then lets
+//! [`crate::http`] decide the response, sans-IO. A publish fans out through [`Deliveries`] like a
+//! WebSocket message does. Every answer is the connection's last: it lingers, then closes.
+
+use slab::Slab;
+
+use super::connection::{Connection, Ending, Phase};
+use super::fanout::Deliveries;
+use super::lifecycle::{cut_slow_consumer, linger, mark, reject_http};
+use super::state::Shared;
+use crate::http::{self, HttpContext, HttpRequest};
+use crate::protocol::handshake::{self, Rejection};
+
+/// A plain HTTP request (healthz, metrics, publish API). `input` holds head and body so far.
+pub(super) fn on_http(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, input: Vec<u8>) {
+    let head = match handshake::parse_head(&input, s.settings.max_head) {
+        Ok(Some(head)) => head,
+        _ => unreachable!("parsed just before"),
+    };
+    let content_length = match head.content_length() {
+        Ok(n) => n,
+        Err(rejection) => {
+            reject_http(&mut conns[key], s, key, rejection);
+            return;
+        }
+    };
+    if head.has_transfer_encoding() {
+        // With a Content-Length too, the framing is ambiguous (the request-smuggling shape,
+        // RFC 9112 section 6.3): 400. Alone, we lack the length we require: 411.
+        let rejection = if content_length.is_some() {
+            Rejection::new(400, "Content-Length with Transfer-Encoding")
+        } else {
+            Rejection::new(411, "chunked bodies are not accepted")
+        };
+        reject_http(&mut conns[key], s, key, rejection);
+        return;
+    }
+    let peer_is_loopback = conns[key].socket.peer_addr().map(|a| a.ip().is_loopback()).unwrap_or(false);
+    let request = HttpRequest {
+        method: head.method,
+        path: head.path(),
+        authorization: head.header("authorization"),
+        content_length,
+        peer_is_loopback,
+        content_type: head.header("content-type"),
+        origin: head.header("origin"),
+        host: head.header("host"),
+    };
+    let body_len = match http::body_plan(&request, &s.settings.http) {
+        Ok(n) => n,
+        Err(response) => {
+            s.metrics.http_response(response.status);
+            let conn = &mut conns[key];
+            conn.out.append_with(&mut s.pool, |out| response.write_to(out));
+            linger(conn, s, key, Ending::Rejected);
+            return;
+        }
+    };
+    let have = input.len() - head.head_len;
+    if have < body_len {
+        // RFC 9110 section 10.1.1: a client that waits to be told to send its body is told,
+        // once (never an HTTP/1.0 client, which may not get a 1xx).
+        let go_ahead = head.version == 1
+            && head.header("expect").is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"));
+        let conn = &mut conns[key];
+        conn.input = input;
+        if let Phase::Handshake { awaiting_body, .. } = &mut conn.phase {
+            let first = !std::mem::replace(awaiting_body, true);
+            if go_ahead && first {
+                conn.out.push_bytes(&mut s.pool, b"HTTP/1.1 100 Continue\r\n\r\n");
+                mark(conn, s, key);
+            }
+        }
+        return;
+    }
+    let body = &input[head.head_len..head.head_len + body_len];
+    let mut outbox = Deliveries::new(conns, &mut s.pool, &mut s.dirty, &s.settings, s.now);
+    let connections = outbox.conns.len();
+    let response = http::respond(
+        &request,
+        body,
+        &s.settings.http,
+        &mut HttpContext {
+            hub: &mut s.hub,
+            outbox: &mut outbox,
+            metrics: &mut s.metrics,
+            uptime_seconds: s.now / 1000,
+            connections,
+        },
+    );
+    let cut_off = std::mem::take(&mut outbox.cut_off);
+    s.metrics.bytes_out(outbox.written);
+    let conn = &mut conns[key];
+    conn.out.append_with(&mut s.pool, |out| response.write_to(out));
+    linger(conn, s, key, Ending::Normal);
+    for victim in cut_off {
+        if let Some(c) = conns.get_mut(victim) {
+            cut_slow_consumer(c, s, victim);
+        }
+    }
+}

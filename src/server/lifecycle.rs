@@ -1,0 +1,223 @@
+//! The floor of the reactor: the steps of a connection's life that every handler shares.
+//!
+//! A handler queues output and calls [`mark`]; the loop flushes every marked connection once at
+//! the end of the turn ([`flush_dirty`], one `writev` each). A connection that is done says its
+//! last bytes with [`reject`] or [`linger`] (write them, shut down our side, drain, bounded by a
+//! deadline) or ends at once with [`doom`]; [`reap`] removes the doomed at the end of the turn.
+//! After any step that may move a deadline, [`rearm`] puts the connection's next one in the timer
+//! queue. A client whose queue outgrows its bound is cut off by [`cut_slow_consumer`].
+//!
+//! Everything here takes one connection (or the slab) and [`Shared`], never the `Server`, and
+//! calls nothing above it: handlers and the loop call down into this file, not the other way.
+
+use std::net::Shutdown;
+
+use log::{debug, warn};
+use mio::Registry;
+use slab::Slab;
+
+use super::connection::{Connection, Ending, Phase};
+use super::state::{Mode, Shared};
+use super::timers::NEVER;
+use crate::protocol::close::code;
+use crate::protocol::frame;
+use crate::protocol::handshake::Rejection;
+use crate::protocol::session::Millis;
+
+/// The most time a connection that ended badly is given to drain.
+const DRAIN_LIMIT: Millis = 2_000;
+
+/// Queue the connection for the end-of-turn flush if it has output.
+pub(super) fn mark(conn: &mut Connection, s: &mut Shared, key: usize) {
+    if !conn.dirty && !conn.out.is_empty() {
+        conn.dirty = true;
+        s.dirty.push(key);
+    }
+}
+
+/// Queue the connection for removal at the end of the turn (the first ending given wins).
+pub(super) fn doom(conn: &mut Connection, s: &mut Shared, key: usize, ending: Ending) {
+    if !conn.doomed {
+        conn.doomed = true;
+        if conn.ending == Ending::None {
+            conn.ending = ending;
+        }
+        s.doomed.push(key);
+    }
+}
+
+/// Writes what the socket takes; a connection whose final bytes are out shuts down its side.
+pub(super) fn flush(conn: &mut Connection, s: &mut Shared, key: usize) {
+    if !conn.out.is_empty() {
+        match conn.out.flush(&mut conn.socket, &mut s.pool) {
+            Ok(f) => {
+                conn.note_flush(f.written, s.now);
+                s.metrics.bytes_out(f.written as u64);
+            }
+            Err(e) => {
+                debug!("conn {key} write error: {e}");
+                doom(conn, s, key, Ending::IoError);
+                return;
+            }
+        }
+        if conn.out.queued_bytes() > s.settings.max_queued_bytes && conn.is_open() {
+            cut_slow_consumer(conn, s, key);
+            return;
+        }
+    }
+    if conn.out.is_empty() {
+        if let Phase::Lingering { deadline } = conn.phase {
+            // Everything is out: FIN after the last byte, then wait for the peer's FIN so
+            // unread input does not turn our close into a reset.
+            let _ = conn.socket.shutdown(Shutdown::Write);
+            conn.phase = Phase::Draining { deadline };
+        }
+    }
+}
+
+/// Queue a refusal and end the connection after it is written.
+pub(super) fn reject(conn: &mut Connection, s: &mut Shared, key: usize, rejection: Rejection) {
+    debug!("conn {key} rejected: {} {}", rejection.status, rejection.reason);
+    s.metrics.handshake_rejected(rejection.status);
+    conn.out.append_with(&mut s.pool, |out| rejection.write_response(out));
+    linger(conn, s, key, Ending::Rejected);
+}
+
+/// As [`reject`], for a request that was not an upgrade (or not readable as one): counted as
+/// an HTTP response, not a refused handshake.
+pub(super) fn reject_http(conn: &mut Connection, s: &mut Shared, key: usize, rejection: Rejection) {
+    debug!("conn {key} refused: {} {}", rejection.status, rejection.reason);
+    s.metrics.http_response(rejection.status);
+    conn.out.append_with(&mut s.pool, |out| rejection.write_response(out));
+    linger(conn, s, key, Ending::Rejected);
+}
+
+/// The last bytes are queued: write them, then shut down, bounded by the close timeout.
+pub(super) fn linger(conn: &mut Connection, s: &mut Shared, key: usize, ending: Ending) {
+    if conn.ending == Ending::None {
+        conn.ending = ending;
+    }
+    if conn.is_open() {
+        s.metrics.connection_closed();
+    }
+    conn.input = Vec::new();
+    let wait = s.settings.session.close_timeout.clamp(1, DRAIN_LIMIT);
+    conn.phase = Phase::Lingering { deadline: s.now + wait };
+    mark(conn, s, key);
+    if conn.out.is_empty() {
+        flush(conn, s, key);
+    }
+}
+
+pub(super) fn cut_slow_consumer(conn: &mut Connection, s: &mut Shared, key: usize) {
+    if conn.doomed {
+        return;
+    }
+    warn!("conn {key} cut off: slow consumer ({} bytes queued)", conn.out.queued_bytes());
+    s.metrics.slow_consumer_dropped();
+    conn.close_code = code::POLICY;
+    s.metrics.close_code_sent(code::POLICY);
+    // Attempt the close frame: it goes behind what the client is not reading, so it arrives
+    // only if the client catches up within this one write.
+    let mut close = Vec::new();
+    frame::write_close(&mut close, code::POLICY, "slow consumer");
+    conn.out.push_bytes(&mut s.pool, &close);
+    let _ = conn.out.flush(&mut conn.socket, &mut s.pool);
+    // Nothing more will be written: free the queue now, not at the end of the turn, so many
+    // cut-off clients in one turn do not hold their queues at once.
+    conn.out.clear(&mut s.pool);
+    doom(conn, s, key, Ending::SlowConsumer);
+}
+
+pub(super) fn on_eof(conn: &mut Connection, s: &mut Shared, key: usize) {
+    // The peer closed only its sending side: what we owe it (the echo of its close, replies)
+    // still goes out, best effort, before the socket is dropped.
+    flush(conn, s, key);
+    let ending = if matches!(conn.phase, Phase::Draining { .. }) { Ending::Normal } else { Ending::PeerGone };
+    doom(conn, s, key, ending);
+}
+
+/// Arms the connection's next deadline (only ever earlier; see `timers`).
+pub(super) fn rearm(conn: &mut Connection, s: &mut Shared, key: usize) {
+    if conn.doomed {
+        return;
+    }
+    let deadline = match &conn.phase {
+        Phase::Handshake { deadline, .. } | Phase::Lingering { deadline } | Phase::Draining { deadline } => {
+            *deadline
+        }
+        Phase::Open(session) => {
+            let mut d = session.next_timeout(&s.settings.session).unwrap_or(NEVER);
+            if !conn.out.is_empty() {
+                d = d.min(conn.last_progress.saturating_add(s.settings.write_wait));
+            }
+            d
+        }
+        Phase::Busy => return,
+    };
+    s.timers.arm(key, &mut conn.timer_armed, deadline);
+}
+
+pub(super) fn rearm_key(conns: &mut Slab<Connection>, s: &mut Shared, key: usize) {
+    if let Some(conn) = conns.get_mut(key) {
+        rearm(conn, s, key);
+    }
+}
+
+/// The socket became writable: flush this connection at the end of the turn if it has output.
+pub(super) fn mark_dirty(conns: &mut Slab<Connection>, s: &mut Shared, key: usize) {
+    if let Some(conn) = conns.get_mut(key) {
+        if !conn.out.is_empty() {
+            mark(conn, s, key);
+        }
+    }
+}
+
+/// Writes what this connection's reads produced right away, in one `writev`: its pooled
+/// buffer goes straight back to the pool for the next connection, and replies leave
+/// without waiting for the rest of the turn.
+pub(super) fn flush_now(conns: &mut Slab<Connection>, s: &mut Shared, key: usize) {
+    if let Some(conn) = conns.get_mut(key) {
+        if !conn.doomed && !conn.out.is_empty() {
+            flush(conn, s, key);
+            rearm(conn, s, key);
+        }
+    }
+}
+
+/// Flush every connection marked this turn, one `writev` each.
+pub(super) fn flush_dirty(conns: &mut Slab<Connection>, s: &mut Shared) {
+    let mut i = 0;
+    // `dirty` may grow while we go (a flush that fails dooms, never adds); index loop.
+    while i < s.dirty.len() {
+        let key = s.dirty[i];
+        i += 1;
+        let Some(conn) = conns.get_mut(key) else { continue };
+        conn.dirty = false;
+        if conn.doomed {
+            continue;
+        }
+        flush(conn, s, key);
+        rearm(conn, s, key);
+    }
+    s.dirty.clear();
+}
+
+/// Remove the connections doomed this turn: from the slab, the hub and the poll.
+pub(super) fn reap(conns: &mut Slab<Connection>, s: &mut Shared, registry: &Registry) {
+    while let Some(key) = s.doomed.pop() {
+        let Some(mut conn) = conns.try_remove(key) else { continue };
+        if conn.is_open() {
+            s.metrics.connection_closed();
+        }
+        if s.settings.mode == Mode::Hub {
+            s.hub.remove_client(key);
+        }
+        let _ = registry.deregister(&mut conn.socket);
+        if log::log_enabled!(log::Level::Debug) {
+            let peer = conn.socket.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+            debug!("conn {key} from {peer} closed: {:?}, close code {}", conn.ending, conn.close_code);
+        }
+        conn.out.clear(&mut s.pool);
+    }
+}
