@@ -84,7 +84,9 @@ fn raw_http(addr: SocketAddr, bytes: &[u8]) -> String {
 
 fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{}Content-Length: {}\r\n\r\n{body}",
+        // The API takes JSON bodies only (415 otherwise).
+        if method == "POST" { "Content-Type: application/json\r\n" } else { "" },
         body.len()
     );
     let response = raw_http(addr, request.as_bytes());
@@ -202,7 +204,7 @@ fn silent_client_and_missing_body_time_out_with_408() {
     // Announces a body that never arrives.
     let mut no_body = connect(server.addr);
     no_body
-        .write_all(b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"topic\":")
+        .write_all(b"POST /publish HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"topic\":")
         .unwrap();
     let started = Instant::now();
     for s in [&mut silent, &mut no_body] {
@@ -307,7 +309,9 @@ fn garbage_trickled_byte_by_byte_is_refused_without_waiting_for_a_line_end() {
 fn request_smuggling_shapes_are_refused() {
     let server = ServerProc::start(&[]);
     let publish = |headers: &str, body: &str| {
-        let request = format!("POST /publish HTTP/1.1\r\nHost: localhost\r\n{headers}\r\n{body}");
+        let request = format!(
+            "POST /publish HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n{headers}\r\n{body}"
+        );
         status_of(&raw_http(server.addr, request.as_bytes()))
     };
     let body = r#"{"topic":"t","data":1}"#;
@@ -342,7 +346,7 @@ fn enormous_content_length_is_413_without_reading_the_body() {
     for length in ["65537", "4611686018427387904", "18446744073709551615", "999999999999999999999999999999"] {
         let started = Instant::now();
         let mut s = connect(server.addr);
-        let head = format!("POST /publish HTTP/1.1\r\nHost: localhost\r\nContent-Length: {length}\r\n\r\n");
+        let head = format!("POST /publish HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n");
         s.write_all(head.as_bytes()).unwrap();
         // Send nothing more: the answer must not wait for the body.
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -358,7 +362,7 @@ fn enormous_content_length_is_413_without_reading_the_body() {
 fn body_sent_anyway_after_413_does_not_turn_into_a_reset_of_the_answer() {
     let server = ServerProc::start(&[]);
     let mut s = connect(server.addr);
-    let head = "POST /publish HTTP/1.1\r\nHost: localhost\r\nContent-Length: 200000\r\n\r\n";
+    let head = "POST /publish HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 200000\r\n\r\n";
     s.write_all(head.as_bytes()).unwrap();
     // The body follows at once, as curl would send it.
     let _ = s.write_all(&vec![b'x'; 200_000]);
@@ -657,7 +661,7 @@ fn resets_mid_message_and_mid_head_leave_nothing_behind() {
                 s.write_all(&masked(OpCode::Text, false, b"part")).unwrap();
             }
             _ => {
-                s.write_all(b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{").unwrap();
+                s.write_all(b"POST /publish HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{").unwrap();
             }
         }
         reset(s);
@@ -1162,7 +1166,7 @@ fn expect_100_continue_is_answered_before_the_body() {
     let body = r#"{"topic":"t","data":"x"}"#;
     let mut s = connect(server.addr);
     let head = format!(
-        "POST /publish HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        "POST /publish HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).unwrap();
@@ -1175,7 +1179,7 @@ fn expect_100_continue_is_answered_before_the_body() {
     // A refusal needs no go-ahead: 413 at once, and no 100 before it.
     let mut s = connect(server.addr);
     s.write_all(
-        b"POST /publish HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 9999999\r\n\r\n",
+        b"POST /publish HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: 9999999\r\n\r\n",
     )
     .unwrap();
     assert_eq!(status_of(&read_head(&mut s)), 413);
