@@ -30,6 +30,22 @@ pub struct Config {
     #[arg(long, env = "WSHUB_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
+    /// Most connections from one address at once (IPv6: one /64), in any phase; over it, 429
+    /// before the upgrade. 0: unlimited.
+    #[arg(long, env = "WSHUB_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+
+    /// Most connections still sending their request head, apart from open ones; when full, the
+    /// address holding the most gives up its oldest [default: a quarter of --max-connections].
+    #[arg(long, env = "WSHUB_MAX_PENDING_HANDSHAKES")]
+    pub max_pending_handshakes: Option<usize>,
+
+    /// Kernel send buffer of each connection, in bytes (SO_SNDBUF; Linux reserves twice this).
+    /// Bounds what a client that stops reading costs in kernel memory. 0: the kernel's default,
+    /// autotuned up to net.ipv4.tcp_wmem's maximum.
+    #[arg(long, env = "WSHUB_SOCKET_SEND_BUFFER", default_value_t = DEFAULT_SOCKET_SEND_BUFFER)]
+    pub socket_send_buffer: usize,
+
     /// Maximum size of one message, in bytes, after reassembly (bigger: close 1009).
     #[arg(long, env = "WSHUB_MAX_MESSAGE_SIZE", default_value_t = 1 << 20)]
     pub max_message_size: usize,
@@ -107,6 +123,9 @@ pub struct Config {
     #[arg(long, env = "WSHUB_MAX_BODY_SIZE", default_value_t = 64 * 1024)]
     pub max_body_size: usize,
 }
+
+/// Default of `--socket-send-buffer` (see README, "Bounds", for the measurement behind it).
+pub const DEFAULT_SOCKET_SEND_BUFFER: usize = 64 * 1024;
 
 fn parse_secs(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|e| format!("{e}"))?;

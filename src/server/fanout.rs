@@ -1,58 +1,50 @@
 //! The hub's view of the connections: [`Deliveries`], the [`Outbox`] a publish writes into.
 //!
-//! A delivery queues the one shared frame (an `Rc` clone, no copy) on a subscriber and marks it
-//! for the end-of-turn flush. A subscriber whose queue grows past the eager-flush mark is written
-//! at once, so the bounds judge the client, not the size of this turn; one over a bound is listed
-//! in `cut_off` and cut off by the caller right after the hub returns (the hub is busy during the
-//! call). Used by both callers of the hub: WebSocket messages (`frames`) and the HTTP publish API
-//! (`http_route`).
+//! A delivery queues the one shared frame (an `Rc` clone, no copy) on a subscriber, marks it for
+//! the end-of-turn flush and returns: nothing is written to a socket inside a publish. The
+//! end-of-turn flush (`lifecycle::flush_dirty`) then writes with a per-connection and a per-turn
+//! byte budget, so a fan-out of 1 MiB to thousands of subscribers is spread over turns and other
+//! clients are read and answered in between; the publisher's ack leaves at once.
+//!
+//! Bounds, judged here and again after each flush: a subscriber whose unsent output (our queue
+//! plus what its socket held unsent when it last refused more) passes `--max-queued-bytes`, or
+//! that had output refused by its socket and holds more than `--send-queue` hub messages, is
+//! listed in `cut_off` and cut off by the caller right after the hub returns (the hub is busy
+//! during the call). A burst of many small messages to a client that reads is not cut: its count
+//! is judged only once its socket has refused some. Used by both callers of the hub: WebSocket
+//! messages (`frames`) and the HTTP publish API (`http_route`).
 
 use std::rc::Rc;
 
 use slab::Slab;
 
 use super::connection::Connection;
-use super::outbuf::BufferPool;
 use super::state::Settings;
+use super::timers::NEVER;
 use crate::hub::{ClientId, Outbox};
-use crate::protocol::session::Millis;
-
-/// A connection whose queue reaches this many shared frames or bytes in one turn is flushed at
-/// once, so the send-queue bound measures what the socket refused, not this turn's burst.
-const EAGER_FLUSH_FRAMES: usize = 128;
-const EAGER_FLUSH_BYTES: usize = 256 * 1024;
 
 /// The hub's view of the connections: queue a shared frame, bounded per client.
 pub(super) struct Deliveries<'a> {
     pub(super) conns: &'a mut Slab<Connection>,
-    pool: &'a mut BufferPool,
     dirty: &'a mut Vec<usize>,
     max_queued_bytes: usize,
     send_queue: usize,
     /// Clients over a bound during this call; cut off right after it (the hub is busy).
     pub(super) cut_off: Vec<usize>,
-    /// Bytes written by eager flushes, for the metrics.
-    pub(super) written: u64,
-    now: Millis,
 }
 
 impl<'a> Deliveries<'a> {
     pub(super) fn new(
         conns: &'a mut Slab<Connection>,
-        pool: &'a mut BufferPool,
         dirty: &'a mut Vec<usize>,
         settings: &Settings,
-        now: Millis,
     ) -> Deliveries<'a> {
         Deliveries {
             conns,
-            pool,
             dirty,
             max_queued_bytes: settings.max_queued_bytes,
             send_queue: settings.send_queue,
             cut_off: Vec::new(),
-            written: 0,
-            now,
         }
     }
 
@@ -66,21 +58,11 @@ impl<'a> Deliveries<'a> {
             conn.dirty = true;
             self.dirty.push(key);
         }
-        let eager_frames = EAGER_FLUSH_FRAMES.min(self.send_queue / 2).max(1);
-        if conn.out.shared_frames() >= eager_frames || conn.out.queued_bytes() >= EAGER_FLUSH_BYTES {
-            // Write now so the bounds below judge the client, not the size of this turn.
-            match conn.out.flush(&mut conn.socket, self.pool) {
-                Ok(f) => {
-                    self.written += f.written as u64;
-                    conn.note_flush(f.written, self.now);
-                }
-                Err(_) => {
-                    self.cut_off.push(key);
-                    return false;
-                }
-            }
-        }
-        if conn.out.shared_frames() > self.send_queue || conn.out.queued_bytes() > self.max_queued_bytes {
+        // `last_progress` is set while output the socket refused is waiting.
+        let refused_before = conn.last_progress != NEVER;
+        if conn.unsent_bytes() > self.max_queued_bytes
+            || refused_before && conn.out.shared_frames() > self.send_queue
+        {
             self.cut_off.push(key);
             return false;
         }

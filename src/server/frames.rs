@@ -57,11 +57,9 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
                         s.metrics.message_out();
                     }
                     Mode::Hub => {
-                        let mut outbox =
-                            Deliveries::new(conns, &mut s.pool, &mut s.dirty, &s.settings, s.now);
+                        let mut outbox = Deliveries::new(conns, &mut s.dirty, &s.settings);
                         s.hub.handle_text(key, text, &mut s.reply, &mut outbox, &mut s.metrics);
                         let cut_off = std::mem::take(&mut outbox.cut_off);
-                        s.metrics.bytes_out(outbox.written);
                         if !s.reply.is_empty() {
                             s.metrics.message_out();
                             conns[key].out.push_bytes(&mut s.pool, &s.reply);

@@ -77,7 +77,7 @@ pub(super) fn on_http(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, 
         return;
     }
     let body = &input[head.head_len..head.head_len + body_len];
-    let mut outbox = Deliveries::new(conns, &mut s.pool, &mut s.dirty, &s.settings, s.now);
+    let mut outbox = Deliveries::new(conns, &mut s.dirty, &s.settings);
     let connections = outbox.conns.len();
     let response = http::respond(
         &request,
@@ -92,7 +92,6 @@ pub(super) fn on_http(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, 
         },
     );
     let cut_off = std::mem::take(&mut outbox.cut_off);
-    s.metrics.bytes_out(outbox.written);
     let conn = &mut conns[key];
     conn.out.append_with(&mut s.pool, |out| response.write_to(out));
     linger(conn, s, key, Ending::Normal);

@@ -16,6 +16,7 @@
 //!   bytes, one `writev` per flush); [`timers`] the deadline queue.
 
 mod accept;
+mod admission;
 pub mod connection;
 mod fanout;
 mod frames;

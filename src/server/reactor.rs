@@ -30,9 +30,12 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use super::accept::{self, OVERFLOW_SLOTS};
+use super::admission::Admission;
 use super::connection::{Connection, Ending, Phase};
 use super::frames::on_frames;
-use super::lifecycle::{doom, flush_dirty, flush_now, mark_dirty, on_eof, reap, rearm_key};
+use super::lifecycle::{
+    doom, flush_dirty, flush_now, mark_dirty, on_eof, reap, rearm_key, TURN_WRITE_BUDGET,
+};
 use super::outbuf::BufferPool;
 use super::shutdown;
 use super::state::{Mode, Settings, Shared, READ_PREFIX, READ_SIZE};
@@ -86,6 +89,9 @@ impl Server {
             upgrade: config.upgrade(),
             http: config.http(),
             max_connections,
+            max_connections_per_ip: config.max_connections_per_ip,
+            max_pending_handshakes: config.max_pending_handshakes.unwrap_or(max_connections / 4).max(1),
+            socket_send_buffer: config.socket_send_buffer,
             max_head: config.max_head_size.max(64),
             max_queued_bytes: config.max_queued_bytes.max(1),
             send_queue: config.send_queue.max(1),
@@ -93,6 +99,7 @@ impl Server {
             write_wait: millis(config.write_wait).max(1),
             shutdown_timeout: millis(config.shutdown_timeout),
         };
+        let (per_ip, max_pending) = (settings.max_connections_per_ip, settings.max_pending_handshakes);
         let hub = Hub::new(config.hub());
         // Sized for the limit up front: the slab's pages are only touched (and so only count
         // towards RSS) as connections arrive, and it never reallocates and copies under load.
@@ -114,6 +121,10 @@ impl Server {
                 dirty: Vec::new(),
                 doomed: Vec::new(),
                 reread: Vec::new(),
+                backlog: Vec::new(),
+                refusing: 0,
+                turn_write_budget: TURN_WRITE_BUDGET,
+                admission: Admission::new(per_ip, max_pending),
                 read_buf,
                 control: Vec::new(),
                 reply: Vec::new(),
@@ -150,7 +161,8 @@ impl Server {
                     return Ok(());
                 }
             }
-            let timeout = if self.shared.reread.is_empty() && deferred == 0 {
+            let timeout = if self.shared.reread.is_empty() && self.shared.backlog.is_empty() && deferred == 0
+            {
                 self.next_wakeup().map(|at| {
                     std::time::Duration::from_millis(at.saturating_sub(self.shared.now).min(60_000))
                 })
@@ -206,6 +218,7 @@ impl Server {
 
     /// Flush what this turn produced, run due timers, remove what ended.
     fn end_of_turn(&mut self) {
+        self.shared.turn_write_budget = TURN_WRITE_BUDGET;
         flush_dirty(&mut self.conns, &mut self.shared);
         run_timers(&mut self.conns, &mut self.shared);
         flush_dirty(&mut self.conns, &mut self.shared);

@@ -9,6 +9,7 @@
 
 use std::time::Instant;
 
+use super::admission::Admission;
 use super::outbuf::BufferPool;
 use super::timers::DeadlineQueue;
 use crate::http::HttpConfig;
@@ -36,6 +37,11 @@ pub(super) struct Settings {
     pub(super) upgrade: UpgradePolicy,
     pub(super) http: HttpConfig,
     pub(super) max_connections: usize,
+    /// `--max-connections-per-ip` (0: unlimited) and `--max-pending-handshakes`.
+    pub(super) max_connections_per_ip: usize,
+    pub(super) max_pending_handshakes: usize,
+    /// `--socket-send-buffer` (0: the kernel's default).
+    pub(super) socket_send_buffer: usize,
     pub(super) max_head: usize,
     pub(super) max_queued_bytes: usize,
     pub(super) send_queue: usize,
@@ -57,6 +63,15 @@ pub(super) struct Shared {
     pub(super) doomed: Vec<usize>,
     /// Connections that used their read budget with input left: read again next turn.
     pub(super) reread: Vec<usize>,
+    /// Connections whose output was left for the next turn by the write budget (still marked
+    /// dirty); flushed first next turn, and the loop does not sleep while there are any.
+    pub(super) backlog: Vec<usize>,
+    /// Bytes the end-of-turn flush may still write this turn (see `lifecycle::flush_dirty`).
+    pub(super) turn_write_budget: usize,
+    /// Connections refused at accept still draining their answer (`accept::OVERFLOW_SLOTS`).
+    pub(super) refusing: usize,
+    /// Per-address counts and the pending-handshake bound.
+    pub(super) admission: Admission,
     pub(super) read_buf: Vec<u8>,
     /// Frames the session writes on its own (pongs, closes, pings), moved to the queue at once.
     pub(super) control: Vec<u8>,
