@@ -316,3 +316,240 @@ fn http_errors_are_counted_as_http_not_as_handshakes() {
     assert_eq!(metric(addr, "wshub_handshakes_rejected_total{status=\"400\"}"), 1.0);
     assert_eq!(metric(addr, "wshub_http_responses_total{status=\"400\"}"), 1.0);
 }
+
+// ----- one huge fan-out does not stall the reactor -----
+
+/// Kernel TCP memory in pages (`TCP: ... mem N` in /proc/net/sockstat).
+fn tcp_mem_pages() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with("TCP:"))
+        .and_then(|l| l.split_whitespace().skip_while(|w| *w != "mem").nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Opens `n` subscribers of `topic` that never read after their `subscribed`: the upgrade and
+/// the subscribe go in one write, and every reply is read before returning.
+fn silent_subscribers(addr: SocketAddr, n: usize, topic: &str) -> Vec<TcpStream> {
+    let sub = masked(
+        OpCode::Text,
+        true,
+        json!({"type":"subscribe","payload":{"topic":topic}}).to_string().as_bytes(),
+    );
+    let mut conns = Vec::with_capacity(n);
+    for chunk in 0..n.div_ceil(200) {
+        let mut batch: Vec<TcpStream> = (0..200.min(n - chunk * 200))
+            .map(|_| {
+                let mut s = connect(addr);
+                let mut request = upgrade_request("/ws", "").into_bytes();
+                request.extend_from_slice(&sub);
+                s.write_all(&request).unwrap();
+                s
+            })
+            .collect();
+        for s in batch.iter_mut() {
+            let head = read_head(s);
+            assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+            assert_eq!(next_json(s)["type"], "subscribed");
+        }
+        conns.append(&mut batch);
+    }
+    conns
+}
+
+/// The issue's stall: 2,000 subscribers that never read, then one 1 MiB publish. The
+/// publisher's ack must come at once and a bystander's pings must be answered while the
+/// fan-out is being written (it was 3.7 s for both when the publish wrote every socket inline).
+#[test]
+fn a_huge_fan_out_does_not_stall_other_clients() {
+    let subscribers = 2000;
+    let server =
+        start(&["--max-message-size", "2097152", "--ping-interval", "0", "--max-connections", "4000"]);
+    let addr = server.addr;
+    let kernel_before = tcp_mem_pages();
+    let silent = silent_subscribers(addr, subscribers, "big");
+    let mut bystander = ws_connect(addr);
+    bystander.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut publisher = ws_connect(addr);
+    publisher.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    // Warm up the bystander's path.
+    send_json(&mut bystander, &json!({"type":"ping","id":0}));
+    assert_eq!(next_json(&mut bystander)["type"], "pong");
+
+    let data = "x".repeat(1 << 20);
+    let publish = format!(r#"{{"type":"publish","payload":{{"topic":"big","data":"{data}"}},"id":"p"}}"#);
+    let sent = Instant::now();
+    send_text(&mut publisher, &publish);
+    // A ping sent right behind the publish: it waits for whatever the publish costs the reactor.
+    std::thread::sleep(Duration::from_millis(1));
+    let asked = Instant::now();
+    send_json(&mut bystander, &json!({"type":"ping","id":"first"}));
+    assert_eq!(next_json(&mut bystander), json!({"type":"pong","id":"first"}));
+    let first_ping = asked.elapsed();
+    let ack = next_json(&mut publisher);
+    let ack_after = sent.elapsed();
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(ack["payload"]["delivered"], subscribers);
+    // Pings while the frames go out (and after): every one is answered promptly.
+    let mut worst = first_ping;
+    let mut pings = 1;
+    while sent.elapsed() < Duration::from_secs(2) || pings < 20 {
+        let asked = Instant::now();
+        send_json(&mut bystander, &json!({"type":"ping","id":pings}));
+        let pong = next_json(&mut bystander);
+        assert_eq!(pong, json!({"type":"pong","id":pings}));
+        worst = worst.max(asked.elapsed());
+        pings += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let kernel_after = tcp_mem_pages();
+    eprintln!(
+        "fan-out 1 MiB x {subscribers}: ack after {ack_after:?}, ping behind the publish {first_ping:?}, \
+         worst of {pings} bystander pings {worst:?}; \
+         kernel TCP memory {} -> {} pages ({} MiB)",
+        kernel_before,
+        kernel_after,
+        kernel_after.saturating_sub(kernel_before) * 4096 >> 20
+    );
+    // Generous bounds for a loaded machine; the figures above are the real ones.
+    assert!(ack_after < Duration::from_millis(1000), "ack took {ack_after:?}");
+    assert!(worst < Duration::from_millis(500), "a bystander ping took {worst:?}");
+    drop(silent);
+}
+
+// ----- connection slots: per address, and requests still arriving -----
+
+/// A TCP connection to `to` from the local address `from` (any 127.0.0.0/8 address works on
+/// Linux without setup).
+fn connect_from(from: std::net::Ipv4Addr, to: SocketAddr) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(to) = to else { panic!("IPv4 server expected") };
+    let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor we create and then hand to TcpStream.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let local = sockaddr(from, 0);
+        let rc = libc::bind(fd, std::ptr::from_ref(&local).cast(), len);
+        assert_eq!(rc, 0, "bind {from}: {}", std::io::Error::last_os_error());
+        let remote = sockaddr(*to.ip(), to.port());
+        let rc = libc::connect(fd, std::ptr::from_ref(&remote).cast(), len);
+        assert_eq!(rc, 0, "connect from {from}: {}", std::io::Error::last_os_error());
+        let s = TcpStream::from_raw_fd(fd);
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    }
+}
+
+/// Upgrades `s`; returns the response head.
+fn upgrade(s: &mut TcpStream) -> String {
+    s.write_all(upgrade_request("/ws", "").as_bytes()).unwrap();
+    read_head(s)
+}
+
+#[test]
+fn per_address_limit_answers_429_and_counts_pending_requests() {
+    let server = start(&["--max-connections-per-ip", "3"]);
+    let addr = server.addr;
+    let local = std::net::Ipv4Addr::new(127, 0, 0, 1);
+    let mut open: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = connect_from(local, addr);
+            assert!(upgrade(&mut s).starts_with("HTTP/1.1 101"));
+            s
+        })
+        .collect();
+    let mut fourth = connect_from(local, addr);
+    let head = upgrade(&mut fourth);
+    assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+    // Another address is another count (and /metrics from it is served).
+    let other = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    let mut s = connect_from(other, addr);
+    assert!(upgrade(&mut s).starts_with("HTTP/1.1 101"));
+    // Requests still arriving count too: two silent connections and one upgrade from .3 fill it.
+    let third = std::net::Ipv4Addr::new(127, 0, 0, 3);
+    let _silent: Vec<TcpStream> = (0..2).map(|_| connect_from(third, addr)).collect();
+    let mut s3 = connect_from(third, addr);
+    assert!(upgrade(&mut s3).starts_with("HTTP/1.1 101"));
+    let mut refused = connect_from(third, addr);
+    assert!(upgrade(&mut refused).starts_with("HTTP/1.1 429"));
+    // A slot freed is a slot again (once the server has seen the close).
+    open.pop();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut s = connect_from(local, addr);
+        let head = upgrade(&mut s);
+        if head.starts_with("HTTP/1.1 101") {
+            break;
+        }
+        assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+        assert!(Instant::now() < deadline, "the closed connection's slot never came back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, text) = {
+        let mut s = connect_from(std::net::Ipv4Addr::new(127, 0, 0, 9), addr);
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        let r = read_to_close(&mut s);
+        (status_of(&r), r)
+    };
+    assert_eq!(status, 200);
+    let refused_429 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("wshub_handshakes_rejected_total{status=\"429\"} "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(refused_429 >= Some(2), "429s counted: {refused_429:?}");
+}
+
+/// The issue's slot attack: 200 half-sent requests from one address against
+/// `--max-connections 200`. Requests still arriving are bounded apart (a quarter of the
+/// connections by default) and the address holding the most gives up its oldest to a
+/// newcomer, so upgrades from elsewhere keep succeeding.
+#[test]
+fn upgrades_succeed_while_one_address_holds_half_sent_requests() {
+    let server = start(&["--max-connections", "200", "--handshake-timeout", "30"]);
+    let addr = server.addr;
+    let attacker = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    let mut held: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = connect_from(attacker, addr);
+            s.write_all(b"GET /ws HTTP/1.1\r\nHost: localhost\r\n").unwrap();
+            s
+        })
+        .collect();
+    // Those over the pending bound are told 503 at once; their answers drain within seconds.
+    std::thread::sleep(Duration::from_millis(500));
+    let local = std::net::Ipv4Addr::new(127, 0, 0, 1);
+    let mut clients = Vec::new();
+    let started = Instant::now();
+    for i in 0..20 {
+        let mut s = connect_from(local, addr);
+        let head = upgrade(&mut s);
+        assert!(head.starts_with("HTTP/1.1 101"), "upgrade {i} while the attack holds: {head}");
+        send_json(&mut s, &json!({"type":"ping","id":i}));
+        assert_eq!(next_json(&mut s), json!({"type":"pong","id":i}));
+        clients.push(s);
+        // The attacker renews what it lost, as it would every handshake timeout.
+        let mut again = connect_from(attacker, addr);
+        again.write_all(b"GET /ws HTTP/1.1\r\nHost: localhost\r\n").unwrap();
+        held.push(again);
+    }
+    eprintln!("20 upgrades while 200 half-sent requests were held: {:?}", started.elapsed());
+    // The attacker's requests were answered 503 (pushed out or refused), none upgraded.
+    let mut answered = 0;
+    for s in held.iter_mut() {
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let head = read_head(s);
+        if !head.is_empty() {
+            assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+            answered += 1;
+        }
+    }
+    assert!(answered >= 150, "only {answered} of the attacker's requests were refused");
+}
