@@ -410,7 +410,7 @@ fn a_huge_fan_out_does_not_stall_other_clients() {
          kernel TCP memory {} -> {} pages ({} MiB)",
         kernel_before,
         kernel_after,
-        kernel_after.saturating_sub(kernel_before) * 4096 >> 20
+        (kernel_after.saturating_sub(kernel_before) * 4096) >> 20
     );
     // Generous bounds for a loaded machine; the figures above are the real ones.
     assert!(ack_after < Duration::from_millis(1000), "ack took {ack_after:?}");
