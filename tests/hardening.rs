@@ -413,8 +413,9 @@ fn a_huge_fan_out_does_not_stall_other_clients() {
         (kernel_after.saturating_sub(kernel_before) * 4096) >> 20
     );
     // Generous bounds for a loaded machine; the figures above are the real ones.
-    assert!(ack_after < Duration::from_millis(1000), "ack took {ack_after:?}");
-    assert!(worst < Duration::from_millis(500), "a bystander ping took {worst:?}");
+    // (Before: 4 s for both in a release build, 6.7 s in a debug one.)
+    assert!(ack_after < Duration::from_millis(2000), "ack took {ack_after:?}");
+    assert!(worst < Duration::from_millis(1000), "a bystander ping took {worst:?}");
     drop(silent);
 }
 
