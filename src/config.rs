@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::backplane::url::RedisUrl;
 use crate::http::HttpConfig;
 use crate::hub::HubConfig;
+use crate::protocol::deflate::DeflateConfig;
 use crate::protocol::handshake::{OriginPolicy, UpgradePolicy, DEFAULT_MAX_HEAD_LEN};
 use crate::protocol::session::{Millis, SessionConfig};
 
@@ -122,6 +124,62 @@ pub struct Config {
     /// Largest HTTP request body accepted by the publish API, in bytes (bigger: 413).
     #[arg(long, env = "WSHUB_MAX_BODY_SIZE", default_value_t = 64 * 1024)]
     pub max_body_size: usize,
+
+    /// Negotiate permessage-deflate (RFC 7692) with clients that offer it, always with no
+    /// context takeover both ways (no compression state kept per connection).
+    #[arg(long, env = "WSHUB_COMPRESSION")]
+    pub compression: bool,
+
+    /// Messages shorter than this many bytes are sent uncompressed.
+    #[arg(long, env = "WSHUB_COMPRESSION_THRESHOLD", default_value_t = 128)]
+    pub compression_threshold: usize,
+
+    /// zlib compression level for what the server sends: 1 (fastest) to 9 (smallest).
+    #[arg(long, env = "WSHUB_COMPRESSION_LEVEL", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub compression_level: u32,
+
+    /// Join other wshub processes through Redis pub/sub: redis://[user:password@]host:port[/db].
+    /// Publishes and broadcasts on any node then reach subscribers on every node.
+    #[arg(long, env = "WSHUB_REDIS", hide_env_values = true, value_parser = RedisUrlParser)]
+    pub redis: Option<RedisUrl>,
+
+    /// Prefix of the Redis channels (`<prefix>topic:<topic>`, `<prefix>broadcast`); nodes that
+    /// share it form one hub.
+    #[arg(long, env = "WSHUB_REDIS_PREFIX", default_value = "wshub:")]
+    pub redis_prefix: String,
+
+    /// Bound on publishes waiting to be written to Redis, in bytes; over it a publish reaches
+    /// local subscribers only and is counted as failed.
+    #[arg(long, env = "WSHUB_REDIS_MAX_QUEUED_BYTES", default_value_t = 8 << 20)]
+    pub redis_max_queued_bytes: usize,
+
+    /// Set SO_REUSEPORT on the listener, so several processes on this machine can listen on the
+    /// same port (the kernel spreads new connections across them).
+    #[arg(long, env = "WSHUB_REUSE_PORT")]
+    pub reuse_port: bool,
+}
+
+/// Parses `--redis`; unlike clap's usual error, the refusal does not repeat the value, which
+/// may hold a password.
+#[derive(Clone)]
+struct RedisUrlParser;
+
+impl clap::builder::TypedValueParser for RedisUrlParser {
+    type Value = RedisUrl;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<RedisUrl, clap::Error> {
+        use clap::error::ErrorKind;
+        let text =
+            value.to_str().ok_or_else(|| clap::Error::raw(ErrorKind::InvalidUtf8, "--redis: not UTF-8\n"))?;
+        RedisUrl::parse(text)
+            .map_err(|e| clap::Error::raw(ErrorKind::ValueValidation, format!("--redis: {e}\n")))
+    }
 }
 
 /// Default of `--socket-send-buffer` (see README, "Bounds", for the measurement behind it).
@@ -175,7 +233,12 @@ impl Config {
         UpgradePolicy {
             subprotocols: self.subprotocols.clone(),
             origins: OriginPolicy::from_allowed(&self.allowed_origins),
+            deflate: self.compression,
         }
+    }
+
+    pub fn deflate(&self) -> DeflateConfig {
+        DeflateConfig { threshold: self.compression_threshold, level: self.compression_level }
     }
 
     /// Defaults for tests and embedding: what `wshub` with no flags would use.

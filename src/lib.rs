@@ -5,6 +5,8 @@
 //! * [`server`]: the single-threaded mio reactor that drives it: connections, buffers, timers.
 //! * [`config`]: the command line; [`sys`]: the few OS calls std lacks.
 
+/// Joins several wshub processes through Redis pub/sub (`--redis`).
+pub mod backplane;
 /// Command line and environment configuration.
 pub mod config;
 /// Plain HTTP/1.1 on the WebSocket port: health, Prometheus metrics, publish and broadcast API.

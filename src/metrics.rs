@@ -10,6 +10,8 @@
 
 use std::fmt::{self, Write as _};
 
+use crate::backplane::redis::BackplaneStats;
+
 /// Statuses a refused upgrade request can get; anything else is counted as "other".
 pub const HANDSHAKE_REJECT_STATUSES: [u16; 7] = [400, 403, 404, 426, 429, 431, 503];
 /// Close codes counted on their own; anything else is counted as "other".
@@ -25,6 +27,8 @@ pub struct Gauges {
     /// Topics with at least one subscriber.
     pub topics: usize,
     pub uptime_seconds: u64,
+    /// The backplane's counters, kept by the backplane itself; `None` without `--redis`.
+    pub backplane: Option<BackplaneStats>,
 }
 
 /// Every counter of the server. Fields are readable; count through the methods.
@@ -253,7 +257,36 @@ impl Metrics {
         )?;
         gauge(out, "connections", "Open connections.", gauges.connections as u64)?;
         gauge(out, "topics", "Topics with at least one subscriber.", gauges.topics as u64)?;
-        gauge(out, "uptime_seconds", "Seconds since the server started.", gauges.uptime_seconds)
+        gauge(out, "uptime_seconds", "Seconds since the server started.", gauges.uptime_seconds)?;
+        if let Some(b) = &gauges.backplane {
+            gauge(out, "backplane_up", "1 while the Redis backplane is connected.", u64::from(b.up))?;
+            counter(
+                out,
+                "backplane_reconnects_total",
+                "Connection attempts to Redis after the first.",
+                b.reconnects,
+            )?;
+            counter(
+                out,
+                "backplane_published_total",
+                "Messages handed to Redis for the other nodes.",
+                b.published,
+            )?;
+            counter(
+                out,
+                "backplane_publish_failed_total",
+                "Messages not handed to Redis (down, buffer full, refused, or lost in flight).",
+                b.publish_failed,
+            )?;
+            counter(
+                out,
+                "backplane_received_total",
+                "Messages from other nodes delivered here.",
+                b.received,
+            )?;
+            counter(out, "backplane_garbage_total", "Messages from Redis dropped as malformed.", b.garbage)?;
+        }
+        Ok(())
     }
 }
 
@@ -270,6 +303,18 @@ mod tests {
     /// The value of the sample line `series` (name plus labels), if present.
     fn sample(text: &str, series: &str) -> Option<u64> {
         text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn backplane_series_only_with_a_backplane() {
+        let text = render(&Metrics::default(), &Gauges::default());
+        assert!(!text.contains("backplane"));
+        let stats = BackplaneStats { up: true, reconnects: 2, garbage: 5, ..BackplaneStats::default() };
+        let text = render(&Metrics::default(), &Gauges { backplane: Some(stats), ..Gauges::default() });
+        assert_eq!(sample(&text, "wshub_backplane_up"), Some(1));
+        assert_eq!(sample(&text, "wshub_backplane_reconnects_total"), Some(2));
+        assert_eq!(sample(&text, "wshub_backplane_garbage_total"), Some(5));
+        assert_eq!(sample(&text, "wshub_backplane_publish_failed_total"), Some(0));
     }
 
     #[test]
@@ -319,7 +364,7 @@ mod tests {
         m.close_code_sent(4000);
         m.http_response(413);
 
-        let text = render(&m, &Gauges { connections: 7, topics: 2, uptime_seconds: 99 });
+        let text = render(&m, &Gauges { connections: 7, topics: 2, uptime_seconds: 99, backplane: None });
         let expect = [
             ("wshub_connections_accepted_total", 2),
             ("wshub_connections_opened_total", 1),

@@ -1,7 +1,8 @@
-//! The few operating-system calls std does not wrap: the open-file limit, giving freed heap
-//! back to the system, a socket's send buffer size and how much of it is still unsent.
+//! The few operating-system calls std does not wrap: the open-file limit, SO_REUSEPORT, random
+//! bytes, giving freed heap back to the system, a socket's send buffer size and how much of it
+//! is still unsent.
 //!
-//! `libc` is a direct dependency only for these (mio already builds it).
+//! `libc` is a direct dependency only for these few calls (mio already builds it).
 
 /// Raises the soft open-file limit to the hard limit (each connection is a descriptor) and
 /// returns the limit now in force.
@@ -30,6 +31,91 @@ pub fn open_file_limit() -> usize {
         return 1024;
     }
     usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
+}
+
+/// 64 random bits from the kernel (`getrandom`), for identifiers that must differ between
+/// processes; falls back to the clock and the pid if the call fails.
+pub fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: the kernel writes at most `bytes.len()` bytes into our stack buffer.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n == bytes.len() as isize {
+        return u64::from_ne_bytes(bytes);
+    }
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    (nanos as u64) ^ (u64::from(std::process::id()) << 32)
+}
+
+/// A listening socket with SO_REUSEPORT (and SO_REUSEADDR) set before `bind`, which std cannot
+/// do: several processes may then listen on one port, and the kernel spreads new connections
+/// across them. Non-blocking, for mio.
+pub fn listen_reuse_port(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use std::io::Error;
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain syscalls; the descriptor is owned by `fd` at once, so every early return
+    // closes it.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(Error::last_os_error());
+    }
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    let one: libc::c_int = 1;
+    for option in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+        // SAFETY: `one` outlives the call; the length is its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                raw,
+                libc::SOL_SOCKET,
+                option,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(Error::last_os_error());
+        }
+    }
+    // SAFETY: the sockaddr structs are fully initialized stack values of the length passed.
+    let rc = unsafe {
+        match addr {
+            std::net::SocketAddr::V4(a) => {
+                let mut sin: libc::sockaddr_in = std::mem::zeroed();
+                sin.sin_family = libc::AF_INET as libc::sa_family_t;
+                sin.sin_port = a.port().to_be();
+                sin.sin_addr = libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) };
+                libc::bind(
+                    raw,
+                    (&sin as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            }
+            std::net::SocketAddr::V6(a) => {
+                let mut sin6: libc::sockaddr_in6 = std::mem::zeroed();
+                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sin6.sin6_port = a.port().to_be();
+                sin6.sin6_addr = libc::in6_addr { s6_addr: a.ip().octets() };
+                sin6.sin6_flowinfo = a.flowinfo();
+                sin6.sin6_scope_id = a.scope_id();
+                libc::bind(
+                    raw,
+                    (&sin6 as *const libc::sockaddr_in6).cast(),
+                    std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                )
+            }
+        }
+    };
+    if rc != 0 {
+        return Err(Error::last_os_error());
+    }
+    // SAFETY: a bound stream socket we own.
+    if unsafe { libc::listen(raw, 1024) } != 0 {
+        return Err(Error::last_os_error());
+    }
+    Ok(std::net::TcpListener::from(fd))
 }
 
 /// Asks the allocator to return free heap pages to the system. glibc keeps freed small chunks

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test suite the project has, each installing what it needs by itself:
-#   1. cargo: unit, property, integration (real binary on loopback), fuzz-corpus replay
+#   1. cargo: unit, property, integration (real binary on loopback; the backplane tests against
+#      private redis-server instances), fuzz-corpus replay
 #   2. Autobahn testsuite (fuzzingclient, sections 1-10) against `wshub --echo`, checked
 #      against autobahn/expected-results.json
 #   3. interop: Python `websockets` client against the echo mode and the hub protocol
@@ -10,6 +11,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
+
+step "redis-server for the backplane tests (Debian package, installed when missing)"
+# tests/backplane.rs starts its own private instances on free loopback ports; it only needs the
+# binaries (redis-server, and redis-cli from the same package set).
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+    sudo=""
+    [[ $(id -u) -ne 0 ]] && sudo="sudo"
+    $sudo apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
+fi
+redis-server --version
 
 step "cargo test (unit, property, integration, fuzz corpus replay)"
 cargo test --workspace --all-targets

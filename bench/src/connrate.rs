@@ -27,7 +27,7 @@ const CYCLE_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn run(target: &Target, p: &ConnRate, timing: &Timing) -> Result<ConnRateResult, String> {
     let mut poll = Poll::new().map_err(|e| e.to_string())?;
     let accept = ws::expected_accept();
-    let request = ws::upgrade_request(&target.host, &target.path);
+    let request = ws::upgrade_request(&target.host, &target.path, target.offer_deflate);
     let mut close = Vec::new();
     ws::push_close(&mut close);
 

@@ -19,6 +19,8 @@ pub struct Target {
     /// `Host` header value.
     pub host: String,
     pub path: String,
+    /// Offer permessage-deflate in the upgrade request (`--deflate`).
+    pub offer_deflate: bool,
 }
 
 impl Target {
@@ -35,7 +37,7 @@ impl Target {
             authority.to_string()
         };
         let addr: SocketAddr = authority.parse().map_err(|e| format!("{url}: host must be IP:PORT ({e})"))?;
-        Ok(Target { addr, host: authority, path: path.to_string() })
+        Ok(Target { addr, host: authority, path: path.to_string(), offer_deflate: false })
     }
 }
 
@@ -212,7 +214,7 @@ pub fn open_all(
     deadline: Instant,
 ) -> Result<Vec<Conn>, String> {
     let accept = ws::expected_accept();
-    let request = ws::upgrade_request(&target.host, &target.path);
+    let request = ws::upgrade_request(&target.host, &target.path, target.offer_deflate);
     let mut conns: Vec<Conn> = Vec::with_capacity(n);
     let mut events = Events::with_capacity(1024);
     let mut open = 0;

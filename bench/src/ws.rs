@@ -27,11 +27,14 @@ pub fn expected_accept() -> String {
     base64::engine::general_purpose::STANDARD.encode(sha.finalize())
 }
 
-/// The upgrade request for `host` (as `ip:port`) and `path`.
-pub fn upgrade_request(host: &str, path: &str) -> Vec<u8> {
+/// The upgrade request for `host` (as `ip:port`) and `path`, offering permessage-deflate (as
+/// browsers do: `client_max_window_bits`) when `deflate`.
+pub fn upgrade_request(host: &str, path: &str, deflate: bool) -> Vec<u8> {
+    let offer =
+        if deflate { "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" } else { "" };
     format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {CLIENT_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: {CLIENT_KEY}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
     )
     .into_bytes()
 }

@@ -15,6 +15,7 @@ use base64::Engine as _;
 use sha1::{Digest, Sha1};
 
 use wshub::protocol::close;
+use wshub::protocol::deflate::{Agreed, DeflateConfig, Deflater};
 use wshub::protocol::frame::{self, OpCode, MAX_CONTROL_PAYLOAD};
 use wshub::protocol::handshake::{self, OriginPolicy, Rejection, RequestHead, UpgradePolicy};
 use wshub::protocol::session::{Event, ProtocolError, Session, SessionConfig, TimerOutcome, MAX_UNCONSUMED};
@@ -453,7 +454,8 @@ pub fn policy_from(byte: u8) -> UpgradePolicy {
     };
     let subprotocols =
         if byte & 4 != 0 { vec!["chat".into(), "superchat".into(), "wshub.v1".into()] } else { Vec::new() };
-    UpgradePolicy { subprotocols, origins }
+    // Bit 5 turns on permessage-deflate, so the offer parser sees every extensions header.
+    UpgradePolicy { subprotocols, origins, deflate: byte & 0x20 != 0 }
 }
 
 fn max_head_from(byte: u8) -> usize {
@@ -474,7 +476,7 @@ pub enum HeadOutcome {
     /// Not an upgrade: a plain HTTP request (answered 404 here).
     PlainHttp,
     /// Upgraded; the client's first frame bytes start at this offset of the buffer.
-    Accepted { head_len: usize },
+    Accepted { head_len: usize, deflate: Option<Agreed> },
 }
 
 /// Reads a head chunk by chunk as a server would, writes the response to `out`, and checks
@@ -559,7 +561,21 @@ fn check_head(
             assert_eq!(response.status, 101);
             assert_eq!(response.len, out.len() - start);
             assert_eq!(response.accept.as_deref(), Some(expected.as_bytes()));
-            HeadOutcome::Accepted { head_len: head.head_len }
+            // permessage-deflate: agreed only when enabled, and then always with both
+            // no_context_takeover parameters in the response.
+            let ext = response_header(&out[start..], "sec-websocket-extensions");
+            match accepted.deflate {
+                Some(agreed) => {
+                    assert!(policy.deflate, "deflate agreed while disabled");
+                    let ext = ext.expect("agreed deflate is answered");
+                    assert!(ext.starts_with(
+                        b"permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+                    ));
+                    assert!((8..=15).contains(&agreed.server_max_window_bits));
+                }
+                None => assert!(ext.is_none()),
+            }
+            HeadOutcome::Accepted { head_len: head.head_len, deflate: accepted.deflate }
         }
         Err(rejection) => {
             check_rejection(rejection, out);
@@ -582,6 +598,14 @@ struct Response {
     /// Head plus body.
     len: usize,
     accept: Option<Vec<u8>>,
+}
+
+/// The value of one header of a complete response head.
+fn response_header(bytes: &[u8], name: &str) -> Option<Vec<u8>> {
+    let mut headers = [httparse::EMPTY_HEADER; 16];
+    let mut response = httparse::Response::new(&mut headers);
+    response.parse(bytes).ok()?;
+    response.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.to_vec())
 }
 
 fn parse_response(bytes: &[u8]) -> Response {
@@ -618,7 +642,9 @@ pub fn check_handshake(data: &[u8]) {
     let mut out2 = Vec::new();
     let whole = drive_handshake(&mut buf2, &mut std::iter::once(request), &policy, max_head, &mut out2);
     match (&outcome, &whole) {
-        (HeadOutcome::Accepted { head_len: a }, HeadOutcome::Accepted { head_len: b }) => assert_eq!(a, b),
+        (HeadOutcome::Accepted { head_len: a, .. }, HeadOutcome::Accepted { head_len: b, .. }) => {
+            assert_eq!(a, b)
+        }
         (HeadOutcome::Accepted { .. }, _) => panic!("accepted in pieces, not whole"),
         (HeadOutcome::Rejected(status), HeadOutcome::Accepted { .. }) => {
             panic!("refused with {status} in pieces, accepted whole")
@@ -724,8 +750,26 @@ pub fn build_frame(r: &mut Reader<'_>, wire: &mut Vec<u8>) {
             (0..n).map(|i| (i as u8).wrapping_mul(b0 | 1)).collect()
         }
     };
+    // A compressed frame (RSV1 and a valid DEFLATE payload when it compresses, the raw bytes
+    // when it does not): the inflate path with real streams, split over frames and reads.
+    let compressed = flags & 0x07 == 6;
+    let payload = if compressed {
+        let mut deflater = Deflater::new(DeflateConfig { threshold: 0, level: 1 });
+        let mut packed = Vec::new();
+        if deflater.compress(&payload, 9 + (b0 >> 4) % 7, &mut packed) {
+            packed
+        } else {
+            payload
+        }
+    } else {
+        payload
+    };
     let start = wire.len();
-    let rsv = if flags & 0x07 == 1 { (b0 >> 4) & 0x7 } else { 0 };
+    let rsv = match flags & 0x07 {
+        1 => (b0 >> 4) & 0x7,
+        6 => 0b100,
+        _ => 0,
+    };
     wire.push(if fin { 0x80 } else { 0 } | rsv << 4 | opcode);
     let masked = flags & 0x07 != 2;
     let mbit = if masked { 0x80 } else { 0 };
@@ -881,8 +925,9 @@ impl Connection {
         );
         match outcome {
             HeadOutcome::Incomplete => {}
-            HeadOutcome::Accepted { head_len } => {
+            HeadOutcome::Accepted { head_len, deflate } => {
                 let mut driver = Driver::new(self.config.clone(), self.now);
+                driver.session = Session::new(&self.config, self.now).with_deflate(deflate);
                 let rest = self.head_buf[head_len..].to_vec();
                 driver.feed(&rest);
                 self.driver = Some(driver);

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
+use wshub::protocol::deflate::SharedMessage;
 
 use serde_json::Value;
 
@@ -28,7 +29,8 @@ struct Queues {
 }
 
 impl Outbox for Queues {
-    fn deliver(&mut self, client: ClientId, frame: &Rc<[u8]>) -> bool {
+    fn deliver(&mut self, client: ClientId, message: &SharedMessage) -> bool {
+        let frame = message.plain();
         assert!(client < CLIENTS, "delivery to unknown client {client}");
         if self.full[client] {
             return false;
@@ -37,8 +39,8 @@ impl Outbox for Queues {
         true
     }
 
-    fn deliver_all(&mut self, frame: &Rc<[u8]>) -> usize {
-        (0..CLIENTS).filter(|&c| self.deliver(c, frame)).count()
+    fn deliver_all(&mut self, message: &SharedMessage) -> usize {
+        (0..CLIENTS).filter(|&c| self.deliver(c, message)).count()
     }
 }
 

@@ -25,6 +25,7 @@
 
 use std::borrow::Cow;
 
+use crate::backplane::redis::BackplaneStats;
 use crate::hub::{self, Hub, HubError, Outbox};
 use crate::metrics::{Gauges, Metrics};
 use crate::protocol::handshake::{status_text, OriginPolicy};
@@ -75,6 +76,8 @@ pub struct HttpContext<'a, O: Outbox> {
     pub uptime_seconds: u64,
     /// Open connections, this one included.
     pub connections: usize,
+    /// The backplane's state and counters; `None` without `--redis`.
+    pub backplane: Option<BackplaneStats>,
 }
 
 /// A complete response, written once before the connection closes.
@@ -339,19 +342,28 @@ fn answer<O: Outbox>(
 ) -> Response {
     match route {
         Route::Healthz => {
-            let mut json = Vec::with_capacity(64);
-            json.extend_from_slice(b"{\"status\":\"ok\",\"uptime_seconds\":");
+            // With a backplane that is down the node still serves its own clients, but a load
+            // balancer should prefer the nodes that reach the others: 503, "degraded".
+            let up = ctx.backplane.map(|b| b.up);
+            let mut json = Vec::with_capacity(96);
+            json.extend_from_slice(match up {
+                Some(false) => b"{\"status\":\"degraded\",\"backplane\":\"down\"".as_slice(),
+                Some(true) => b"{\"status\":\"ok\",\"backplane\":\"up\"",
+                None => b"{\"status\":\"ok\"",
+            });
+            json.extend_from_slice(b",\"uptime_seconds\":");
             hub::push_decimal(&mut json, ctx.uptime_seconds);
             json.extend_from_slice(b",\"connections\":");
             hub::push_decimal(&mut json, ctx.connections as u64);
             json.push(b'}');
-            Response::json(200, json)
+            Response::json(if up == Some(false) { 503 } else { 200 }, json)
         }
         Route::Metrics => {
             let gauges = Gauges {
                 connections: ctx.connections,
                 topics: ctx.hub.topic_count(),
                 uptime_seconds: ctx.uptime_seconds,
+                backplane: ctx.backplane,
             };
             let mut text = String::with_capacity(4096);
             ctx.metrics.render_prometheus(&gauges, &mut text);
@@ -386,6 +398,7 @@ fn answer<O: Outbox>(
                     let mut json = Vec::with_capacity(24);
                     json.extend_from_slice(b"{\"delivered\":");
                     hub::push_decimal(&mut json, n as u64);
+                    hub::push_relay(&mut json, ctx.hub.last_relay());
                     json.push(b'}');
                     Response::json(200, json)
                 }

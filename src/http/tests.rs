@@ -36,6 +36,7 @@ impl Server {
             metrics: &mut self.metrics,
             uptime_seconds: 42,
             connections: 3,
+            backplane: None,
         };
         respond(req, body, cfg, &mut ctx)
     }
@@ -156,6 +157,7 @@ fn respond_rechecks_the_body_size() {
         metrics: &mut s.metrics,
         uptime_seconds: 0,
         connections: 0,
+        backplane: None,
     };
     let r = respond(&req, body, &cfg, &mut ctx);
     assert_eq!(r.status, 413);
@@ -373,6 +375,7 @@ fn posts_need_json_a_local_host_and_an_allowed_origin() {
             metrics: &mut s.metrics,
             uptime_seconds: 0,
             connections: 1,
+            backplane: None,
         };
         assert_eq!(respond(req, body, &cfg, &mut ctx).status, *want, "{req:?}");
     }

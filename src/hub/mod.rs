@@ -36,6 +36,9 @@
 //!   client (the sender included). WebSocket clients may broadcast only when the server runs with
 //!   `--allow-client-broadcast`; the HTTP API (`POST /broadcast`) always may. Acked like publish.
 //! * Messages published to one topic by one publisher reach every subscriber in publish order.
+//! * With a backplane joining other processes ([`Outbox::backplane`]), publishes and broadcasts
+//!   are relayed to it after local delivery, acks add `"backplane":true|false` (handed over or
+//!   not), and the backplane hears when a topic gains its first or loses its last subscriber.
 //!
 //! Errors answer `{"type":"error","payload":{"message":"..."}}` (with the `id` whenever the
 //! message was a JSON object carrying one) and leave the connection open:
@@ -55,7 +58,8 @@
 //! # Cost model
 //!
 //! A published message is serialized and framed once into an `Rc<[u8]>` that every subscriber's
-//! send queue shares; `data` is spliced in as raw text, never parsed into a tree or re-encoded.
+//! send queue shares (with permessage-deflate, compressed at most once more per window size in
+//! use, lazily, into a second shared frame: see [`SharedMessage`]); `data` is spliced in as raw text, never parsed into a tree or re-encoded.
 //! Fan-out walks a contiguous list of subscriber ids. A connection with no subscriptions has no
 //! state in the hub at all. Subscriptions are indexed both ways (topic -> subscribers, client ->
 //! topics) so unsubscribing and disconnecting are O(1) per subscription.
@@ -64,27 +68,39 @@ mod registry;
 mod wire;
 
 use std::fmt;
-use std::rc::Rc;
 
 use serde_json::value::RawValue;
 
+use crate::backplane::{Backplane, Relay};
 use crate::metrics::Metrics;
+use crate::protocol::deflate::SharedMessage;
+use crate::protocol::OpCode;
 use registry::{Registry, SubscribeOutcome};
 use wire::{BroadcastPayload, Envelope, Kind, PublishPayload, TopicPayload};
 
-pub(crate) use wire::{push_decimal, push_json_str};
+pub(crate) use wire::{push_decimal, push_json_str, push_relay, scan};
 
 /// The reactor's slab key for a connection.
 pub type ClientId = usize;
 
 /// Implemented by the reactor: the connections' send queues.
+///
+/// A message comes framed once, plain; the outbox picks the wire variant each client needs
+/// ([`SharedMessage::frame_for`]: plain, or compressed once per window size when the client
+/// negotiated permessage-deflate). The hub knows nothing of compression.
 pub trait Outbox {
     /// Queue a shared, already-framed message for `client`. Returns false when the client
     /// could not take it (slow consumer cut off, or closing); the reactor will later call
     /// [`Hub::remove_client`] for clients it cut off.
-    fn deliver(&mut self, client: ClientId, frame: &Rc<[u8]>) -> bool;
+    fn deliver(&mut self, client: ClientId, message: &SharedMessage) -> bool;
     /// Queue it for every open client; returns how many took it.
-    fn deliver_all(&mut self, frame: &Rc<[u8]>) -> usize;
+    fn deliver_all(&mut self, message: &SharedMessage) -> usize;
+    /// The other nodes, when a backplane joins this process to them. Publishes and broadcasts
+    /// are relayed to it after local delivery, and it is told when a topic gains its first
+    /// local subscriber or loses its last. `None` (the default): a single node.
+    fn backplane(&mut self) -> Option<&mut dyn Backplane> {
+        None
+    }
 }
 
 /// Default of `--max-topics`. One topic costs about 200 bytes of tables plus its name (at most
@@ -183,6 +199,8 @@ pub fn parse_broadcast_body(text: &str) -> Result<&RawValue, HubError> {
 pub struct Hub {
     config: HubConfig,
     registry: Registry,
+    /// What the last publish or broadcast did on the backplane, for its ack or HTTP reply.
+    last_relay: Relay,
     /// Staging for outgoing JSON, reused so steady-state replies and publishes allocate nothing
     /// but the shared frame itself.
     scratch: Vec<u8>,
@@ -190,7 +208,7 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(config: HubConfig) -> Hub {
-        Hub { config, registry: Registry::default(), scratch: Vec::new() }
+        Hub { config, registry: Registry::default(), last_relay: Relay::Off, scratch: Vec::new() }
     }
 
     pub fn config(&self) -> &HubConfig {
@@ -231,6 +249,17 @@ impl Hub {
         self.registry.remove_client(client);
     }
 
+    /// [`Hub::remove_client`], telling `backplane` about every topic left without a subscriber.
+    pub fn remove_client_relayed(&mut self, client: ClientId, backplane: &mut dyn Backplane) {
+        self.registry.remove_client_with(client, |topic| backplane.topic_unwanted(topic));
+    }
+
+    /// What the last [`Hub::publish`] or [`Hub::broadcast`] did on the backplane
+    /// ([`Relay::Off`] without one).
+    pub fn last_relay(&self) -> Relay {
+        self.last_relay
+    }
+
     /// Publishes `data` to `topic` (HTTP API and client `publish`): returns the number of
     /// subscribers that took it.
     pub fn publish(
@@ -247,13 +276,15 @@ impl Hub {
             let frame = wire::build_shared_text_frame(&mut self.scratch, |out| {
                 wire::write_message(out, Some(topic), data);
             });
+            let message = SharedMessage::from_frame(OpCode::Text, frame);
             for &client in subscribers {
-                if outbox.deliver(client, &frame) {
+                if outbox.deliver(client, &message) {
                     delivered += 1;
                 }
             }
         }
         metrics.record_publish(delivered);
+        self.last_relay = outbox.backplane().map_or(Relay::Off, |b| b.publish(topic, data));
         Ok(delivered)
     }
 
@@ -263,8 +294,9 @@ impl Hub {
         let frame = wire::build_shared_text_frame(&mut self.scratch, |out| {
             wire::write_message(out, None, data);
         });
-        let delivered = outbox.deliver_all(&frame);
+        let delivered = outbox.deliver_all(&SharedMessage::from_frame(OpCode::Text, frame));
         metrics.record_broadcast(delivered);
+        self.last_relay = outbox.backplane().map_or(Relay::Off, |b| b.broadcast(data));
         delivered
     }
 
@@ -303,12 +335,17 @@ impl Hub {
                 let max = self.config.max_subscriptions;
                 let max_topics = self.config.max_topics;
                 match self.registry.subscribe(from, &topic, max, max_topics) {
-                    SubscribeOutcome::Added | SubscribeOutcome::AlreadySubscribed => {}
                     SubscribeOutcome::LimitReached => return Err(HubError::TooManySubscriptions { max }),
                     SubscribeOutcome::TopicLimitReached => {
                         metrics.record_topic_limit_refusal();
                         return Err(HubError::TooManyTopics { max: max_topics });
                     }
+                    SubscribeOutcome::Added if self.registry.subscribers(&topic).len() == 1 => {
+                        if let Some(backplane) = outbox.backplane() {
+                            backplane.topic_wanted(&topic);
+                        }
+                    }
+                    _ => {}
                 }
                 wire::append_text_frame(reply, &mut self.scratch, |out| {
                     wire::write_topic_reply(out, "subscribed", &topic, id);
@@ -319,7 +356,11 @@ impl Hub {
                     payload_of(envelope.payload, "unsubscribe needs {\"topic\": string}")?;
                 self.check_topic(&topic)?;
                 // Not being subscribed is fine: the client's view ("not subscribed") holds.
-                self.registry.unsubscribe(from, &topic);
+                if self.registry.unsubscribe(from, &topic) && self.registry.subscribers(&topic).is_empty() {
+                    if let Some(backplane) = outbox.backplane() {
+                        backplane.topic_unwanted(&topic);
+                    }
+                }
                 wire::append_text_frame(reply, &mut self.scratch, |out| {
                     wire::write_topic_reply(out, "unsubscribed", &topic, id);
                 });
@@ -330,7 +371,7 @@ impl Hub {
                 let delivered = self.publish(&topic, data, outbox, metrics)?;
                 if let Some(id) = id {
                     wire::append_text_frame(reply, &mut self.scratch, |out| {
-                        wire::write_ack(out, Some(&topic), delivered, id);
+                        wire::write_ack(out, Some(&topic), delivered, self.last_relay, id);
                     });
                 }
             }
@@ -343,7 +384,7 @@ impl Hub {
                 let delivered = self.broadcast(data, outbox, metrics);
                 if let Some(id) = id {
                     wire::append_text_frame(reply, &mut self.scratch, |out| {
-                        wire::write_ack(out, None, delivered, id);
+                        wire::write_ack(out, None, delivered, self.last_relay, id);
                     });
                 }
             }

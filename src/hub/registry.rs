@@ -153,11 +153,19 @@ impl Registry {
 
     /// Drops `client` from every topic: O(its subscriptions).
     pub fn remove_client(&mut self, client: ClientId) {
+        self.remove_client_with(client, |_| {});
+    }
+
+    /// [`Registry::remove_client`]; `emptied` hears the name of each topic this leaves without
+    /// subscribers.
+    pub fn remove_client_with(&mut self, client: ClientId, mut emptied: impl FnMut(&str)) {
         let Some(subs) = self.clients.remove(&client) else {
             return;
         };
         for sub in subs {
-            self.detach(sub);
+            if let Some(name) = self.detach(sub) {
+                emptied(&name);
+            }
         }
         self.compact();
     }
@@ -188,15 +196,15 @@ impl Registry {
 
     /// Removes one subscriber slot from a topic, fixing the entry of the subscriber that moved
     /// into it, and frees the topic when it empties. The departing client's own list has
-    /// already been updated (or dropped) by the caller.
-    fn detach(&mut self, sub: Subscription) {
+    /// already been updated (or dropped) by the caller. Returns the topic's name if freed.
+    fn detach(&mut self, sub: Subscription) -> Option<Rc<str>> {
         let Some(topic) = self.topics.get_mut(sub.topic) else {
             log::error!("hub registry: subscription to missing topic {}", sub.topic);
-            return;
+            return None;
         };
         if sub.slot >= topic.subscribers.len() || sub.slot >= topic.entry_index.len() {
             log::error!("hub registry: slot {} out of range for topic {:?}", sub.slot, topic.name);
-            return;
+            return None;
         }
         topic.subscribers.swap_remove(sub.slot);
         topic.entry_index.swap_remove(sub.slot);
@@ -210,9 +218,11 @@ impl Registry {
         if topic.subscribers.is_empty() {
             let topic = self.topics.remove(sub.topic);
             self.by_name.remove(&topic.name);
+            Some(topic.name)
         } else {
             shrink_if_sparse(&mut topic.subscribers);
             shrink_if_sparse(&mut topic.entry_index);
+            None
         }
     }
 

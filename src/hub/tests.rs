@@ -1,6 +1,7 @@
 //! Protocol tests against a fake outbox.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 
 use serde_json::{json, Value};
 
@@ -28,7 +29,8 @@ impl FakeOutbox {
 }
 
 impl Outbox for FakeOutbox {
-    fn deliver(&mut self, client: ClientId, frame: &Rc<[u8]>) -> bool {
+    fn deliver(&mut self, client: ClientId, message: &SharedMessage) -> bool {
+        let frame = message.plain();
         if self.refusing.contains(&client) {
             return false;
         }
@@ -41,7 +43,8 @@ impl Outbox for FakeOutbox {
         }
     }
 
-    fn deliver_all(&mut self, frame: &Rc<[u8]>) -> usize {
+    fn deliver_all(&mut self, message: &SharedMessage) -> usize {
+        let frame = message.plain();
         let mut taken = 0;
         for (id, queue) in &mut self.queues {
             if !self.refusing.contains(id) {

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::HubError;
+use crate::backplane::Relay;
 use crate::protocol::frame::{ServerHeader, MAX_SERVER_HEADER_LEN};
 use crate::protocol::OpCode;
 
@@ -276,8 +277,9 @@ pub fn write_topic_reply(out: &mut Vec<u8>, kind: &str, topic: &str, id: Option<
 }
 
 /// `{"type":"ack","payload":{"topic":T,"delivered":n},"id":..}`; `topic` is absent for a
-/// broadcast.
-pub fn write_ack(out: &mut Vec<u8>, topic: Option<&str>, delivered: usize, id: &RawValue) {
+/// broadcast. With a backplane, `"backplane":true|false` says whether the message was handed
+/// to it for the other nodes.
+pub fn write_ack(out: &mut Vec<u8>, topic: Option<&str>, delivered: usize, relay: Relay, id: &RawValue) {
     out.extend_from_slice(b"{\"type\":\"ack\",\"payload\":{");
     if let Some(topic) = topic {
         out.extend_from_slice(b"\"topic\":");
@@ -286,9 +288,19 @@ pub fn write_ack(out: &mut Vec<u8>, topic: Option<&str>, delivered: usize, id: &
     }
     out.extend_from_slice(b"\"delivered\":");
     push_decimal(out, delivered as u64);
+    push_relay(out, relay);
     out.push(b'}');
     push_id(out, Some(id));
     out.push(b'}');
+}
+
+/// `,"backplane":true|false`, or nothing without a backplane.
+pub fn push_relay(out: &mut Vec<u8>, relay: Relay) {
+    match relay {
+        Relay::Off => {}
+        Relay::Sent => out.extend_from_slice(b",\"backplane\":true"),
+        Relay::Failed => out.extend_from_slice(b",\"backplane\":false"),
+    }
 }
 
 /// `{"type":"error","payload":{"message":M}}`, with the id.

@@ -19,6 +19,10 @@ use std::fmt;
 pub const MAX_HEADER_LEN: usize = 14;
 /// The largest header a server (unmasked) frame can have.
 pub const MAX_SERVER_HEADER_LEN: usize = 10;
+/// The RSV1 bit in a frame's first byte: "this message is compressed" under permessage-deflate.
+pub const RSV1: u8 = 0x40;
+/// RSV1 as it appears in [`FrameHeader::rsv`] (RSV1..RSV3 as the low three bits).
+pub const RSV1_BIT: u8 = 0b100;
 /// Control frames carry at most 125 bytes (section 5.5).
 pub const MAX_CONTROL_PAYLOAD: usize = 125;
 
@@ -115,13 +119,20 @@ impl fmt::Display for HeaderError {
 /// says "the minimal number of bytes MUST be used to encode the length", and a strict reading
 /// closes a door to length-smuggling tricks between intermediaries.
 pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>, HeaderError> {
+    parse_header_with(buf, 0)
+}
+
+/// [`parse_header`] for a connection that negotiated extensions: RSV bits in `allowed_rsv`
+/// (bit 2 = RSV1, as in [`FrameHeader::rsv`]) are returned for the session to judge instead of
+/// being refused here. Which frames may carry them is the extension's rule, not the header's.
+pub fn parse_header_with(buf: &[u8], allowed_rsv: u8) -> Result<Option<FrameHeader>, HeaderError> {
     let Some(&[b0, b1]) = buf.get(..2).map(|s| <&[u8; 2]>::try_from(s).expect("two bytes")) else {
         return Ok(None);
     };
     let fin = b0 & 0x80 != 0;
     let rsv = (b0 >> 4) & 0x7;
     let opcode = OpCode::from_bits(b0 & 0x0f).ok_or(HeaderError::ReservedOpcode(b0 & 0x0f))?;
-    if rsv != 0 {
+    if rsv & !allowed_rsv != 0 {
         return Err(HeaderError::ReservedBits(rsv));
     }
     let masked = b1 & 0x80 != 0;
@@ -201,6 +212,15 @@ impl ServerHeader {
         ServerHeader { bytes, len }
     }
 
+    /// A whole (FIN) frame header with RSV1 set: the first and only frame of a message
+    /// compressed with permessage-deflate (RFC 7692 section 6).
+    #[inline]
+    pub fn new_compressed(opcode: OpCode, payload_len: usize) -> ServerHeader {
+        let mut header = ServerHeader::new(true, opcode, payload_len);
+        header.bytes[0] |= RSV1;
+        header
+    }
+
     #[inline]
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..usize::from(self.len)]
@@ -235,6 +255,14 @@ pub fn write_close(out: &mut Vec<u8>, code: u16, reason: &str) {
     out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(&code.to_be_bytes());
     out.extend_from_slice(reason);
+}
+
+/// Appends a client-style (masked) frame with RSV1 set (a compressed message's first frame
+/// under permessage-deflate): for tests, fuzzers and the load generator.
+pub fn write_masked_frame_rsv1(out: &mut Vec<u8>, fin: bool, opcode: OpCode, key: [u8; 4], payload: &[u8]) {
+    let start = out.len();
+    write_masked_frame(out, fin, opcode, key, payload);
+    out[start] |= RSV1;
 }
 
 /// Appends a client-style (masked) frame: for tests, fuzzers and the load generator.

@@ -82,6 +82,8 @@ pub struct UpgradePolicy {
     /// offered that we support), per section 4.2.2's "the first one the client offers".
     pub subprotocols: Vec<String>,
     pub origins: OriginPolicy,
+    /// Negotiate permessage-deflate (RFC 7692) when a client offers it.
+    pub deflate: bool,
 }
 
 /// A refused request: the status and a short plain-text reason.
@@ -325,7 +327,18 @@ impl<'b> RequestHead<'b> {
         let subprotocol = self
             .tokens("sec-websocket-protocol")
             .find_map(|offered| policy.subprotocols.iter().position(|s| s.as_bytes() == offered));
-        Ok(Accepted { accept: accept_key(key), subprotocol })
+        // No acceptable offer means no extension, never a failed handshake (RFC 7692 5.1).
+        let deflate = if policy.deflate {
+            super::deflate::negotiate(
+                self.headers()
+                    .iter()
+                    .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+                    .map(|h| h.value),
+            )
+        } else {
+            None
+        };
+        Ok(Accepted { accept: accept_key(key), subprotocol, deflate })
     }
 }
 
@@ -338,6 +351,8 @@ pub struct Accepted {
     pub accept: [u8; 28],
     /// Index into [`UpgradePolicy::subprotocols`] of the chosen subprotocol.
     pub subprotocol: Option<usize>,
+    /// permessage-deflate, when enabled and offered acceptably.
+    pub deflate: Option<super::deflate::Agreed>,
 }
 
 impl Accepted {
@@ -350,6 +365,9 @@ impl Accepted {
             out.extend_from_slice(b"Sec-WebSocket-Protocol: ");
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b"\r\n");
+        }
+        if let Some(agreed) = &self.deflate {
+            agreed.write_header(out);
         }
         out.extend_from_slice(b"\r\n");
     }

@@ -5,11 +5,14 @@
 //! * [`frame`] reads and writes single frame headers and whole server frames (section 5).
 //! * [`mask`] unmasks client payloads in place.
 //! * [`utf8`] validates text incrementally, so a bad fragment fails at once.
+//! * [`deflate`] is permessage-deflate (RFC 7692): offer negotiation, the pooled bounded
+//!   inflater, the shared compressor and the once-per-variant fan-out message.
 //! * [`close`] knows which close codes may travel on the wire (section 7.4).
 //! * [`session`] is the per-connection state machine after the upgrade: message assembly,
 //!   control frames, the close handshake and heartbeat timers, driven by `now` passed in.
 
 pub mod close;
+pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod mask;

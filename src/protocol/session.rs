@@ -25,7 +25,8 @@
 use std::fmt;
 
 use super::close::{self, code};
-use super::frame::{self, HeaderError, OpCode, MAX_CONTROL_PAYLOAD};
+use super::deflate::{Agreed, InflateError, Inflater};
+use super::frame::{self, HeaderError, OpCode, MAX_CONTROL_PAYLOAD, RSV1_BIT};
 use super::mask::apply_mask;
 use super::utf8::Utf8Validator;
 
@@ -83,6 +84,12 @@ pub enum ProtocolError {
     CloseTooShort,
     /// A close code that may not be sent on the wire.
     InvalidCloseCode(u16),
+    /// RSV1 on a control frame (RFC 7692 section 6.1: only data messages are compressed).
+    CompressedControl,
+    /// RSV1 on a continuation frame (RFC 7692 section 6.1: it marks a message's first frame).
+    CompressedContinuation,
+    /// A compressed message that is not a valid DEFLATE stream (RFC 7692 section 8: 1007).
+    CorruptCompression,
 }
 
 impl ProtocolError {
@@ -90,7 +97,7 @@ impl ProtocolError {
     pub fn close_code(&self) -> u16 {
         match self {
             ProtocolError::MessageTooBig { .. } => code::TOO_BIG,
-            ProtocolError::InvalidUtf8 => code::INVALID_PAYLOAD,
+            ProtocolError::InvalidUtf8 | ProtocolError::CorruptCompression => code::INVALID_PAYLOAD,
             _ => code::PROTOCOL_ERROR,
         }
     }
@@ -111,6 +118,9 @@ impl ProtocolError {
             ProtocolError::InvalidUtf8 => "invalid UTF-8",
             ProtocolError::CloseTooShort => "invalid close payload",
             ProtocolError::InvalidCloseCode(_) => "invalid close code",
+            ProtocolError::CompressedControl => "compressed control frame",
+            ProtocolError::CompressedContinuation => "RSV1 on a continuation frame",
+            ProtocolError::CorruptCompression => "invalid compressed data",
         }
     }
 }
@@ -204,6 +214,9 @@ pub struct Session {
     /// Open: when the next heartbeat ping is due. CloseSent: when we stop waiting for the
     /// peer's close.
     timer: Millis,
+    /// permessage-deflate: 0 when not negotiated, else the agreed server window (8..=15). One
+    /// byte, in what was padding: compression costs an idle connection nothing.
+    deflate: u8,
     assembly: Option<Box<Assembly>>,
 }
 
@@ -215,7 +228,12 @@ struct Assembly {
     /// The frame whose payload is still arriving, if any.
     frame: Option<PartialFrame>,
     /// Payload of the message so far (empty after our close: data is then only validated).
+    /// Inflated bytes for a compressed message.
     buffer: Vec<u8>,
+    /// A compressed message: the inflater lent by the pool until the message ends.
+    inflater: Option<Inflater>,
+    /// Compressed bytes received for this message (they count against the limit as well).
+    wire_len: u64,
 }
 
 impl Session {
@@ -226,8 +244,33 @@ impl Session {
             delivered: false,
             last_heard: now,
             timer: config.ping_interval.map_or(Millis::MAX, |i| now.saturating_add(i)),
+            deflate: 0,
             assembly: None,
         }
+    }
+
+    /// Turns on permessage-deflate as agreed in the handshake (RSV1 becomes meaningful).
+    pub fn with_deflate(mut self, agreed: Option<Agreed>) -> Session {
+        self.deflate = agreed.map_or(0, |a| a.server_max_window_bits);
+        self
+    }
+
+    /// permessage-deflate was negotiated.
+    #[inline]
+    pub fn deflate_negotiated(&self) -> bool {
+        self.deflate != 0
+    }
+
+    /// The window to compress this peer's messages with; `None`: send them plain (not
+    /// negotiated, or an 8-bit window the backend cannot produce).
+    #[inline]
+    pub fn send_window(&self) -> Option<u8> {
+        (self.deflate >= super::deflate::MIN_DEFLATE_WINDOW_BITS).then_some(self.deflate)
+    }
+
+    /// A compressed message is being received (an inflater is borrowed).
+    pub fn is_inflating(&self) -> bool {
+        self.assembly.as_ref().is_some_and(|a| a.inflater.is_some())
     }
 
     /// Data frames may still be sent (no close sent or received).
@@ -392,11 +435,24 @@ impl Session {
                     let take = partial.remaining.min(available) as usize;
                     let chunk = &mut input[pos..pos + take];
                     apply_mask(chunk, partial.key, partial.offset as usize);
-                    if asm.kind == MessageKind::Text {
-                        asm.utf8.feed(chunk).map_err(|_| ProtocolError::InvalidUtf8)?;
-                    }
-                    if self.state == State::Open {
-                        asm.buffer.extend_from_slice(chunk);
+                    if let Some(inflater) = asm.inflater.as_mut() {
+                        // After our close, compressed data is dropped unread.
+                        if self.state == State::Open {
+                            let old = asm.buffer.len();
+                            let limit = config.max_message_size;
+                            inflater.inflate(chunk, &mut asm.buffer, limit).map_err(inflate_error(limit))?;
+                            if asm.kind == MessageKind::Text {
+                                asm.utf8.feed(&asm.buffer[old..]).map_err(|_| ProtocolError::InvalidUtf8)?;
+                            }
+                        }
+                        asm.wire_len += take as u64;
+                    } else {
+                        if asm.kind == MessageKind::Text {
+                            asm.utf8.feed(chunk).map_err(|_| ProtocolError::InvalidUtf8)?;
+                        }
+                        if self.state == State::Open {
+                            asm.buffer.extend_from_slice(chunk);
+                        }
                     }
                     pos += take;
                     partial.remaining -= take as u64;
@@ -408,7 +464,7 @@ impl Session {
                     asm.frame = None;
                     self.last_heard = now;
                     if partial.fin {
-                        if let Some(kind) = self.finish_message()? {
+                        if let Some(kind) = self.finish_message(config)? {
                             return Ok((pos, Some(Deliver::Buffer(kind))));
                         }
                     }
@@ -418,12 +474,18 @@ impl Session {
 
             // 2. A new frame: its header must be complete.
             let rest = &input[pos..];
-            let Some(header) = frame::parse_header(rest).map_err(ProtocolError::Header)? else {
+            let allowed_rsv = if self.deflate != 0 { RSV1_BIT } else { 0 };
+            let Some(header) = frame::parse_header_with(rest, allowed_rsv).map_err(ProtocolError::Header)?
+            else {
                 return Ok((pos, None));
             };
             let key = header.mask.ok_or(ProtocolError::UnmaskedFrame)?;
+            let rsv1 = header.rsv & RSV1_BIT != 0;
 
             if header.opcode.is_control() {
+                if rsv1 {
+                    return Err(ProtocolError::CompressedControl);
+                }
                 let len = header.payload_len as usize; // <= 125, checked by parse_header
                 let total = header.header_len + len;
                 if rest.len() < total {
@@ -443,12 +505,19 @@ impl Session {
             let open_kind = self.assembly.as_ref().map(|a| a.kind);
             let kind = match (header.opcode, open_kind) {
                 (OpCode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation),
+                (OpCode::Continuation, Some(_)) if rsv1 => return Err(ProtocolError::CompressedContinuation),
                 (OpCode::Continuation, Some(kind)) => kind,
                 (_, Some(_)) => return Err(ProtocolError::ExpectedContinuation),
                 (OpCode::Text, None) => MessageKind::Text,
                 (_, None) => MessageKind::Binary,
             };
-            let so_far = self.buffered() as u64;
+            // Plain bytes are buffered as they come; compressed bytes count as received on the
+            // wire (their inflated size is bounded as it is produced, in step 1).
+            let compressed = rsv1 || self.is_inflating();
+            let so_far = match &self.assembly {
+                Some(a) if compressed => a.wire_len,
+                _ => self.buffered() as u64,
+            };
             let at_least = so_far.saturating_add(header.payload_len);
             if at_least > config.max_message_size as u64 {
                 return Err(ProtocolError::MessageTooBig { at_least, max: config.max_message_size });
@@ -457,7 +526,7 @@ impl Session {
             let start = pos + header.header_len;
 
             // Fast path: a whole unfragmented message in the input. Unmask in place, lend it out.
-            if header.fin && open_kind.is_none() && rest.len() >= header.header_len + len {
+            if header.fin && open_kind.is_none() && !compressed && rest.len() >= header.header_len + len {
                 let payload = &mut input[start..start + len];
                 apply_mask(payload, key, 0);
                 if kind == MessageKind::Text && std::str::from_utf8(payload).is_err() {
@@ -473,7 +542,15 @@ impl Session {
 
             // Slow path: the payload goes through the assembly buffer.
             let asm = self.assembly.get_or_insert_with(|| {
-                Box::new(Assembly { kind, utf8: Utf8Validator::new(), frame: None, buffer: Vec::new() })
+                Box::new(Assembly {
+                    kind,
+                    utf8: Utf8Validator::new(),
+                    frame: None,
+                    buffer: Vec::new(),
+                    // Borrowed for this message only: an idle connection holds no zlib state.
+                    inflater: rsv1.then(Inflater::borrow),
+                    wire_len: 0,
+                })
             });
             pos = start;
             asm.frame = Some(PartialFrame { fin: header.fin, key, remaining: header.payload_len, offset: 0 });
@@ -483,9 +560,21 @@ impl Session {
 
     /// Ends the open message after its final frame. `None` when it is not to be delivered
     /// (we are closing).
-    fn finish_message(&mut self) -> Result<Option<MessageKind>, ProtocolError> {
-        let asm = self.assembly.as_deref().expect("a frame in progress belongs to a message");
+    fn finish_message(&mut self, config: &SessionConfig) -> Result<Option<MessageKind>, ProtocolError> {
+        let asm = self.assembly.as_deref_mut().expect("a frame in progress belongs to a message");
         let kind = asm.kind;
+        // A compressed message: add back the tail the sender stripped, then return the inflater
+        // to the pool at once (the buffer is handed out, the zlib state is not needed).
+        if let Some(mut inflater) = asm.inflater.take() {
+            if self.state == State::Open {
+                let old = asm.buffer.len();
+                let limit = config.max_message_size;
+                inflater.finish(&mut asm.buffer, limit).map_err(inflate_error(limit))?;
+                if kind == MessageKind::Text {
+                    asm.utf8.feed(&asm.buffer[old..]).map_err(|_| ProtocolError::InvalidUtf8)?;
+                }
+            }
+        }
         if kind == MessageKind::Text && !asm.utf8.is_complete() {
             return Err(ProtocolError::InvalidUtf8);
         }
@@ -527,6 +616,14 @@ impl Session {
                 Ok(Some(Deliver::Control(range, OpCode::Close)))
             }
         }
+    }
+}
+
+/// Maps an inflate failure to the rule it breaks.
+fn inflate_error(limit: usize) -> impl Fn(InflateError) -> ProtocolError {
+    move |e| match e {
+        InflateError::Corrupt => ProtocolError::CorruptCompression,
+        InflateError::TooBig => ProtocolError::MessageTooBig { at_least: limit as u64 + 1, max: limit },
     }
 }
 

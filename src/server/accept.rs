@@ -216,7 +216,8 @@ fn on_request(conns: &mut Slab<Connection>, s: &mut Shared, key: usize) {
             }
         }
         s.control.clear();
-        conn.phase = Phase::Open(Session::new(&s.settings.session, s.now));
+        conn.phase = Phase::Open(Session::new(&s.settings.session, s.now).with_deflate(accepted.deflate));
+        conn.send_window = accepted.deflate.and_then(|a| a.send_window());
         s.metrics.connection_opened();
         mark(conn, s, key);
         debug!("conn {key} upgraded");

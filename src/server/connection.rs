@@ -90,6 +90,10 @@ pub struct Connection {
     /// What the kernel held unsent (`SIOCOUTQ`) when the socket last refused output: counted
     /// with the queue against `--max-queued-bytes`. 0 after a flush that emptied the queue.
     pub kernel_queued: u32,
+    /// permessage-deflate window to compress what we send this client with (None: send plain).
+    /// Kept here, not only in the session, because fan-out reaches a sender whose session is
+    /// out of its slot ([`Phase::Busy`]).
+    pub send_window: Option<u8>,
 }
 
 impl Connection {
@@ -110,6 +114,7 @@ impl Connection {
             pending: false,
             overflow: false,
             kernel_queued: 0,
+            send_window: None,
         }
     }
 

@@ -1,6 +1,8 @@
 //! The hub's view of the connections: [`Deliveries`], the [`Outbox`] a publish writes into.
 //!
-//! A delivery queues the one shared frame (an `Rc` clone, no copy) on a subscriber, marks it for
+//! A delivery queues the one shared frame (an `Rc` clone, no copy) on a subscriber: the plain
+//! frame, or for a client that negotiated permessage-deflate the compressed one for its window,
+//! compressed at most once per message and window by the reactor's [`Deflater`]; marks it for
 //! the end-of-turn flush and returns: nothing is written to a socket inside a publish. The
 //! end-of-turn flush (`lifecycle::flush_dirty`) then writes with a per-connection and a per-turn
 //! byte budget, so a fan-out of 1 MiB to thousands of subscribers is spread over turns and other
@@ -14,46 +16,66 @@
 //! is judged only once its socket has refused some. Used by both callers of the hub: WebSocket
 //! messages (`frames`) and the HTTP publish API (`http_route`).
 
-use std::rc::Rc;
-
 use slab::Slab;
 
 use super::connection::Connection;
 use super::state::Settings;
 use super::timers::NEVER;
+use crate::backplane::redis::{BackplaneStats, RedisBackplane};
+use crate::backplane::Backplane;
 use crate::hub::{ClientId, Outbox};
+use crate::protocol::deflate::{Deflater, SharedMessage};
 
 /// The hub's view of the connections: queue a shared frame, bounded per client.
 pub(super) struct Deliveries<'a> {
     pub(super) conns: &'a mut Slab<Connection>,
     dirty: &'a mut Vec<usize>,
+    deflater: &'a mut Deflater,
     max_queued_bytes: usize,
     send_queue: usize,
     /// Clients over a bound during this call; cut off right after it (the hub is busy).
     pub(super) cut_off: Vec<usize>,
+    /// Where publishes go on to the other nodes; `None` for a single node and for messages that
+    /// came from the backplane (never relayed back).
+    backplane: Option<&'a mut RedisBackplane>,
 }
 
 impl<'a> Deliveries<'a> {
     pub(super) fn new(
         conns: &'a mut Slab<Connection>,
         dirty: &'a mut Vec<usize>,
+        deflater: &'a mut Deflater,
         settings: &Settings,
     ) -> Deliveries<'a> {
         Deliveries {
             conns,
             dirty,
+            deflater,
             max_queued_bytes: settings.max_queued_bytes,
             send_queue: settings.send_queue,
             cut_off: Vec::new(),
+            backplane: None,
         }
     }
 
-    fn deliver_to(&mut self, key: usize, frame: &Rc<[u8]>) -> bool {
+    /// The backplane's state and counters, for `/healthz` and `/metrics`.
+    pub(super) fn backplane_stats(&self) -> Option<BackplaneStats> {
+        self.backplane.as_ref().map(|b| b.stats())
+    }
+
+    /// Relays this call's publishes and subscription changes to `backplane`.
+    pub(super) fn relaying(mut self, backplane: Option<&'a mut RedisBackplane>) -> Deliveries<'a> {
+        self.backplane = backplane;
+        self
+    }
+
+    fn deliver_to(&mut self, key: usize, message: &SharedMessage) -> bool {
         let Some(conn) = self.conns.get_mut(key) else { return false };
         if !conn.accepts_messages() || self.cut_off.contains(&key) {
             return false;
         }
-        conn.out.push_shared(frame);
+        // Plain, or the compressed variant for this client's window (built on first need).
+        conn.out.push_shared(message.frame_for(conn.send_window, self.deflater));
         if !conn.dirty {
             conn.dirty = true;
             self.dirty.push(key);
@@ -71,13 +93,17 @@ impl<'a> Deliveries<'a> {
 }
 
 impl Outbox for Deliveries<'_> {
-    fn deliver(&mut self, client: ClientId, frame: &Rc<[u8]>) -> bool {
-        self.deliver_to(client, frame)
+    fn deliver(&mut self, client: ClientId, message: &SharedMessage) -> bool {
+        self.deliver_to(client, message)
     }
 
-    fn deliver_all(&mut self, frame: &Rc<[u8]>) -> usize {
+    fn deliver_all(&mut self, message: &SharedMessage) -> usize {
         let keys: Vec<usize> =
             self.conns.iter().filter(|(_, c)| c.accepts_messages()).map(|(k, _)| k).collect();
-        keys.into_iter().filter(|&k| self.deliver_to(k, frame)).count()
+        keys.into_iter().filter(|&k| self.deliver_to(k, message)).count()
+    }
+
+    fn backplane(&mut self) -> Option<&mut dyn Backplane> {
+        self.backplane.as_deref_mut().map(|b| b as &mut dyn Backplane)
     }
 }

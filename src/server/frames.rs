@@ -14,7 +14,7 @@ use super::fanout::Deliveries;
 use super::lifecycle::{cut_slow_consumer, flush, linger, mark};
 use super::state::{Mode, Shared};
 use crate::protocol::close::code;
-use crate::protocol::frame::{self, OpCode};
+use crate::protocol::frame::OpCode;
 use crate::protocol::session::{Event, Step};
 
 /// Frames in `read_buf[start..end]` for an open connection: the hot path.
@@ -51,19 +51,20 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
                 match s.settings.mode {
                     Mode::Echo => {
                         let conn = &mut conns[key];
+                        let (window, deflater) = (conn.send_window, &mut s.deflater);
                         conn.out.append_with(&mut s.pool, |out| {
-                            frame::write_frame(out, OpCode::Text, text.as_bytes())
+                            deflater.write_frame(out, OpCode::Text, text.as_bytes(), window)
                         });
                         s.metrics.message_out();
                     }
                     Mode::Hub => {
-                        let mut outbox = Deliveries::new(conns, &mut s.dirty, &s.settings);
+                        let mut outbox = Deliveries::new(conns, &mut s.dirty, &mut s.deflater, &s.settings)
+                            .relaying(s.backplane.as_mut());
                         s.hub.handle_text(key, text, &mut s.reply, &mut outbox, &mut s.metrics);
                         let cut_off = std::mem::take(&mut outbox.cut_off);
                         if !s.reply.is_empty() {
                             s.metrics.message_out();
-                            conns[key].out.push_bytes(&mut s.pool, &s.reply);
-                            s.reply.clear();
+                            push_reply(&mut conns[key], s);
                         }
                         for victim in cut_off {
                             if let Some(c) = conns.get_mut(victim) {
@@ -78,15 +79,16 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
                 match s.settings.mode {
                     Mode::Echo => {
                         let conn = &mut conns[key];
-                        conn.out
-                            .append_with(&mut s.pool, |out| frame::write_frame(out, OpCode::Binary, data));
+                        let (window, deflater) = (conn.send_window, &mut s.deflater);
+                        conn.out.append_with(&mut s.pool, |out| {
+                            deflater.write_frame(out, OpCode::Binary, data, window)
+                        });
                         s.metrics.message_out();
                     }
                     Mode::Hub => {
                         s.hub.handle_binary(key, &mut s.reply, &mut s.metrics);
                         s.metrics.message_out();
-                        conns[key].out.push_bytes(&mut s.pool, &s.reply);
-                        s.reply.clear();
+                        push_reply(&mut conns[key], s);
                     }
                 }
             }
@@ -120,4 +122,17 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
     if closed {
         linger(conn, s, key, ended_by.unwrap_or(Ending::Normal));
     }
+}
+
+/// Queues the hub's reply frames (in `s.reply`) for the sender, compressed when it negotiated
+/// permessage-deflate and a reply reaches the threshold (most replies are short and go plain).
+fn push_reply(conn: &mut Connection, s: &mut Shared) {
+    match conn.send_window {
+        Some(window) if s.reply.len() >= s.deflater.config().threshold => {
+            let (reply, deflater) = (&s.reply, &mut s.deflater);
+            conn.out.append_with(&mut s.pool, |out| deflater.rewrite_frames(out, reply, window));
+        }
+        _ => conn.out.push_bytes(&mut s.pool, &s.reply),
+    }
+    s.reply.clear();
 }

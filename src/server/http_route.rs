@@ -77,7 +77,9 @@ pub(super) fn on_http(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, 
         return;
     }
     let body = &input[head.head_len..head.head_len + body_len];
-    let mut outbox = Deliveries::new(conns, &mut s.dirty, &s.settings);
+    let mut outbox =
+        Deliveries::new(conns, &mut s.dirty, &mut s.deflater, &s.settings).relaying(s.backplane.as_mut());
+    let backplane = outbox.backplane_stats();
     let connections = outbox.conns.len();
     let response = http::respond(
         &request,
@@ -89,6 +91,7 @@ pub(super) fn on_http(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, 
             metrics: &mut s.metrics,
             uptime_seconds: s.now / 1000,
             connections,
+            backplane,
         },
     );
     let cut_off = std::mem::take(&mut outbox.cut_off);

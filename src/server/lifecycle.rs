@@ -267,7 +267,10 @@ pub(super) fn reap(conns: &mut Slab<Connection>, s: &mut Shared, registry: &Regi
             s.metrics.connection_closed();
         }
         if s.settings.mode == Mode::Hub {
-            s.hub.remove_client(key);
+            match s.backplane.as_mut() {
+                Some(backplane) => s.hub.remove_client_relayed(key, backplane),
+                None => s.hub.remove_client(key),
+            }
         }
         if conn.admitted {
             s.admission.closed(key, AddrKey::of(conn.peer.ip()));

@@ -7,8 +7,9 @@
 //! * The handlers, one concern each: `accept` (accept, request head, upgrade or refusal),
 //!   `frames` (an open connection's frames to echo or hub; the hot path), `http_route` (plain
 //!   HTTP: health, metrics, publish), `timeouts` (what a passed deadline means), `shutdown`
-//!   (signals, graceful stop). `fanout` is the hub's outbox over the connections, shared by
-//!   `frames` and `http_route`.
+//!   (signals, graceful stop), `relay` (the Redis backplane's sockets and deadline, when
+//!   `--redis` is set). `fanout` is the hub's outbox over the connections, shared by `frames`,
+//!   `http_route` and `relay`.
 //! * `lifecycle` is the floor every handler stands on: mark dirty, doom, linger, flush, re-arm,
 //!   cut a slow consumer, reap.
 //! * `state` holds the settings and the loop's shared buffers, reachable from every file.
@@ -24,6 +25,7 @@ mod http_route;
 mod lifecycle;
 pub mod outbuf;
 pub mod reactor;
+mod relay;
 mod shutdown;
 mod state;
 mod timeouts;

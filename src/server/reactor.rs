@@ -37,20 +37,28 @@ use super::lifecycle::{
     doom, flush_dirty, flush_now, mark_dirty, on_eof, reap, rearm_key, TURN_WRITE_BUDGET,
 };
 use super::outbuf::BufferPool;
+use super::relay;
 use super::shutdown;
 use super::state::{Mode, Settings, Shared, READ_PREFIX, READ_SIZE};
 use super::timeouts::run_timers;
 use super::timers::{DeadlineQueue, NEVER};
+use crate::backplane::redis::{RedisBackplane, RedisSettings, PUB, SUB};
 use crate::config::{millis, Config};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::protocol::deflate::Deflater;
 use crate::protocol::session::Millis;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
+/// The backplane's two Redis connections (subscribe mode, and PUBLISH).
+const BACKPLANE_SUB: Token = Token(usize::MAX - 3);
+const BACKPLANE_PUB: Token = Token(usize::MAX - 4);
 
 /// Full reads one connection may do per turn before the others get theirs (fairness).
 const READS_PER_TURN: usize = 8;
+/// Time one connection attempt to Redis (TCP and handshake) may take.
+const BACKPLANE_CONNECT_TIMEOUT: Millis = 3_000;
 /// Most turns a fan-out flush is put off while input keeps arriving.
 const MAX_DEFERRED_TURNS: usize = 8;
 
@@ -68,7 +76,11 @@ impl Server {
     /// (the binary does; in-process tests do not).
     pub fn bind(config: &Config, handle_signals: bool) -> io::Result<Server> {
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(config.listen)?;
+        let mut listener = if config.reuse_port {
+            TcpListener::from_std(crate::sys::listen_reuse_port(config.listen)?)
+        } else {
+            TcpListener::bind(config.listen)?
+        };
         let local_addr = listener.local_addr()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let signals = if handle_signals {
@@ -104,6 +116,17 @@ impl Server {
         // Sized for the limit up front: the slab's pages are only touched (and so only count
         // towards RSS) as connections arrive, and it never reallocates and copies under load.
         let conns = Slab::with_capacity((max_connections + OVERFLOW_SLOTS).min(1 << 24));
+        let backplane = config.redis.as_ref().filter(|_| !config.echo).map(|url| {
+            let settings = RedisSettings {
+                url: url.clone(),
+                prefix: config.redis_prefix.clone(),
+                node_id: crate::sys::random_u64(),
+                max_output: config.redis_max_queued_bytes.max(1),
+                max_data: config.max_message_size,
+                connect_timeout: BACKPLANE_CONNECT_TIMEOUT,
+            };
+            RedisBackplane::new(settings, [BACKPLANE_SUB, BACKPLANE_PUB], 0)
+        });
         let mut read_buf = vec![0u8; READ_PREFIX + READ_SIZE];
         read_buf.shrink_to_fit();
         Ok(Server {
@@ -115,6 +138,7 @@ impl Server {
             shared: Shared {
                 settings,
                 hub,
+                backplane,
                 metrics: Metrics::default(),
                 pool: BufferPool::default(),
                 timers: DeadlineQueue::default(),
@@ -128,6 +152,7 @@ impl Server {
                 read_buf,
                 control: Vec::new(),
                 reply: Vec::new(),
+                deflater: Deflater::new(config.deflate()),
                 started: Instant::now(),
                 now: 0,
                 accept_paused_until: None,
@@ -150,6 +175,8 @@ impl Server {
             if self.shared.settings.mode == Mode::Echo { "echo" } else { "hub" },
             self.shared.settings.max_connections
         );
+        // The backplane's first connection attempt is due at once.
+        relay::arm(&mut self.shared);
         let mut events = Events::with_capacity(1024);
         // Turns whose fan-out flush was put off to gather more input first.
         let mut deferred = 0;
@@ -183,6 +210,12 @@ impl Server {
                 match event.token() {
                     LISTENER => self.accept_all(),
                     SIGNALS => self.on_signal(),
+                    BACKPLANE_SUB => {
+                        relay::on_event(&mut self.conns, &mut self.shared, self.poll.registry(), SUB)
+                    }
+                    BACKPLANE_PUB => {
+                        relay::on_event(&mut self.conns, &mut self.shared, self.poll.registry(), PUB)
+                    }
                     Token(key) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.on_readable(key, event.is_read_closed() || event.is_error());
@@ -219,8 +252,9 @@ impl Server {
     /// Flush what this turn produced, run due timers, remove what ended.
     fn end_of_turn(&mut self) {
         self.shared.turn_write_budget = TURN_WRITE_BUDGET;
+        relay::flush(&mut self.shared, self.poll.registry());
         flush_dirty(&mut self.conns, &mut self.shared);
-        run_timers(&mut self.conns, &mut self.shared);
+        run_timers(&mut self.conns, &mut self.shared, self.poll.registry());
         flush_dirty(&mut self.conns, &mut self.shared);
         reap(&mut self.conns, &mut self.shared, self.poll.registry());
         if let Some(at) = self.shared.accept_paused_until {

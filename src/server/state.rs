@@ -12,9 +12,11 @@ use std::time::Instant;
 use super::admission::Admission;
 use super::outbuf::BufferPool;
 use super::timers::DeadlineQueue;
+use crate::backplane::redis::RedisBackplane;
 use crate::http::HttpConfig;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::protocol::deflate::Deflater;
 use crate::protocol::handshake::UpgradePolicy;
 use crate::protocol::session::{Millis, SessionConfig, MAX_UNCONSUMED};
 
@@ -54,6 +56,8 @@ pub(super) struct Settings {
 pub(super) struct Shared {
     pub(super) settings: Settings,
     pub(super) hub: Hub,
+    /// The Redis backplane joining this process to others (`--redis`); `None`: a single node.
+    pub(super) backplane: Option<RedisBackplane>,
     pub(super) metrics: Metrics,
     pub(super) pool: BufferPool,
     pub(super) timers: DeadlineQueue,
@@ -77,6 +81,8 @@ pub(super) struct Shared {
     pub(super) control: Vec<u8>,
     /// Replies the hub writes for the sender.
     pub(super) reply: Vec<u8>,
+    /// permessage-deflate for everything sent: one compressor per window size, reactor-wide.
+    pub(super) deflater: Deflater,
     pub(super) started: Instant,
     pub(super) now: Millis,
     pub(super) accept_paused_until: Option<Millis>,

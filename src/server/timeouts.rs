@@ -7,19 +7,26 @@
 //! sends a ping or gives up on a missing pong or close.
 
 use log::debug;
+use mio::Registry;
 use slab::Slab;
 
 use super::connection::{Connection, Ending, Phase};
 use super::lifecycle::{doom, linger, mark, rearm, reject_http};
+use super::relay::{self, BACKPLANE_TIMER};
 use super::state::Shared;
 use super::timers::NEVER;
 use crate::protocol::close::code;
 use crate::protocol::handshake::Rejection;
 use crate::protocol::session::TimerOutcome;
 
-/// Runs every connection deadline that is due, and re-arms each connection's next one.
-pub(super) fn run_timers(conns: &mut Slab<Connection>, s: &mut Shared) {
+/// Runs every deadline that is due (the connections', and the backplane's under its reserved
+/// token), and re-arms each connection's next one.
+pub(super) fn run_timers(conns: &mut Slab<Connection>, s: &mut Shared, registry: &Registry) {
     while let Some((deadline, key)) = s.timers.pop_due(s.now) {
+        if key == BACKPLANE_TIMER {
+            relay::on_timer(s, registry, deadline);
+            continue;
+        }
         let Some(conn) = conns.get_mut(key) else { continue };
         if conn.timer_armed != deadline || conn.doomed {
             continue; // superseded by an earlier entry, or the slot was reused

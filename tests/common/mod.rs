@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use wshub::protocol::frame::{self, OpCode};
 
+pub mod redis;
+
 pub struct ServerProc {
     pub child: Child,
     pub addr: SocketAddr,

@@ -90,3 +90,17 @@ def small_limit_server(tmp_path_factory):
 def hub_server(tmp_path_factory):
     with run_wshub(tmp_path_factory.mktemp("hub")) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def deflate_echo_server(tmp_path_factory):
+    # --compression-threshold 0: every message goes out compressed when that pays.
+    with run_wshub(tmp_path_factory.mktemp("deflate-echo"), "--echo", "--compression",
+                   "--compression-threshold", "0", "--max-message-size", "2000000") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def deflate_hub_server(tmp_path_factory):
+    with run_wshub(tmp_path_factory.mktemp("deflate-hub"), "--compression") as server:
+        yield server

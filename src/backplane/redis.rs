@@ -1,0 +1,686 @@
+//! The Redis backplane: two RESP connections, one in subscribe mode and one for PUBLISH.
+//!
+//! [`RedisCore`] is the whole policy, sans-IO: it is told when a connection attempt is due,
+//! fed the bytes each connection received and the time, and it produces the bytes to write,
+//! the messages to deliver locally and its next deadline. [`RedisBackplane`] is the thin
+//! shell the reactor drives: two non-blocking `mio` sockets registered in the same `Poll`
+//! as the clients, and one entry in the reactor's deadline queue (connect timeout or
+//! reconnect backoff):
+//!
+//! ```text
+//! event on SUB/PUB token -> backplane.on_event(which, ..., deliver)   // read, decode, write
+//! deadline reached       -> backplane.on_timer(...)                   // connect / give up
+//! end of turn            -> backplane.flush(...)                      // publishes of this turn
+//! after each of them     -> timers.arm(BACKPLANE, backplane.next_deadline())
+//! ```
+//!
+//! # On Redis
+//!
+//! Channels are `<prefix>topic:<topic>` and `<prefix>broadcast`. Every payload is
+//! `N<16 hex digits of the node id> <data as JSON>`; a node skips messages carrying its own id,
+//! having served its local subscribers without a round trip, so no message is delivered twice.
+//! The node id is random per process. Payloads are checked like any client input: a channel
+//! outside the prefix, a malformed tag, data that is not JSON, nested too deeply or larger than
+//! `--max-message-size` is dropped and counted (`garbage`), and the connection stays.
+//!
+//! The subscribe connection subscribes to the broadcast channel and to the channel of every
+//! topic with a local subscriber, and unsubscribes as soon as the last one leaves. After a
+//! connection loss both connections are dropped, and the next attempt comes after a backoff
+//! (100 ms, doubling, capped at 5 s) and re-subscribes everything wanted.
+//!
+//! # Cost model
+//!
+//! A publish costs, on top of local delivery, one copy of the data into the payload staging
+//! buffer and one into the PUBLISH command in the output buffer; all publishes of a reactor
+//! turn leave in one `write`. Output is bounded (`max_output`); a publish over it, or while
+//! Redis is down, is refused and counted (`publish_failed`), never queued without bound.
+//! A message from Redis is decoded in place in the input buffer, validated once, framed once
+//! by the hub and shared by every local subscriber, like a local publish.
+
+use std::collections::HashSet;
+use std::io::{self, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use log::{info, warn};
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+use serde_json::value::RawValue;
+
+use super::link::{Link, LinkError, Reply};
+use super::url::RedisUrl;
+use super::{Backplane, Relay};
+use crate::protocol::session::Millis;
+
+/// The subscribe-mode connection.
+pub const SUB: usize = 0;
+/// The connection PUBLISH goes through.
+pub const PUB: usize = 1;
+
+const FIRST_BACKOFF: Millis = 100;
+const MAX_BACKOFF: Millis = 5_000;
+/// Channels per SUBSCRIBE when re-subscribing everything after a reconnect.
+const SUBSCRIBE_BATCH: usize = 256;
+const NEVER: Millis = Millis::MAX;
+
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    pub url: RedisUrl,
+    pub prefix: String,
+    /// Identifies this process in payloads (random per process).
+    pub node_id: u64,
+    /// Bound on PUBLISH bytes not yet taken by the socket.
+    pub max_output: usize,
+    /// Largest `data` accepted from Redis (the node's `--max-message-size`).
+    pub max_data: usize,
+    /// Time a connection attempt (TCP connect and handshake) may take.
+    pub connect_timeout: Millis,
+}
+
+/// Counters for `/metrics`, and whether the backplane is up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackplaneStats {
+    pub up: bool,
+    /// Connection attempts after the first.
+    pub reconnects: u64,
+    /// Messages handed to Redis (PUBLISH queued).
+    pub published: u64,
+    /// Messages that could not be handed to Redis (down, output full, refused by Redis, or
+    /// in flight when the connection was lost).
+    pub publish_failed: u64,
+    /// Messages from other nodes delivered locally.
+    pub received: u64,
+    /// Messages from Redis dropped because they did not parse.
+    pub garbage: u64,
+}
+
+/// A message from another node, checked, for local delivery.
+#[derive(Clone, Copy, Debug)]
+pub enum Inbound<'a> {
+    Publish { topic: &'a str, data: &'a RawValue },
+    Broadcast { data: &'a RawValue },
+}
+
+/// Why a message from Redis was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Garbage {
+    /// Not one of our channels (outside the prefix, or not UTF-8).
+    ForeignChannel,
+    /// The payload does not start with `N<16 hex digits> `.
+    BadTag,
+    /// `data` is not UTF-8 JSON, nests too deeply, or is over the size limit.
+    BadData,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Disconnected; the next attempt is due at `retry_at`.
+    Down {
+        retry_at: Millis,
+    },
+    /// Sockets opening, handshake replies awaited until `deadline`.
+    Connecting {
+        deadline: Millis,
+    },
+    Up,
+}
+
+/// What the shell must do after a timer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimerAction {
+    Nothing,
+    /// Open both connections now (the core has queued their handshakes).
+    Connect,
+    /// The attempt timed out: close both connections.
+    Disconnect,
+}
+
+pub struct RedisCore {
+    settings: RedisSettings,
+    state: State,
+    links: [Link; 2],
+    /// Replies to AUTH, SELECT (and PING on PUB) still awaited before the link is usable.
+    handshake_left: [u32; 2],
+    ready: [bool; 2],
+    /// PUBLISH commands whose reply has not arrived.
+    unacked: u64,
+    wanted: HashSet<Box<str>>,
+    backoff: Millis,
+    attempts: u64,
+    /// `N<16 hex> `: the start of every payload this node sends.
+    tag: [u8; 18],
+    channel: Vec<u8>,
+    payload: Vec<u8>,
+    stats: BackplaneStats,
+}
+
+impl RedisCore {
+    /// A core that connects at the first timer (due at `now`).
+    pub fn new(settings: RedisSettings, now: Millis) -> RedisCore {
+        let mut tag = [0u8; 18];
+        tag[0] = b'N';
+        write_hex(&mut tag[1..17], settings.node_id);
+        tag[17] = b' ';
+        // Subscribers receive whole messages; one over the data limit plus RESP framing and the
+        // channel name is refused rather than buffered.
+        let max_input = settings.max_data.saturating_add(64 * 1024);
+        let links = [Link::new(usize::MAX, max_input), Link::new(settings.max_output, max_input)];
+        RedisCore {
+            settings,
+            state: State::Down { retry_at: now },
+            links,
+            handshake_left: [0; 2],
+            ready: [false; 2],
+            unacked: 0,
+            wanted: HashSet::new(),
+            backoff: FIRST_BACKOFF,
+            attempts: 0,
+            tag,
+            channel: Vec::new(),
+            payload: Vec::new(),
+            stats: BackplaneStats::default(),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.state == State::Up
+    }
+
+    pub fn stats(&self) -> BackplaneStats {
+        BackplaneStats { up: self.is_up(), ..self.stats }
+    }
+
+    /// Topics whose channel this node wants (tests, diagnostics).
+    pub fn wanted(&self) -> impl Iterator<Item = &str> {
+        self.wanted.iter().map(|t| &**t)
+    }
+
+    pub fn next_deadline(&self) -> Millis {
+        match self.state {
+            State::Down { retry_at } => retry_at,
+            State::Connecting { deadline } => deadline,
+            State::Up => NEVER,
+        }
+    }
+
+    pub fn on_timer(&mut self, now: Millis) -> TimerAction {
+        match self.state {
+            State::Down { retry_at } if now >= retry_at => {
+                self.start_connecting(now);
+                TimerAction::Connect
+            }
+            State::Connecting { deadline } if now >= deadline => {
+                self.fail(now, "connect timeout");
+                TimerAction::Disconnect
+            }
+            _ => TimerAction::Nothing,
+        }
+    }
+
+    /// Queues both handshakes; the shell opens the sockets.
+    fn start_connecting(&mut self, now: Millis) {
+        self.attempts += 1;
+        if self.attempts > 1 {
+            self.stats.reconnects += 1;
+        }
+        self.handshake_left = [0; 2];
+        self.ready = [false; 2];
+        self.unacked = 0;
+        for which in [SUB, PUB] {
+            self.links[which].reset();
+            let url = &self.settings.url;
+            if let Some(password) = &url.password {
+                match &url.user {
+                    Some(user) => self.links[which].command(&[b"AUTH", user.as_bytes(), password.as_bytes()]),
+                    None => self.links[which].command(&[b"AUTH", password.as_bytes()]),
+                }
+                self.handshake_left[which] += 1;
+            }
+            if let Some(db) = url.db {
+                self.links[which].command(&[b"SELECT", db.to_string().as_bytes()]);
+                self.handshake_left[which] += 1;
+            }
+        }
+        self.links[PUB].command(&[b"PING"]);
+        self.handshake_left[PUB] += 1;
+        // The broadcast channel first: its confirmation is what makes SUB ready.
+        let broadcast = [self.settings.prefix.as_bytes(), b"broadcast"].concat();
+        let wanted: Vec<Vec<u8>> = self.wanted.iter().map(|t| self.topic_channel(t)).collect();
+        let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE", &broadcast];
+        for channel in &wanted {
+            args.push(channel);
+            if args.len() > SUBSCRIBE_BATCH {
+                self.links[SUB].command(&args);
+                args.truncate(1);
+            }
+        }
+        if args.len() > 1 {
+            self.links[SUB].command(&args);
+        }
+        self.state = State::Connecting { deadline: now + self.settings.connect_timeout };
+    }
+
+    /// The connection is lost or unusable: drop both links and retry after the backoff.
+    pub fn fail(&mut self, now: Millis, why: &str) {
+        if let State::Down { .. } = self.state {
+            return;
+        }
+        let was_up = self.state == State::Up;
+        // Publishes in flight may or may not have reached Redis: at most once, counted failed.
+        self.stats.publish_failed += self.unacked;
+        self.unacked = 0;
+        for link in &mut self.links {
+            link.reset();
+        }
+        self.ready = [false; 2];
+        let retry_in = self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        self.state = State::Down { retry_at: now + retry_in };
+        if was_up || self.attempts <= 1 {
+            warn!("backplane {} down: {why}; retrying in {retry_in} ms", self.settings.url);
+        } else {
+            log::debug!("backplane {}: attempt failed: {why}; retrying in {retry_in} ms", self.settings.url);
+        }
+    }
+
+    pub fn is_connecting_or_up(&self) -> bool {
+        !matches!(self.state, State::Down { .. })
+    }
+
+    pub fn link(&mut self, which: usize) -> &mut Link {
+        &mut self.links[which]
+    }
+
+    /// Decodes what `which` received: handshake replies, PUBLISH replies, subscription
+    /// confirmations and messages. Each valid message from another node goes to `deliver`,
+    /// which answers whether it was deliverable (a topic name the hub refuses is garbage too).
+    pub fn on_input(
+        &mut self,
+        which: usize,
+        now: Millis,
+        mut deliver: impl FnMut(Inbound<'_>) -> bool,
+    ) -> Result<(), LinkError> {
+        let mut link = std::mem::replace(&mut self.links[which], Link::new(0, 0));
+        let mut fatal: Option<String> = None;
+        let result = link.decode(|reply| {
+            if fatal.is_some() {
+                return;
+            }
+            if let Err(why) = self.on_reply(which, reply, &mut deliver) {
+                fatal = Some(why);
+            }
+        });
+        self.links[which] = link;
+        match (result, fatal) {
+            (Err(e), _) => {
+                self.fail(now, &e.to_string());
+                Err(e)
+            }
+            (Ok(()), Some(why)) => {
+                self.fail(now, &why);
+                Err(LinkError::NotResp)
+            }
+            (Ok(()), None) => {
+                if self.ready == [true; 2] && matches!(self.state, State::Connecting { .. }) {
+                    self.state = State::Up;
+                    self.backoff = FIRST_BACKOFF;
+                    info!("backplane {} up ({} topics subscribed)", self.settings.url, self.wanted.len());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn on_reply(
+        &mut self,
+        which: usize,
+        reply: Reply<'_>,
+        deliver: &mut impl FnMut(Inbound<'_>) -> bool,
+    ) -> Result<(), String> {
+        if self.handshake_left[which] > 0 {
+            if let Some(error) = reply.error() {
+                // Redis's own words (e.g. WRONGPASS); they never contain the password.
+                return Err(format!("handshake refused: {}", String::from_utf8_lossy(error)));
+            }
+            self.handshake_left[which] -= 1;
+            if which == PUB && self.handshake_left[PUB] == 0 {
+                self.ready[PUB] = true;
+            }
+            return Ok(());
+        }
+        if which == PUB {
+            self.unacked = self.unacked.saturating_sub(1);
+            if let Some(error) = reply.error() {
+                self.stats.publish_failed += 1;
+                warn!("backplane: PUBLISH refused: {}", String::from_utf8_lossy(error));
+            }
+            return Ok(());
+        }
+        if let Some(error) = reply.error() {
+            warn!("backplane: Redis error on the subscribe connection: {}", String::from_utf8_lossy(error));
+            return Ok(());
+        }
+        let kind = reply.item(0).and_then(|r| r.bulk()).unwrap_or(b"");
+        match kind {
+            b"message" => {
+                let channel = reply.item(1).and_then(|r| r.bulk());
+                let payload = reply.item(2).and_then(|r| r.bulk());
+                let (Some(channel), Some(payload)) = (channel, payload) else {
+                    return Err("malformed pub/sub message".into());
+                };
+                match self.check(channel, payload) {
+                    Ok(None) => {} // our own message, already delivered locally
+                    Ok(Some(inbound)) => {
+                        if deliver(inbound) {
+                            self.stats.received += 1;
+                        } else {
+                            self.stats.garbage += 1;
+                        }
+                    }
+                    Err(why) => {
+                        self.stats.garbage += 1;
+                        log::debug!("backplane: dropped a message from Redis: {why:?}");
+                    }
+                }
+            }
+            b"subscribe" => {
+                let broadcast = self.settings.prefix.len() + b"broadcast".len();
+                let channel = reply.item(1).and_then(|r| r.bulk()).unwrap_or(b"");
+                if channel.len() == broadcast
+                    && channel.starts_with(self.settings.prefix.as_bytes())
+                    && channel.ends_with(b"broadcast")
+                {
+                    self.ready[SUB] = true;
+                }
+            }
+            _ => {} // unsubscribe confirmations, pongs
+        }
+        Ok(())
+    }
+
+    /// A message from Redis, checked. `Ok(None)`: this node's own message.
+    pub fn check<'a>(&self, channel: &'a [u8], payload: &'a [u8]) -> Result<Option<Inbound<'a>>, Garbage> {
+        let name = channel.strip_prefix(self.settings.prefix.as_bytes()).ok_or(Garbage::ForeignChannel)?;
+        let topic = match name {
+            b"broadcast" => None,
+            _ => {
+                let topic = name.strip_prefix(b"topic:").ok_or(Garbage::ForeignChannel)?;
+                Some(std::str::from_utf8(topic).map_err(|_| Garbage::ForeignChannel)?)
+            }
+        };
+        if payload.len() < self.tag.len()
+            || payload[0] != b'N'
+            || payload[17] != b' '
+            || !payload[1..17].iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(Garbage::BadTag);
+        }
+        if payload[..18] == self.tag {
+            return Ok(None);
+        }
+        let data = &payload[18..];
+        if data.len() > self.settings.max_data {
+            return Err(Garbage::BadData);
+        }
+        let data = std::str::from_utf8(data).map_err(|_| Garbage::BadData)?;
+        if crate::hub::scan(data).is_err() {
+            return Err(Garbage::BadData);
+        }
+        let data: &RawValue = serde_json::from_str(data).map_err(|_| Garbage::BadData)?;
+        Ok(Some(match topic {
+            Some(topic) => Inbound::Publish { topic, data },
+            None => Inbound::Broadcast { data },
+        }))
+    }
+
+    fn topic_channel(&self, topic: &str) -> Vec<u8> {
+        [self.settings.prefix.as_bytes(), b"topic:", topic.as_bytes()].concat()
+    }
+
+    fn relay(&mut self, topic: Option<&str>, data: &RawValue) -> Relay {
+        if self.state != State::Up {
+            self.stats.publish_failed += 1;
+            return Relay::Failed;
+        }
+        self.channel.clear();
+        self.channel.extend_from_slice(self.settings.prefix.as_bytes());
+        match topic {
+            Some(topic) => {
+                self.channel.extend_from_slice(b"topic:");
+                self.channel.extend_from_slice(topic.as_bytes());
+            }
+            None => self.channel.extend_from_slice(b"broadcast"),
+        }
+        self.payload.clear();
+        self.payload.extend_from_slice(&self.tag);
+        self.payload.extend_from_slice(data.get().as_bytes());
+        if self.links[PUB].command_bounded(&[b"PUBLISH", &self.channel, &self.payload]) {
+            self.unacked += 1;
+            self.stats.published += 1;
+            Relay::Sent
+        } else {
+            self.stats.publish_failed += 1;
+            Relay::Failed
+        }
+    }
+}
+
+impl Backplane for RedisCore {
+    fn publish(&mut self, topic: &str, data: &RawValue) -> Relay {
+        self.relay(Some(topic), data)
+    }
+
+    fn broadcast(&mut self, data: &RawValue) -> Relay {
+        self.relay(None, data)
+    }
+
+    fn topic_wanted(&mut self, topic: &str) {
+        if self.wanted.insert(topic.into()) && self.is_connecting_or_up() {
+            let channel = self.topic_channel(topic);
+            self.links[SUB].command(&[b"SUBSCRIBE", &channel]);
+        }
+    }
+
+    fn topic_unwanted(&mut self, topic: &str) {
+        if self.wanted.remove(topic) && self.is_connecting_or_up() {
+            let channel = self.topic_channel(topic);
+            self.links[SUB].command(&[b"UNSUBSCRIBE", &channel]);
+        }
+    }
+}
+
+fn write_hex(out: &mut [u8], value: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, slot) in out.iter_mut().enumerate().take(16) {
+        *slot = DIGITS[((value >> (60 - 4 * i)) & 0xf) as usize];
+    }
+}
+
+/// The reactor's side: the two sockets, registered under the reactor's reserved tokens.
+pub struct RedisBackplane {
+    core: RedisCore,
+    tokens: [Token; 2],
+    sockets: [Option<TcpStream>; 2],
+    /// Whether each socket finished connecting (writes wait for it).
+    connected: [bool; 2],
+    /// The deadline this backplane has in the reactor's queue (see `server::timers`).
+    pub timer_armed: Millis,
+}
+
+impl RedisBackplane {
+    pub fn new(settings: RedisSettings, tokens: [Token; 2], now: Millis) -> RedisBackplane {
+        info!("backplane: Redis at {} (prefix {:?})", settings.url, settings.prefix);
+        RedisBackplane {
+            core: RedisCore::new(settings, now),
+            tokens,
+            sockets: [None, None],
+            connected: [false; 2],
+            timer_armed: NEVER,
+        }
+    }
+
+    pub fn core(&self) -> &RedisCore {
+        &self.core
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.core.is_up()
+    }
+
+    pub fn stats(&self) -> BackplaneStats {
+        self.core.stats()
+    }
+
+    pub fn next_deadline(&self) -> Millis {
+        self.core.next_deadline()
+    }
+
+    /// Which link `token` is, if it is one of ours.
+    pub fn link_of(&self, token: Token) -> Option<usize> {
+        self.tokens.iter().position(|&t| t == token)
+    }
+
+    pub fn on_timer(&mut self, registry: &Registry, now: Millis) {
+        match self.core.on_timer(now) {
+            TimerAction::Nothing => {}
+            TimerAction::Disconnect => self.close(registry),
+            TimerAction::Connect => {
+                if let Err(e) = self.open(registry) {
+                    self.core.fail(now, &format!("connect: {e}"));
+                    self.close(registry);
+                }
+            }
+        }
+    }
+
+    fn open(&mut self, registry: &Registry) -> io::Result<()> {
+        self.close(registry);
+        // Resolved at each attempt so a Redis that moved is found again. An IP address (the
+        // usual case) resolves without a lookup; a host name goes through the system
+        // resolver, which may block this thread briefly, once per attempt.
+        let url = &self.core.settings.url;
+        let addr: SocketAddr = (url.host.as_str(), url.port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "host has no address"))?;
+        for which in [SUB, PUB] {
+            let mut socket = TcpStream::connect(addr)?;
+            registry.register(&mut socket, self.tokens[which], Interest::READABLE | Interest::WRITABLE)?;
+            self.sockets[which] = Some(socket);
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, registry: &Registry) {
+        for which in [SUB, PUB] {
+            if let Some(mut socket) = self.sockets[which].take() {
+                let _ = registry.deregister(&mut socket);
+            }
+            self.connected[which] = false;
+        }
+    }
+
+    /// Readiness on one of our sockets. Messages from other nodes go to `deliver`.
+    pub fn on_event(
+        &mut self,
+        which: usize,
+        registry: &Registry,
+        now: Millis,
+        deliver: impl FnMut(Inbound<'_>) -> bool,
+    ) {
+        if let Err(why) = self.service(which, now, deliver) {
+            self.core.fail(now, &why);
+            self.close(registry);
+        }
+    }
+
+    fn service(
+        &mut self,
+        which: usize,
+        now: Millis,
+        mut deliver: impl FnMut(Inbound<'_>) -> bool,
+    ) -> Result<(), String> {
+        let Some(socket) = self.sockets[which].as_mut() else { return Ok(()) };
+        if !self.connected[which] {
+            if let Some(e) = socket.take_error().map_err(|e| e.to_string())? {
+                return Err(format!("connect: {e}"));
+            }
+            match socket.peer_addr() {
+                Ok(_) => {
+                    self.connected[which] = true;
+                    let _ = socket.set_nodelay(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),
+                Err(e) => return Err(format!("connect: {e}")),
+            }
+        }
+        loop {
+            match self.core.link(which).read_from(socket) {
+                Ok(0) => return Err("connection closed by Redis".into()),
+                Ok(_) => {
+                    if let Err(e) = self.core.on_input(which, now, &mut deliver) {
+                        // The core has failed already (and logged why); close the sockets.
+                        return Err(e.to_string());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+        self.write(which)
+    }
+
+    fn write(&mut self, which: usize) -> Result<(), String> {
+        let Some(socket) = self.sockets[which].as_mut() else { return Ok(()) };
+        if !self.connected[which] {
+            return Ok(());
+        }
+        let link = self.core.link(which);
+        while !link.output().is_empty() {
+            match socket.write(link.output()) {
+                Ok(0) => return Err("write: zero bytes".into()),
+                Ok(n) => link.consume_output(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("write: {e}")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what this turn queued (publishes, subscription changes).
+    pub fn flush(&mut self, registry: &Registry, now: Millis) {
+        for which in [SUB, PUB] {
+            if let Err(why) = self.write(which) {
+                self.core.fail(now, &why);
+                self.close(registry);
+                return;
+            }
+        }
+        if !self.core.is_connecting_or_up() && self.sockets.iter().any(Option::is_some) {
+            // The core gave up during input handling: let the sockets go too.
+            self.close(registry);
+        }
+    }
+}
+
+impl Backplane for RedisBackplane {
+    fn publish(&mut self, topic: &str, data: &RawValue) -> Relay {
+        self.core.publish(topic, data)
+    }
+
+    fn broadcast(&mut self, data: &RawValue) -> Relay {
+        self.core.broadcast(data)
+    }
+
+    fn topic_wanted(&mut self, topic: &str) {
+        self.core.topic_wanted(topic);
+    }
+
+    fn topic_unwanted(&mut self, topic: &str) {
+        self.core.topic_unwanted(topic);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,289 @@
+//! The core fed by hand: what it writes, what it delivers, how it fails and comes back.
+
+use super::*;
+
+const OTHER: &[u8] = b"N00000000000000ff ";
+
+fn settings() -> RedisSettings {
+    RedisSettings {
+        url: RedisUrl::parse("redis://127.0.0.1:6379").unwrap(),
+        prefix: "wshub:".into(),
+        node_id: 0x1234_5678_9abc_def0,
+        max_output: 1 << 20,
+        max_data: 1 << 20,
+        connect_timeout: 3_000,
+    }
+}
+
+fn take_output(core: &mut RedisCore, which: usize) -> String {
+    let link = core.link(which);
+    let out = String::from_utf8_lossy(link.output()).into_owned();
+    link.consume_output(usize::MAX);
+    out
+}
+
+/// Inbound messages, rendered for comparison.
+fn feed(core: &mut RedisCore, which: usize, bytes: &[u8]) -> (Vec<String>, Result<(), LinkError>) {
+    core.link(which).feed(bytes);
+    let mut got = Vec::new();
+    let result = core.on_input(which, 10, |m| {
+        got.push(match m {
+            Inbound::Publish { topic, data } => format!("{topic}={}", data.get()),
+            Inbound::Broadcast { data } => format!("*={}", data.get()),
+        });
+        true
+    });
+    (got, result)
+}
+
+fn message(channel: &str, payload: &[u8]) -> Vec<u8> {
+    let mut out = format!("*3\r\n$7\r\nmessage\r\n${}\r\n{channel}\r\n${}\r\n", channel.len(), payload.len())
+        .into_bytes();
+    out.extend_from_slice(payload);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+fn up_core() -> RedisCore {
+    let mut core = RedisCore::new(settings(), 0);
+    assert_eq!(core.on_timer(0), TimerAction::Connect);
+    take_output(&mut core, SUB);
+    take_output(&mut core, PUB);
+    feed(&mut core, PUB, b"+PONG\r\n").1.unwrap();
+    assert!(!core.is_up(), "the subscribe connection is not confirmed yet");
+    feed(&mut core, SUB, b"*3\r\n$9\r\nsubscribe\r\n$15\r\nwshub:broadcast\r\n:1\r\n").1.unwrap();
+    assert!(core.is_up());
+    core
+}
+
+#[test]
+fn handshake_subscribes_to_broadcast_and_pings() {
+    let mut core = RedisCore::new(settings(), 0);
+    assert_eq!(core.next_deadline(), 0, "the first attempt is due at once");
+    assert_eq!(core.on_timer(0), TimerAction::Connect);
+    assert_eq!(take_output(&mut core, SUB), "*2\r\n$9\r\nSUBSCRIBE\r\n$15\r\nwshub:broadcast\r\n");
+    assert_eq!(take_output(&mut core, PUB), "*1\r\n$4\r\nPING\r\n");
+    assert_eq!(core.next_deadline(), 3_000, "connect timeout armed");
+}
+
+#[test]
+fn auth_and_select_come_first_on_both_connections() {
+    let mut s = settings();
+    s.url = RedisUrl::parse("redis://alice:secret@127.0.0.1:6379/2").unwrap();
+    let mut core = RedisCore::new(s, 0);
+    core.on_timer(0);
+    let auth = "*3\r\n$4\r\nAUTH\r\n$5\r\nalice\r\n$6\r\nsecret\r\n*2\r\n$6\r\nSELECT\r\n$1\r\n2\r\n";
+    assert!(take_output(&mut core, SUB).starts_with(auth));
+    assert!(take_output(&mut core, PUB).starts_with(auth));
+    feed(&mut core, PUB, b"+OK\r\n+OK\r\n+PONG\r\n").1.unwrap();
+    feed(&mut core, SUB, b"+OK\r\n+OK\r\n*3\r\n$9\r\nsubscribe\r\n$15\r\nwshub:broadcast\r\n:1\r\n")
+        .1
+        .unwrap();
+    assert!(core.is_up());
+}
+
+#[test]
+fn a_refused_password_fails_the_attempt() {
+    let mut s = settings();
+    s.url = RedisUrl::parse("redis://:wrong@127.0.0.1:6379").unwrap();
+    let mut core = RedisCore::new(s, 0);
+    core.on_timer(0);
+    let (_, result) = feed(&mut core, PUB, b"-WRONGPASS invalid username-password pair\r\n");
+    assert!(result.is_err());
+    assert!(!core.is_up());
+    assert_eq!(core.next_deadline(), 10 + FIRST_BACKOFF);
+}
+
+#[test]
+fn publishes_carry_the_node_tag_and_fail_while_down() {
+    let data: &RawValue = serde_json::from_str(r#"{"h":"hi"}"#).unwrap();
+    let mut core = RedisCore::new(settings(), 0);
+    assert_eq!(core.publish("news", data), Relay::Failed, "not connected yet");
+    let mut core = up_core();
+    assert_eq!(core.publish("news", data), Relay::Sent);
+    assert_eq!(core.broadcast(data), Relay::Sent);
+    assert_eq!(
+        take_output(&mut core, PUB),
+        "*3\r\n$7\r\nPUBLISH\r\n$16\r\nwshub:topic:news\r\n$28\r\nN123456789abcdef0 {\"h\":\"hi\"}\r\n\
+         *3\r\n$7\r\nPUBLISH\r\n$15\r\nwshub:broadcast\r\n$28\r\nN123456789abcdef0 {\"h\":\"hi\"}\r\n"
+    );
+    feed(&mut core, PUB, b":1\r\n-ERR something\r\n").1.unwrap();
+    let stats = core.stats();
+    assert_eq!((stats.published, stats.publish_failed), (2, 1), "one refused by Redis");
+}
+
+#[test]
+fn publishes_over_the_output_bound_fail_and_are_counted() {
+    let mut s = settings();
+    s.max_output = 1000;
+    let mut core = RedisCore::new(s, 0);
+    core.on_timer(0);
+    take_output(&mut core, PUB);
+    feed(&mut core, PUB, b"+PONG\r\n").1.unwrap();
+    feed(&mut core, SUB, b"*3\r\n$9\r\nsubscribe\r\n$15\r\nwshub:broadcast\r\n:1\r\n").1.unwrap();
+    let text = format!("\"{}\"", "x".repeat(100));
+    let data: &RawValue = serde_json::from_str(&text).unwrap();
+    let outcomes: Vec<Relay> = (0..20).map(|_| core.publish("t", data)).collect();
+    let sent = outcomes.iter().filter(|&&r| r == Relay::Sent).count();
+    assert!(sent > 0 && sent < 20, "{outcomes:?}");
+    assert!(core.link(PUB).output().len() <= 1000);
+    assert_eq!(core.stats().publish_failed, 20 - sent as u64);
+}
+
+#[test]
+fn messages_from_other_nodes_are_delivered_own_ones_skipped() {
+    let mut core = up_core();
+    let mut bytes = message("wshub:topic:news", &[OTHER, b"{\"n\":1}"].concat());
+    bytes.extend(message("wshub:topic:news", b"N123456789abcdef0 {\"n\":2}"));
+    bytes.extend(message("wshub:broadcast", &[OTHER, b"[1,2]"].concat()));
+    let (got, result) = feed(&mut core, SUB, &bytes);
+    result.unwrap();
+    assert_eq!(got, ["news={\"n\":1}", "*=[1,2]"]);
+    let stats = core.stats();
+    assert_eq!((stats.received, stats.garbage), (2, 0));
+}
+
+#[test]
+fn garbage_is_dropped_and_counted_and_the_next_message_flows() {
+    let mut core = up_core();
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let cases: Vec<(&str, Vec<u8>, Garbage)> = vec![
+        ("wshub:topic:news", b"hello".to_vec(), Garbage::BadTag),
+        ("wshub:topic:news", b"".to_vec(), Garbage::BadTag),
+        ("wshub:topic:news", b"N00000000000000FF {}".to_vec(), Garbage::BadTag),
+        ("wshub:topic:news", b"N00000000000000ff{}".to_vec(), Garbage::BadTag),
+        ("wshub:topic:news", [OTHER, b"{not json"].concat(), Garbage::BadData),
+        ("wshub:topic:news", [OTHER, b"{} {}"].concat(), Garbage::BadData),
+        ("wshub:topic:news", [OTHER, b"\"\xff\""].concat(), Garbage::BadData),
+        ("wshub:topic:news", [OTHER, deep.as_bytes()].concat(), Garbage::BadData),
+        ("wshub:topic:news", OTHER.to_vec(), Garbage::BadData),
+        ("other:topic:news", [OTHER, b"1"].concat(), Garbage::ForeignChannel),
+        ("wshub:news", [OTHER, b"1"].concat(), Garbage::ForeignChannel),
+    ];
+    let mut bytes = Vec::new();
+    for (channel, payload, why) in &cases {
+        assert_eq!(core.check(channel.as_bytes(), payload).err(), Some(*why), "{channel} {payload:?}");
+        bytes.extend(message(channel, payload));
+    }
+    bytes.extend(message("wshub:topic:news", &[OTHER, b"\"after\""].concat()));
+    let (got, result) = feed(&mut core, SUB, &bytes);
+    result.unwrap();
+    assert_eq!(got, ["news=\"after\""]);
+    assert_eq!(core.stats().garbage, cases.len() as u64);
+    assert!(core.is_up(), "garbage costs nothing but itself");
+}
+
+#[test]
+fn data_over_the_message_limit_is_garbage() {
+    let mut s = settings();
+    s.max_data = 10;
+    let core = RedisCore::new(s, 0);
+    assert_eq!(
+        core.check(b"wshub:broadcast", &[OTHER, b"\"0123456789\""].concat()).err(),
+        Some(Garbage::BadData)
+    );
+    assert!(core.check(b"wshub:broadcast", &[OTHER, b"\"0123\""].concat()).unwrap().is_some());
+}
+
+#[test]
+fn a_message_the_hub_refuses_counts_as_garbage() {
+    let mut core = up_core();
+    core.link(SUB).feed(&message("wshub:topic:", &[OTHER, b"1"].concat()));
+    core.on_input(SUB, 0, |_| false).unwrap();
+    assert_eq!((core.stats().received, core.stats().garbage), (0, 1));
+}
+
+#[test]
+fn subscriptions_follow_local_interest_and_survive_reconnects() {
+    let mut core = RedisCore::new(settings(), 0);
+    core.topic_wanted("a");
+    core.on_timer(0);
+    assert_eq!(
+        take_output(&mut core, SUB),
+        "*3\r\n$9\r\nSUBSCRIBE\r\n$15\r\nwshub:broadcast\r\n$13\r\nwshub:topic:a\r\n"
+    );
+    core.topic_wanted("b");
+    core.topic_wanted("b");
+    core.topic_unwanted("a");
+    core.topic_unwanted("zzz");
+    assert_eq!(
+        take_output(&mut core, SUB),
+        "*2\r\n$9\r\nSUBSCRIBE\r\n$13\r\nwshub:topic:b\r\n*2\r\n$11\r\nUNSUBSCRIBE\r\n$13\r\nwshub:topic:a\r\n"
+    );
+    core.fail(100, "test");
+    core.topic_wanted("c");
+    assert_eq!(take_output(&mut core, SUB), "", "nothing is queued while down");
+    assert_eq!(core.on_timer(100 + FIRST_BACKOFF), TimerAction::Connect);
+    let resubscribe = take_output(&mut core, SUB);
+    assert!(resubscribe.starts_with("*4\r\n$9\r\nSUBSCRIBE\r\n$15\r\nwshub:broadcast\r\n"), "{resubscribe}");
+    assert!(resubscribe.contains("wshub:topic:b") && resubscribe.contains("wshub:topic:c"));
+    assert!(!resubscribe.contains("wshub:topic:a"));
+    let mut wanted: Vec<&str> = core.wanted().collect();
+    wanted.sort();
+    assert_eq!(wanted, ["b", "c"]);
+}
+
+#[test]
+fn many_topics_resubscribe_in_batches() {
+    let mut core = RedisCore::new(settings(), 0);
+    for i in 0..600 {
+        core.topic_wanted(&format!("t{i}"));
+    }
+    core.on_timer(0);
+    let out = take_output(&mut core, SUB);
+    assert_eq!(out.matches("SUBSCRIBE").count(), 3);
+    assert_eq!(out.matches("wshub:topic:").count(), 600);
+}
+
+#[test]
+fn backoff_doubles_to_five_seconds_and_resets_when_up() {
+    let mut core = RedisCore::new(settings(), 0);
+    let mut now = 0;
+    let mut delays = Vec::new();
+    for _ in 0..10 {
+        assert_eq!(core.on_timer(now), TimerAction::Connect);
+        core.fail(now, "refused");
+        let next = core.next_deadline();
+        delays.push(next - now);
+        assert_eq!(core.on_timer(next - 1), TimerAction::Nothing, "not before the backoff");
+        now = next;
+    }
+    assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000, 5000]);
+    assert_eq!(core.stats().reconnects, 9);
+    core.on_timer(now);
+    feed(&mut core, PUB, b"+PONG\r\n").1.unwrap();
+    feed(&mut core, SUB, b"*3\r\n$9\r\nsubscribe\r\n$15\r\nwshub:broadcast\r\n:1\r\n").1.unwrap();
+    assert!(core.is_up());
+    core.fail(now, "lost");
+    assert_eq!(core.next_deadline() - now, FIRST_BACKOFF);
+}
+
+#[test]
+fn an_attempt_that_hangs_times_out() {
+    let mut core = RedisCore::new(settings(), 0);
+    core.on_timer(0);
+    assert_eq!(core.on_timer(2_999), TimerAction::Nothing);
+    assert_eq!(core.on_timer(3_000), TimerAction::Disconnect);
+    assert_eq!(core.next_deadline(), 3_000 + FIRST_BACKOFF);
+}
+
+#[test]
+fn publishes_in_flight_at_a_loss_count_as_failed() {
+    let data: &RawValue = serde_json::from_str("1").unwrap();
+    let mut core = up_core();
+    for _ in 0..3 {
+        assert_eq!(core.publish("t", data), Relay::Sent);
+    }
+    feed(&mut core, PUB, b":0\r\n").1.unwrap();
+    core.fail(50, "lost");
+    assert_eq!(core.stats().publish_failed, 2);
+    assert!(!core.stats().up);
+}
+
+#[test]
+fn bytes_that_are_not_resp_fail_the_connection() {
+    let mut core = up_core();
+    let (_, result) = feed(&mut core, SUB, b"HTTP/1.1 200 OK\r\n");
+    assert_eq!(result, Err(LinkError::NotResp));
+    assert!(!core.is_up());
+}

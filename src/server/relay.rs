@@ -1,0 +1,76 @@
+//! The backplane's events in the loop: readiness on its two Redis sockets, its one deadline,
+//! and the end-of-turn write of what this turn published.
+//!
+//! The Redis client ([`RedisBackplane`](crate::backplane::redis::RedisBackplane)) does the
+//! protocol; this handler only moves its events into the hub: a message from another node is
+//! published or broadcast to the local clients through [`Deliveries`] with no backplane (so it
+//! is never relayed back), framed once like a local publish. The backplane's deadline
+//! (connect timeout or reconnect backoff) is one entry in the timer queue under the token
+//! reserved for it, [`BACKPLANE_TIMER`].
+
+use mio::Registry;
+use slab::Slab;
+
+use super::connection::Connection;
+use super::fanout::Deliveries;
+use super::lifecycle::cut_slow_consumer;
+use super::state::Shared;
+use super::timers::{NEVER, RESERVED_TOKEN};
+use crate::backplane::redis::Inbound;
+use crate::protocol::session::Millis;
+
+/// The timer-queue token of the backplane's deadline (never a connection's slab key).
+pub(super) const BACKPLANE_TIMER: usize = RESERVED_TOKEN;
+
+/// Readiness on the backplane's connection `which` (`redis::SUB` or `redis::PUB`).
+pub(super) fn on_event(conns: &mut Slab<Connection>, s: &mut Shared, registry: &Registry, which: usize) {
+    let Some(backplane) = s.backplane.as_mut() else { return };
+    let mut cut_off = Vec::new();
+    backplane.on_event(which, registry, s.now, |inbound| {
+        let mut outbox = Deliveries::new(conns, &mut s.dirty, &mut s.deflater, &s.settings);
+        let deliverable = match inbound {
+            Inbound::Publish { topic, data } => {
+                s.hub.publish(topic, data, &mut outbox, &mut s.metrics).is_ok()
+            }
+            Inbound::Broadcast { data } => {
+                s.hub.broadcast(data, &mut outbox, &mut s.metrics);
+                true
+            }
+        };
+        cut_off.append(&mut outbox.cut_off);
+        deliverable
+    });
+    for victim in cut_off {
+        if let Some(c) = conns.get_mut(victim) {
+            cut_slow_consumer(c, s, victim);
+        }
+    }
+    arm(s);
+}
+
+/// The backplane's deadline came due at `deadline` (ignored when superseded).
+pub(super) fn on_timer(s: &mut Shared, registry: &Registry, deadline: Millis) {
+    let Some(backplane) = s.backplane.as_mut() else { return };
+    if backplane.timer_armed != deadline {
+        return;
+    }
+    backplane.timer_armed = NEVER;
+    backplane.on_timer(registry, s.now);
+    arm(s);
+}
+
+/// Writes the publishes and subscription changes this turn queued.
+pub(super) fn flush(s: &mut Shared, registry: &Registry) {
+    if let Some(backplane) = s.backplane.as_mut() {
+        backplane.flush(registry, s.now);
+        arm(s);
+    }
+}
+
+/// Puts the backplane's next deadline in the queue (only ever earlier; see `timers`).
+pub(super) fn arm(s: &mut Shared) {
+    if let Some(backplane) = s.backplane.as_mut() {
+        let next = backplane.next_deadline();
+        s.timers.arm(BACKPLANE_TIMER, &mut backplane.timer_armed, next);
+    }
+}

@@ -1,0 +1,412 @@
+//! Several wshub processes joined by a real `redis-server` (`--redis`): cross-node publish and
+//! broadcast, exactly-once delivery in order, Redis subscriptions that follow local interest,
+//! Redis lost and back, garbage in a channel, and `--reuse-port`.
+
+mod common;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::redis::{free_port, RedisProc};
+use common::*;
+use serde_json::{json, Value};
+use wshub::protocol::OpCode;
+
+/// Generous bounds: the machine running the tests may be loaded.
+const SETTLE: Duration = Duration::from_secs(10);
+
+fn node(redis: &RedisProc) -> ServerProc {
+    ServerProc::start(&["--redis", &redis.url()])
+}
+
+fn send(s: &mut TcpStream, v: &Value) {
+    s.write_all(&masked(OpCode::Text, true, v.to_string().as_bytes())).unwrap();
+}
+
+/// The next text message as JSON (skipping pings).
+fn recv(s: &mut TcpStream) -> Value {
+    loop {
+        let f = read_frame(s).expect("connection open");
+        match f.opcode {
+            0x1 => return serde_json::from_slice(&f.payload).expect("server sends JSON"),
+            0x9 => continue,
+            other => panic!("unexpected opcode {other}: {:?}", String::from_utf8_lossy(&f.payload)),
+        }
+    }
+}
+
+/// True when nothing arrives within `wait`.
+fn quiet(s: &mut TcpStream, wait: Duration) -> bool {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let got = read_frame(s);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    got.is_none()
+}
+
+fn subscribe(s: &mut TcpStream, topic: &str) {
+    send(s, &json!({"type":"subscribe","payload":{"topic":topic}}));
+    assert_eq!(recv(s), json!({"type":"subscribed","payload":{"topic":topic}}));
+}
+
+fn message(topic: &str, data: Value) -> Value {
+    json!({"type":"message","payload":{"topic":topic,"data":data}})
+}
+
+fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let mut s = connect(addr);
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{}Content-Length: {}\r\n\r\n{body}",
+        // The API takes JSON bodies only (415 otherwise).
+        if method == "POST" { "Content-Type: application/json\r\n" } else { "" },
+        body.len()
+    );
+    s.write_all(request.as_bytes()).unwrap();
+    let response = read_to_close(&mut s);
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("");
+    (status_of(&response), serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+fn metric(addr: SocketAddr, name: &str) -> u64 {
+    let mut s = connect(addr);
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let text = read_to_close(&mut s);
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            (key == name).then(|| value.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("metric {name} missing in:\n{text}"))
+}
+
+/// Waits until `/healthz` answers `status` (200 up, 503 degraded).
+fn wait_health(node: &ServerProc, status: u16, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let (got, body) = http(node.addr, "GET", "/healthz", "");
+        if got == status {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "/healthz still {got} {body} after {within:?}, want {status}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_up(nodes: &[&ServerProc]) {
+    for n in nodes {
+        let body = wait_health(n, 200, SETTLE);
+        assert_eq!((body["status"].as_str(), body["backplane"].as_str()), (Some("ok"), Some("up")));
+    }
+}
+
+#[test]
+fn cross_node_publish_over_websocket_and_http() {
+    let redis = RedisProc::start();
+    let (one, two) = (node(&redis), node(&redis));
+    wait_up(&[&one, &two]);
+    let mut sub = ws_connect(one.addr);
+    subscribe(&mut sub, "news");
+    redis.wait_numsub("wshub:topic:news", 1, SETTLE);
+
+    // A WebSocket publish on node two: the ack counts local deliveries (none there) and says the
+    // message reached the backplane.
+    let mut publisher = ws_connect(two.addr);
+    send(&mut publisher, &json!({"type":"publish","payload":{"topic":"news","data":{"n":1}},"id":1}));
+    assert_eq!(
+        recv(&mut publisher),
+        json!({"type":"ack","payload":{"topic":"news","delivered":0,"backplane":true},"id":1})
+    );
+    assert_eq!(recv(&mut sub), message("news", json!({"n":1})));
+
+    // The HTTP API on node two.
+    let (status, body) = http(two.addr, "POST", "/publish", r#"{"topic":"news","data":"over http"}"#);
+    assert_eq!((status, body), (200, json!({"delivered":0,"backplane":true})));
+    assert_eq!(recv(&mut sub), message("news", json!("over http")));
+
+    // A publish on node one reaches its own subscriber once: served locally, and its copy back
+    // from Redis is skipped. The next message proves no duplicate was queued before it.
+    let (status, body) = http(one.addr, "POST", "/publish", r#"{"topic":"news","data":"local"}"#);
+    assert_eq!((status, body), (200, json!({"delivered":1,"backplane":true})));
+    assert_eq!(recv(&mut sub), message("news", json!("local")));
+    http(two.addr, "POST", "/publish", r#"{"topic":"news","data":"marker"}"#);
+    assert_eq!(recv(&mut sub), message("news", json!("marker")));
+
+    // Subscribers on both nodes, publisher on one of them.
+    let mut sub2 = ws_connect(two.addr);
+    subscribe(&mut sub2, "news");
+    redis.wait_numsub("wshub:topic:news", 2, SETTLE);
+    send(&mut sub2, &json!({"type":"publish","payload":{"topic":"news","data":"both"},"id":2}));
+    assert_eq!(recv(&mut sub2), message("news", json!("both")));
+    assert_eq!(
+        recv(&mut sub2),
+        json!({"type":"ack","payload":{"topic":"news","delivered":1,"backplane":true},"id":2})
+    );
+    assert_eq!(recv(&mut sub), message("news", json!("both")));
+    assert!(quiet(&mut sub, Duration::from_millis(300)) && quiet(&mut sub2, Duration::from_millis(100)));
+
+    assert!(metric(two.addr, "wshub_backplane_published_total") >= 3);
+    assert!(metric(one.addr, "wshub_backplane_received_total") >= 3);
+    assert_eq!(metric(one.addr, "wshub_backplane_up"), 1);
+}
+
+#[test]
+fn broadcast_reaches_every_client_on_three_nodes() {
+    let redis = RedisProc::start();
+    let nodes = [
+        ServerProc::start(&["--redis", &redis.url(), "--allow-client-broadcast"]),
+        node(&redis),
+        node(&redis),
+    ];
+    wait_up(&[&nodes[0], &nodes[1], &nodes[2]]);
+    redis.wait_numsub("wshub:broadcast", 3, SETTLE);
+    let mut clients: Vec<TcpStream> = nodes.iter().map(|n| ws_connect(n.addr)).collect();
+
+    let (status, body) = http(nodes[2].addr, "POST", "/broadcast", r#"{"data":"to all"}"#);
+    assert_eq!((status, body), (200, json!({"delivered":1,"backplane":true})));
+    for c in &mut clients {
+        assert_eq!(recv(c), json!({"type":"message","payload":{"data":"to all"}}));
+    }
+
+    send(&mut clients[0], &json!({"type":"broadcast","payload":{"data":{"from":"ws"}},"id":"b"}));
+    for c in &mut clients {
+        assert_eq!(recv(c), json!({"type":"message","payload":{"data":{"from":"ws"}}}));
+    }
+    assert_eq!(
+        recv(&mut clients[0]),
+        json!({"type":"ack","payload":{"delivered":1,"backplane":true},"id":"b"})
+    );
+    for c in &mut clients {
+        assert!(quiet(c, Duration::from_millis(200)), "a broadcast arrived twice");
+    }
+}
+
+#[test]
+fn exactly_once_and_in_order_across_three_nodes() {
+    const N: usize = 1000;
+    let redis = RedisProc::start();
+    let nodes = [node(&redis), node(&redis), node(&redis)];
+    wait_up(&[&nodes[0], &nodes[1], &nodes[2]]);
+    // Two subscribers per node, and two publishers on different nodes.
+    let mut subscribers: Vec<TcpStream> = Vec::new();
+    for n in &nodes {
+        for _ in 0..2 {
+            let mut s = ws_connect(n.addr);
+            subscribe(&mut s, "seq");
+            subscribers.push(s);
+        }
+    }
+    redis.wait_numsub("wshub:topic:seq", 3, SETTLE);
+    let readers: Vec<_> = subscribers
+        .into_iter()
+        .map(|mut s| {
+            std::thread::spawn(move || {
+                let mut next = [0u64; 2];
+                while next != [N as u64; 2] {
+                    let m = recv(&mut s);
+                    let data = &m["payload"]["data"];
+                    let (publisher, i) = (data["p"].as_u64().unwrap() as usize, data["i"].as_u64().unwrap());
+                    assert_eq!(i, next[publisher], "publisher {publisher}: out of order or duplicated");
+                    next[publisher] += 1;
+                }
+                // Anything more would be a duplicate.
+                assert!(quiet(&mut s, Duration::from_millis(300)), "more than {N} messages per publisher");
+            })
+        })
+        .collect();
+    let writers: Vec<_> = [0usize, 1]
+        .into_iter()
+        .map(|p| {
+            let addr = nodes[p].addr;
+            std::thread::spawn(move || {
+                let mut s = ws_connect(addr);
+                let mut batch = Vec::new();
+                for i in 0..N {
+                    let m = json!({"type":"publish","payload":{"topic":"seq","data":{"p":p,"i":i}}});
+                    batch.extend(masked(OpCode::Text, true, m.to_string().as_bytes()));
+                    if i % 50 == 49 {
+                        s.write_all(&batch).unwrap();
+                        batch.clear();
+                        // Paced a little: each subscriber's send queue is bounded (256).
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                }
+                s.write_all(&batch).unwrap();
+                s
+            })
+        })
+        .collect();
+    let _publishers: Vec<TcpStream> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    for r in readers {
+        r.join().expect("a subscriber saw a gap, a duplicate or disorder");
+    }
+    for n in &nodes {
+        assert_eq!(metric(n.addr, "wshub_backplane_publish_failed_total"), 0);
+        assert_eq!(metric(n.addr, "wshub_slow_consumers_dropped_total"), 0);
+    }
+}
+
+#[test]
+fn redis_subscriptions_follow_local_subscribers() {
+    let redis = RedisProc::start();
+    let one = node(&redis);
+    wait_up(&[&one]);
+    assert_eq!(redis.channels(), ["wshub:broadcast"]);
+
+    let mut a = ws_connect(one.addr);
+    let mut b = ws_connect(one.addr);
+    subscribe(&mut a, "t1");
+    subscribe(&mut a, "t2");
+    subscribe(&mut b, "t1");
+    redis.wait_numsub("wshub:topic:t2", 1, SETTLE);
+    assert_eq!(redis.channels(), ["wshub:broadcast", "wshub:topic:t1", "wshub:topic:t2"]);
+    assert_eq!(redis.numsub("wshub:topic:t1"), 1, "one Redis subscription per node, not per client");
+
+    // The last local subscriber leaves: promptly unsubscribed (asked for within a second;
+    // allowed more here only because the test machine may be loaded).
+    send(&mut a, &json!({"type":"unsubscribe","payload":{"topic":"t2"}}));
+    let started = Instant::now();
+    redis.wait_numsub("wshub:topic:t2", 0, Duration::from_secs(3));
+    let took = started.elapsed();
+    assert_eq!(redis.channels(), ["wshub:broadcast", "wshub:topic:t1"]);
+
+    // t1 keeps a subscriber (b) when a disconnects; when b goes too, t1 goes.
+    drop(a);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(redis.numsub("wshub:topic:t1"), 1);
+    drop(b);
+    redis.wait_numsub("wshub:topic:t1", 0, Duration::from_secs(3));
+    assert_eq!(redis.channels(), ["wshub:broadcast"]);
+    eprintln!("unsubscribe reached Redis in {took:?}");
+}
+
+#[test]
+fn redis_killed_and_restarted_mid_stream() {
+    let mut redis = RedisProc::start();
+    let (one, two) = (node(&redis), node(&redis));
+    wait_up(&[&one, &two]);
+    let mut far = ws_connect(one.addr);
+    subscribe(&mut far, "live");
+    let mut near = ws_connect(two.addr);
+    subscribe(&mut near, "live");
+    redis.wait_numsub("wshub:topic:live", 2, SETTLE);
+    let mut publisher = ws_connect(two.addr);
+    let publish = |p: &mut TcpStream, i: u64| {
+        send(p, &json!({"type":"publish","payload":{"topic":"live","data":i},"id":i}));
+        recv(p)
+    };
+    for i in 0..5 {
+        assert_eq!(publish(&mut publisher, i)["payload"]["backplane"], json!(true));
+        assert_eq!(recv(&mut far), message("live", json!(i)));
+        assert_eq!(recv(&mut near), message("live", json!(i)));
+    }
+
+    redis.kill();
+    let body = wait_health(&one, 503, SETTLE);
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["backplane"], "down");
+    wait_health(&two, 503, SETTLE);
+    // Down: local delivery goes on, the ack says the other nodes were not reached.
+    let ack = publish(&mut publisher, 100);
+    assert_eq!(ack["payload"], json!({"topic":"live","delivered":1,"backplane":false}));
+    assert_eq!(recv(&mut near), message("live", json!(100)));
+    assert!(metric(two.addr, "wshub_backplane_publish_failed_total") >= 1);
+    // Nodes keep serving new clients meanwhile.
+    let mut newcomer = ws_connect(one.addr);
+    send(&mut newcomer, &json!({"type":"ping","id":1}));
+    assert_eq!(recv(&mut newcomer), json!({"type":"pong","id":1}));
+
+    redis.restart();
+    // Reconnect backoff is capped at 5 s.
+    wait_up(&[&one, &two]);
+    redis.wait_numsub("wshub:topic:live", 2, SETTLE);
+    for i in 200..205 {
+        assert_eq!(publish(&mut publisher, i)["payload"]["backplane"], json!(true));
+        assert_eq!(recv(&mut far), message("live", json!(i)), "messages flow again");
+        assert_eq!(recv(&mut near), message("live", json!(i)));
+    }
+    assert!(metric(one.addr, "wshub_backplane_reconnects_total") >= 1);
+    assert!(quiet(&mut far, Duration::from_millis(200)));
+}
+
+#[test]
+fn redis_down_at_start_the_node_serves_and_joins_later() {
+    let mut redis = RedisProc::not_started();
+    let one = node(&redis);
+    let body = wait_health(&one, 503, SETTLE);
+    assert_eq!(body["backplane"], "down");
+    let mut a = ws_connect(one.addr);
+    subscribe(&mut a, "t");
+    let (status, body) = http(one.addr, "POST", "/publish", r#"{"topic":"t","data":1}"#);
+    assert_eq!((status, body), (200, json!({"delivered":1,"backplane":false})));
+    assert_eq!(recv(&mut a), message("t", json!(1)));
+
+    redis.restart();
+    wait_up(&[&one]);
+    redis.wait_numsub("wshub:topic:t", 1, SETTLE);
+    let two = node(&redis);
+    wait_up(&[&two]);
+    http(two.addr, "POST", "/publish", r#"{"topic":"t","data":2}"#);
+    assert_eq!(recv(&mut a), message("t", json!(2)));
+}
+
+#[test]
+fn garbage_published_into_a_channel_is_dropped_and_counted() {
+    let redis = RedisProc::start();
+    let one = node(&redis);
+    wait_up(&[&one]);
+    let mut a = ws_connect(one.addr);
+    subscribe(&mut a, "news");
+    redis.wait_numsub("wshub:topic:news", 1, SETTLE);
+
+    let deep = format!("N00000000000000aa {}{}", "[".repeat(500), "]".repeat(500));
+    let garbage = [
+        ("wshub:topic:news", "hello"),
+        ("wshub:topic:news", "N00000000000000aa {not json"),
+        ("wshub:topic:news", "N00000000000000aa 1 2"),
+        ("wshub:topic:news", deep.as_str()),
+        ("wshub:broadcast", "{\"data\":1}"),
+        ("wshub:topic:news", ""),
+    ];
+    for (channel, payload) in garbage {
+        redis.cli_publish(channel, payload);
+    }
+    redis.cli_publish("wshub:topic:news", r#"N00000000000000aa {"ok":true}"#);
+    assert_eq!(recv(&mut a), message("news", json!({"ok":true})), "the next valid message is delivered");
+    assert!(quiet(&mut a, Duration::from_millis(200)));
+    assert_eq!(metric(one.addr, "wshub_backplane_garbage_total"), garbage.len() as u64);
+    assert_eq!(metric(one.addr, "wshub_backplane_received_total"), 1);
+    assert_eq!(metric(one.addr, "wshub_backplane_reconnects_total"), 0, "garbage cost no connection");
+    wait_up(&[&one]);
+}
+
+#[test]
+fn reuse_port_two_processes_share_one_port() {
+    let redis = RedisProc::start();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let start = || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wshub"));
+        command.args(["--listen", &listen, "--reuse-port", "--redis", &redis.url()]);
+        ServerProc::spawn(command)
+    };
+    let (one, two) = (start(), start());
+    assert_eq!((one.addr.port(), two.addr.port()), (port, port));
+    wait_up(&[&one, &two]);
+    redis.wait_numsub("wshub:broadcast", 2, SETTLE);
+
+    // Clients spread by the kernel over both processes; the backplane still reaches them all.
+    let mut clients: Vec<TcpStream> = (0..24).map(|_| ws_connect(one.addr)).collect();
+    for c in &mut clients {
+        subscribe(c, "shared");
+    }
+    redis.wait_numsub("wshub:topic:shared", 2, SETTLE);
+    let (status, body) = http(one.addr, "POST", "/publish", r#"{"topic":"shared","data":"hi"}"#);
+    assert_eq!(status, 200);
+    let local = body["delivered"].as_u64().unwrap();
+    assert!(local < 24, "every client landed on one process ({local} local deliveries)");
+    for c in &mut clients {
+        assert_eq!(recv(c), message("shared", json!("hi")));
+    }
+}
