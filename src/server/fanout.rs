@@ -26,6 +26,9 @@ use crate::backplane::Backplane;
 use crate::hub::{ClientId, Outbox};
 use crate::protocol::deflate::{Deflater, SharedMessage};
 
+/// A subscriber with this much queued ends the turn's reading early (see `flush_soon`).
+const FLUSH_SOON_BYTES: usize = 256 * 1024;
+
 /// The hub's view of the connections: queue a shared frame, bounded per client.
 pub(super) struct Deliveries<'a> {
     pub(super) conns: &'a mut Slab<Connection>,
@@ -35,6 +38,9 @@ pub(super) struct Deliveries<'a> {
     send_queue: usize,
     /// Clients over a bound during this call; cut off right after it (the hub is busy).
     pub(super) cut_off: Vec<usize>,
+    /// A subscriber's queue reached [`FLUSH_SOON_BYTES`] or half its `--send-queue`: the loop
+    /// should stop reading this turn and flush, so a burst is written before more is queued.
+    pub(super) flush_soon: bool,
     /// Where publishes go on to the other nodes; `None` for a single node and for messages that
     /// came from the backplane (never relayed back).
     backplane: Option<&'a mut RedisBackplane>,
@@ -54,6 +60,7 @@ impl<'a> Deliveries<'a> {
             max_queued_bytes: settings.max_queued_bytes,
             send_queue: settings.send_queue,
             cut_off: Vec::new(),
+            flush_soon: false,
             backplane: None,
         }
     }
@@ -80,13 +87,18 @@ impl<'a> Deliveries<'a> {
             conn.dirty = true;
             self.dirty.push(key);
         }
-        // `last_progress` is set while output the socket refused is waiting.
+        // Judged only once the socket has refused output (`last_progress` is set while refused
+        // output waits): what one turn queues is a burst to be written, not yet the client's
+        // doing. `lifecycle::flush` judges again after writing.
         let refused_before = conn.last_progress != NEVER;
-        if conn.unsent_bytes() > self.max_queued_bytes
-            || refused_before && conn.out.shared_frames() > self.send_queue
+        if refused_before
+            && (conn.unsent_bytes() > self.max_queued_bytes || conn.out.shared_frames() > self.send_queue)
         {
             self.cut_off.push(key);
             return false;
+        }
+        if conn.out.queued_bytes() >= FLUSH_SOON_BYTES || conn.out.shared_frames() >= self.send_queue / 2 {
+            self.flush_soon = true;
         }
         true
     }

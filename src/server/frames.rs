@@ -62,6 +62,7 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
                             .relaying(s.backplane.as_mut());
                         s.hub.handle_text(key, text, &mut s.reply, &mut outbox, &mut s.metrics);
                         let cut_off = std::mem::take(&mut outbox.cut_off);
+                        s.flush_soon |= outbox.flush_soon;
                         if !s.reply.is_empty() {
                             s.metrics.message_out();
                             push_reply(&mut conns[key], s);

@@ -95,6 +95,7 @@ pub(super) fn on_http(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, 
         },
     );
     let cut_off = std::mem::take(&mut outbox.cut_off);
+    s.flush_soon |= outbox.flush_soon;
     let conn = &mut conns[key];
     conn.out.append_with(&mut s.pool, |out| response.write_to(out));
     linger(conn, s, key, Ending::Normal);

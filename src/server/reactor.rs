@@ -146,6 +146,7 @@ impl Server {
                 doomed: Vec::new(),
                 reread: Vec::new(),
                 backlog: Vec::new(),
+                flush_soon: false,
                 refusing: 0,
                 turn_write_budget: TURN_WRITE_BUDGET,
                 admission: Admission::new(per_ip, max_pending),
@@ -229,7 +230,11 @@ impl Server {
             // Fan-out queued this turn waits while input keeps arriving (checked with a
             // zero-timeout poll), for a few turns at most: publishes that arrive together then
             // leave in one writev per subscriber instead of one each.
-            if !events.is_empty() && !self.shared.dirty.is_empty() && deferred < MAX_DEFERRED_TURNS {
+            if !events.is_empty()
+                && !self.shared.dirty.is_empty()
+                && deferred < MAX_DEFERRED_TURNS
+                && !self.shared.flush_soon
+            {
                 deferred += 1;
                 continue;
             }
@@ -252,6 +257,7 @@ impl Server {
     /// Flush what this turn produced, run due timers, remove what ended.
     fn end_of_turn(&mut self) {
         self.shared.turn_write_budget = TURN_WRITE_BUDGET;
+        self.shared.flush_soon = false;
         relay::flush(&mut self.shared, self.poll.registry());
         flush_dirty(&mut self.conns, &mut self.shared);
         run_timers(&mut self.conns, &mut self.shared, self.poll.registry());
@@ -276,6 +282,12 @@ impl Server {
             let s = &mut self.shared;
             let Some(conn) = self.conns.get_mut(key) else { return };
             if conn.doomed {
+                return;
+            }
+            if s.flush_soon && matches!(conn.phase, Phase::Open(_)) {
+                // A big fan-out is waiting to be written: read this connection next turn, after
+                // the flush, so queues are written as fast as they are filled.
+                s.reread.push(key);
                 return;
             }
             // Read after any kept bytes so the parser sees one contiguous slice.

@@ -26,6 +26,7 @@ pub(super) const BACKPLANE_TIMER: usize = RESERVED_TOKEN;
 pub(super) fn on_event(conns: &mut Slab<Connection>, s: &mut Shared, registry: &Registry, which: usize) {
     let Some(backplane) = s.backplane.as_mut() else { return };
     let mut cut_off = Vec::new();
+    let mut flush_soon = false;
     backplane.on_event(which, registry, s.now, |inbound| {
         let mut outbox = Deliveries::new(conns, &mut s.dirty, &mut s.deflater, &s.settings);
         let deliverable = match inbound {
@@ -38,8 +39,10 @@ pub(super) fn on_event(conns: &mut Slab<Connection>, s: &mut Shared, registry: &
             }
         };
         cut_off.append(&mut outbox.cut_off);
+        flush_soon |= outbox.flush_soon;
         deliverable
     });
+    s.flush_soon |= flush_soon;
     for victim in cut_off {
         if let Some(c) = conns.get_mut(victim) {
             cut_slow_consumer(c, s, victim);

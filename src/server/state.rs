@@ -70,6 +70,9 @@ pub(super) struct Shared {
     /// Connections whose output was left for the next turn by the write budget (still marked
     /// dirty); flushed first next turn, and the loop does not sleep while there are any.
     pub(super) backlog: Vec<usize>,
+    /// A delivery left a subscriber with a big queue: read no more this turn (connections with
+    /// input left go to `reread`) and flush at its end rather than gathering more turns.
+    pub(super) flush_soon: bool,
     /// Bytes the end-of-turn flush may still write this turn (see `lifecycle::flush_dirty`).
     pub(super) turn_write_budget: usize,
     /// Connections refused at accept still draining their answer (`accept::OVERFLOW_SLOTS`).
