@@ -57,6 +57,9 @@ pub struct Metrics {
     /// Copies of published or broadcast messages taken by a client's send queue.
     pub deliveries: u64,
     pub slow_consumers_dropped: u64,
+    /// Connections ended by a socket error on read or write (reset by the peer, broken pipe),
+    /// in a fan-out or anywhere else. Never counted as slow consumers.
+    pub connection_resets: u64,
     /// Protocol error replies sent to clients (the connection stays open).
     pub error_replies: u64,
     /// Subscriptions to a new topic refused because the server held `--max-topics`.
@@ -137,6 +140,10 @@ impl Metrics {
 
     pub fn slow_consumer_dropped(&mut self) {
         bump(&mut self.slow_consumers_dropped, 1);
+    }
+
+    pub fn connection_reset(&mut self) {
+        bump(&mut self.connection_resets, 1);
     }
 
     /// A close frame sent with `code`.
@@ -231,6 +238,12 @@ impl Metrics {
             "slow_consumers_dropped_total",
             "Clients disconnected for not reading fast enough.",
             self.slow_consumers_dropped,
+        )?;
+        counter(
+            out,
+            "connection_resets_total",
+            "Connections ended by a socket error (reset by the peer, broken pipe).",
+            self.connection_resets,
         )?;
         counter(out, "error_replies_total", "Protocol error replies sent to clients.", self.error_replies)?;
         counter(
@@ -360,6 +373,8 @@ mod tests {
         m.record_broadcast(4);
         m.record_error_reply();
         m.slow_consumer_dropped();
+        m.connection_reset();
+        m.connection_reset();
         m.close_code_sent(1009);
         m.close_code_sent(4000);
         m.http_response(413);
@@ -381,6 +396,7 @@ mod tests {
             ("wshub_deliveries_total", 7),
             ("wshub_error_replies_total", 1),
             ("wshub_slow_consumers_dropped_total", 1),
+            ("wshub_connection_resets_total", 2),
             ("wshub_close_frames_sent_total{code=\"1009\"}", 1),
             ("wshub_close_frames_sent_total{code=\"1000\"}", 0),
             ("wshub_close_frames_sent_total{code=\"other\"}", 1),

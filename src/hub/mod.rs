@@ -59,7 +59,10 @@
 //!
 //! A published message is serialized and framed once into an `Rc<[u8]>` that every subscriber's
 //! send queue shares (with permessage-deflate, compressed at most once more per window size in
-//! use, lazily, into a second shared frame: see [`SharedMessage`]); `data` is spliced in as raw text, never parsed into a tree or re-encoded.
+//! use, lazily, into a second shared frame: see [`SharedMessage`]); `data` is spliced in as raw
+//! text, never parsed into a tree or re-encoded. The plain frame is written in place: a counting
+//! pass sizes it, then one exact-size allocation is filled, so `data` is copied once, from the
+//! publisher's read buffer into the frame.
 //! Fan-out walks a contiguous list of subscriber ids. A connection with no subscriptions has no
 //! state in the hub at all. Subscriptions are indexed both ways (topic -> subscribers, client ->
 //! topics) so unsubscribing and disconnecting are O(1) per subscription.
@@ -273,7 +276,7 @@ impl Hub {
         let subscribers = self.registry.subscribers(topic);
         let mut delivered = 0;
         if !subscribers.is_empty() {
-            let frame = wire::build_shared_text_frame(&mut self.scratch, |out| {
+            let frame = wire::build_shared_text_frame(|out| {
                 wire::write_message(out, Some(topic), data);
             });
             let message = SharedMessage::from_frame(OpCode::Text, frame);
@@ -291,7 +294,7 @@ impl Hub {
     /// Sends `data` to every open client (HTTP API and permitted client `broadcast`): returns
     /// how many took it.
     pub fn broadcast(&mut self, data: &RawValue, outbox: &mut impl Outbox, metrics: &mut Metrics) -> usize {
-        let frame = wire::build_shared_text_frame(&mut self.scratch, |out| {
+        let frame = wire::build_shared_text_frame(|out| {
             wire::write_message(out, None, data);
         });
         let delivered = outbox.deliver_all(&SharedMessage::from_frame(OpCode::Text, frame));

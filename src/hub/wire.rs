@@ -3,7 +3,8 @@
 //! Reading borrows from the client's text: `data` and `id` stay [`RawValue`]s (their text is
 //! validated once by the parser, never rebuilt), and strings are only copied when they carry
 //! escapes. Writing appends compact JSON to a caller's buffer; the only value re-encoded is
-//! a topic name, escaped by serde_json.
+//! a topic name, escaped by serde_json. A fan-out message is written into a [`Sink`] twice: once
+//! to count its bytes, once into its exact-size shared frame, so it is never staged and copied.
 
 use std::borrow::Cow;
 use std::rc::Rc;
@@ -13,7 +14,7 @@ use serde_json::value::RawValue;
 
 use super::HubError;
 use crate::backplane::Relay;
-use crate::protocol::frame::{ServerHeader, MAX_SERVER_HEADER_LEN};
+use crate::protocol::frame::ServerHeader;
 use crate::protocol::OpCode;
 
 /// A scratch buffer larger than this is released after use, so one big publish does not pin
@@ -224,14 +225,69 @@ pub fn parse_envelope(text: &str) -> Parsed<'_> {
     Parsed { id: loose.id, envelope }
 }
 
+/// Where the message writers put bytes: a growing `Vec` (replies), a [`ByteCount`] (to size a
+/// shared frame before it exists), or the shared frame itself (filled from the front).
+pub trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Vec<u8> {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// Counts what would be written.
+#[derive(Debug, Default)]
+pub struct ByteCount(pub usize);
+
+impl Sink for ByteCount {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.0 += bytes.len();
+    }
+}
+
+/// Fills a buffer sized by a [`ByteCount`] pass of the same writer. Bytes past its end (a
+/// writer that wrote differently twice: a bug) are counted, not written, and never panic.
+struct Fill<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+
+impl Sink for Fill<'_> {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        let end = self.pos + bytes.len();
+        if let Some(dst) = self.buf.get_mut(self.pos..end) {
+            dst.copy_from_slice(bytes);
+        }
+        self.pos = end;
+    }
+}
+
+/// serde_json writes through `io::Write`; a [`Sink`] never fails.
+struct SinkWriter<'a, S: ?Sized>(&'a mut S);
+
+impl<S: Sink + ?Sized> std::io::Write for SinkWriter<'_, S> {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.put(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Appends `s` as a JSON string literal, escaped by serde_json.
-pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    let start = out.len();
-    if let Err(e) = serde_json::to_writer(&mut *out, s) {
-        // Not expected: a Vec sink cannot fail and every str serializes. Keep the JSON whole.
+pub fn push_json_str<S: Sink + ?Sized>(out: &mut S, s: &str) {
+    // Not expected to fail: the sink cannot, and every str serializes. serde_json checks
+    // nothing before writing, so even then the same input writes the same bytes every time.
+    if let Err(e) = serde_json::to_writer(SinkWriter(out), s) {
         log::error!("escaping a JSON string failed: {e}");
-        out.truncate(start);
-        out.extend_from_slice(b"\"\"");
     }
 }
 
@@ -314,35 +370,40 @@ pub fn write_error(out: &mut Vec<u8>, message: &str, id: Option<&RawValue>) {
 
 /// `{"type":"message","payload":{"topic":T,"data":D}}`; without `topic` for a broadcast.
 /// `data` is spliced as the client sent it.
-pub fn write_message(out: &mut Vec<u8>, topic: Option<&str>, data: &RawValue) {
-    const PREFIX: &[u8] = b"{\"type\":\"message\",\"payload\":{";
-    let data = data.get().as_bytes();
-    // Escaping may grow the topic; this reserve is a good guess, not a bound.
-    out.reserve(PREFIX.len() + topic.map_or(0, |t| t.len() + 12) + data.len() + 10);
-    out.extend_from_slice(PREFIX);
+pub fn write_message<S: Sink + ?Sized>(out: &mut S, topic: Option<&str>, data: &RawValue) {
+    out.put(b"{\"type\":\"message\",\"payload\":{");
     if let Some(topic) = topic {
-        out.extend_from_slice(b"\"topic\":");
+        out.put(b"\"topic\":");
         push_json_str(out, topic);
-        out.push(b',');
+        out.put(b",");
     }
-    out.extend_from_slice(b"\"data\":");
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"}}");
+    out.put(b"\"data\":");
+    out.put(data.get().as_bytes());
+    out.put(b"}}");
 }
 
-/// Builds one whole server text frame in a shared buffer: the payload is written once into
-/// `scratch` after room for the longest header, the real header goes just before it, and the
-/// frame is copied once into its exact-size `Rc`.
-pub fn build_shared_text_frame(scratch: &mut Vec<u8>, write_payload: impl FnOnce(&mut Vec<u8>)) -> Rc<[u8]> {
-    scratch.clear();
-    scratch.resize(MAX_SERVER_HEADER_LEN, 0);
-    write_payload(scratch);
-    let header = ServerHeader::new(true, OpCode::Text, scratch.len() - MAX_SERVER_HEADER_LEN);
+/// Builds one whole server text frame straight into its shared buffer: `write_payload` runs once
+/// into a [`ByteCount`] to size the frame, the exact-size `Rc<[u8]>` is allocated once, and the
+/// header and a second run of `write_payload` fill it. No staging buffer and no copy of the
+/// payload; the price is a zero-fill of the frame and a second pass over the (short) parts that
+/// are encoded rather than spliced.
+pub fn build_shared_text_frame(write_payload: impl Fn(&mut dyn Sink)) -> Rc<[u8]> {
+    let mut count = ByteCount::default();
+    write_payload(&mut count);
+    let header = ServerHeader::new(true, OpCode::Text, count.0);
     let header = header.as_bytes();
-    let start = MAX_SERVER_HEADER_LEN - header.len();
-    scratch[start..MAX_SERVER_HEADER_LEN].copy_from_slice(header);
-    let frame = Rc::from(&scratch[start..]);
-    release_if_large(scratch);
+    let len = header.len() + count.0;
+    // An exact-size iterator (`TrustedLen`) is collected into one allocation of its length.
+    let mut frame: Rc<[u8]> = std::iter::repeat_n(0u8, len).collect();
+    if let Some(buf) = Rc::get_mut(&mut frame) {
+        let mut fill = Fill { buf, pos: 0 };
+        fill.put(header);
+        write_payload(&mut fill);
+        debug_assert_eq!(fill.pos, len, "the payload writer wrote differently twice");
+        if fill.pos != len {
+            log::error!("shared frame: sized {len} bytes, wrote {}", fill.pos);
+        }
+    }
     frame
 }
 
@@ -467,16 +528,35 @@ mod tests {
 
     #[test]
     fn shared_frame_has_the_minimal_header() {
-        let mut scratch = Vec::new();
         for len in [0usize, 125, 126, 65535, 65536] {
             let payload = vec![b'x'; len];
-            let frame = build_shared_text_frame(&mut scratch, |out| out.extend_from_slice(&payload));
+            let frame = build_shared_text_frame(|out| out.put(&payload));
             let h = parse_header(&frame).unwrap().unwrap();
             assert_eq!(h.opcode, OpCode::Text);
             assert!(h.fin);
             assert_eq!(h.payload_len, len as u64);
+            assert_eq!(frame.len(), h.header_len + len, "exact size");
             assert_eq!(&frame[h.header_len..], &payload[..]);
         }
-        assert!(scratch.capacity() <= SCRATCH_KEEP_CAPACITY, "a big scratch buffer is released");
+    }
+
+    /// Built in place, the shared frame holds exactly what the appending writers produce, for
+    /// topics whose escaping changes their length (quotes, controls, non-ASCII) and for every
+    /// header size.
+    #[test]
+    fn shared_message_frame_matches_the_appended_one() {
+        let medium = format!("\"{}\"", "x".repeat(200));
+        let big = format!("[{}1]", "1,".repeat(40_000));
+        for topic in [None, Some(""), Some("t"), Some("a\"b\\c\n\u{1}\u{7f}"), Some("é😀")] {
+            for data in ["null", r#"{"x": [1, 2]}"#, &medium, &big] {
+                let data = raw(data);
+                let mut payload = Vec::new();
+                write_message(&mut payload, topic, data);
+                let mut expected = Vec::new();
+                crate::protocol::frame::write_frame(&mut expected, OpCode::Text, &payload);
+                let frame = build_shared_text_frame(|out| write_message(out, topic, data));
+                assert_eq!(&frame[..], &expected[..], "topic {topic:?}");
+            }
+        }
     }
 }

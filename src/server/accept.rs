@@ -2,7 +2,7 @@
 //! hand the request to plain HTTP.
 //!
 //! [`accept_all`] takes connections until `WouldBlock` (pausing a moment when out of descriptors,
-//! and still answering 503 past the connection limit, up to [`OVERFLOW_SLOTS`] at once). Each
+//! and still answering 503 past the connection limit, up to `overflow_slots` at once). Each
 //! connection is first put to `admission`: 429 over the per-address limit, 503 when pending
 //! requests are at their bound and this address holds the most (or another's oldest is pushed
 //! out in its place). The peer address is kept with the connection from here on, for logs.
@@ -24,17 +24,13 @@ use super::admission::{AddrKey, Decision};
 use super::connection::{Connection, Ending, Phase};
 use super::frames::on_frames;
 use super::http_route::on_http;
-use super::lifecycle::{doom, mark, rearm, reject, reject_http};
+use super::lifecycle::{doom, mark, rearm, reject, reject_http, socket_failed};
 use super::state::{Shared, READ_PREFIX, READ_SIZE};
 use crate::protocol::handshake::{self, Rejection};
 use crate::protocol::session::{Millis, Session};
 
 /// How long accept stays paused after running out of file descriptors.
 const ACCEPT_PAUSE: Millis = 100;
-/// Connections refused at accept (beyond the limit: 503; over the per-address limit: 429;
-/// pending requests full: 503) are still accepted to be told so, up to this many at once,
-/// apart from the `--max-connections` slots.
-pub(super) const OVERFLOW_SLOTS: usize = 256;
 
 /// Accept until `WouldBlock`.
 pub(super) fn accept_all(
@@ -53,8 +49,11 @@ pub(super) fn accept_all(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if is_resource_exhaustion(&e) => {
                 // Out of descriptors or memory: pending clients wait in the backlog. Try
-                // again shortly rather than spin on a listener that stays readable.
-                warn!("accept failed ({e}); pausing accepts for {ACCEPT_PAUSE} ms");
+                // again shortly rather than spin on a listener that stays readable. Logged
+                // once per flood, then counted (ten a second otherwise).
+                if s.logs.accept_failed.hit(s.now) {
+                    warn!("accept failed ({e}); pausing accepts for {ACCEPT_PAUSE} ms at a time");
+                }
                 s.accept_paused_until = Some(s.now + ACCEPT_PAUSE);
                 return;
             }
@@ -87,7 +86,7 @@ fn on_accepted(
         Some(Decision::Admit { .. }) => None,
     };
     if let Some(refusal) = &refusal {
-        if s.refusing >= OVERFLOW_SLOTS {
+        if s.refusing >= s.settings.overflow_slots {
             // Too many even to answer: drop at once.
             s.metrics.handshake_rejected(refusal.status);
             return;
@@ -105,12 +104,12 @@ fn on_accepted(
     let entry = conns.vacant_entry();
     let key = entry.key();
     if let Err(e) = registry.register(&mut socket, Token(key), Interest::READABLE | Interest::WRITABLE) {
-        warn!("register failed for {peer}: {e}");
+        warn!(peer:% = peer; "register failed: {e}");
         return;
     }
     let conn = entry.insert(Connection::new(socket, peer, s.now + s.settings.handshake_timeout));
     s.metrics.connection_accepted();
-    debug!("conn {key} accepted from {peer}");
+    debug!(conn = key, peer:% = peer; "accepted");
     match refusal {
         Some(refusal) => {
             conn.overflow = true;
@@ -132,8 +131,8 @@ fn evict_pending(conns: &mut Slab<Connection>, s: &mut Shared, key: usize) {
     let Some(conn) = conns.get_mut(key) else { return };
     conn.pending = false;
     if matches!(conn.phase, Phase::Handshake { .. }) && !conn.doomed {
-        debug!("conn {key} from {}: pending request pushed out by a newcomer", conn.peer);
-        if s.refusing >= OVERFLOW_SLOTS {
+        debug!(conn = key, peer:% = conn.peer; "pending request pushed out by a newcomer");
+        if s.refusing >= s.settings.overflow_slots {
             s.metrics.handshake_rejected(503);
             doom(conn, s, key, Ending::Rejected);
             return;
@@ -210,8 +209,7 @@ fn on_request(conns: &mut Slab<Connection>, s: &mut Shared, key: usize) {
             Ok(n) => s.metrics.bytes_out(n as u64),
             Err(e) => {
                 s.control.clear();
-                debug!("conn {key} write error: {e}");
-                doom(conn, s, key, Ending::IoError);
+                socket_failed(conn, s, key, "write", &e);
                 return;
             }
         }
@@ -220,7 +218,7 @@ fn on_request(conns: &mut Slab<Connection>, s: &mut Shared, key: usize) {
         conn.send_window = accepted.deflate.and_then(|a| a.send_window());
         s.metrics.connection_opened();
         mark(conn, s, key);
-        debug!("conn {key} upgraded");
+        debug!(conn = key; "upgraded");
         // Bytes after the head are the first frames: never lose them.
         let rest = &input[head_len..];
         if rest.is_empty() {

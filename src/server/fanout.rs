@@ -6,27 +6,30 @@
 //! the end-of-turn flush and returns: nothing is written to a socket inside a publish. The
 //! end-of-turn flush (`lifecycle::flush_dirty`) then writes with a per-connection and a per-turn
 //! byte budget, so a fan-out of 1 MiB to thousands of subscribers is spread over turns and other
-//! clients are read and answered in between; the publisher's ack leaves at once.
+//! clients are read and answered in between; the publisher's ack leaves at once. A subscriber
+//! whose queue reaches [`FLUSH_SOON_BYTES`] (or half its `--send-queue`) makes the loop stop
+//! reading for this turn and flush, so bursts are written as fast as they are queued.
 //!
-//! Bounds, judged here and again after each flush: a subscriber whose unsent output (our queue
-//! plus what its socket held unsent when it last refused more) passes `--max-queued-bytes`, or
-//! that had output refused by its socket and holds more than `--send-queue` hub messages, is
-//! listed in `cut_off` and cut off by the caller right after the hub returns (the hub is busy
-//! during the call). A burst of many small messages to a client that reads is not cut: its count
-//! is judged only once its socket has refused some. Used by both callers of the hub: WebSocket
-//! messages (`frames`) and the HTTP publish API (`http_route`).
+//! Bounds, judged here and again after each flush: a subscriber whose socket has refused output
+//! and whose unsent output (our queue plus what its socket held unsent when it last refused
+//! more) passes `--max-queued-bytes`, or that holds more than `--send-queue` hub messages, is
+//! refused further frames and listed; [`Deliveries::finish`] hands the list back and
+//! [`Cuts::apply`] cuts those clients off (1008, counted as slow consumers) right after the hub
+//! returns (the hub is busy during the call). Used by every caller of the hub: WebSocket
+//! messages (`frames`), the HTTP publish API (`http_route`) and the backplane (`relay`).
 
 use slab::Slab;
 
 use super::connection::Connection;
-use super::state::Settings;
+use super::lifecycle::cut_slow_consumer;
+use super::state::{Settings, Shared};
 use super::timers::NEVER;
 use crate::backplane::redis::{BackplaneStats, RedisBackplane};
 use crate::backplane::Backplane;
 use crate::hub::{ClientId, Outbox};
 use crate::protocol::deflate::{Deflater, SharedMessage};
 
-/// A subscriber with this much queued ends the turn's reading early (see `flush_soon`).
+/// A subscriber with this much queued ends the turn's reading early (see the module header).
 const FLUSH_SOON_BYTES: usize = 256 * 1024;
 
 /// The hub's view of the connections: queue a shared frame, bounded per client.
@@ -37,13 +40,37 @@ pub(super) struct Deliveries<'a> {
     max_queued_bytes: usize,
     send_queue: usize,
     /// Clients over a bound during this call; cut off right after it (the hub is busy).
-    pub(super) cut_off: Vec<usize>,
-    /// A subscriber's queue reached [`FLUSH_SOON_BYTES`] or half its `--send-queue`: the loop
-    /// should stop reading this turn and flush, so a burst is written before more is queued.
-    pub(super) flush_soon: bool,
+    cuts: Vec<usize>,
+    /// A subscriber's queue reached the flush-soon mark.
+    flush_soon: bool,
     /// Where publishes go on to the other nodes; `None` for a single node and for messages that
     /// came from the backplane (never relayed back).
     backplane: Option<&'a mut RedisBackplane>,
+}
+
+/// What a fan-out leaves to do once the hub has returned.
+#[must_use = "clients refused during the fan-out must be ended with `apply`"]
+#[derive(Default)]
+pub(super) struct Cuts {
+    cuts: Vec<usize>,
+    flush_soon: bool,
+}
+
+impl Cuts {
+    /// Adds what another fan-out left, for a handler that runs several before it can end them.
+    pub(super) fn absorb(&mut self, other: Cuts) {
+        self.cuts.extend(other.cuts);
+        self.flush_soon |= other.flush_soon;
+    }
+
+    /// Cuts off each refused client, and tells the loop to flush soon if a queue grew big.
+    pub(super) fn apply(self, conns: &mut Slab<Connection>, s: &mut Shared) {
+        s.flush_soon |= self.flush_soon;
+        for key in self.cuts {
+            let Some(conn) = conns.get_mut(key) else { continue };
+            cut_slow_consumer(conn, s, key);
+        }
+    }
 }
 
 impl<'a> Deliveries<'a> {
@@ -59,10 +86,15 @@ impl<'a> Deliveries<'a> {
             deflater,
             max_queued_bytes: settings.max_queued_bytes,
             send_queue: settings.send_queue,
-            cut_off: Vec::new(),
+            cuts: Vec::new(),
             flush_soon: false,
             backplane: None,
         }
+    }
+
+    /// Ends the fan-out, releasing the connections; what is left to do is in the [`Cuts`].
+    pub(super) fn finish(self) -> Cuts {
+        Cuts { cuts: self.cuts, flush_soon: self.flush_soon }
     }
 
     /// The backplane's state and counters, for `/healthz` and `/metrics`.
@@ -78,7 +110,7 @@ impl<'a> Deliveries<'a> {
 
     fn deliver_to(&mut self, key: usize, message: &SharedMessage) -> bool {
         let Some(conn) = self.conns.get_mut(key) else { return false };
-        if !conn.accepts_messages() || self.cut_off.contains(&key) {
+        if !conn.accepts_messages() || self.cuts.contains(&key) {
             return false;
         }
         // Plain, or the compressed variant for this client's window (built on first need).
@@ -94,7 +126,7 @@ impl<'a> Deliveries<'a> {
         if refused_before
             && (conn.unsent_bytes() > self.max_queued_bytes || conn.out.shared_frames() > self.send_queue)
         {
-            self.cut_off.push(key);
+            self.cuts.push(key);
             return false;
         }
         if conn.out.queued_bytes() >= FLUSH_SOON_BYTES || conn.out.shared_frames() >= self.send_queue / 2 {

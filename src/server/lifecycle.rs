@@ -5,11 +5,13 @@
 //! last bytes with [`reject`] or [`linger`] (write them, shut down our side, drain, bounded by a
 //! deadline) or ends at once with [`doom`]; [`reap`] removes the doomed at the end of the turn.
 //! After any step that may move a deadline, [`rearm`] puts the connection's next one in the timer
-//! queue. A client whose queue outgrows its bound is cut off by [`cut_slow_consumer`].
+//! queue. A client whose queue outgrows its bound is cut off by [`cut_slow_consumer`]; one whose
+//! socket fails (a reset, a broken pipe) ends in [`socket_failed`], counted apart.
 //!
 //! Everything here takes one connection (or the slab) and [`Shared`], never the `Server`, and
 //! calls nothing above it: handlers and the loop call down into this file, not the other way.
 
+use std::io;
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 
@@ -76,8 +78,7 @@ fn flush_limited(conn: &mut Connection, s: &mut Shared, key: usize, limit: usize
                 f.blocked
             }
             Err(e) => {
-                debug!("conn {key} write error: {e}");
-                doom(conn, s, key, Ending::IoError);
+                socket_failed(conn, s, key, "write", &e);
                 return written;
             }
         };
@@ -113,7 +114,7 @@ fn flush_limited(conn: &mut Connection, s: &mut Shared, key: usize, limit: usize
 
 /// Queue a refusal and end the connection after it is written.
 pub(super) fn reject(conn: &mut Connection, s: &mut Shared, key: usize, rejection: Rejection) {
-    debug!("conn {key} rejected: {} {}", rejection.status, rejection.reason);
+    debug!(conn = key, peer:% = conn.peer; "rejected: {} {}", rejection.status, rejection.reason);
     s.metrics.handshake_rejected(rejection.status);
     conn.out.append_with(&mut s.pool, |out| rejection.write_response(out));
     linger(conn, s, key, Ending::Rejected);
@@ -122,7 +123,7 @@ pub(super) fn reject(conn: &mut Connection, s: &mut Shared, key: usize, rejectio
 /// As [`reject`], for a request that was not an upgrade (or not readable as one): counted as
 /// an HTTP response, not a refused handshake.
 pub(super) fn reject_http(conn: &mut Connection, s: &mut Shared, key: usize, rejection: Rejection) {
-    debug!("conn {key} refused: {} {}", rejection.status, rejection.reason);
+    debug!(conn = key, peer:% = conn.peer; "refused: {} {}", rejection.status, rejection.reason);
     s.metrics.http_response(rejection.status);
     conn.out.append_with(&mut s.pool, |out| rejection.write_response(out));
     linger(conn, s, key, Ending::Rejected);
@@ -149,12 +150,15 @@ pub(super) fn cut_slow_consumer(conn: &mut Connection, s: &mut Shared, key: usiz
     if conn.doomed {
         return;
     }
-    warn!(
-        "conn {key} from {} cut off: slow consumer ({} bytes queued, {} unsent in the kernel)",
-        conn.peer,
-        conn.out.queued_bytes(),
-        conn.kernel_queued
-    );
+    if s.logs.slow_consumer.hit(s.now) {
+        let peer = conn.peer.to_string();
+        warn!(
+            conn = key, peer = peer.as_str();
+            "cut off: slow consumer ({} bytes queued, {} unsent in the kernel)",
+            conn.out.queued_bytes(),
+            conn.kernel_queued
+        );
+    }
     s.metrics.slow_consumer_dropped();
     conn.close_code = code::POLICY;
     s.metrics.close_code_sent(code::POLICY);
@@ -168,6 +172,20 @@ pub(super) fn cut_slow_consumer(conn: &mut Connection, s: &mut Shared, key: usiz
     // cut-off clients in one turn do not hold their queues at once.
     conn.out.clear(&mut s.pool);
     doom(conn, s, key, Ending::SlowConsumer);
+}
+
+/// A read or write failed: the peer reset the connection, or it is otherwise unusable. Logged
+/// and counted as a reset (`connection_resets_total`), not as a slow consumer, and ended at once:
+/// nothing more can be written to it.
+pub(super) fn socket_failed(conn: &mut Connection, s: &mut Shared, key: usize, during: &str, e: &io::Error) {
+    if conn.doomed {
+        return;
+    }
+    debug!(conn = key; "{during} error: {e}");
+    s.metrics.connection_reset();
+    // Queued output can never leave: give its buffers back now.
+    conn.out.clear(&mut s.pool);
+    doom(conn, s, key, Ending::IoError);
 }
 
 pub(super) fn on_eof(conn: &mut Connection, s: &mut Shared, key: usize) {
@@ -279,7 +297,11 @@ pub(super) fn reap(conns: &mut Slab<Connection>, s: &mut Shared, registry: &Regi
             s.refusing -= 1;
         }
         let _ = registry.deregister(&mut conn.socket);
-        debug!("conn {key} from {} closed: {:?}, close code {}", conn.peer, conn.ending, conn.close_code);
+        if log::log_enabled!(log::Level::Debug) {
+            // The address kept from accept: a socket the peer reset no longer knows it.
+            let peer = conn.peer.to_string();
+            debug!(conn = key, peer = peer.as_str(); "closed: {:?}, close code {}", conn.ending, conn.close_code);
+        }
         conn.out.clear(&mut s.pool);
     }
 }

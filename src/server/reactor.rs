@@ -22,27 +22,28 @@ use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use log::{debug, info};
+use log::info;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
-use super::accept::{self, OVERFLOW_SLOTS};
+use super::accept;
 use super::admission::Admission;
 use super::connection::{Connection, Ending, Phase};
 use super::frames::on_frames;
 use super::lifecycle::{
-    doom, flush_dirty, flush_now, mark_dirty, on_eof, reap, rearm_key, TURN_WRITE_BUDGET,
+    doom, flush_dirty, flush_now, mark_dirty, on_eof, reap, rearm_key, socket_failed, TURN_WRITE_BUDGET,
 };
 use super::outbuf::BufferPool;
 use super::relay;
 use super::shutdown;
-use super::state::{Mode, Settings, Shared, READ_PREFIX, READ_SIZE};
+use super::state::{Mode, Settings, Shared, StressLogs, READ_PREFIX, READ_SIZE};
 use super::timeouts::run_timers;
 use super::timers::{DeadlineQueue, NEVER};
 use crate::backplane::redis::{RedisBackplane, RedisSettings, PUB, SUB};
+use crate::config::validate::FdBudget;
 use crate::config::{millis, Config};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -90,10 +91,14 @@ impl Server {
         } else {
             None
         };
+        // `config::load` has fitted the limit already; a `Config` built in code gets the same
+        // share of the open-file limit: the connections, the 503 overflow and a reserve.
+        let open_files = crate::sys::open_file_limit();
+        let overflow_slots = FdBudget::overflow_for(open_files);
         let max_connections = config
             .max_connections
-            .unwrap_or_else(default_max_connections)
-            .clamp(1, (1 << 24) - OVERFLOW_SLOTS - 1);
+            .unwrap_or_else(|| FdBudget::fit(open_files).unwrap_or(1))
+            .clamp(1, (1 << 24) - overflow_slots - 1);
         let settings = Settings {
             mode: if config.echo { Mode::Echo } else { Mode::Hub },
             path: config.path.clone(),
@@ -104,6 +109,7 @@ impl Server {
             max_connections_per_ip: config.max_connections_per_ip,
             max_pending_handshakes: config.max_pending_handshakes.unwrap_or(max_connections / 4).max(1),
             socket_send_buffer: config.socket_send_buffer,
+            overflow_slots,
             max_head: config.max_head_size.max(64),
             max_queued_bytes: config.max_queued_bytes.max(1),
             send_queue: config.send_queue.max(1),
@@ -115,7 +121,7 @@ impl Server {
         let hub = Hub::new(config.hub());
         // Sized for the limit up front: the slab's pages are only touched (and so only count
         // towards RSS) as connections arrive, and it never reallocates and copies under load.
-        let conns = Slab::with_capacity((max_connections + OVERFLOW_SLOTS).min(1 << 24));
+        let conns = Slab::with_capacity((max_connections + overflow_slots).min(1 << 24));
         let backplane = config.redis.as_ref().filter(|_| !config.echo).map(|url| {
             let settings = RedisSettings {
                 url: url.clone(),
@@ -158,6 +164,7 @@ impl Server {
                 now: 0,
                 accept_paused_until: None,
                 shutting_down: None,
+                logs: StressLogs::default(),
             },
         })
     }
@@ -243,8 +250,11 @@ impl Server {
         }
     }
 
-    fn next_wakeup(&self) -> Option<Millis> {
+    fn next_wakeup(&mut self) -> Option<Millis> {
         let mut next = self.shared.timers.next().unwrap_or(NEVER);
+        if let Some(at) = self.shared.logs.next_due() {
+            next = next.min(at);
+        }
         if let Some(at) = self.shared.accept_paused_until {
             next = next.min(at);
         }
@@ -263,6 +273,7 @@ impl Server {
         run_timers(&mut self.conns, &mut self.shared, self.poll.registry());
         flush_dirty(&mut self.conns, &mut self.shared);
         reap(&mut self.conns, &mut self.shared, self.poll.registry());
+        self.shared.logs.flush(self.shared.now);
         if let Some(at) = self.shared.accept_paused_until {
             if self.shared.now >= at {
                 self.shared.accept_paused_until = None;
@@ -311,8 +322,7 @@ impl Server {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    debug!("conn {key} read error: {e}");
-                    doom(conn, s, key, Ending::IoError);
+                    socket_failed(conn, s, key, "read", &e);
                     return;
                 }
             };
@@ -364,9 +374,4 @@ impl Server {
     pub fn begin_shutdown(&mut self) {
         shutdown::begin_shutdown(&mut self.listener, self.poll.registry(), &mut self.conns, &mut self.shared);
     }
-}
-
-/// The default connection limit: what the open-file limit leaves after a small reserve.
-fn default_max_connections() -> usize {
-    crate::sys::open_file_limit().saturating_sub(64).max(16)
 }

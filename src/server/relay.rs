@@ -12,8 +12,7 @@ use mio::Registry;
 use slab::Slab;
 
 use super::connection::Connection;
-use super::fanout::Deliveries;
-use super::lifecycle::cut_slow_consumer;
+use super::fanout::{Cuts, Deliveries};
 use super::state::Shared;
 use super::timers::{NEVER, RESERVED_TOKEN};
 use crate::backplane::redis::Inbound;
@@ -25,8 +24,7 @@ pub(super) const BACKPLANE_TIMER: usize = RESERVED_TOKEN;
 /// Readiness on the backplane's connection `which` (`redis::SUB` or `redis::PUB`).
 pub(super) fn on_event(conns: &mut Slab<Connection>, s: &mut Shared, registry: &Registry, which: usize) {
     let Some(backplane) = s.backplane.as_mut() else { return };
-    let mut cut_off = Vec::new();
-    let mut flush_soon = false;
+    let mut cuts = Cuts::default();
     backplane.on_event(which, registry, s.now, |inbound| {
         let mut outbox = Deliveries::new(conns, &mut s.dirty, &mut s.deflater, &s.settings);
         let deliverable = match inbound {
@@ -38,16 +36,10 @@ pub(super) fn on_event(conns: &mut Slab<Connection>, s: &mut Shared, registry: &
                 true
             }
         };
-        cut_off.append(&mut outbox.cut_off);
-        flush_soon |= outbox.flush_soon;
+        cuts.absorb(outbox.finish());
         deliverable
     });
-    s.flush_soon |= flush_soon;
-    for victim in cut_off {
-        if let Some(c) = conns.get_mut(victim) {
-            cut_slow_consumer(c, s, victim);
-        }
-    }
+    cuts.apply(conns, s);
     arm(s);
 }
 

@@ -15,6 +15,7 @@ use super::timers::DeadlineQueue;
 use crate::backplane::redis::RedisBackplane;
 use crate::http::HttpConfig;
 use crate::hub::Hub;
+use crate::logging::RateLimitedLog;
 use crate::metrics::Metrics;
 use crate::protocol::deflate::Deflater;
 use crate::protocol::handshake::UpgradePolicy;
@@ -44,6 +45,9 @@ pub(super) struct Settings {
     pub(super) max_pending_handshakes: usize,
     /// `--socket-send-buffer` (0: the kernel's default).
     pub(super) socket_send_buffer: usize,
+    /// Connections accepted beyond `max_connections` only to be answered 503; their descriptors
+    /// are part of the open-file budget (`config::validate::FdBudget`).
+    pub(super) overflow_slots: usize,
     pub(super) max_head: usize,
     pub(super) max_queued_bytes: usize,
     pub(super) send_queue: usize,
@@ -75,7 +79,7 @@ pub(super) struct Shared {
     pub(super) flush_soon: bool,
     /// Bytes the end-of-turn flush may still write this turn (see `lifecycle::flush_dirty`).
     pub(super) turn_write_budget: usize,
-    /// Connections refused at accept still draining their answer (`accept::OVERFLOW_SLOTS`).
+    /// Connections refused at accept still draining their answer (at most `overflow_slots`).
     pub(super) refusing: usize,
     /// Per-address counts and the pending-handshake bound.
     pub(super) admission: Admission,
@@ -90,4 +94,43 @@ pub(super) struct Shared {
     pub(super) now: Millis,
     pub(super) accept_paused_until: Option<Millis>,
     pub(super) shutting_down: Option<Millis>,
+    pub(super) logs: StressLogs,
+}
+
+/// How often a warning that comes in floods is summarized.
+const STRESS_LOG_INTERVAL: Millis = 5_000;
+
+/// Warnings that come in floods under stress: each is logged in full once, then summarized
+/// with a count once per interval (see [`RateLimitedLog`]). A new one is a field here and an
+/// entry in `all`.
+pub(super) struct StressLogs {
+    pub(super) accept_failed: RateLimitedLog,
+    pub(super) slow_consumer: RateLimitedLog,
+}
+
+impl Default for StressLogs {
+    fn default() -> StressLogs {
+        StressLogs {
+            accept_failed: RateLimitedLog::new("accept failures", STRESS_LOG_INTERVAL),
+            slow_consumer: RateLimitedLog::new("slow consumers cut off", STRESS_LOG_INTERVAL),
+        }
+    }
+}
+
+impl StressLogs {
+    fn all(&mut self) -> [&mut RateLimitedLog; 2] {
+        [&mut self.accept_failed, &mut self.slow_consumer]
+    }
+
+    /// Logs the summaries due at `now`; called once per loop turn.
+    pub(super) fn flush(&mut self, now: Millis) {
+        for log in self.all() {
+            log.flush(now);
+        }
+    }
+
+    /// The earliest summary due, for the loop's wake-up.
+    pub(super) fn next_due(&mut self) -> Option<Millis> {
+        self.all().into_iter().filter_map(|l| l.next_due()).min()
+    }
 }

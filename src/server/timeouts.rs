@@ -42,7 +42,7 @@ pub(super) fn on_timer(conn: &mut Connection, s: &mut Shared, key: usize) {
     let stalled = conn.write_stalled(now, s.settings.write_wait);
     match &mut conn.phase {
         Phase::Handshake { deadline, .. } if now >= *deadline => {
-            debug!("conn {key}: handshake timeout");
+            debug!(conn = key; "handshake timeout");
             // Say why (RFC 9110 section 15.5.9) rather than vanish; the answer lingers at most
             // the drain limit.
             conn.ending = Ending::HandshakeTimeout;
@@ -53,7 +53,7 @@ pub(super) fn on_timer(conn: &mut Connection, s: &mut Shared, key: usize) {
         }
         Phase::Open(session) => {
             if stalled {
-                debug!("conn {key}: no write progress for {} ms", s.settings.write_wait);
+                debug!(conn = key; "no write progress for {} ms", s.settings.write_wait);
                 doom(conn, s, key, Ending::WriteTimeout);
                 return;
             }
