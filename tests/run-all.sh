@@ -3,8 +3,9 @@
 #   1. cargo: unit, property, integration (real binary on loopback; the backplane tests against
 #      private redis-server instances), fuzz-corpus replay
 #   2. Autobahn testsuite (fuzzingclient, sections 1-10) against `wshub --echo`, checked
-#      against autobahn/expected-results.json
-#   3. interop: Python `websockets` client against the echo mode and the hub protocol
+#      against autobahn/expected-results.json, over ws:// and again over wss://
+#   3. interop: Python `websockets` client against the echo mode and the hub protocol, and over
+#      wss:// with curl for https:// /healthz
 #   4. benchmark smoke: the load generator's smallest echo case once (no speed asserted)
 # Stops at the first failing suite.
 set -euo pipefail
@@ -28,6 +29,9 @@ cargo test --workspace --all-targets
 
 step "Autobahn testsuite"
 autobahn/run.sh
+
+step "Autobahn testsuite over wss:// (same expected results)"
+autobahn/run.sh --tls
 
 step "interop: Python websockets"
 tests/interop/run.sh

@@ -163,6 +163,14 @@ pub struct Config {
     #[arg(long, env = "WSHUB_MAX_BODY_SIZE", default_value_t = 64 * 1024)]
     pub max_body_size: usize,
 
+    /// PEM certificate chain, end entity first. With --tls-key the listener speaks only TLS
+    /// (wss:// and https://); SIGHUP reloads both files.
+    #[arg(long, env = "WSHUB_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, RSA or SEC1) matching --tls-cert.
+    #[arg(long, env = "WSHUB_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Negotiate permessage-deflate (RFC 7692) with clients that offer it, always with no
     /// context takeover both ways (no compression state kept per connection).
     #[arg(long, env = "WSHUB_COMPRESSION")]
@@ -279,6 +287,14 @@ impl Config {
             subprotocols: self.subprotocols.clone(),
             origins: OriginPolicy::from_allowed(&self.allowed_origins),
             deflate: self.compression,
+        }
+    }
+
+    /// The certificate and key files, when TLS is on.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles { cert: cert.clone(), key: key.clone() }),
+            _ => None,
         }
     }
 

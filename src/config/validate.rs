@@ -491,7 +491,7 @@ mod tests {
     fn flags_that_name_files_must_name_readable_files() {
         use clap::{Arg, CommandFactory, FromArgMatches};
         let cmd =
-            Config::command().arg(Arg::new("tls_cert").long("tls-cert").value_hint(ValueHint::FilePath));
+            Config::command().arg(Arg::new("test_file").long("test-file").value_hint(ValueHint::FilePath));
         let dir = std::env::temp_dir();
         let readable = dir.join(format!("wshub-validate-{}.pem", std::process::id()));
         std::fs::write(&readable, "x").unwrap();
@@ -500,16 +500,16 @@ mod tests {
             ("/nonexistent/cert.pem", Some("No such file or directory")),
             (dir.to_str().unwrap(), Some("not a regular file")),
         ] {
-            let matches = cmd.clone().try_get_matches_from(["wshub", "--tls-cert", value]).unwrap();
+            let matches = cmd.clone().try_get_matches_from(["wshub", "--test-file", value]).unwrap();
             let config = Config::from_arg_matches(&matches).unwrap();
             let problems = files_readable(&Input { config: &config, cmd: &cmd, matches: &matches });
             match expected {
                 None => assert!(problems.is_empty(), "{problems:?}"),
                 Some(error) => {
                     assert_eq!(problems.len(), 1);
-                    assert_eq!(problems[0].flag(), "tls-cert");
+                    assert_eq!(problems[0].flag(), "test-file");
                     let line = describe(&cmd, &matches, None, &problems[0]);
-                    assert!(line.starts_with(&format!("--tls-cert: cannot read {value}: ")), "{line}");
+                    assert!(line.starts_with(&format!("--test-file: cannot read {value}: ")), "{line}");
                     assert!(line.contains(error), "{line}");
                 }
             }

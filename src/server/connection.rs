@@ -6,9 +6,8 @@
 
 use std::net::SocketAddr;
 
-use mio::net::TcpStream;
-
 use super::outbuf::OutQueue;
+use super::transport::Transport;
 use crate::protocol::session::{Millis, Session};
 
 /// Where a connection is in its life.
@@ -54,6 +53,8 @@ pub enum Ending {
     CloseTimeout,
     /// A socket error.
     IoError,
+    /// Bytes that are not TLS, or a TLS record or handshake rustls refused.
+    TlsError,
     /// Refused before the upgrade (4xx/503 sent).
     Rejected,
     /// Server shutting down.
@@ -61,7 +62,8 @@ pub enum Ending {
 }
 
 pub struct Connection {
-    pub socket: TcpStream,
+    /// The socket, plain or under TLS.
+    pub transport: Transport,
     /// The peer, as accept gave it: for logs (a reset socket no longer knows it) and the
     /// per-address counts.
     pub peer: SocketAddr,
@@ -97,9 +99,9 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(socket: TcpStream, peer: SocketAddr, handshake_deadline: Millis) -> Connection {
+    pub fn new(transport: Transport, peer: SocketAddr, handshake_deadline: Millis) -> Connection {
         Connection {
-            socket,
+            transport,
             peer,
             phase: Phase::Handshake { deadline: handshake_deadline, awaiting_body: false },
             out: OutQueue::default(),
@@ -129,10 +131,23 @@ impl Connection {
             }
     }
 
+    /// Output waits: queued plaintext, or TLS records not yet written.
+    #[inline]
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty() || self.transport.has_pending()
+    }
+
+    /// Output not yet taken by the socket, for the slow-consumer bound: the plaintext queue plus
+    /// what the TLS layer holds.
+    #[inline]
+    pub fn queued_bytes(&self) -> usize {
+        self.out.queued_bytes() + self.transport.pending_bytes()
+    }
+
     /// Records the outcome of a flush for the write-progress timer.
     #[inline]
     pub fn note_flush(&mut self, written: usize, now: Millis) {
-        if self.out.is_empty() {
+        if !self.has_output() {
             self.last_progress = super::timers::NEVER;
         } else if written > 0 || self.last_progress == super::timers::NEVER {
             // Progress, or the first time output is left waiting: the stall clock (re)starts.
@@ -143,14 +158,14 @@ impl Connection {
     /// Output has waited for `write_wait` with no progress.
     #[inline]
     pub fn write_stalled(&self, now: Millis, write_wait: Millis) -> bool {
-        !self.out.is_empty() && now >= self.last_progress.saturating_add(write_wait)
+        self.has_output() && now >= self.last_progress.saturating_add(write_wait)
     }
 
-    /// Output not yet taken by the peer: our queue plus what the kernel held unsent when the
-    /// socket last refused more.
+    /// Output not yet taken by the peer: our queue (and TLS records) plus what the kernel held
+    /// unsent when the socket last refused more.
     #[inline]
     pub fn unsent_bytes(&self) -> usize {
-        self.out.queued_bytes() + self.kernel_queued as usize
+        self.queued_bytes() + self.kernel_queued as usize
     }
 
     pub fn is_open(&self) -> bool {

@@ -12,7 +12,6 @@
 //! calls nothing above it: handlers and the loop call down into this file, not the other way.
 
 use std::io;
-use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 
 use log::{debug, warn};
@@ -23,6 +22,7 @@ use super::admission::AddrKey;
 use super::connection::{Connection, Ending, Phase};
 use super::state::{Mode, Shared};
 use super::timers::NEVER;
+use crate::metrics::TlsFailure;
 use crate::protocol::close::code;
 use crate::protocol::frame;
 use crate::protocol::handshake::Rejection;
@@ -42,7 +42,7 @@ pub(super) const TURN_WRITE_BUDGET: usize = 4 * 1024 * 1024;
 
 /// Queue the connection for the end-of-turn flush if it has output.
 pub(super) fn mark(conn: &mut Connection, s: &mut Shared, key: usize) {
-    if !conn.dirty && !conn.out.is_empty() {
+    if !conn.dirty && conn.has_output() {
         conn.dirty = true;
         s.dirty.push(key);
     }
@@ -69,8 +69,8 @@ pub(super) fn flush(conn: &mut Connection, s: &mut Shared, key: usize) {
 /// the limit (not refused by the socket) goes to the backlog for the next turn.
 fn flush_limited(conn: &mut Connection, s: &mut Shared, key: usize, limit: usize) -> usize {
     let mut written = 0;
-    if !conn.out.is_empty() {
-        let blocked = match conn.out.flush_limited(&mut conn.socket, &mut s.pool, limit) {
+    if conn.has_output() {
+        let blocked = match conn.transport.flush_limited(&mut conn.out, &mut s.pool, limit) {
             Ok(f) => {
                 conn.note_flush(f.written, s.now);
                 s.metrics.bytes_out(f.written as u64);
@@ -82,11 +82,11 @@ fn flush_limited(conn: &mut Connection, s: &mut Shared, key: usize, limit: usize
                 return written;
             }
         };
-        if conn.out.is_empty() {
+        if !conn.has_output() {
             conn.kernel_queued = 0;
         } else if blocked {
             // The socket refused more: what it holds unsent is this client's too.
-            let unsent = crate::sys::unsent_bytes(conn.socket.as_raw_fd()).unwrap_or(0);
+            let unsent = crate::sys::unsent_bytes(conn.transport.socket().as_raw_fd()).unwrap_or(0);
             conn.kernel_queued = u32::try_from(unsent).unwrap_or(u32::MAX);
         } else if !conn.dirty {
             // Stopped by the budget: carry on next turn, after everyone else had theirs.
@@ -101,12 +101,15 @@ fn flush_limited(conn: &mut Connection, s: &mut Shared, key: usize, limit: usize
             return written;
         }
     }
-    if conn.out.is_empty() {
+    if !conn.has_output() {
         if let Phase::Lingering { deadline } = conn.phase {
-            // Everything is out: FIN after the last byte, then wait for the peer's FIN so
-            // unread input does not turn our close into a reset.
-            let _ = conn.socket.shutdown(Shutdown::Write);
-            conn.phase = Phase::Draining { deadline };
+            // Everything is out: close_notify (TLS) and FIN after the last byte, then wait for
+            // the peer's FIN so unread input does not turn our close into a reset.
+            match conn.transport.finish() {
+                Ok(true) => conn.phase = Phase::Draining { deadline },
+                Ok(false) => mark(conn, s, key), // close_notify waits for the socket
+                Err(e) => socket_failed(conn, s, key, "write", &e),
+            }
         }
     }
     written
@@ -141,7 +144,7 @@ pub(super) fn linger(conn: &mut Connection, s: &mut Shared, key: usize, ending: 
     let wait = s.settings.session.close_timeout.clamp(1, DRAIN_LIMIT);
     conn.phase = Phase::Lingering { deadline: s.now + wait };
     mark(conn, s, key);
-    if conn.out.is_empty() {
+    if !conn.has_output() {
         flush(conn, s, key);
     }
 }
@@ -155,7 +158,7 @@ pub(super) fn cut_slow_consumer(conn: &mut Connection, s: &mut Shared, key: usiz
         warn!(
             conn = key, peer = peer.as_str();
             "cut off: slow consumer ({} bytes queued, {} unsent in the kernel)",
-            conn.out.queued_bytes(),
+            conn.queued_bytes(),
             conn.kernel_queued
         );
     }
@@ -167,7 +170,7 @@ pub(super) fn cut_slow_consumer(conn: &mut Connection, s: &mut Shared, key: usiz
     let mut close = Vec::new();
     frame::write_close(&mut close, code::POLICY, "slow consumer");
     conn.out.push_bytes(&mut s.pool, &close);
-    let _ = conn.out.flush(&mut conn.socket, &mut s.pool);
+    let _ = conn.transport.flush(&mut conn.out, &mut s.pool);
     // Nothing more will be written: free the queue now, not at the end of the turn, so many
     // cut-off clients in one turn do not hold their queues at once.
     conn.out.clear(&mut s.pool);
@@ -193,6 +196,9 @@ pub(super) fn on_eof(conn: &mut Connection, s: &mut Shared, key: usize) {
     // still goes out, best effort, before the socket is dropped.
     flush(conn, s, key);
     let ending = if matches!(conn.phase, Phase::Draining { .. }) { Ending::Normal } else { Ending::PeerGone };
+    if conn.transport.handshaking() && !conn.doomed {
+        s.metrics.tls_handshake_failed(TlsFailure::Closed);
+    }
     doom(conn, s, key, ending);
 }
 
@@ -212,7 +218,7 @@ pub(super) fn rearm(conn: &mut Connection, s: &mut Shared, key: usize) {
         }
         Phase::Open(session) => {
             let mut d = session.next_timeout(&s.settings.session).unwrap_or(NEVER);
-            if !conn.out.is_empty() {
+            if conn.has_output() {
                 d = d.min(conn.last_progress.saturating_add(s.settings.write_wait));
             }
             d
@@ -231,7 +237,7 @@ pub(super) fn rearm_key(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
 /// The socket became writable: flush this connection at the end of the turn if it has output.
 pub(super) fn mark_dirty(conns: &mut Slab<Connection>, s: &mut Shared, key: usize) {
     if let Some(conn) = conns.get_mut(key) {
-        if !conn.out.is_empty() {
+        if conn.has_output() {
             mark(conn, s, key);
         }
     }
@@ -242,7 +248,7 @@ pub(super) fn mark_dirty(conns: &mut Slab<Connection>, s: &mut Shared, key: usiz
 /// without waiting for the rest of the turn.
 pub(super) fn flush_now(conns: &mut Slab<Connection>, s: &mut Shared, key: usize) {
     if let Some(conn) = conns.get_mut(key) {
-        if !conn.doomed && !conn.out.is_empty() {
+        if !conn.doomed && conn.has_output() {
             flush(conn, s, key);
             rearm(conn, s, key);
         }
@@ -296,7 +302,7 @@ pub(super) fn reap(conns: &mut Slab<Connection>, s: &mut Shared, registry: &Regi
         if conn.overflow {
             s.refusing -= 1;
         }
-        let _ = registry.deregister(&mut conn.socket);
+        let _ = registry.deregister(conn.transport.socket_mut());
         if log::log_enabled!(log::Level::Debug) {
             // The address kept from accept: a socket the peer reset no longer knows it.
             let peer = conn.peer.to_string();

@@ -18,14 +18,14 @@
 //! Hot paths: [`Server::on_readable`] -> `frames::on_frames` (parse and unmask in place, in the
 //! loop's one read buffer) and `lifecycle::flush`.
 
-use std::io::{self, Read};
+use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use log::info;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
@@ -39,16 +39,18 @@ use super::lifecycle::{
 use super::outbuf::BufferPool;
 use super::relay;
 use super::shutdown;
-use super::state::{Mode, Settings, Shared, StressLogs, READ_PREFIX, READ_SIZE};
+use super::state::{Mode, Settings, Shared, StressLogs, READ_PREFIX, READ_SIZE, TLS_READ_SIZE};
 use super::timeouts::run_timers;
 use super::timers::{DeadlineQueue, NEVER};
+use super::transport::Received;
 use crate::backplane::redis::{RedisBackplane, RedisSettings, PUB, SUB};
 use crate::config::validate::FdBudget;
 use crate::config::{millis, Config};
 use crate::hub::Hub;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TlsFailure};
 use crate::protocol::deflate::Deflater;
 use crate::protocol::session::Millis;
+use crate::tls::TlsListener;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
@@ -76,6 +78,13 @@ impl Server {
     /// Binds the listener and prepares the loop. `handle_signals`: stop on SIGINT/SIGTERM
     /// (the binary does; in-process tests do not).
     pub fn bind(config: &Config, handle_signals: bool) -> io::Result<Server> {
+        // Certificate problems are reported before the port is taken.
+        let tls = match config.tls_files() {
+            Some(files) => {
+                Some(TlsListener::load(files).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?)
+            }
+            None => None,
+        };
         let poll = Poll::new()?;
         let mut listener = if config.reuse_port {
             TcpListener::from_std(crate::sys::listen_reuse_port(config.listen)?)
@@ -85,7 +94,8 @@ impl Server {
         let local_addr = listener.local_addr()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let signals = if handle_signals {
-            let mut signals = Signals::new([SIGINT, SIGTERM])?;
+            // SIGHUP reloads the TLS pair (and is ignored without TLS rather than fatal).
+            let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
             poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
             Some(signals)
         } else {
@@ -164,6 +174,8 @@ impl Server {
                 now: 0,
                 accept_paused_until: None,
                 shutting_down: None,
+                tls_scratch: if tls.is_some() { vec![0u8; TLS_READ_SIZE] } else { Vec::new() },
+                tls,
                 logs: StressLogs::default(),
             },
         })
@@ -177,8 +189,9 @@ impl Server {
     /// timeout has passed.
     pub fn run(mut self) -> io::Result<()> {
         info!(
-            "wshub listening on {} (path {}, {} mode, max {} connections)",
+            "wshub listening on {} ({}path {}, {} mode, max {} connections)",
             self.local_addr,
+            if self.shared.tls.is_some() { "TLS, " } else { "" },
             self.shared.settings.path,
             if self.shared.settings.mode == Mode::Echo { "echo" } else { "hub" },
             self.shared.settings.max_connections
@@ -309,18 +322,30 @@ impl Server {
                 return;
             }
             let start = READ_PREFIX - kept;
-            let result = conn.socket.read(&mut s.read_buf[READ_PREFIX..]);
-            let n = match result {
-                Ok(0) => {
+            let result = conn.transport.read(&mut s.read_buf[READ_PREFIX..], &mut s.tls_scratch);
+            if conn.transport.handshake_completed() {
+                s.metrics.tls_handshake_completed();
+            }
+            let (n, more) = match result {
+                Ok(Received { n: 0, .. }) => {
                     on_eof(conn, s, key);
                     return;
                 }
-                Ok(n) => n,
+                Ok(Received { n, more }) => (n, more),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     flush_now(&mut self.conns, &mut self.shared, key);
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::InvalidData && conn.transport.is_tls() => {
+                    log::debug!(conn = key; "TLS error: {e}");
+                    if conn.transport.handshaking() {
+                        s.metrics.tls_handshake_failed(TlsFailure::Error);
+                    }
+                    // The alert, if any, is already written; nothing else is owed.
+                    doom(conn, s, key, Ending::TlsError);
+                    return;
+                }
                 Err(e) => {
                     socket_failed(conn, s, key, "read", &e);
                     return;
@@ -342,7 +367,7 @@ impl Server {
             // A short read drained the socket: with edge-triggered readiness the next arrival
             // raises a new event, so skip the read that would only say WouldBlock. Not when the
             // peer's FIN came in the same event: the read that returns 0 is the only notice.
-            if n < READ_SIZE && !read_to_end {
+            if !more && !read_to_end {
                 flush_now(&mut self.conns, &mut self.shared, key);
                 return;
             }
