@@ -40,6 +40,8 @@ pub struct Gauges {
     /// Topics with at least one subscriber.
     pub topics: usize,
     pub uptime_seconds: u64,
+    /// What the topic history keeps (all zero with history off).
+    pub history: crate::hub::history::HistoryStats,
     /// The backplane's counters, kept by the backplane itself; `None` without `--redis`.
     pub backplane: Option<BackplaneStats>,
 }
@@ -325,6 +327,15 @@ impl Metrics {
         gauge(out, "connections", "Open connections.", gauges.connections as u64)?;
         gauge(out, "topics", "Topics with at least one subscriber.", gauges.topics as u64)?;
         gauge(out, "uptime_seconds", "Seconds since the server started.", gauges.uptime_seconds)?;
+        let history = &gauges.history;
+        gauge(out, "history_topics", "Topics with history state.", history.topics as u64)?;
+        gauge(out, "history_messages", "Messages kept for recovery.", history.messages as u64)?;
+        gauge(
+            out,
+            "history_bytes",
+            "Bytes the kept messages cost (bounded by --history-max-bytes).",
+            history.bytes as u64,
+        )?;
         if let Some(b) = &gauges.backplane {
             gauge(out, "backplane_up", "1 while the Redis backplane is connected.", u64::from(b.up))?;
             counter(
@@ -433,7 +444,10 @@ mod tests {
         m.close_code_sent(4000);
         m.http_response(413);
 
-        let text = render(&m, &Gauges { connections: 7, topics: 2, uptime_seconds: 99, backplane: None });
+        let text = render(
+            &m,
+            &Gauges { connections: 7, topics: 2, uptime_seconds: 99, backplane: None, ..Gauges::default() },
+        );
         let expect = [
             ("wshub_connections_accepted_total", 2),
             ("wshub_connections_opened_total", 1),

@@ -6,7 +6,9 @@
 #      against autobahn/expected-results.json, over ws:// and again over wss://
 #   3. interop: Python `websockets` client against the echo mode and the hub protocol, and over
 #      wss:// with curl for https:// /healthz
-#   4. benchmark smoke: the load generator's smallest echo case once (no speed asserted)
+#   4. browser: headless Chromium runs the JS client (recovery through cuts and a restart)
+#      and the demo page
+#   5. benchmark smoke: the load generator's smallest echo case once (no speed asserted)
 # Stops at the first failing suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +37,9 @@ autobahn/run.sh --tls
 
 step "interop: Python websockets"
 tests/interop/run.sh
+
+step "browser: headless Chromium, JS client and demo page"
+tests/browser/run.sh
 
 if [[ -x bench/run.sh ]]; then
     step "benchmark smoke"

@@ -204,6 +204,22 @@ pub struct Config {
     /// same port (the kernel spreads new connections across them).
     #[arg(long, env = "WSHUB_REUSE_PORT")]
     pub reuse_port: bool,
+
+    /// Messages kept per topic for clients that reconnect (`subscribe` with `since`); 0 = off.
+    #[arg(long, env = "WSHUB_HISTORY_SIZE", default_value_t = 0)]
+    pub history_size: usize,
+
+    /// Seconds a kept message lives, and an unused topic keeps its epoch.
+    #[arg(long, env = "WSHUB_HISTORY_TTL", default_value_t = 300.0, value_parser = parse_secs)]
+    pub history_ttl: f64,
+
+    /// Bound on the memory all kept messages take, in bytes (oldest evicted first).
+    #[arg(long, env = "WSHUB_HISTORY_MAX_BYTES", default_value_t = 64 << 20)]
+    pub history_max_bytes: usize,
+
+    /// Serve a demo page (live chat and counter, built on the browser client) at `GET /`.
+    #[arg(long, env = "WSHUB_DEMO")]
+    pub demo: bool,
 }
 
 /// Parses `--redis`; unlike clap's usual error, the refusal does not repeat the value, which
@@ -279,6 +295,7 @@ impl Config {
             api_key: self.api_key.clone(),
             max_body_bytes: self.max_body_size,
             origins: OriginPolicy::from_allowed(&self.allowed_origins),
+            demo: self.demo,
         }
     }
 
@@ -300,6 +317,15 @@ impl Config {
 
     pub fn deflate(&self) -> DeflateConfig {
         DeflateConfig { threshold: self.compression_threshold, level: self.compression_level }
+    }
+
+    /// The history settings, or `None` when history is off.
+    pub fn history(&self) -> Option<crate::hub::history::HistoryConfig> {
+        (self.history_size > 0).then(|| crate::hub::history::HistoryConfig {
+            size: self.history_size,
+            ttl: millis(self.history_ttl).max(1),
+            max_bytes: self.history_max_bytes,
+        })
     }
 
     /// Defaults for tests and embedding: what `wshub` with no flags would use.

@@ -244,6 +244,27 @@ pub const RANGES: &[Range] = &[
     Range { flag: "shutdown-timeout", get: |c| Some(c.shutdown_timeout), min: 0.0, max: HOUR, unit: "s" },
     Range { flag: "ping-interval", get: |c| Some(c.ping_interval), min: 0.0, max: 24.0 * HOUR, unit: "s" },
     Range { flag: "pong-wait", get: |c| Some(c.pong_wait), min: 0.0, max: 24.0 * HOUR, unit: "s" },
+    Range {
+        flag: "history-size",
+        get: |c| Some(c.history_size as f64),
+        min: 0.0,
+        max: 1e6,
+        unit: "messages",
+    },
+    Range {
+        flag: "history-ttl",
+        get: |c| Some(c.history_ttl),
+        min: 0.001,
+        max: 7.0 * 24.0 * HOUR,
+        unit: "s",
+    },
+    Range {
+        flag: "history-max-bytes",
+        get: |c| Some(c.history_max_bytes as f64),
+        min: 0.0,
+        max: 64.0 * GIB,
+        unit: "bytes",
+    },
 ];
 
 /// What a rule sees.

@@ -46,6 +46,7 @@ use super::transport::Received;
 use crate::backplane::redis::{RedisBackplane, RedisSettings, PUB, SUB};
 use crate::config::validate::FdBudget;
 use crate::config::{millis, Config};
+use crate::hub::history::{random_seed, MemoryHistory};
 use crate::hub::Hub;
 use crate::metrics::{Metrics, TlsFailure};
 use crate::protocol::deflate::Deflater;
@@ -64,6 +65,8 @@ const READS_PER_TURN: usize = 8;
 const BACKPLANE_CONNECT_TIMEOUT: Millis = 3_000;
 /// Most turns a fan-out flush is put off while input keeps arriving.
 const MAX_DEFERRED_TURNS: usize = 8;
+/// Shortest gap between two history expiry wake-ups (TTLs are kept within one).
+const HISTORY_SWEEP: Millis = 1000;
 
 pub struct Server {
     poll: Poll,
@@ -129,6 +132,10 @@ impl Server {
         };
         let (per_ip, max_pending) = (settings.max_connections_per_ip, settings.max_pending_handshakes);
         let hub = Hub::new(config.hub());
+        let hub = match config.history() {
+            Some(history) => hub.with_history(Box::new(MemoryHistory::new(history, random_seed()))),
+            None => hub,
+        };
         // Sized for the limit up front: the slab's pages are only touched (and so only count
         // towards RSS) as connections arrive, and it never reallocates and copies under load.
         let conns = Slab::with_capacity((max_connections + overflow_slots).min(1 << 24));
@@ -224,6 +231,7 @@ impl Server {
                 return Err(e);
             }
             self.shared.now = self.shared.started.elapsed().as_millis() as Millis;
+            self.shared.hub.tick(self.shared.now);
             for key in std::mem::take(&mut self.shared.reread) {
                 self.on_readable(key, true);
             }
@@ -273,6 +281,10 @@ impl Server {
         }
         if let Some(at) = self.shared.shutting_down {
             next = next.min(at);
+        }
+        if let Some(at) = self.shared.hub.history_deadline() {
+            // History expiry wakes the loop at most once a second (TTLs are kept within one).
+            next = next.min(at.max(self.shared.now + HISTORY_SWEEP));
         }
         (next != NEVER).then_some(next)
     }
