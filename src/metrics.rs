@@ -13,9 +13,9 @@ use std::fmt::{self, Write as _};
 use crate::backplane::redis::BackplaneStats;
 
 /// Statuses a refused upgrade request can get; anything else is counted as "other".
-pub const HANDSHAKE_REJECT_STATUSES: [u16; 7] = [400, 403, 404, 426, 429, 431, 503];
+pub const HANDSHAKE_REJECT_STATUSES: [u16; 8] = [400, 401, 403, 404, 426, 429, 431, 503];
 /// Close codes counted on their own; anything else is counted as "other".
-pub const CLOSE_CODES: [u16; 8] = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011];
+pub const CLOSE_CODES: [u16; 9] = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 4001];
 /// Statuses of plain HTTP responses counted on their own; anything else is "other".
 pub const HTTP_STATUSES: [u16; 13] = [200, 400, 401, 403, 404, 405, 408, 411, 413, 415, 429, 431, 503];
 
@@ -83,6 +83,8 @@ pub struct Metrics {
     close_codes_sent: [u64; CLOSE_CODES.len() + 1],
     /// Indexed like `HTTP_STATUSES`, then "other".
     http_responses: [u64; HTTP_STATUSES.len() + 1],
+    /// Token refusals, permission denials, expiries, refreshes, rate-limit closes.
+    pub auth: crate::auth::AuthMetrics,
     /// TLS handshakes completed.
     pub tls_handshakes: u64,
     /// TLS handshakes that did not complete, indexed like `TlsFailure`.
@@ -307,6 +309,7 @@ impl Metrics {
             &HTTP_STATUSES,
             &self.http_responses,
         )?;
+        self.auth.write_prometheus(out)?;
         counter(out, "tls_handshakes_total", "TLS handshakes completed.", self.tls_handshakes)?;
         writeln!(
             out,

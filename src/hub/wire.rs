@@ -45,6 +45,8 @@ pub enum Kind {
     Unsubscribe,
     Publish,
     Broadcast,
+    /// A new connection token (only meaningful when tokens are required).
+    Refresh,
 }
 
 impl Kind {
@@ -55,6 +57,7 @@ impl Kind {
             "unsubscribe" => Kind::Unsubscribe,
             "publish" => Kind::Publish,
             "broadcast" => Kind::Broadcast,
+            "refresh" => Kind::Refresh,
             _ => return None,
         })
     }
@@ -120,6 +123,13 @@ pub struct PublishPayload<'a> {
 pub struct BroadcastPayload<'a> {
     #[serde(borrow)]
     pub data: &'a RawValue,
+}
+
+/// Payload of `refresh`.
+#[derive(Deserialize)]
+pub struct RefreshPayload<'a> {
+    #[serde(borrow)]
+    pub token: Cow<'a, str>,
 }
 
 /// Whether `text` (after JSON whitespace) is an object. serde's derived structs also accept
@@ -397,6 +407,15 @@ pub fn write_ack(out: &mut Vec<u8>, topic: Option<&str>, delivered: usize, relay
     push_relay(out, relay);
     out.push(b'}');
     push_id(out, Some(id));
+    out.push(b'}');
+}
+
+/// `{"type":"refreshed","payload":{"exp":E}}`, with the id.
+pub fn write_refreshed(out: &mut Vec<u8>, exp: u64, id: Option<&RawValue>) {
+    out.extend_from_slice(b"{\"type\":\"refreshed\",\"payload\":{\"exp\":");
+    push_decimal(out, exp);
+    out.push(b'}');
+    push_id(out, id);
     out.push(b'}');
 }
 

@@ -20,6 +20,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
+use super::access;
 use super::admission::{AddrKey, Decision};
 use super::connection::{Connection, Ending, Phase};
 use super::frames::on_frames;
@@ -214,6 +215,13 @@ fn on_request(conns: &mut Slab<Connection>, s: &mut Shared, key: usize) {
                 return;
             }
         };
+        let grant = match access::admit(&head, s) {
+            Ok(grant) => grant,
+            Err(refusal) => {
+                access::refuse(conn, s, key, refusal);
+                return;
+            }
+        };
         let head_len = head.head_len;
         s.control.clear();
         accepted.write_response(&s.settings.upgrade, &mut s.control);
@@ -228,6 +236,8 @@ fn on_request(conns: &mut Slab<Connection>, s: &mut Shared, key: usize) {
         s.control.clear();
         conn.phase = Phase::Open(Session::new(&s.settings.session, s.now).with_deflate(accepted.deflate));
         conn.send_window = accepted.deflate.and_then(|a| a.send_window());
+        conn.grant = grant;
+        conn.rate = access::buckets(&s.settings, s.now);
         s.metrics.connection_opened();
         mark(conn, s, key);
         debug!(conn = key; "upgraded");

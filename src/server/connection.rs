@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 
 use super::outbuf::OutQueue;
 use super::transport::Transport;
+use crate::auth::rate::Buckets;
+use crate::auth::Grant;
 use crate::protocol::session::{Millis, Session};
 
 /// Where a connection is in its life.
@@ -92,6 +94,11 @@ pub struct Connection {
     /// What the kernel held unsent (`SIOCOUTQ`) when the socket last refused output: counted
     /// with the queue against `--max-queued-bytes`. 0 after a flush that emptied the queue.
     pub kernel_queued: u32,
+    /// What the connection's token grants (None: no tokens on this server). Boxed so servers
+    /// without tokens pay one null pointer.
+    pub grant: Option<Box<Grant>>,
+    /// Rate-limit buckets (untouched without `--rate-limit`).
+    pub rate: Buckets,
     /// permessage-deflate window to compress what we send this client with (None: send plain).
     /// Kept here, not only in the session, because fan-out reaches a sender whose session is
     /// out of its slot ([`Phase::Busy`]).
@@ -116,6 +123,8 @@ impl Connection {
             pending: false,
             overflow: false,
             kernel_queued: 0,
+            grant: None,
+            rate: Buckets::default(),
             send_window: None,
         }
     }

@@ -223,7 +223,7 @@ pub(super) fn rearm(conn: &mut Connection, s: &mut Shared, key: usize) {
             if conn.has_output() {
                 d = d.min(conn.last_progress.saturating_add(s.settings.write_wait));
             }
-            d
+            d.min(super::access::deadline(conn, &s.settings))
         }
         Phase::Busy => return,
     };

@@ -22,7 +22,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use log::info;
+use log::{info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -46,10 +46,12 @@ use super::transport::Received;
 use crate::backplane::redis::{RedisBackplane, RedisSettings, PUB, SUB};
 use crate::config::validate::FdBudget;
 use crate::config::{millis, Config};
+use crate::http::HttpConfig;
 use crate::hub::history::{random_seed, MemoryHistory};
 use crate::hub::Hub;
 use crate::metrics::{Metrics, TlsFailure};
 use crate::protocol::deflate::Deflater;
+use crate::protocol::handshake::OriginPolicy;
 use crate::protocol::session::Millis;
 use crate::tls::TlsListener;
 
@@ -112,12 +114,20 @@ impl Server {
             .max_connections
             .unwrap_or_else(|| FdBudget::fit(open_files).unwrap_or(1))
             .clamp(1, (1 << 24) - overflow_slots - 1);
+        let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
+        let verifier = config.verifier().map_err(invalid)?;
+        let api_key = config.effective_api_key().map_err(invalid)?;
         let settings = Settings {
             mode: if config.echo { Mode::Echo } else { Mode::Hub },
             path: config.path.clone(),
             session: config.session(),
             upgrade: config.upgrade(),
-            http: config.http(),
+            http: HttpConfig {
+                api_key,
+                max_body_bytes: config.max_body_size,
+                origins: OriginPolicy::from_allowed(&config.allowed_origins),
+                demo: config.demo,
+            },
             max_connections,
             max_connections_per_ip: config.max_connections_per_ip,
             max_pending_handshakes: config.max_pending_handshakes.unwrap_or(max_connections / 4).max(1),
@@ -129,7 +139,21 @@ impl Server {
             handshake_timeout: millis(config.handshake_timeout).max(1),
             write_wait: millis(config.write_wait).max(1),
             shutdown_timeout: millis(config.shutdown_timeout),
+            verifier,
+            rate_limit: config.rate_limit(),
+            wall_start_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         };
+        match &settings.verifier {
+            Some(verifier) => info!("connection tokens required ({:?})", verifier.algorithms()),
+            None if !config.listen.ip().is_loopback() => warn!(
+                "listening on {} with no authentication: anyone who can reach it may subscribe and \
+                 publish (see --jwt-secret, --jwt-public-key)",
+                config.listen
+            ),
+            None => {}
+        }
         let (per_ip, max_pending) = (settings.max_connections_per_ip, settings.max_pending_handshakes);
         let hub = Hub::new(config.hub());
         let hub = match config.history() {

@@ -12,6 +12,8 @@ use std::time::Instant;
 use super::admission::Admission;
 use super::outbuf::BufferPool;
 use super::timers::DeadlineQueue;
+use crate::auth::rate::RateLimit;
+use crate::auth::Verifier;
 use crate::backplane::redis::RedisBackplane;
 use crate::http::HttpConfig;
 use crate::hub::Hub;
@@ -57,6 +59,12 @@ pub(super) struct Settings {
     pub(super) handshake_timeout: Millis,
     pub(super) write_wait: Millis,
     pub(super) shutdown_timeout: Millis,
+    /// Connection tokens, when any JWT option is set.
+    pub(super) verifier: Option<Verifier>,
+    /// `--rate-limit` / `--rate-burst`, when on.
+    pub(super) rate_limit: Option<RateLimit>,
+    /// Wall-clock Unix milliseconds when `now` was 0 (token times meet the loop's clock here).
+    pub(super) wall_start_ms: u64,
 }
 
 /// Everything the loop owns besides the connections, so handlers can borrow both at once.

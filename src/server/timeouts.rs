@@ -41,6 +41,11 @@ pub(super) fn run_timers(conns: &mut Slab<Connection>, s: &mut Shared, registry:
 pub(super) fn on_timer(conn: &mut Connection, s: &mut Shared, key: usize) {
     let now = s.now;
     let stalled = conn.write_stalled(now, s.settings.write_wait);
+    // A token that expired closes the connection with 4001 (the session then times the close).
+    if !stalled && super::access::on_expiry(conn, s, key) {
+        mark(conn, s, key);
+        return;
+    }
     match &mut conn.phase {
         Phase::Handshake { deadline, .. } if now >= *deadline && conn.transport.handshaking() => {
             // The TLS handshake did not finish: there is no channel to answer 408 on.
