@@ -514,7 +514,7 @@ impl Hub {
                 let RefreshPayload { token } =
                     payload_of(envelope.payload, "refresh needs {\"token\": string}")?;
                 let fresh = verifier.verify(&token, *now_unix_ms).map_err(HubError::RefreshRefused)?;
-                if fresh.sub != grant.sub {
+                if fresh.sub() != grant.sub() {
                     return Err(HubError::RefreshOtherSubject);
                 }
                 **grant = fresh;
