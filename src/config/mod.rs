@@ -32,6 +32,8 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use crate::auth::rate::RateLimit;
 use crate::auth::{Verifier, VerifierConfig};
 use crate::backplane::url::RedisUrl;
+use crate::http::HttpConfig;
+use crate::hub::HubConfig;
 use crate::protocol::deflate::DeflateConfig;
 use crate::protocol::handshake::{OriginPolicy, UpgradePolicy, DEFAULT_MAX_HEAD_LEN};
 use crate::protocol::session::{Millis, SessionConfig};
@@ -71,6 +73,22 @@ pub struct Config {
     /// Maximum simultaneous connections [default: derived from the open-file limit].
     #[arg(long, env = "WSHUB_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+
+    /// Most connections from one address at once (IPv6: one /64), in any phase; over it, 429
+    /// before the upgrade. 0: unlimited.
+    #[arg(long, env = "WSHUB_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+
+    /// Most connections still sending their request head, apart from open ones; when full, the
+    /// address holding the most gives up its oldest [default: a quarter of --max-connections].
+    #[arg(long, env = "WSHUB_MAX_PENDING_HANDSHAKES")]
+    pub max_pending_handshakes: Option<usize>,
+
+    /// Kernel send buffer of each connection, in bytes (SO_SNDBUF; Linux reserves twice this).
+    /// Bounds what a client that stops reading costs in kernel memory. 0: the kernel's default,
+    /// autotuned up to net.ipv4.tcp_wmem's maximum.
+    #[arg(long, env = "WSHUB_SOCKET_SEND_BUFFER", default_value_t = DEFAULT_SOCKET_SEND_BUFFER)]
+    pub socket_send_buffer: usize,
 
     /// Maximum size of one message, in bytes, after reassembly (bigger: close 1009).
     #[arg(long, env = "WSHUB_MAX_MESSAGE_SIZE", default_value_t = 1 << 20)]
@@ -134,6 +152,11 @@ pub struct Config {
     /// Most topics one connection may subscribe to.
     #[arg(long, env = "WSHUB_MAX_SUBSCRIPTIONS", default_value_t = 1024)]
     pub max_subscriptions: usize,
+
+    /// Most topics the server holds at once; subscribing to a new topic beyond it is refused
+    /// with an error (the connection stays). About 200 bytes plus the name per topic.
+    #[arg(long, env = "WSHUB_MAX_TOPICS", default_value_t = crate::hub::DEFAULT_MAX_TOPICS)]
+    pub max_topics: usize,
 
     /// Bearer token required by POST /publish and /broadcast. Without it, those accept
     /// loopback peers only.
@@ -271,6 +294,9 @@ pub enum LogFormat {
     Json,
 }
 
+/// Default of `--socket-send-buffer` (see README, "Bounds", for the measurement behind it).
+pub const DEFAULT_SOCKET_SEND_BUFFER: usize = 64 * 1024;
+
 /// A secret from the command line or environment: `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
@@ -322,6 +348,24 @@ impl Config {
             ping_interval: optional_millis(self.ping_interval),
             pong_wait: optional_millis(self.pong_wait),
             close_timeout: millis(self.close_timeout),
+        }
+    }
+
+    pub fn hub(&self) -> HubConfig {
+        HubConfig {
+            max_topic_length: self.max_topic_length,
+            max_subscriptions: self.max_subscriptions,
+            max_topics: self.max_topics,
+            allow_client_broadcast: self.allow_client_broadcast,
+        }
+    }
+
+    pub fn http(&self) -> HttpConfig {
+        HttpConfig {
+            api_key: self.api_key.clone(),
+            max_body_bytes: self.max_body_size,
+            origins: OriginPolicy::from_allowed(&self.allowed_origins),
+            demo: self.demo,
         }
     }
 

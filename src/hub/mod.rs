@@ -54,7 +54,9 @@
 //! | `Unknown message type` | `type` is a string but not one of the five above |
 //! | `Topic must not be empty` | `"topic": ""` |
 //! | `Topic too long (300 bytes, max 256)` | topic longer than `--max-topic-length` bytes (UTF-8) |
+//! | `Invalid message format` | also: a lone surrogate escape (`"\ud800"`) anywhere in the message (not I-JSON, RFC 7493), or a control character in a topic |
 //! | `Too many subscriptions (max 1024)` | the connection already has `--max-subscriptions` topics |
+//! | `Too many topics on this server (max 100000)` | subscribing to a new topic when the server holds `--max-topics` |
 //! | `Broadcast from clients is disabled` | `broadcast` without `--allow-client-broadcast` |
 //! | `Binary messages are not supported` | a binary frame |
 //!
@@ -91,7 +93,7 @@ use wire::{
     BroadcastPayload, Envelope, Kind, PublishPayload, RefreshPayload, SubscribePayload, TopicPayload,
 };
 
-pub(crate) use wire::{push_decimal, push_json_str, push_relay, too_deep};
+pub(crate) use wire::{push_decimal, push_json_str, push_relay, scan};
 
 /// The reactor's slab key for a connection.
 pub type ClientId = usize;
@@ -116,6 +118,12 @@ pub trait Outbox {
     }
 }
 
+/// Default of `--max-topics`. One topic costs about 200 bytes of tables plus its name (at most
+/// `--max-topic-length`, 256), so 100,000 topics are about 45 MB at worst: a bound one host
+/// cannot turn into gigabytes, and still room for a private topic per connection plus shared
+/// ones at tens of thousands of connections.
+pub const DEFAULT_MAX_TOPICS: usize = 100_000;
+
 /// What the sender of a message may do.
 pub enum Access<'a> {
     /// No connection tokens on this server: every topic is open and `--allow-client-broadcast`
@@ -133,13 +141,21 @@ pub struct HubConfig {
     pub max_topic_length: usize,
     /// Most topics one connection may be subscribed to at once.
     pub max_subscriptions: usize,
+    /// Most topics the server holds at once (topics with at least one subscriber): the bound
+    /// on hub memory together with `max_subscriptions` (see README, "Bounds").
+    pub max_topics: usize,
     /// Whether WebSocket clients may send `broadcast` (the HTTP API always may).
     pub allow_client_broadcast: bool,
 }
 
 impl Default for HubConfig {
     fn default() -> Self {
-        HubConfig { max_topic_length: 256, max_subscriptions: 1024, allow_client_broadcast: false }
+        HubConfig {
+            max_topic_length: 256,
+            max_subscriptions: 1024,
+            max_topics: DEFAULT_MAX_TOPICS,
+            allow_client_broadcast: false,
+        }
     }
 }
 
@@ -161,6 +177,12 @@ pub enum HubError {
     TooManySubscriptions {
         max: usize,
     },
+    /// The server holds `--max-topics` topics; subscribing to an existing one still works.
+    TooManyTopics {
+        max: usize,
+    },
+    /// A topic with a control character (they can only come escaped, e.g. `\u0007`).
+    TopicControlCharacter,
     ClientBroadcastDisabled,
     BinaryNotSupported,
     /// The connection's token does not grant this subscribe, publish or broadcast.
@@ -181,6 +203,8 @@ impl fmt::Display for HubError {
             HubError::EmptyTopic => f.write_str("Topic must not be empty"),
             HubError::TopicTooLong { len, max } => write!(f, "Topic too long ({len} bytes, max {max})"),
             HubError::TooManySubscriptions { max } => write!(f, "Too many subscriptions (max {max})"),
+            HubError::TooManyTopics { max } => write!(f, "Too many topics on this server (max {max})"),
+            HubError::TopicControlCharacter => f.write_str("Invalid message format"),
             HubError::ClientBroadcastDisabled => f.write_str("Broadcast from clients is disabled"),
             HubError::BinaryNotSupported => f.write_str("Binary messages are not supported"),
             HubError::PermissionDenied => f.write_str("Permission denied"),
@@ -195,9 +219,7 @@ impl std::error::Error for HubError {}
 
 /// Parses the JSON body of `POST /publish`: `{"topic": T, "data": any}`.
 pub fn parse_publish_body(text: &str) -> Result<(std::borrow::Cow<'_, str>, &RawValue), HubError> {
-    if wire::too_deep(text) {
-        return Err(HubError::InvalidFormat { detail: "nested too deeply" });
-    }
+    wire::scan(text).map_err(wire::TextFault::into_error)?;
     let body: PublishPayload<'_> =
         wire::parse_object(text, "expected {\"topic\": string, \"data\": any JSON}")?;
     Ok((body.topic, body.data))
@@ -205,9 +227,7 @@ pub fn parse_publish_body(text: &str) -> Result<(std::borrow::Cow<'_, str>, &Raw
 
 /// Parses the JSON body of `POST /broadcast`: `{"data": any}`.
 pub fn parse_broadcast_body(text: &str) -> Result<&RawValue, HubError> {
-    if wire::too_deep(text) {
-        return Err(HubError::InvalidFormat { detail: "nested too deeply" });
-    }
+    wire::scan(text).map_err(wire::TextFault::into_error)?;
     let body: BroadcastPayload<'_> = wire::parse_object(text, "expected {\"data\": any JSON}")?;
     Ok(body.data)
 }
@@ -448,8 +468,13 @@ impl Hub {
                     }
                 }
                 let max = self.config.max_subscriptions;
-                match self.registry.subscribe(from, &topic, max) {
+                let max_topics = self.config.max_topics;
+                match self.registry.subscribe(from, &topic, max, max_topics) {
                     SubscribeOutcome::LimitReached => return Err(HubError::TooManySubscriptions { max }),
+                    SubscribeOutcome::TopicLimitReached => {
+                        metrics.record_topic_limit_refusal();
+                        return Err(HubError::TooManyTopics { max: max_topics });
+                    }
                     SubscribeOutcome::Added if self.registry.subscribers(&topic).len() == 1 => {
                         if let Some(backplane) = outbox.backplane() {
                             backplane.topic_wanted(&topic);
@@ -623,6 +648,9 @@ impl Hub {
         let max = self.config.max_topic_length;
         if topic.len() > max {
             return Err(HubError::TopicTooLong { len: topic.len(), max });
+        }
+        if wire::topic_has_control_char(topic) {
+            return Err(HubError::TopicControlCharacter);
         }
         Ok(())
     }

@@ -84,15 +84,8 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
                         // The grant leaves its slot for the call, as the session does, so the
                         // hub may deliver to this connection too.
                         let mut grant = conns[key].grant.take();
-                        let mut outbox = Deliveries::new(
-                            conns,
-                            &mut s.pool,
-                            &mut s.dirty,
-                            &mut s.deflater,
-                            &s.settings,
-                            s.now,
-                        )
-                        .relaying(s.backplane.as_mut());
+                        let mut outbox = Deliveries::new(conns, &mut s.dirty, &mut s.deflater, &s.settings)
+                            .relaying(s.backplane.as_mut());
                         match (grant.as_deref_mut(), &s.settings.verifier) {
                             (Some(grant), Some(verifier)) => {
                                 let now_unix_ms = access::unix_ms(s.settings.wall_start_ms, s.now);

@@ -19,6 +19,7 @@
 
 mod accept;
 mod access;
+mod admission;
 pub mod connection;
 mod fanout;
 mod frames;

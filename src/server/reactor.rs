@@ -30,9 +30,12 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use super::accept;
+use super::admission::Admission;
 use super::connection::{Connection, Ending, Phase};
 use super::frames::on_frames;
-use super::lifecycle::{doom, flush_dirty, flush_now, mark_dirty, on_eof, reap, rearm_key, socket_failed};
+use super::lifecycle::{
+    doom, flush_dirty, flush_now, mark_dirty, on_eof, reap, rearm_key, socket_failed, TURN_WRITE_BUDGET,
+};
 use super::outbuf::BufferPool;
 use super::relay;
 use super::shutdown;
@@ -45,9 +48,10 @@ use crate::config::validate::FdBudget;
 use crate::config::{millis, Config};
 use crate::http::HttpConfig;
 use crate::hub::history::{random_seed, MemoryHistory};
-use crate::hub::{Hub, HubConfig};
+use crate::hub::Hub;
 use crate::metrics::{Metrics, TlsFailure};
 use crate::protocol::deflate::Deflater;
+use crate::protocol::handshake::OriginPolicy;
 use crate::protocol::session::Millis;
 use crate::tls::TlsListener;
 
@@ -118,8 +122,16 @@ impl Server {
             path: config.path.clone(),
             session: config.session(),
             upgrade: config.upgrade(),
-            http: HttpConfig { api_key, max_body_bytes: config.max_body_size, demo: config.demo },
+            http: HttpConfig {
+                api_key,
+                max_body_bytes: config.max_body_size,
+                origins: OriginPolicy::from_allowed(&config.allowed_origins),
+                demo: config.demo,
+            },
             max_connections,
+            max_connections_per_ip: config.max_connections_per_ip,
+            max_pending_handshakes: config.max_pending_handshakes.unwrap_or(max_connections / 4).max(1),
+            socket_send_buffer: config.socket_send_buffer,
             overflow_slots,
             max_head: config.max_head_size.max(64),
             max_queued_bytes: config.max_queued_bytes.max(1),
@@ -142,11 +154,8 @@ impl Server {
             ),
             None => {}
         }
-        let hub = Hub::new(HubConfig {
-            max_topic_length: config.max_topic_length,
-            max_subscriptions: config.max_subscriptions,
-            allow_client_broadcast: config.allow_client_broadcast,
-        });
+        let (per_ip, max_pending) = (settings.max_connections_per_ip, settings.max_pending_handshakes);
+        let hub = Hub::new(config.hub());
         let hub = match config.history() {
             Some(history) => hub.with_history(Box::new(MemoryHistory::new(history, random_seed()))),
             None => hub,
@@ -183,6 +192,11 @@ impl Server {
                 dirty: Vec::new(),
                 doomed: Vec::new(),
                 reread: Vec::new(),
+                backlog: Vec::new(),
+                flush_soon: false,
+                refusing: 0,
+                turn_write_budget: TURN_WRITE_BUDGET,
+                admission: Admission::new(per_ip, max_pending),
                 read_buf,
                 control: Vec::new(),
                 reply: Vec::new(),
@@ -226,7 +240,8 @@ impl Server {
                     return Ok(());
                 }
             }
-            let timeout = if self.shared.reread.is_empty() && deferred == 0 {
+            let timeout = if self.shared.reread.is_empty() && self.shared.backlog.is_empty() && deferred == 0
+            {
                 self.next_wakeup().map(|at| {
                     std::time::Duration::from_millis(at.saturating_sub(self.shared.now).min(60_000))
                 })
@@ -267,7 +282,11 @@ impl Server {
             // Fan-out queued this turn waits while input keeps arriving (checked with a
             // zero-timeout poll), for a few turns at most: publishes that arrive together then
             // leave in one writev per subscriber instead of one each.
-            if !events.is_empty() && !self.shared.dirty.is_empty() && deferred < MAX_DEFERRED_TURNS {
+            if !events.is_empty()
+                && !self.shared.dirty.is_empty()
+                && deferred < MAX_DEFERRED_TURNS
+                && !self.shared.flush_soon
+            {
                 deferred += 1;
                 continue;
             }
@@ -296,6 +315,8 @@ impl Server {
 
     /// Flush what this turn produced, run due timers, remove what ended.
     fn end_of_turn(&mut self) {
+        self.shared.turn_write_budget = TURN_WRITE_BUDGET;
+        self.shared.flush_soon = false;
         relay::flush(&mut self.shared, self.poll.registry());
         flush_dirty(&mut self.conns, &mut self.shared);
         run_timers(&mut self.conns, &mut self.shared, self.poll.registry());
@@ -321,6 +342,12 @@ impl Server {
             let s = &mut self.shared;
             let Some(conn) = self.conns.get_mut(key) else { return };
             if conn.doomed {
+                return;
+            }
+            if s.flush_soon && matches!(conn.phase, Phase::Open(_)) {
+                // A big fan-out is waiting to be written: read this connection next turn, after
+                // the flush, so queues are written as fast as they are filled.
+                s.reread.push(key);
                 return;
             }
             // Read after any kept bytes so the parser sees one contiguous slice.

@@ -11,7 +11,7 @@ use mio::Registry;
 use slab::Slab;
 
 use super::connection::{Connection, Ending, Phase};
-use super::lifecycle::{doom, linger, mark, rearm, reject};
+use super::lifecycle::{doom, linger, mark, rearm, reject_http};
 use super::relay::{self, BACKPLANE_TIMER};
 use super::state::Shared;
 use super::timers::NEVER;
@@ -58,7 +58,7 @@ pub(super) fn on_timer(conn: &mut Connection, s: &mut Shared, key: usize) {
             // Say why (RFC 9110 section 15.5.9) rather than vanish; the answer lingers at most
             // the drain limit.
             conn.ending = Ending::HandshakeTimeout;
-            reject(conn, s, key, Rejection::new(408, "request not received in time"));
+            reject_http(conn, s, key, Rejection::new(408, "request not received in time"));
         }
         Phase::Lingering { deadline } | Phase::Draining { deadline } if now >= *deadline => {
             doom(conn, s, key, Ending::CloseTimeout);
