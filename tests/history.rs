@@ -30,7 +30,7 @@ fn recv(s: &mut TcpStream) -> Value {
 fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String, String) {
     let mut s = connect(addr);
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(request.as_bytes()).unwrap();
