@@ -2,8 +2,8 @@
 # Every test suite the project has, each installing what it needs by itself:
 #   1. cargo: unit, property, integration (real binary on loopback; the backplane tests against
 #      private redis-server instances), fuzz-corpus replay
-#   2. Autobahn testsuite (fuzzingclient, sections 1-10) against `wshub --echo`, checked
-#      against autobahn/expected-results.json
+#   2. Autobahn testsuite (fuzzingclient, sections 1-10 and 12-13) against
+#      `wshub --echo --compression`, checked against autobahn/expected-results.json
 #   3. interop: Python `websockets` client against the echo mode and the hub protocol
 #   4. benchmark smoke: the load generator's smallest echo case once (no speed asserted)
 # Stops at the first failing suite.

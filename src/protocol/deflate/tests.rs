@@ -328,3 +328,44 @@ fn incompressible_input_at_every_level_and_window_does_not_panic() {
         }
     }
 }
+
+/// A realistic ~1 KiB JSON message (a hub `message` carrying an order-book update): what the
+/// compression costs on the wire at each level. Printed with `--nocapture`; the assertion keeps
+/// the fast default honest.
+#[test]
+fn realistic_json_shrinks_at_the_default_level() {
+    let mut levels = Vec::new();
+    let mut data = String::from(
+        r#"{"type":"message","payload":{"topic":"book.BTC-USD","data":{"seq":184467,"ts":"2026-11-30T18:42:07.123Z","bids":["#,
+    );
+    for i in 0..12 {
+        data.push_str(&format!(
+            r#"{{"price":"{}.{:02}","size":"0.{:04}","orders":{}}},"#,
+            91_000 - i * 3,
+            (i * 37) % 100,
+            1200 + i * 91,
+            i % 5 + 1
+        ));
+    }
+    data.push_str(r#"{"price":"90000.00","size":"1.0000","orders":1}],"asks":["#);
+    for i in 0..12 {
+        data.push_str(&format!(
+            r#"{{"price":"{}.{:02}","size":"0.{:04}","orders":{}}},"#,
+            91_010 + i * 4,
+            (i * 53) % 100,
+            800 + i * 77,
+            i % 4 + 1
+        ));
+    }
+    data.push_str(r#"{"price":"92000.00","size":"2.5000","orders":3}]}}}"#);
+    assert!(data.len() > 900, "{}", data.len());
+    for level in [1, 6, 9] {
+        let mut d = Deflater::new(DeflateConfig { threshold: 0, level });
+        let mut out = Vec::new();
+        assert!(d.compress(data.as_bytes(), 15, &mut out));
+        assert_eq!(inflate_all(&[&out], 1 << 20).unwrap(), data.as_bytes());
+        levels.push((level, out.len()));
+    }
+    println!("{} bytes of JSON -> {levels:?} (level, compressed bytes)", data.len());
+    assert!(levels[0].1 * 2 < data.len(), "level 1 at least halves it: {levels:?}");
+}
