@@ -54,8 +54,8 @@ struct Common {
     /// 2-vCPU bench machine it costs throughput (0.28M vs 0.80M msgs/s echo), so it is off.
     #[arg(long)]
     spin: bool,
-    /// Offer permessage-deflate in every handshake. Only `idle` and `connrate` take it for now:
-    /// echo and broadcast do not inflate compressed replies yet.
+    /// Offer permessage-deflate in every handshake (idle, connrate, echo; echo then also sends
+    /// compressed frames). Broadcast does not inflate deliveries yet and refuses it.
     #[arg(long)]
     deflate: bool,
 }
@@ -72,6 +72,9 @@ enum Cmd {
         size: usize,
         #[arg(long, default_value_t = 16)]
         depth: u32,
+        /// Send realistic JSON text (order-book updates) instead of letters as binary.
+        #[arg(long)]
+        json: bool,
     },
     /// N subscribers of one topic; per round P of them publish and all must receive all P.
     Broadcast {
@@ -180,17 +183,19 @@ fn no_deflate(common: &Common, scenario: &str) -> Result<(), String> {
 fn run(cli: Cli) -> Result<(), String> {
     let nofile = stats::raise_nofile();
     match cli.cmd {
-        Cmd::Echo { common, conns, size, depth } => {
-            no_deflate(&common, "echo")?;
-            let target = net::Target::parse(&common.url)?;
+        Cmd::Echo { common, conns, size, depth, json } => {
+            let mut target = net::Target::parse(&common.url)?;
+            target.offer_deflate = common.deflate;
             let timing = common.timing()?;
             let conns = check_conns(conns)?;
             let depth = depth.clamp(1, 100_000);
-            let r = echo::run(&target, &echo::Echo { conns, size, depth }, &timing)?;
+            let p = echo::Echo { conns, size, depth, json, deflate: common.deflate };
+            let r = echo::run(&target, &p, &timing)?;
             println!(
-                "RESULT scenario=echo server={} size={size} depth={depth} conns={conns} msgs_per_s={:.0} \
-                 mb_per_s={:.2} windows={}",
+                "RESULT scenario=echo server={} size={size} depth={depth} conns={conns} json={json} \
+                 deflate={} msgs_per_s={:.0} mb_per_s={:.2} windows={}",
                 common.server,
+                common.deflate,
                 r.msgs_per_s,
                 r.mb_per_s,
                 join(&r.windows)
