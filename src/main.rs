@@ -1,18 +1,26 @@
-//! The `wshub` binary: parse flags, set up logging, run the reactor until a signal.
+//! The `wshub` binary: load and validate the settings, set up logging, run the reactor until a
+//! signal. `wshub check-config [FLAGS]` stops after validation and prints the settings.
 
-use clap::Parser;
-
-use wshub::config::Config;
+use wshub::config::{self, Mode};
 use wshub::server::Server;
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let config = Config::parse();
-    wshub::sys::raise_open_file_limit();
-    let server = match Server::bind(&config, true) {
+    // The limit is raised first so the connection limit is fitted to what we really have.
+    let open_files = wshub::sys::raise_open_file_limit();
+    let loaded = config::load(std::env::args_os(), open_files).unwrap_or_else(|e| e.exit());
+    wshub::logging::init(loaded.config.log_format);
+    for adjustment in &loaded.adjustments {
+        log::warn!("{adjustment}");
+    }
+    if loaded.mode == Mode::Check {
+        print!("{}", config::show::render(&loaded));
+        return;
+    }
+    let config = &loaded.config;
+    let server = match Server::bind(config, true) {
         Ok(server) => server,
         Err(e) => {
-            log::error!("cannot listen on {}: {e}", config.listen);
+            log::error!("cannot start on {}: {e}", config.listen);
             std::process::exit(1);
         }
     };

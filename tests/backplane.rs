@@ -21,22 +21,6 @@ fn node(redis: &RedisProc) -> ServerProc {
     ServerProc::start(&["--redis", &redis.url()])
 }
 
-fn send(s: &mut TcpStream, v: &Value) {
-    s.write_all(&masked(OpCode::Text, true, v.to_string().as_bytes())).unwrap();
-}
-
-/// The next text message as JSON (skipping pings).
-fn recv(s: &mut TcpStream) -> Value {
-    loop {
-        let f = read_frame(s).expect("connection open");
-        match f.opcode {
-            0x1 => return serde_json::from_slice(&f.payload).expect("server sends JSON"),
-            0x9 => continue,
-            other => panic!("unexpected opcode {other}: {:?}", String::from_utf8_lossy(&f.payload)),
-        }
-    }
-}
-
 /// True when nothing arrives within `wait`.
 fn quiet(s: &mut TcpStream, wait: Duration) -> bool {
     s.set_read_timeout(Some(wait)).unwrap();
@@ -45,38 +29,18 @@ fn quiet(s: &mut TcpStream, wait: Duration) -> bool {
     got.is_none()
 }
 
-fn subscribe(s: &mut TcpStream, topic: &str) {
-    send(s, &json!({"type":"subscribe","payload":{"topic":topic}}));
-    assert_eq!(recv(s), json!({"type":"subscribed","payload":{"topic":topic}}));
-}
-
 fn message(topic: &str, data: Value) -> Value {
     json!({"type":"message","payload":{"topic":topic,"data":data}})
 }
 
+/// An HTTP request whose answer is JSON (`Null` when it is not).
 fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let mut s = connect(addr);
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(request.as_bytes()).unwrap();
-    let response = read_to_close(&mut s);
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or("");
-    (status_of(&response), serde_json::from_str(body).unwrap_or(Value::Null))
+    let (status, body) = common::http(addr, method, path, "", body);
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
 fn metric(addr: SocketAddr, name: &str) -> u64 {
-    let mut s = connect(addr);
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let text = read_to_close(&mut s);
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (key, value) = l.rsplit_once(' ')?;
-            (key == name).then(|| value.parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("metric {name} missing in:\n{text}"))
+    common::metric(addr, name) as u64
 }
 
 /// Waits until `/healthz` answers `status` (200 up, 503 degraded).
@@ -111,37 +75,37 @@ fn cross_node_publish_over_websocket_and_http() {
     // A WebSocket publish on node two: the ack counts local deliveries (none there) and says the
     // message reached the backplane.
     let mut publisher = ws_connect(two.addr);
-    send(&mut publisher, &json!({"type":"publish","payload":{"topic":"news","data":{"n":1}},"id":1}));
+    send_json(&mut publisher, &json!({"type":"publish","payload":{"topic":"news","data":{"n":1}},"id":1}));
     assert_eq!(
-        recv(&mut publisher),
+        recv_json(&mut publisher),
         json!({"type":"ack","payload":{"topic":"news","delivered":0,"backplane":true},"id":1})
     );
-    assert_eq!(recv(&mut sub), message("news", json!({"n":1})));
+    assert_eq!(recv_json(&mut sub), message("news", json!({"n":1})));
 
     // The HTTP API on node two.
     let (status, body) = http(two.addr, "POST", "/publish", r#"{"topic":"news","data":"over http"}"#);
     assert_eq!((status, body), (200, json!({"delivered":0,"backplane":true})));
-    assert_eq!(recv(&mut sub), message("news", json!("over http")));
+    assert_eq!(recv_json(&mut sub), message("news", json!("over http")));
 
     // A publish on node one reaches its own subscriber once: served locally, and its copy back
     // from Redis is skipped. The next message proves no duplicate was queued before it.
     let (status, body) = http(one.addr, "POST", "/publish", r#"{"topic":"news","data":"local"}"#);
     assert_eq!((status, body), (200, json!({"delivered":1,"backplane":true})));
-    assert_eq!(recv(&mut sub), message("news", json!("local")));
+    assert_eq!(recv_json(&mut sub), message("news", json!("local")));
     http(two.addr, "POST", "/publish", r#"{"topic":"news","data":"marker"}"#);
-    assert_eq!(recv(&mut sub), message("news", json!("marker")));
+    assert_eq!(recv_json(&mut sub), message("news", json!("marker")));
 
     // Subscribers on both nodes, publisher on one of them.
     let mut sub2 = ws_connect(two.addr);
     subscribe(&mut sub2, "news");
     redis.wait_numsub("wshub:topic:news", 2, SETTLE);
-    send(&mut sub2, &json!({"type":"publish","payload":{"topic":"news","data":"both"},"id":2}));
-    assert_eq!(recv(&mut sub2), message("news", json!("both")));
+    send_json(&mut sub2, &json!({"type":"publish","payload":{"topic":"news","data":"both"},"id":2}));
+    assert_eq!(recv_json(&mut sub2), message("news", json!("both")));
     assert_eq!(
-        recv(&mut sub2),
+        recv_json(&mut sub2),
         json!({"type":"ack","payload":{"topic":"news","delivered":1,"backplane":true},"id":2})
     );
-    assert_eq!(recv(&mut sub), message("news", json!("both")));
+    assert_eq!(recv_json(&mut sub), message("news", json!("both")));
     assert!(quiet(&mut sub, Duration::from_millis(300)) && quiet(&mut sub2, Duration::from_millis(100)));
 
     assert!(metric(two.addr, "wshub_backplane_published_total") >= 3);
@@ -164,15 +128,15 @@ fn broadcast_reaches_every_client_on_three_nodes() {
     let (status, body) = http(nodes[2].addr, "POST", "/broadcast", r#"{"data":"to all"}"#);
     assert_eq!((status, body), (200, json!({"delivered":1,"backplane":true})));
     for c in &mut clients {
-        assert_eq!(recv(c), json!({"type":"message","payload":{"data":"to all"}}));
+        assert_eq!(recv_json(c), json!({"type":"message","payload":{"data":"to all"}}));
     }
 
-    send(&mut clients[0], &json!({"type":"broadcast","payload":{"data":{"from":"ws"}},"id":"b"}));
+    send_json(&mut clients[0], &json!({"type":"broadcast","payload":{"data":{"from":"ws"}},"id":"b"}));
     for c in &mut clients {
-        assert_eq!(recv(c), json!({"type":"message","payload":{"data":{"from":"ws"}}}));
+        assert_eq!(recv_json(c), json!({"type":"message","payload":{"data":{"from":"ws"}}}));
     }
     assert_eq!(
-        recv(&mut clients[0]),
+        recv_json(&mut clients[0]),
         json!({"type":"ack","payload":{"delivered":1,"backplane":true},"id":"b"})
     );
     for c in &mut clients {
@@ -202,7 +166,7 @@ fn exactly_once_and_in_order_across_three_nodes() {
             std::thread::spawn(move || {
                 let mut next = [0u64; 2];
                 while next != [N as u64; 2] {
-                    let m = recv(&mut s);
+                    let m = recv_json(&mut s);
                     let data = &m["payload"]["data"];
                     let (publisher, i) = (data["p"].as_u64().unwrap() as usize, data["i"].as_u64().unwrap());
                     assert_eq!(i, next[publisher], "publisher {publisher}: out of order or duplicated");
@@ -263,7 +227,7 @@ fn redis_subscriptions_follow_local_subscribers() {
 
     // The last local subscriber leaves: promptly unsubscribed (asked for within a second;
     // allowed more here only because the test machine may be loaded).
-    send(&mut a, &json!({"type":"unsubscribe","payload":{"topic":"t2"}}));
+    send_json(&mut a, &json!({"type":"unsubscribe","payload":{"topic":"t2"}}));
     let started = Instant::now();
     redis.wait_numsub("wshub:topic:t2", 0, Duration::from_secs(3));
     let took = started.elapsed();
@@ -291,13 +255,13 @@ fn redis_killed_and_restarted_mid_stream() {
     redis.wait_numsub("wshub:topic:live", 2, SETTLE);
     let mut publisher = ws_connect(two.addr);
     let publish = |p: &mut TcpStream, i: u64| {
-        send(p, &json!({"type":"publish","payload":{"topic":"live","data":i},"id":i}));
-        recv(p)
+        send_json(p, &json!({"type":"publish","payload":{"topic":"live","data":i},"id":i}));
+        recv_json(p)
     };
     for i in 0..5 {
         assert_eq!(publish(&mut publisher, i)["payload"]["backplane"], json!(true));
-        assert_eq!(recv(&mut far), message("live", json!(i)));
-        assert_eq!(recv(&mut near), message("live", json!(i)));
+        assert_eq!(recv_json(&mut far), message("live", json!(i)));
+        assert_eq!(recv_json(&mut near), message("live", json!(i)));
     }
 
     redis.kill();
@@ -308,12 +272,12 @@ fn redis_killed_and_restarted_mid_stream() {
     // Down: local delivery goes on, the ack says the other nodes were not reached.
     let ack = publish(&mut publisher, 100);
     assert_eq!(ack["payload"], json!({"topic":"live","delivered":1,"backplane":false}));
-    assert_eq!(recv(&mut near), message("live", json!(100)));
+    assert_eq!(recv_json(&mut near), message("live", json!(100)));
     assert!(metric(two.addr, "wshub_backplane_publish_failed_total") >= 1);
     // Nodes keep serving new clients meanwhile.
     let mut newcomer = ws_connect(one.addr);
-    send(&mut newcomer, &json!({"type":"ping","id":1}));
-    assert_eq!(recv(&mut newcomer), json!({"type":"pong","id":1}));
+    send_json(&mut newcomer, &json!({"type":"ping","id":1}));
+    assert_eq!(recv_json(&mut newcomer), json!({"type":"pong","id":1}));
 
     redis.restart();
     // Reconnect backoff is capped at 5 s.
@@ -321,8 +285,8 @@ fn redis_killed_and_restarted_mid_stream() {
     redis.wait_numsub("wshub:topic:live", 2, SETTLE);
     for i in 200..205 {
         assert_eq!(publish(&mut publisher, i)["payload"]["backplane"], json!(true));
-        assert_eq!(recv(&mut far), message("live", json!(i)), "messages flow again");
-        assert_eq!(recv(&mut near), message("live", json!(i)));
+        assert_eq!(recv_json(&mut far), message("live", json!(i)), "messages flow again");
+        assert_eq!(recv_json(&mut near), message("live", json!(i)));
     }
     assert!(metric(one.addr, "wshub_backplane_reconnects_total") >= 1);
     assert!(quiet(&mut far, Duration::from_millis(200)));
@@ -338,7 +302,7 @@ fn redis_down_at_start_the_node_serves_and_joins_later() {
     subscribe(&mut a, "t");
     let (status, body) = http(one.addr, "POST", "/publish", r#"{"topic":"t","data":1}"#);
     assert_eq!((status, body), (200, json!({"delivered":1,"backplane":false})));
-    assert_eq!(recv(&mut a), message("t", json!(1)));
+    assert_eq!(recv_json(&mut a), message("t", json!(1)));
 
     redis.restart();
     wait_up(&[&one]);
@@ -346,7 +310,7 @@ fn redis_down_at_start_the_node_serves_and_joins_later() {
     let two = node(&redis);
     wait_up(&[&two]);
     http(two.addr, "POST", "/publish", r#"{"topic":"t","data":2}"#);
-    assert_eq!(recv(&mut a), message("t", json!(2)));
+    assert_eq!(recv_json(&mut a), message("t", json!(2)));
 }
 
 #[test]
@@ -371,7 +335,7 @@ fn garbage_published_into_a_channel_is_dropped_and_counted() {
         redis.cli_publish(channel, payload);
     }
     redis.cli_publish("wshub:topic:news", r#"N00000000000000aa {"ok":true}"#);
-    assert_eq!(recv(&mut a), message("news", json!({"ok":true})), "the next valid message is delivered");
+    assert_eq!(recv_json(&mut a), message("news", json!({"ok":true})), "the next valid message is delivered");
     assert!(quiet(&mut a, Duration::from_millis(200)));
     assert_eq!(metric(one.addr, "wshub_backplane_garbage_total"), garbage.len() as u64);
     assert_eq!(metric(one.addr, "wshub_backplane_received_total"), 1);
@@ -405,6 +369,6 @@ fn reuse_port_two_processes_share_one_port() {
     let local = body["delivered"].as_u64().unwrap();
     assert!(local < 24, "every client landed on one process ({local} local deliveries)");
     for c in &mut clients {
-        assert_eq!(recv(c), message("shared", json!("hi")));
+        assert_eq!(recv_json(c), message("shared", json!("hi")));
     }
 }

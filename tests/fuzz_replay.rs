@@ -75,3 +75,12 @@ mod hub_checks;
 fn hub_message_corpus_and_regressions() {
     replay("hub_message", hub_checks::check_hub_message);
 }
+
+#[allow(dead_code)]
+#[path = "../fuzz/src/tls_checks.rs"]
+mod tls_checks;
+
+#[test]
+fn tls_pem_corpus_and_regressions() {
+    replay("tls_pem", tls_checks::check_tls_pem);
+}

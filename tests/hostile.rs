@@ -13,7 +13,8 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
+use wshub::protocol::frame;
 use wshub::protocol::OpCode;
 
 // ----- helpers -----
@@ -82,29 +83,6 @@ fn raw_http(addr: SocketAddr, bytes: &[u8]) -> String {
     read_to_close(&mut s)
 }
 
-fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    let response = raw_http(addr, request.as_bytes());
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (status_of(&response), body)
-}
-
-/// A sample from /metrics (`name` includes any labels).
-fn metric(addr: SocketAddr, name: &str) -> f64 {
-    let (status, text) = http(addr, "GET", "/metrics", "");
-    assert_eq!(status, 200);
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (key, value) = l.rsplit_once(' ')?;
-            (key == name).then(|| value.parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("metric {name} missing in:\n{text}"))
-}
-
 /// Polls `/metrics` until `wshub_connections` is `want` (the metrics request itself counts as 1).
 fn wait_connections(addr: SocketAddr, want: f64, within: Duration) {
     let deadline = Instant::now() + within;
@@ -119,35 +97,11 @@ fn wait_connections(addr: SocketAddr, want: f64, within: Duration) {
     panic!("wshub_connections stayed at {last}, expected {want}");
 }
 
-fn send_json(s: &mut TcpStream, v: &Value) {
-    s.write_all(&masked(OpCode::Text, true, v.to_string().as_bytes())).unwrap();
-}
-
-/// The next text message as JSON (skipping pings).
-fn recv_json(s: &mut TcpStream) -> Value {
-    loop {
-        let f = read_frame(s).expect("connection open");
-        match f.opcode {
-            0x1 => return serde_json::from_slice(&f.payload).expect("server sends JSON"),
-            0x9 => continue,
-            other => panic!("unexpected opcode {other}: {:?}", String::from_utf8_lossy(&f.payload)),
-        }
-    }
-}
-
-/// A masked frame header announcing `len` bytes (minimal length encoding), mask key 0.
-fn header(opcode: u8, fin: bool, len: u64) -> Vec<u8> {
-    let mut v = vec![(if fin { 0x80 } else { 0 }) | opcode];
-    if len < 126 {
-        v.push(0x80 | len as u8);
-    } else if len <= 0xffff {
-        v.push(0x80 | 126);
-        v.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        v.push(0x80 | 127);
-        v.extend_from_slice(&len.to_be_bytes());
-    }
-    v.extend_from_slice(&[0, 0, 0, 0]);
+/// A masked frame header announcing `len` bytes (minimal length encoding), mask key 0 so the
+/// payload that follows (if any) goes as it is.
+fn header(opcode: OpCode, fin: bool, len: u64) -> Vec<u8> {
+    let mut v = Vec::new();
+    frame::write_masked_header(&mut v, fin, opcode, [0; 4], usize::try_from(len).expect("64-bit"));
     v
 }
 
@@ -376,7 +330,7 @@ fn trickled_frame_is_bounded_by_pong_wait() {
     let mut writer = s.try_clone().unwrap();
     // A header announcing 100 000 bytes, then the payload: one byte every 100 ms, for at most 8 s.
     let t = std::thread::spawn(move || {
-        let mut bytes = header(0x2, true, 100_000);
+        let mut bytes = header(OpCode::Binary, true, 100_000);
         bytes.extend(std::iter::repeat_n(0u8, 100_000));
         let deadline = Instant::now() + Duration::from_secs(8);
         for b in bytes {
@@ -400,9 +354,9 @@ fn frame_length_claims_are_refused_before_allocation() {
     let pid = server.child.id();
     let before = rss_kib(pid);
     let cases: &[(Vec<u8>, u16)] = &[
-        (header(0x2, true, 1 << 62), 1009),
-        (header(0x1, false, (1 << 63) - 1), 1009),
-        (header(0x2, true, (1 << 20) + 1), 1009),
+        (header(OpCode::Binary, true, 1 << 62), 1009),
+        (header(OpCode::Text, false, (1 << 63) - 1), 1009),
+        (header(OpCode::Binary, true, (1 << 20) + 1), 1009),
         // Top bit set: not a length at all.
         (
             {
@@ -424,7 +378,7 @@ fn frame_length_claims_are_refused_before_allocation() {
             1002,
         ),
         // A ping claiming 64 KiB.
-        (header(0x9, true, 65536), 1002),
+        (header(OpCode::Ping, true, 65536), 1002),
     ];
     for (bytes, want) in cases {
         let mut s = ws(&server);
@@ -437,7 +391,7 @@ fn frame_length_claims_are_refused_before_allocation() {
     // Fragments that together exceed the limit: refused at the fragment that crosses it.
     let mut s = ws(&server);
     s.write_all(&masked(OpCode::Binary, false, &vec![1; 600_000])).unwrap();
-    s.write_all(&header(0x0, true, 600_000)).unwrap();
+    s.write_all(&header(OpCode::Continuation, true, 600_000)).unwrap();
     assert_eq!(close_within(&mut s, Duration::from_secs(3)).0, Some(1009));
     assert!(rss_kib(pid) < before + 8192, "RSS grew from {before} to {} KiB", rss_kib(pid));
     assert_healthy(&server);
@@ -452,7 +406,7 @@ fn many_slow_near_limit_frames_cost_only_what_arrived() {
     let mut conns = Vec::new();
     for _ in 0..400 {
         let mut s = ws(&server);
-        let mut bytes = header(0x2, true, (1 << 20) - 1);
+        let mut bytes = header(OpCode::Binary, true, (1 << 20) - 1);
         bytes.extend(std::iter::repeat_n(7u8, 4096));
         s.write_all(&bytes).unwrap();
         conns.push(s);
@@ -621,23 +575,6 @@ fn http_request_then_fin_still_gets_its_answer() {
     assert_healthy(&server);
 }
 
-fn reset(s: TcpStream) {
-    // SO_LINGER 0: close sends RST.
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-    use std::os::fd::AsRawFd;
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0);
-    drop(s);
-}
-
 #[test]
 fn resets_mid_message_and_mid_head_leave_nothing_behind() {
     let server = ServerProc::start(&["--echo"]);
@@ -649,7 +586,7 @@ fn resets_mid_message_and_mid_head_leave_nothing_behind() {
             1 => {
                 s.write_all(upgrade_request("/ws", "").as_bytes()).unwrap();
                 read_head(&mut s);
-                s.write_all(&header(0x2, true, 50_000)).unwrap();
+                s.write_all(&header(OpCode::Binary, true, 50_000)).unwrap();
                 s.write_all(&[1; 20_000]).unwrap();
             }
             2 => {
@@ -756,8 +693,13 @@ fn giant_topic_names_are_refused_cheaply() {
     let text = format!(r#"{{"type":"subscribe","payload":{{"topic":"{escaped}"}}}}"#);
     s.write_all(&masked(OpCode::Text, true, text.as_bytes())).unwrap();
     assert_eq!(recv_json(&mut s)["type"], "subscribed");
-    let (status, body) =
-        http(server.addr, "POST", "/publish", &format!(r#"{{"topic":"{}","data":1}}"#, "y".repeat(60_000)));
+    let (status, body) = http(
+        server.addr,
+        "POST",
+        "/publish",
+        "",
+        &format!(r#"{{"topic":"{}","data":1}}"#, "y".repeat(60_000)),
+    );
     assert_eq!(status, 400, "{body}");
     assert_healthy(&server);
 }
@@ -784,9 +726,9 @@ fn json_nesting_bombs_get_an_error_not_a_crash() {
     }
     // The HTTP API, within its 64 KiB body limit.
     let deep = format!("{}{}", "[".repeat(30_000), "]".repeat(30_000));
-    let (status, _) = http(server.addr, "POST", "/publish", &format!(r#"{{"topic":"t","data":{deep}}}"#));
+    let (status, _) = http(server.addr, "POST", "/publish", "", &format!(r#"{{"topic":"t","data":{deep}}}"#));
     assert_eq!(status, 400);
-    let (status, _) = http(server.addr, "POST", "/broadcast", &format!(r#"{{"data":{deep}}}"#));
+    let (status, _) = http(server.addr, "POST", "/broadcast", "", &format!(r#"{{"data":{deep}}}"#));
     assert_eq!(status, 400);
     // Nesting within the limit is fine.
     let ok = format!("{}{}", "[".repeat(100), "]".repeat(100));
@@ -862,7 +804,7 @@ fn sigterm_with_clients_mid_message_closes_each_with_1001_and_exits() {
     for i in 0..20 {
         let mut s = ws(&server);
         // Half a frame: header and part of the payload.
-        s.write_all(&header(0x1, true, 1000)).unwrap();
+        s.write_all(&header(OpCode::Text, true, 1000)).unwrap();
         s.write_all(&vec![b'a'; 500]).unwrap();
         if i % 2 == 0 {
             // And an unfinished fragmented message.
@@ -1258,8 +1200,8 @@ fn a_plain_request_to_the_websocket_path_gets_426_with_the_protocol_to_use() {
     assert_eq!(status_of(&response), 426);
     assert!(response.contains("\r\nUpgrade: websocket\r\n"), "{response}");
     // Other paths are still plain HTTP.
-    assert_eq!(http(server.addr, "GET", "/nowhere", "").0, 404);
-    assert_eq!(http(server.addr, "GET", "/healthz", "").0, 200);
+    assert_eq!(http(server.addr, "GET", "/nowhere", "", "").0, 404);
+    assert_eq!(http(server.addr, "GET", "/healthz", "", "").0, 200);
     assert_healthy(&server);
 }
 

@@ -3,89 +3,44 @@
 mod common;
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
 use wshub::protocol::OpCode;
 
-fn send(s: &mut TcpStream, v: &Value) {
-    s.write_all(&masked(OpCode::Text, true, v.to_string().as_bytes())).unwrap();
-}
-
-/// The next text message as JSON (skipping pings).
-fn recv(s: &mut TcpStream) -> Value {
-    loop {
-        let f = read_frame(s).expect("connection open");
-        match f.opcode {
-            0x1 => return serde_json::from_slice(&f.payload).expect("server sends JSON"),
-            0x9 => continue,
-            other => panic!("unexpected opcode {other}: {:?}", String::from_utf8_lossy(&f.payload)),
-        }
-    }
-}
-
-fn subscribe(s: &mut TcpStream, topic: &str) {
-    send(s, &json!({"type":"subscribe","payload":{"topic":topic}}));
-    assert_eq!(recv(s), json!({"type":"subscribed","payload":{"topic":topic}}));
-}
-
-fn http(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
-    let mut s = connect(addr);
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(request.as_bytes()).unwrap();
-    let response = read_to_close(&mut s);
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (status_of(&response), body)
-}
-
-fn metric(addr: SocketAddr, name: &str) -> f64 {
-    let (status, text) = http(addr, "GET", "/metrics", "", "");
-    assert_eq!(status, 200);
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (key, value) = l.rsplit_once(' ')?;
-            (key == name).then(|| value.parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("metric {name} missing in:\n{text}"))
-}
-
 #[test]
 fn ping_subscribe_publish_unsubscribe() {
     let server = ServerProc::start(&[]);
     let mut a = ws_connect(server.addr);
     let mut b = ws_connect(server.addr);
-    send(&mut a, &json!({"type":"ping","id":1}));
-    assert_eq!(recv(&mut a), json!({"type":"pong","id":1}));
+    send_json(&mut a, &json!({"type":"ping","id":1}));
+    assert_eq!(recv_json(&mut a), json!({"type":"pong","id":1}));
 
     subscribe(&mut a, "news");
     subscribe(&mut a, "news"); // twice is harmless
-    send(&mut b, &json!({"type":"publish","payload":{"topic":"news","data":{"x":1}},"id":7}));
-    assert_eq!(recv(&mut a), json!({"type":"message","payload":{"topic":"news","data":{"x":1}}}));
-    let ack = recv(&mut b);
+    send_json(&mut b, &json!({"type":"publish","payload":{"topic":"news","data":{"x":1}},"id":7}));
+    assert_eq!(recv_json(&mut a), json!({"type":"message","payload":{"topic":"news","data":{"x":1}}}));
+    let ack = recv_json(&mut b);
     assert_eq!((ack["type"].as_str(), &ack["id"]), (Some("ack"), &json!(7)));
 
     // The publisher receives its own message when subscribed, and no ack without an id.
     subscribe(&mut b, "news");
-    send(&mut b, &json!({"type":"publish","payload":{"topic":"news","data":"both"}}));
+    send_json(&mut b, &json!({"type":"publish","payload":{"topic":"news","data":"both"}}));
     for s in [&mut a, &mut b] {
-        assert_eq!(recv(s), json!({"type":"message","payload":{"topic":"news","data":"both"}}));
+        assert_eq!(recv_json(s), json!({"type":"message","payload":{"topic":"news","data":"both"}}));
     }
 
-    send(&mut a, &json!({"type":"unsubscribe","payload":{"topic":"news"},"id":"u"}));
-    assert_eq!(recv(&mut a), json!({"type":"unsubscribed","payload":{"topic":"news"},"id":"u"}));
-    send(&mut a, &json!({"type":"unsubscribe","payload":{"topic":"never"}}));
-    assert_eq!(recv(&mut a)["type"], "unsubscribed", "not subscribed is not an error");
-    send(&mut b, &json!({"type":"publish","payload":{"topic":"news","data":"only b"}}));
-    assert_eq!(recv(&mut b)["payload"]["data"], "only b");
+    send_json(&mut a, &json!({"type":"unsubscribe","payload":{"topic":"news"},"id":"u"}));
+    assert_eq!(recv_json(&mut a), json!({"type":"unsubscribed","payload":{"topic":"news"},"id":"u"}));
+    send_json(&mut a, &json!({"type":"unsubscribe","payload":{"topic":"never"}}));
+    assert_eq!(recv_json(&mut a)["type"], "unsubscribed", "not subscribed is not an error");
+    send_json(&mut b, &json!({"type":"publish","payload":{"topic":"news","data":"only b"}}));
+    assert_eq!(recv_json(&mut b)["payload"]["data"], "only b");
     // a is out of the topic: the next thing it gets is the answer to its own ping.
-    send(&mut a, &json!({"type":"ping"}));
-    assert_eq!(recv(&mut a), json!({"type":"pong"}));
+    send_json(&mut a, &json!({"type":"ping"}));
+    assert_eq!(recv_json(&mut a), json!({"type":"pong"}));
 }
 
 #[test]
@@ -107,20 +62,20 @@ fn error_replies_keep_the_connection() {
     ];
     for (text, expected) in cases {
         c.write_all(&masked(OpCode::Text, true, text.as_bytes())).unwrap();
-        assert_eq!(recv(&mut c), expected, "{text}");
+        assert_eq!(recv_json(&mut c), expected, "{text}");
     }
-    send(&mut c, &json!({"type":"subscribe","payload":{"topic":"much-too-long"},"id":3}));
-    let reply = recv(&mut c);
+    send_json(&mut c, &json!({"type":"subscribe","payload":{"topic":"much-too-long"},"id":3}));
+    let reply = recv_json(&mut c);
     assert_eq!((reply["type"].as_str(), &reply["id"]), (Some("error"), &json!(3)));
     assert!(reply["payload"]["message"].as_str().unwrap().starts_with("Topic too long"));
     subscribe(&mut c, "t1");
     subscribe(&mut c, "t2");
-    send(&mut c, &json!({"type":"subscribe","payload":{"topic":"t3"}}));
-    assert!(recv(&mut c)["payload"]["message"].as_str().unwrap().starts_with("Too many subscriptions"));
+    send_json(&mut c, &json!({"type":"subscribe","payload":{"topic":"t3"}}));
+    assert!(recv_json(&mut c)["payload"]["message"].as_str().unwrap().starts_with("Too many subscriptions"));
     c.write_all(&masked(OpCode::Binary, true, b"\x00\x01")).unwrap();
-    assert_eq!(recv(&mut c), error("Binary messages are not supported"));
-    send(&mut c, &json!({"type":"ping","id":"still"}));
-    assert_eq!(recv(&mut c), json!({"type":"pong","id":"still"}));
+    assert_eq!(recv_json(&mut c), error("Binary messages are not supported"));
+    send_json(&mut c, &json!({"type":"ping","id":"still"}));
+    assert_eq!(recv_json(&mut c), json!({"type":"pong","id":"still"}));
 }
 
 #[test]
@@ -128,34 +83,34 @@ fn fan_out_to_1000_subscribers_exactly_once_in_order() {
     let server = ServerProc::start(&[]);
     let mut subscribers: Vec<TcpStream> = (0..1000).map(|_| ws_connect(server.addr)).collect();
     for s in subscribers.iter_mut() {
-        send(s, &json!({"type":"subscribe","payload":{"topic":"fan"}}));
+        send_json(s, &json!({"type":"subscribe","payload":{"topic":"fan"}}));
     }
     for s in subscribers.iter_mut() {
-        assert_eq!(recv(s)["type"], "subscribed");
+        assert_eq!(recv_json(s)["type"], "subscribed");
     }
     let mut publisher = ws_connect(server.addr);
     const MESSAGES: u64 = 50;
     for seq in 0..MESSAGES {
-        send(
+        send_json(
             &mut publisher,
             &json!({"type":"publish","payload":{"topic":"fan","data":{"seq":seq}},"id":seq}),
         );
     }
     for seq in 0..MESSAGES {
-        let ack = recv(&mut publisher);
+        let ack = recv_json(&mut publisher);
         assert_eq!(ack["id"], json!(seq));
         assert_eq!(ack["payload"]["delivered"], json!(1000));
     }
     for (i, s) in subscribers.iter_mut().enumerate() {
         for seq in 0..MESSAGES {
-            let m = recv(s);
+            let m = recv_json(s);
             assert_eq!(m["payload"]["data"]["seq"], json!(seq), "subscriber {i}");
         }
     }
     // Exactly once: nothing more is waiting for anyone.
     for s in subscribers.iter_mut().take(20) {
-        send(s, &json!({"type":"ping"}));
-        assert_eq!(recv(s), json!({"type":"pong"}));
+        send_json(s, &json!({"type":"ping"}));
+        assert_eq!(recv_json(s), json!({"type":"pong"}));
     }
     assert_eq!(metric(server.addr, "wshub_deliveries_total"), (MESSAGES * 1000) as f64);
 }
@@ -170,14 +125,14 @@ fn slow_subscriber_is_cut_off_while_others_get_everything() {
     const MESSAGES: usize = 3000;
     let reader = std::thread::spawn(move || {
         for seq in 0..MESSAGES {
-            let m = recv(&mut fast);
+            let m = recv_json(&mut fast);
             assert_eq!(m["payload"]["data"]["seq"], json!(seq));
         }
     });
     let mut publisher = ws_connect(server.addr);
     let blob = "x".repeat(20_000);
     for seq in 0..MESSAGES {
-        send(
+        send_json(
             &mut publisher,
             &json!({"type":"publish","payload":{"topic":"firehose","data":{"seq":seq,"blob":blob}}}),
         );
@@ -209,12 +164,12 @@ fn http_publish_reaches_websocket_subscribers() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["delivered"], json!(1));
     assert_eq!(
-        recv(&mut sub),
+        recv_json(&mut sub),
         json!({"type":"message","payload":{"topic":"alerts","data":{"level":"high"}}})
     );
     let (status, _) = http(server.addr, "POST", "/broadcast", "", r#"{"data":"to all"}"#);
     assert_eq!(status, 200);
-    assert_eq!(recv(&mut sub), json!({"type":"message","payload":{"data":"to all"}}));
+    assert_eq!(recv_json(&mut sub), json!({"type":"message","payload":{"data":"to all"}}));
     assert_eq!(http(server.addr, "POST", "/publish", "", "{not json").0, 400);
     assert_eq!(http(server.addr, "GET", "/nothing-here", "", "").0, 404);
     let big = format!(r#"{{"topic":"alerts","data":"{}"}}"#, "x".repeat(100_000));
@@ -239,9 +194,9 @@ fn client_broadcast_when_enabled() {
     let server = ServerProc::start(&["--allow-client-broadcast"]);
     let mut a = ws_connect(server.addr);
     let mut b = ws_connect(server.addr);
-    send(&mut a, &json!({"type":"broadcast","payload":{"data":"hi all"}}));
+    send_json(&mut a, &json!({"type":"broadcast","payload":{"data":"hi all"}}));
     for s in [&mut a, &mut b] {
-        assert_eq!(recv(s), json!({"type":"message","payload":{"data":"hi all"}}));
+        assert_eq!(recv_json(s), json!({"type":"message","payload":{"data":"hi all"}}));
     }
 }
 
@@ -251,8 +206,8 @@ fn metrics_counters_move() {
     let accepted_before = metric(server.addr, "wshub_connections_accepted_total");
     let mut a = ws_connect(server.addr);
     subscribe(&mut a, "m");
-    send(&mut a, &json!({"type":"publish","payload":{"topic":"m","data":1}}));
-    recv(&mut a);
+    send_json(&mut a, &json!({"type":"publish","payload":{"topic":"m","data":1}}));
+    recv_json(&mut a);
     let mut bad = connect(server.addr);
     bad.write_all(upgrade_request("/ws", "").replace("Version: 13", "Version: 7").as_bytes()).unwrap();
     assert_eq!(status_of(&read_to_close(&mut bad)), 426);
@@ -265,4 +220,57 @@ fn metrics_counters_move() {
     assert_eq!(metric(server.addr, "wshub_handshakes_rejected_total{status=\"426\"}"), 1.0);
     assert_eq!(metric(server.addr, "wshub_topics"), 1.0);
     assert!(metric(server.addr, "wshub_connections") >= 1.0);
+}
+
+/// Subscribers that reset while fan-out is being written to them end as resets, never as slow
+/// consumers (1,000 benchmark clients closing at once used to show hundreds of "slow consumer"
+/// cut-offs, none of them slow).
+#[test]
+fn subscribers_that_reset_during_fan_out_count_as_resets_not_slow_consumers() {
+    // A send queue of 2: every delivery is written at once (eager flush), so publishes keep
+    // writing to sockets whose reset the server has not read yet.
+    let server = ServerProc::start(&["--send-queue", "2"]);
+    let addr = server.addr;
+    const SUBSCRIBERS: usize = 40;
+    const PUBLISHES: usize = 400;
+    let subs: Vec<TcpStream> = (0..SUBSCRIBERS)
+        .map(|_| {
+            let mut s = ws_connect(addr);
+            subscribe(&mut s, "t");
+            s
+        })
+        .collect();
+    let mut publisher = ws_connect(addr);
+    let publishing = std::thread::spawn(move || {
+        // No id: no ack to read. ~60-byte frames: 400 of them fit every subscriber's socket
+        // buffer, so nobody here is slow.
+        for i in 0..PUBLISHES {
+            send_json(&mut publisher, &json!({"type":"publish","payload":{"topic":"t","data":i}}));
+            if i % 8 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        publisher
+    });
+    for s in subs {
+        reset(s);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut publisher = publishing.join().unwrap();
+    // The publisher is still served: its ping gets its pong after all the publishes.
+    send_json(&mut publisher, &json!({"type":"ping","id":1}));
+    assert_eq!(recv_json(&mut publisher), json!({"type":"pong","id":1}));
+    // Every reset is seen (on read or on a fan-out write) within a generous bound.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut resets = 0.0;
+    while std::time::Instant::now() < deadline {
+        resets = metric(addr, "wshub_connection_resets_total");
+        if resets >= SUBSCRIBERS as f64 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(resets, SUBSCRIBERS as f64, "every subscriber that reset counts as one reset");
+    assert_eq!(metric(addr, "wshub_slow_consumers_dropped_total"), 0.0);
+    assert_eq!(metric(addr, "wshub_close_frames_sent_total{code=\"1008\"}"), 0.0);
 }

@@ -701,3 +701,31 @@ fn a_message_open_when_we_close_is_never_delivered() {
     assert!(d.session.is_closed());
     assert_eq!(d.out_frames().len(), 1);
 }
+
+/// The send path handed out with each step follows the session: it sends while open, and after
+/// our close it refuses data frames and writes nothing (what echo mode answers through, since
+/// the step's event borrows the session).
+#[test]
+fn step_sender_refuses_data_after_our_close() {
+    let cfg = config();
+    let mut session = wshub::protocol::Session::new(&cfg, 0);
+    let mut out = Vec::new();
+    let mut input = client(true, OpCode::Ping, b"p");
+    let step = session.advance(&mut input, &cfg, &mut out, 0).unwrap();
+    assert!(step.sender.can_send());
+    let mut echo = Vec::new();
+    assert!(step.sender.send(&mut echo, OpCode::Text, b"hi"));
+    assert_eq!(echo, [0x81, 0x02, b'h', b'i']);
+
+    assert!(session.close(&cfg, &mut out, code::GOING_AWAY, "bye", 0));
+    // A pong still reaches the caller after our close (data and pings are dropped).
+    let mut input = client(true, OpCode::Pong, b"p");
+    let step = session.advance(&mut input, &cfg, &mut out, 0).unwrap();
+    assert!(matches!(step.event, Some(wshub::protocol::Event::Pong(b"p"))));
+    assert!(!step.sender.can_send());
+    let mut late = Vec::new();
+    assert!(!step.sender.send(&mut late, OpCode::Text, b"late"));
+    assert!(late.is_empty(), "nothing is sent after our close");
+    let sender = step.sender;
+    assert_eq!(session.sender(), sender);
+}

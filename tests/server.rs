@@ -331,6 +331,28 @@ fn graceful_shutdown_sends_1001_and_exits_zero() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// After the server's close (1001 on shutdown) no data frame may follow (RFC 6455 section 5.5.1):
+/// a message the client sends before it has read that close gets no echo.
+#[test]
+fn echo_sends_nothing_after_its_close() {
+    let mut server = ServerProc::start(&["--echo", "--shutdown-timeout", "5"]);
+    let mut s = ws_connect(server.addr);
+    s.write_all(&masked(OpCode::Text, true, b"before")).unwrap();
+    assert_eq!(read_frame(&mut s).unwrap().payload, b"before");
+    unsafe_sigterm(server.child.id());
+    assert_eq!(expect_close(&mut s), Some(1001));
+    // Still our turn to speak: data, then our close.
+    s.write_all(&masked(OpCode::Text, true, b"after")).unwrap();
+    s.write_all(&masked(OpCode::Binary, true, b"after")).unwrap();
+    s.write_all(&masked(OpCode::Close, true, &1000u16.to_be_bytes())).unwrap();
+    let mut after = Vec::new();
+    while let Some(f) = read_frame(&mut s) {
+        after.push(f);
+    }
+    assert!(after.is_empty(), "frames after the server's close: {after:?}");
+    assert_eq!(server.child.wait().unwrap().code(), Some(0));
+}
+
 fn unsafe_sigterm(pid: u32) {
     std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
 }

@@ -32,9 +32,12 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// Server URL (a literal IP and port).
+    /// Server URL (a literal IP and port; ws:// or wss://).
     #[arg(long, default_value = "ws://127.0.0.1:9001/ws")]
     url: String,
+    /// PEM CA a wss:// server's certificate must chain to (its name must be localhost).
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
     /// Server name for the RESULT line.
     #[arg(long, default_value = "unknown")]
     server: String,
@@ -176,7 +179,7 @@ fn run(cli: Cli) -> Result<(), String> {
     let nofile = stats::raise_nofile();
     match cli.cmd {
         Cmd::Echo { common, conns, size, depth, json } => {
-            let mut target = net::Target::parse(&common.url)?;
+            let mut target = net::Target::parse(&common.url, common.ca.as_deref())?;
             target.offer_deflate = common.deflate;
             let timing = common.timing()?;
             let conns = check_conns(conns)?;
@@ -194,7 +197,7 @@ fn run(cli: Cli) -> Result<(), String> {
             );
         }
         Cmd::Broadcast { common, clients, publishers, size, topic } => {
-            let mut target = net::Target::parse(&common.url)?;
+            let mut target = net::Target::parse(&common.url, common.ca.as_deref())?;
             target.offer_deflate = common.deflate;
             let timing = common.timing()?;
             let clients = check_conns(clients)?;
@@ -214,7 +217,7 @@ fn run(cli: Cli) -> Result<(), String> {
             );
         }
         Cmd::Idle { common, conns, pid, hold } => {
-            let mut target = net::Target::parse(&common.url)?;
+            let mut target = net::Target::parse(&common.url, common.ca.as_deref())?;
             target.offer_deflate = common.deflate;
             let timing = common.timing()?;
             let conns = check_conns(conns)?;
@@ -236,7 +239,7 @@ fn run(cli: Cli) -> Result<(), String> {
             );
         }
         Cmd::Connrate { common, concurrency } => {
-            let mut target = net::Target::parse(&common.url)?;
+            let mut target = net::Target::parse(&common.url, common.ca.as_deref())?;
             target.offer_deflate = common.deflate;
             let timing = common.timing()?;
             let concurrency = check_conns(concurrency)?;

@@ -16,9 +16,9 @@ use sha1::{Digest, Sha1};
 
 use wshub::protocol::close;
 use wshub::protocol::deflate::{Agreed, DeflateConfig, Deflater};
-use wshub::protocol::frame::{self, OpCode, MAX_CONTROL_PAYLOAD};
+use wshub::protocol::frame::{self, OpCode};
 use wshub::protocol::handshake::{self, OriginPolicy, Rejection, RequestHead, UpgradePolicy};
-use wshub::protocol::session::{Event, ProtocolError, Session, SessionConfig, TimerOutcome, MAX_UNCONSUMED};
+use wshub::protocol::session::{Session, SessionConfig, TimerOutcome};
 
 const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -126,225 +126,16 @@ fn trim_ows(v: &[u8]) -> &[u8] {
     &v[start..end]
 }
 
-/// One frame as a server sent it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServerFrame {
-    pub opcode: OpCode,
-    pub payload: Vec<u8>,
-}
-
-/// Parses everything a server wrote after the handshake. Panics unless it is a sequence of
-/// whole, valid server frames: unmasked, FIN set, RSV clear, minimal lengths, control frames of
-/// at most 125 bytes, close payloads well formed, text valid UTF-8, nothing after a close.
-pub fn parse_server_frames(mut bytes: &[u8]) -> Vec<ServerFrame> {
-    let mut frames: Vec<ServerFrame> = Vec::new();
-    while !bytes.is_empty() {
-        if let Some(last) = frames.last() {
-            assert_ne!(last.opcode, OpCode::Close, "server wrote bytes after its close frame");
-        }
-        let header = match frame::parse_header(bytes) {
-            Ok(Some(h)) => h,
-            Ok(None) => panic!("server output ends in a truncated frame header: {bytes:x?}"),
-            Err(e) => panic!("server wrote an invalid frame header ({e}): {bytes:x?}"),
-        };
-        assert!(header.mask.is_none(), "server frames must not be masked");
-        assert!(header.fin, "server frames are never fragmented");
-        assert_eq!(header.rsv, 0);
-        let len = usize::try_from(header.payload_len).expect("length fits");
-        if header.opcode.is_control() {
-            assert!(len <= MAX_CONTROL_PAYLOAD, "control frame of {len} bytes");
-        }
-        let total = header.header_len + len;
-        assert!(bytes.len() >= total, "server output ends in a truncated frame payload");
-        let payload = bytes[header.header_len..total].to_vec();
-        match header.opcode {
-            OpCode::Text => {
-                assert!(std::str::from_utf8(&payload).is_ok(), "server text frame is not UTF-8")
-            }
-            OpCode::Close => check_close_payload(&payload),
-            OpCode::Continuation => panic!("server wrote a continuation frame"),
-            _ => {}
-        }
-        frames.push(ServerFrame { opcode: header.opcode, payload });
-        bytes = &bytes[total..];
-    }
-    frames
-}
-
-fn check_close_payload(payload: &[u8]) {
-    match payload {
-        [] => {}
-        [_] => panic!("close payload of one byte"),
-        [hi, lo, reason @ ..] => {
-            let code = u16::from_be_bytes([*hi, *lo]);
-            assert!(close::is_valid_on_wire(code), "server sent close code {code}");
-            assert!(std::str::from_utf8(reason).is_ok(), "close reason is not UTF-8");
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Driving a session
 // ---------------------------------------------------------------------------------------------
 
-/// An [`Event`] with owned payload.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Ev {
-    Text(String),
-    Binary(Vec<u8>),
-    Ping(Vec<u8>),
-    Pong(Vec<u8>),
-    Closed { code: Option<u16>, reason: String },
-}
-
-impl Ev {
-    fn from_event(event: &Event<'_>) -> Ev {
-        match *event {
-            Event::Text(s) => {
-                // The session builds this &str with from_utf8_unchecked: check it for real.
-                assert!(std::str::from_utf8(s.as_bytes()).is_ok(), "Event::Text is not UTF-8");
-                Ev::Text(s.to_owned())
-            }
-            Event::Binary(b) => Ev::Binary(b.to_vec()),
-            Event::Ping(p) => Ev::Ping(p.to_vec()),
-            Event::Pong(p) => Ev::Pong(p.to_vec()),
-            Event::Closed { code, reason } => Ev::Closed { code, reason: reason.to_owned() },
-        }
-    }
-}
-
-/// The documented caller loop around [`Session::advance`], checking every step.
-pub struct Driver {
-    pub session: Session,
-    pub config: SessionConfig,
-    /// Unconsumed bytes kept for the next read.
-    pub pending: Vec<u8>,
-    /// Everything the session wrote.
-    pub out: Vec<u8>,
-    pub events: Vec<Ev>,
-    pub error: Option<ProtocolError>,
-    pub now: u64,
-}
-
-impl Driver {
-    pub fn new(config: SessionConfig, now: u64) -> Driver {
-        let session = Session::new(&config, now);
-        Driver { session, config, pending: Vec::new(), out: Vec::new(), events: Vec::new(), error: None, now }
-    }
-
-    /// Feeds one read's worth of bytes.
-    pub fn feed(&mut self, chunk: &[u8]) {
-        self.pending.extend_from_slice(chunk);
-        let mut pos = 0;
-        let mut steps = 0usize;
-        loop {
-            steps += 1;
-            assert!(steps <= self.pending.len() + 2, "advance keeps returning events without progress");
-            let was_open = self.session.can_send();
-            let was_closed = self.session.is_closed();
-            let available = self.pending.len() - pos;
-            let out_before = self.out.len();
-            let max = self.config.max_message_size;
-            let result =
-                self.session.advance(&mut self.pending[pos..], &self.config, &mut self.out, self.now);
-            match result {
-                Ok(step) => {
-                    assert!(step.consumed <= available, "consumed more than was given");
-                    if was_closed {
-                        assert_eq!(step.consumed, available, "a closed session swallows everything");
-                        assert!(step.event.is_none(), "event from a closed session");
-                    }
-                    let event = step.event.as_ref().map(Ev::from_event);
-                    pos += step.consumed;
-                    let Some(event) = event else {
-                        assert_eq!(self.out.len(), out_before, "output without an event or error");
-                        break;
-                    };
-                    self.check_event(&event, was_open, out_before, max);
-                    self.events.push(event);
-                }
-                Err(e) => {
-                    assert!(!was_closed, "error from a closed session");
-                    assert!(self.session.is_closed(), "session not closed after {e}");
-                    assert_eq!(self.session.buffered(), 0, "buffer kept after {e}");
-                    let written = &self.out[out_before..];
-                    if was_open {
-                        let frames = parse_server_frames(written);
-                        assert_eq!(frames.len(), 1, "one close frame after {e}");
-                        assert_eq!(frames[0].opcode, OpCode::Close);
-                        assert_eq!(frames[0].payload[..2], e.close_code().to_be_bytes());
-                    } else {
-                        assert!(written.is_empty(), "a second close after {e}");
-                    }
-                    self.error = Some(e);
-                    // The caller flushes and hangs up: nothing else is read.
-                    pos = self.pending.len();
-                    break;
-                }
-            }
-        }
-        self.pending.drain(..pos);
-        assert!(
-            self.pending.len() <= MAX_UNCONSUMED,
-            "{} unconsumed bytes kept (max {MAX_UNCONSUMED})",
-            self.pending.len()
-        );
-        assert!(
-            self.session.buffered() <= self.config.max_message_size,
-            "{} bytes buffered (max message {})",
-            self.session.buffered(),
-            self.config.max_message_size
-        );
-    }
-
-    fn check_event(&self, event: &Ev, was_open: bool, out_before: usize, max: usize) {
-        assert!(
-            !self.events.iter().any(|e| matches!(e, Ev::Closed { .. })),
-            "event {event:?} after the peer's close"
-        );
-        let written = &self.out[out_before..];
-        match event {
-            Ev::Text(_) | Ev::Binary(_) => {
-                let len = match event {
-                    Ev::Text(s) => s.len(),
-                    Ev::Binary(b) => b.len(),
-                    _ => unreachable!(),
-                };
-                assert!(len <= max, "message of {len} bytes delivered (max {max})");
-                assert!(was_open, "data delivered after our close");
-                assert!(written.is_empty(), "output on a data event");
-            }
-            Ev::Ping(p) => {
-                assert!(p.len() <= MAX_CONTROL_PAYLOAD);
-                assert!(was_open, "ping delivered after our close");
-                let mut pong = Vec::new();
-                frame::write_frame(&mut pong, OpCode::Pong, p);
-                assert_eq!(written, &pong[..], "a ping is answered by exactly its pong");
-            }
-            Ev::Pong(p) => {
-                assert!(p.len() <= MAX_CONTROL_PAYLOAD);
-                assert!(written.is_empty(), "output on a pong");
-            }
-            Ev::Closed { code, reason } => {
-                assert!(self.session.is_closed(), "session open after the peer's close");
-                assert!(!self.session.can_send());
-                if let Some(c) = code {
-                    assert!(close::is_valid_on_wire(*c), "accepted close code {c}");
-                    assert!(reason.len() <= MAX_CONTROL_PAYLOAD - 2);
-                } else {
-                    assert!(reason.is_empty(), "a reason without a code");
-                }
-                if was_open {
-                    let mut echo = Vec::new();
-                    frame::write_close(&mut echo, code.unwrap_or(1000), "");
-                    assert_eq!(written, &echo[..], "the close is echoed with the peer's code");
-                } else {
-                    assert!(written.is_empty(), "a second close frame");
-                }
-            }
-        }
-    }
-}
+// The driver (the documented caller loop around `Session::advance`, checking every step) and
+// the strict parser of server output are shared with the integration tests: one copy, in
+// tests/protocol_driver. The path is relative to this file, wherever it is included from.
+#[path = "../../tests/protocol_driver/mod.rs"]
+mod protocol_driver;
+pub use protocol_driver::{parse_server_frames, Driver, Ev, OutFrame};
 
 /// Re-encodes an event as client frames, whole and fragmented, and checks that fresh sessions
 /// read the same event back. `key` and `cut` vary the masking and the split.
@@ -360,8 +151,8 @@ pub fn check_reencodes(event: &Ev, config: &SessionConfig, key: [u8; 4], cut: u8
             // Whole, in one read.
             let mut wire = Vec::new();
             frame::write_masked_frame(&mut wire, true, opcode, key, payload);
-            let mut d = Driver::new(config.clone(), 0);
-            d.feed(&wire);
+            let mut d = Driver::new(config.clone());
+            let _ = d.feed(&wire);
             assert_eq!(d.error, None);
             assert_eq!(d.events, std::slice::from_ref(event), "whole frame re-read differently");
             assert!(d.pending.is_empty());
@@ -372,9 +163,9 @@ pub fn check_reencodes(event: &Ev, config: &SessionConfig, key: [u8; 4], cut: u8
             frame::write_masked_frame(&mut wire, false, opcode, key, &payload[..split]);
             frame::write_masked_frame(&mut wire, true, OpCode::Ping, key, b"p");
             frame::write_masked_frame(&mut wire, true, OpCode::Continuation, key, &payload[split..]);
-            let mut d = Driver::new(config.clone(), 0);
+            let mut d = Driver::new(config.clone());
             for piece in wire.chunks(chunk) {
-                d.feed(piece);
+                let _ = d.feed(piece);
             }
             assert_eq!(d.error, None);
             assert_eq!(d.events, [Ev::Ping(b"p".to_vec()), event.clone()], "fragments re-read differently");
@@ -384,9 +175,9 @@ pub fn check_reencodes(event: &Ev, config: &SessionConfig, key: [u8; 4], cut: u8
             let opcode = if matches!(event, Ev::Ping(_)) { OpCode::Ping } else { OpCode::Pong };
             let mut wire = Vec::new();
             frame::write_masked_frame(&mut wire, true, opcode, key, p);
-            let mut d = Driver::new(config.clone(), 0);
+            let mut d = Driver::new(config.clone());
             for piece in wire.chunks(chunk) {
-                d.feed(piece);
+                let _ = d.feed(piece);
             }
             assert_eq!(d.error, None);
             assert_eq!(d.events, std::slice::from_ref(event), "control frame re-read differently");
@@ -399,9 +190,9 @@ pub fn check_reencodes(event: &Ev, config: &SessionConfig, key: [u8; 4], cut: u8
             }
             let mut wire = Vec::new();
             frame::write_masked_frame(&mut wire, true, OpCode::Close, key, &payload);
-            let mut d = Driver::new(config.clone(), 0);
+            let mut d = Driver::new(config.clone());
             for piece in wire.chunks(chunk) {
-                d.feed(piece);
+                let _ = d.feed(piece);
             }
             assert_eq!(d.error, None);
             assert_eq!(d.events, std::slice::from_ref(event), "close frame re-read differently");
@@ -426,9 +217,9 @@ pub fn check_frame_parser(data: &[u8]) {
     let sizes = r.bytes(n).to_vec();
     let stream = r.rest();
     let config = fuzz_config(max);
-    let mut d = Driver::new(config.clone(), 0);
+    let mut d = Driver::new(config.clone());
     for chunk in chunks(stream, &sizes) {
-        d.feed(chunk);
+        let _ = d.feed(chunk);
     }
     let frames = parse_server_frames(&d.out);
     let closes = frames.iter().filter(|f| f.opcode == OpCode::Close).count();
@@ -910,7 +701,7 @@ impl Connection {
     pub fn read(&mut self, bytes: &[u8]) {
         if let Some(driver) = &mut self.driver {
             driver.now = self.now;
-            driver.feed(bytes);
+            let _ = driver.feed(bytes);
             return;
         }
         if self.outcome.is_some() {
@@ -926,10 +717,10 @@ impl Connection {
         match outcome {
             HeadOutcome::Incomplete => {}
             HeadOutcome::Accepted { head_len, deflate } => {
-                let mut driver = Driver::new(self.config.clone(), self.now);
+                let mut driver = Driver::at(self.config.clone(), self.now);
                 driver.session = Session::new(&self.config, self.now).with_deflate(deflate);
                 let rest = self.head_buf[head_len..].to_vec();
-                driver.feed(&rest);
+                let _ = driver.feed(&rest);
                 self.driver = Some(driver);
                 self.outcome = Some(outcome);
             }
@@ -966,7 +757,7 @@ impl Connection {
         if ok {
             self.sent_data += 1;
             let frames = parse_server_frames(&d.out[before..]);
-            assert_eq!(frames, [ServerFrame { opcode, payload: text.as_bytes().to_vec() }]);
+            assert_eq!(frames, [OutFrame { fin: true, opcode, payload: text.as_bytes().to_vec() }]);
         } else {
             assert_eq!(d.out.len(), before, "data sent after a close");
         }

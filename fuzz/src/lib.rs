@@ -3,3 +3,4 @@
 
 pub mod checks;
 pub mod hub_checks;
+pub mod tls_checks;

@@ -3,7 +3,8 @@
 //! Reading borrows from the client's text: `data` and `id` stay [`RawValue`]s (their text is
 //! validated once by the parser, never rebuilt), and strings are only copied when they carry
 //! escapes. Writing appends compact JSON to a caller's buffer; the only value re-encoded is
-//! a topic name, escaped by serde_json.
+//! a topic name, escaped by serde_json. A fan-out message is written into a [`Sink`] twice: once
+//! to count its bytes, once into its exact-size shared frame, so it is never staged and copied.
 
 use std::borrow::Cow;
 use std::rc::Rc;
@@ -13,7 +14,7 @@ use serde_json::value::RawValue;
 
 use super::HubError;
 use crate::backplane::Relay;
-use crate::protocol::frame::{ServerHeader, MAX_SERVER_HEADER_LEN};
+use crate::protocol::frame::ServerHeader;
 use crate::protocol::OpCode;
 
 /// A scratch buffer larger than this is released after use, so one big publish does not pin
@@ -78,6 +79,31 @@ pub struct Parsed<'a> {
 pub struct TopicPayload<'a> {
     #[serde(borrow)]
     pub topic: Cow<'a, str>,
+}
+
+/// Payload of `subscribe`: a topic, and where the client stopped if it is recovering.
+#[derive(Deserialize)]
+pub struct SubscribePayload<'a> {
+    #[serde(borrow)]
+    pub topic: Cow<'a, str>,
+    /// Kept raw and read by [`SubscribePayload::since`], which refuses arrays.
+    #[serde(borrow, default)]
+    since: Option<&'a RawValue>,
+}
+
+impl<'a> SubscribePayload<'a> {
+    /// The `since` object, if any (`null` is none).
+    pub fn since(&self, detail: &'static str) -> Result<Option<SincePayload<'a>>, HubError> {
+        self.since.map(|raw| parse_object(raw.get(), detail)).transpose()
+    }
+}
+
+/// `{"offset": O, "epoch": E}` in a `subscribe`.
+#[derive(Deserialize)]
+pub struct SincePayload<'a> {
+    pub offset: u64,
+    #[serde(borrow)]
+    pub epoch: Cow<'a, str>,
 }
 
 /// Payload of `publish` (and body of `POST /publish`).
@@ -170,19 +196,74 @@ pub fn parse_envelope(text: &str) -> Parsed<'_> {
     Parsed { id: loose.id, envelope }
 }
 
+/// Where the message writers put bytes: a growing `Vec` (replies), a [`ByteCount`] (to size a
+/// shared frame before it exists), or the shared frame itself (filled from the front).
+pub trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Vec<u8> {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// Counts what would be written.
+#[derive(Debug, Default)]
+pub struct ByteCount(pub usize);
+
+impl Sink for ByteCount {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.0 += bytes.len();
+    }
+}
+
+/// Fills a buffer sized by a [`ByteCount`] pass of the same writer. Bytes past its end (a
+/// writer that wrote differently twice: a bug) are counted, not written, and never panic.
+struct Fill<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+
+impl Sink for Fill<'_> {
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        let end = self.pos + bytes.len();
+        if let Some(dst) = self.buf.get_mut(self.pos..end) {
+            dst.copy_from_slice(bytes);
+        }
+        self.pos = end;
+    }
+}
+
+/// serde_json writes through `io::Write`; a [`Sink`] never fails.
+struct SinkWriter<'a, S: ?Sized>(&'a mut S);
+
+impl<S: Sink + ?Sized> std::io::Write for SinkWriter<'_, S> {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.put(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Appends `s` as a JSON string literal, escaped by serde_json.
-pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    let start = out.len();
-    if let Err(e) = serde_json::to_writer(&mut *out, s) {
-        // Not expected: a Vec sink cannot fail and every str serializes. Keep the JSON whole.
+pub fn push_json_str<S: Sink + ?Sized>(out: &mut S, s: &str) {
+    // Not expected to fail: the sink cannot, and every str serializes. serde_json checks
+    // nothing before writing, so even then the same input writes the same bytes every time.
+    if let Err(e) = serde_json::to_writer(SinkWriter(out), s) {
         log::error!("escaping a JSON string failed: {e}");
-        out.truncate(start);
-        out.extend_from_slice(b"\"\"");
     }
 }
 
 /// Appends `n` in decimal, without going through `fmt` (and its `Result`).
-pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+pub fn push_decimal<S: Sink + ?Sized>(out: &mut S, mut n: u64) {
     let mut digits = [0u8; 20]; // u64::MAX has 20 digits
     let mut start = digits.len();
     loop {
@@ -193,14 +274,14 @@ pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
             break;
         }
     }
-    out.extend_from_slice(&digits[start..]);
+    out.put(&digits[start..]);
 }
 
 /// Appends `,"id":<raw>` when the client sent an id.
-fn push_id(out: &mut Vec<u8>, id: Option<&RawValue>) {
+fn push_id<S: Sink + ?Sized>(out: &mut S, id: Option<&RawValue>) {
     if let Some(id) = id {
-        out.extend_from_slice(b",\"id\":");
-        out.extend_from_slice(id.get().as_bytes());
+        out.put(b",\"id\":");
+        out.put(id.get().as_bytes());
     }
 }
 
@@ -220,6 +301,31 @@ pub fn write_topic_reply(out: &mut Vec<u8>, kind: &str, topic: &str, id: Option<
     out.push(b'}');
     push_id(out, id);
     out.push(b'}');
+}
+
+/// `{"type":"subscribed","payload":{"topic":T,"offset":O,"epoch":E,"recovered":R}}`, with the
+/// id: `offset` and `epoch` when the topic has history, `recovered` when the client sent `since`.
+pub fn write_subscribed<S: Sink + ?Sized>(
+    out: &mut S,
+    topic: &str,
+    position: Option<(u64, &str)>,
+    recovered: Option<bool>,
+    id: Option<&RawValue>,
+) {
+    out.put(b"{\"type\":\"subscribed\",\"payload\":{\"topic\":");
+    push_json_str(out, topic);
+    if let Some((offset, epoch)) = position {
+        out.put(b",\"offset\":");
+        push_decimal(out, offset);
+        out.put(b",\"epoch\":");
+        push_json_str(out, epoch);
+    }
+    if let Some(recovered) = recovered {
+        out.put(if recovered { b",\"recovered\":true" } else { b",\"recovered\":false" });
+    }
+    out.put(b"}");
+    push_id(out, id);
+    out.put(b"}");
 }
 
 /// `{"type":"ack","payload":{"topic":T,"delivered":n},"id":..}`; `topic` is absent for a
@@ -260,35 +366,54 @@ pub fn write_error(out: &mut Vec<u8>, message: &str, id: Option<&RawValue>) {
 
 /// `{"type":"message","payload":{"topic":T,"data":D}}`; without `topic` for a broadcast.
 /// `data` is spliced as the client sent it.
-pub fn write_message(out: &mut Vec<u8>, topic: Option<&str>, data: &RawValue) {
-    const PREFIX: &[u8] = b"{\"type\":\"message\",\"payload\":{";
-    let data = data.get().as_bytes();
-    // Escaping may grow the topic; this reserve is a good guess, not a bound.
-    out.reserve(PREFIX.len() + topic.map_or(0, |t| t.len() + 12) + data.len() + 10);
-    out.extend_from_slice(PREFIX);
-    if let Some(topic) = topic {
-        out.extend_from_slice(b"\"topic\":");
-        push_json_str(out, topic);
-        out.push(b',');
-    }
-    out.extend_from_slice(b"\"data\":");
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"}}");
+pub fn write_message<S: Sink + ?Sized>(out: &mut S, topic: Option<&str>, data: &RawValue) {
+    write_message_at(out, topic, data, None);
 }
 
-/// Builds one whole server text frame in a shared buffer: the payload is written once into
-/// `scratch` after room for the longest header, the real header goes just before it, and the
-/// frame is copied once into its exact-size `Rc`.
-pub fn build_shared_text_frame(scratch: &mut Vec<u8>, write_payload: impl FnOnce(&mut Vec<u8>)) -> Rc<[u8]> {
-    scratch.clear();
-    scratch.resize(MAX_SERVER_HEADER_LEN, 0);
-    write_payload(scratch);
-    let header = ServerHeader::new(true, OpCode::Text, scratch.len() - MAX_SERVER_HEADER_LEN);
+/// [`write_message`], with `,"offset":O` after `data` when the topic keeps history.
+pub fn write_message_at<S: Sink + ?Sized>(
+    out: &mut S,
+    topic: Option<&str>,
+    data: &RawValue,
+    offset: Option<u64>,
+) {
+    out.put(b"{\"type\":\"message\",\"payload\":{");
+    if let Some(topic) = topic {
+        out.put(b"\"topic\":");
+        push_json_str(out, topic);
+        out.put(b",");
+    }
+    out.put(b"\"data\":");
+    out.put(data.get().as_bytes());
+    if let Some(offset) = offset {
+        out.put(b",\"offset\":");
+        push_decimal(out, offset);
+    }
+    out.put(b"}}");
+}
+
+/// Builds one whole server text frame straight into its shared buffer: `write_payload` runs once
+/// into a [`ByteCount`] to size the frame, the exact-size `Rc<[u8]>` is allocated once, and the
+/// header and a second run of `write_payload` fill it. No staging buffer and no copy of the
+/// payload; the price is a zero-fill of the frame and a second pass over the (short) parts that
+/// are encoded rather than spliced.
+pub fn build_shared_text_frame(write_payload: impl Fn(&mut dyn Sink)) -> Rc<[u8]> {
+    let mut count = ByteCount::default();
+    write_payload(&mut count);
+    let header = ServerHeader::new(true, OpCode::Text, count.0);
     let header = header.as_bytes();
-    let start = MAX_SERVER_HEADER_LEN - header.len();
-    scratch[start..MAX_SERVER_HEADER_LEN].copy_from_slice(header);
-    let frame = Rc::from(&scratch[start..]);
-    release_if_large(scratch);
+    let len = header.len() + count.0;
+    // An exact-size iterator (`TrustedLen`) is collected into one allocation of its length.
+    let mut frame: Rc<[u8]> = std::iter::repeat_n(0u8, len).collect();
+    if let Some(buf) = Rc::get_mut(&mut frame) {
+        let mut fill = Fill { buf, pos: 0 };
+        fill.put(header);
+        write_payload(&mut fill);
+        debug_assert_eq!(fill.pos, len, "the payload writer wrote differently twice");
+        if fill.pos != len {
+            log::error!("shared frame: sized {len} bytes, wrote {}", fill.pos);
+        }
+    }
     frame
 }
 
@@ -412,17 +537,78 @@ mod tests {
     }
 
     #[test]
+    fn subscribed_and_message_carry_history_fields() {
+        let mut out = Vec::new();
+        write_subscribed(&mut out, "t", Some((7, "ab")), Some(true), Some(raw("1")));
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"type":"subscribed","payload":{"topic":"t","offset":7,"epoch":"ab","recovered":true},"id":1}"#
+        );
+        out.clear();
+        write_subscribed(&mut out, "t", None, Some(false), None);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"type":"subscribed","payload":{"topic":"t","recovered":false}}"#
+        );
+        out.clear();
+        write_message_at(&mut out, Some("t"), raw("[1]"), Some(12));
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"type":"message","payload":{"topic":"t","data":[1],"offset":12}}"#
+        );
+    }
+
+    #[test]
+    fn since_must_have_an_offset_and_an_epoch() {
+        let p: SubscribePayload<'_> =
+            parse_object(r#"{"topic":"t","since":{"offset":3,"epoch":"e"}}"#, "x").unwrap();
+        let since = p.since("x").unwrap().unwrap();
+        assert_eq!((since.offset, &*since.epoch), (3, "e"));
+        for bad in [
+            r#"{"topic":"t","since":{"offset":-1,"epoch":"e"}}"#,
+            r#"{"topic":"t","since":{"offset":1}}"#,
+            r#"{"topic":"t","since":{"epoch":"e"}}"#,
+            r#"{"topic":"t","since":{"offset":1.5,"epoch":"e"}}"#,
+            r#"{"topic":"t","since":[1,"e"]}"#,
+        ] {
+            let p = parse_object::<SubscribePayload<'_>>(bad, "x");
+            assert!(p.is_err() || p.unwrap().since("x").is_err(), "{bad}");
+        }
+        let p: SubscribePayload<'_> = parse_object(r#"{"topic":"t","since":null}"#, "x").unwrap();
+        assert!(p.since("x").unwrap().is_none(), "null since is no since");
+    }
+
+    #[test]
     fn shared_frame_has_the_minimal_header() {
-        let mut scratch = Vec::new();
         for len in [0usize, 125, 126, 65535, 65536] {
             let payload = vec![b'x'; len];
-            let frame = build_shared_text_frame(&mut scratch, |out| out.extend_from_slice(&payload));
+            let frame = build_shared_text_frame(|out| out.put(&payload));
             let h = parse_header(&frame).unwrap().unwrap();
             assert_eq!(h.opcode, OpCode::Text);
             assert!(h.fin);
             assert_eq!(h.payload_len, len as u64);
+            assert_eq!(frame.len(), h.header_len + len, "exact size");
             assert_eq!(&frame[h.header_len..], &payload[..]);
         }
-        assert!(scratch.capacity() <= SCRATCH_KEEP_CAPACITY, "a big scratch buffer is released");
+    }
+
+    /// Built in place, the shared frame holds exactly what the appending writers produce, for
+    /// topics whose escaping changes their length (quotes, controls, non-ASCII) and for every
+    /// header size.
+    #[test]
+    fn shared_message_frame_matches_the_appended_one() {
+        let medium = format!("\"{}\"", "x".repeat(200));
+        let big = format!("[{}1]", "1,".repeat(40_000));
+        for topic in [None, Some(""), Some("t"), Some("a\"b\\c\n\u{1}\u{7f}"), Some("é😀")] {
+            for data in ["null", r#"{"x": [1, 2]}"#, &medium, &big] {
+                let data = raw(data);
+                let mut payload = Vec::new();
+                write_message(&mut payload, topic, data);
+                let mut expected = Vec::new();
+                crate::protocol::frame::write_frame(&mut expected, OpCode::Text, &payload);
+                let frame = build_shared_text_frame(|out| write_message(out, topic, data));
+                assert_eq!(&frame[..], &expected[..], "topic {topic:?}");
+            }
+        }
     }
 }

@@ -267,15 +267,22 @@ pub fn write_masked_frame_rsv1(out: &mut Vec<u8>, fin: bool, opcode: OpCode, key
 
 /// Appends a client-style (masked) frame: for tests, fuzzers and the load generator.
 pub fn write_masked_frame(out: &mut Vec<u8>, fin: bool, opcode: OpCode, key: [u8; 4], payload: &[u8]) {
-    let header = ServerHeader::new(fin, opcode, payload.len());
+    write_masked_header(out, fin, opcode, key, payload.len());
+    let start = out.len();
+    out.extend_from_slice(payload);
+    super::mask::apply_mask(&mut out[start..], key, 0);
+}
+
+/// Appends a client-style (masked) frame header announcing `payload_len` bytes, minimal length
+/// encoding, without the payload: for tests that send a payload in pieces or claim a length
+/// they never send.
+pub fn write_masked_header(out: &mut Vec<u8>, fin: bool, opcode: OpCode, key: [u8; 4], payload_len: usize) {
+    let header = ServerHeader::new(fin, opcode, payload_len);
     let h = header.as_bytes();
     out.push(h[0]);
     out.push(h[1] | 0x80);
     out.extend_from_slice(&h[2..]);
     out.extend_from_slice(&key);
-    let start = out.len();
-    out.extend_from_slice(payload);
-    super::mask::apply_mask(&mut out[start..], key, 0);
 }
 
 #[cfg(test)]

@@ -20,4 +20,4 @@ pub mod session;
 pub mod utf8;
 
 pub use frame::OpCode;
-pub use session::{Event, Session, SessionConfig};
+pub use session::{Event, Sender, Session, SessionConfig};

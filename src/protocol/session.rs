@@ -163,6 +163,33 @@ pub struct Step<'a> {
     pub consumed: usize,
     /// `None`: the rest of the input is an unfinished frame; present it again with more bytes.
     pub event: Option<Event<'a>>,
+    /// The session's send path as it stood after this step. The event borrows the session, so
+    /// an answer to it (an echo) is sent through this rather than [`Session::send`].
+    pub sender: Sender,
+}
+
+/// Permission to send data frames, taken from a session ([`Session::sender`]). The one place
+/// the rule "no data frame after a close" is applied on the way out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sender {
+    open: bool,
+}
+
+impl Sender {
+    /// Data frames may still be sent (no close sent or received).
+    #[inline]
+    pub fn can_send(self) -> bool {
+        self.open
+    }
+
+    /// Appends a whole data frame to `out` if the session was open; false after a close.
+    #[inline]
+    pub fn send(self, out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) -> bool {
+        if self.open {
+            frame::write_frame(out, opcode, payload);
+        }
+        self.open
+    }
 }
 
 /// What a timer expiry did.
@@ -293,10 +320,13 @@ impl Session {
     /// Appends a whole data frame to `out` if the session is open; false after a close.
     #[inline]
     pub fn send(&self, out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) -> bool {
-        if self.can_send() {
-            frame::write_frame(out, opcode, payload);
-        }
-        self.can_send()
+        self.sender().send(out, opcode, payload)
+    }
+
+    /// The send path as it stands now, to keep while an event borrows the session.
+    #[inline]
+    pub fn sender(&self) -> Sender {
+        Sender { open: self.can_send() }
     }
 
     /// Starts the closing handshake from our side: writes a close frame and waits for the
@@ -377,17 +407,19 @@ impl Session {
         }
         if self.state == State::Closed {
             // Nothing after the end counts; swallow it.
-            return Ok(Step { consumed: input.len(), event: None });
+            return Ok(Step { consumed: input.len(), event: None, sender: self.sender() });
         }
-        match self.read(input, config, out, now) {
+        let read = self.read(input, config, out, now);
+        let sender = self.sender();
+        match read {
             Ok((consumed, Some(Deliver::Input(range, kind)))) => {
                 let payload = &input[range];
-                Ok(Step { consumed, event: Some(data_event(kind, payload)) })
+                Ok(Step { consumed, event: Some(data_event(kind, payload)), sender })
             }
             Ok((consumed, Some(Deliver::Buffer(kind)))) => {
                 self.delivered = true;
                 let buffer = self.assembly.as_ref().map_or(&[][..], |a| &a.buffer[..]);
-                Ok(Step { consumed, event: Some(data_event(kind, buffer)) })
+                Ok(Step { consumed, event: Some(data_event(kind, buffer)), sender })
             }
             Ok((consumed, Some(Deliver::Control(range, opcode)))) => {
                 let payload = &input[range];
@@ -399,9 +431,9 @@ impl Session {
                         Event::Closed { code, reason }
                     }
                 };
-                Ok(Step { consumed, event: Some(event) })
+                Ok(Step { consumed, event: Some(event), sender })
             }
-            Ok((consumed, None)) => Ok(Step { consumed, event: None }),
+            Ok((consumed, None)) => Ok(Step { consumed, event: None, sender }),
             Err(e) => {
                 self.fail(out, e);
                 Err(e)

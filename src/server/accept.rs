@@ -2,7 +2,7 @@
 //! hand the request to plain HTTP.
 //!
 //! [`accept_all`] takes connections until `WouldBlock` (pausing a moment when out of descriptors,
-//! and still answering 503 past the connection limit, up to [`OVERFLOW_SLOTS`] at once).
+//! and still answering 503 past the connection limit, up to `overflow_slots` at once).
 //! [`on_request_bytes`] collects the head, re-parsing only when it may be complete;
 //! [`on_request`] then routes it: a valid upgrade on our path opens a session and passes any
 //! bytes after the head to `frames` (they are the client's first frames), a bad one gets its
@@ -19,15 +19,14 @@ use slab::Slab;
 use super::connection::{Connection, Ending, Phase};
 use super::frames::on_frames;
 use super::http_route::on_http;
-use super::lifecycle::{doom, mark, rearm, reject};
+use super::lifecycle::{doom, mark, rearm, reject, socket_failed};
 use super::state::{Shared, READ_PREFIX, READ_SIZE};
+use super::transport::Transport;
 use crate::protocol::handshake::{self, Rejection};
 use crate::protocol::session::{Millis, Session};
 
 /// How long accept stays paused after running out of file descriptors.
 const ACCEPT_PAUSE: Millis = 100;
-/// Connections beyond the limit are still accepted to be told 503, up to this many at once.
-pub(super) const OVERFLOW_SLOTS: usize = 256;
 
 /// Accept until `WouldBlock`.
 pub(super) fn accept_all(
@@ -46,8 +45,11 @@ pub(super) fn accept_all(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if is_resource_exhaustion(&e) => {
                 // Out of descriptors or memory: pending clients wait in the backlog. Try
-                // again shortly rather than spin on a listener that stays readable.
-                warn!("accept failed ({e}); pausing accepts for {ACCEPT_PAUSE} ms");
+                // again shortly rather than spin on a listener that stays readable. Logged
+                // once per flood, then counted (ten a second otherwise).
+                if s.logs.accept_failed.hit(s.now) {
+                    warn!("accept failed ({e}); pausing accepts for {ACCEPT_PAUSE} ms at a time");
+                }
                 s.accept_paused_until = Some(s.now + ACCEPT_PAUSE);
                 return;
             }
@@ -67,7 +69,7 @@ fn on_accepted(
     peer: SocketAddr,
 ) {
     let over_limit = conns.len() >= s.settings.max_connections;
-    if over_limit && conns.len() >= s.settings.max_connections + OVERFLOW_SLOTS {
+    if over_limit && conns.len() >= s.settings.max_connections + s.settings.overflow_slots {
         // Too many even to answer: drop at once.
         s.metrics.handshake_rejected(503);
         return;
@@ -76,12 +78,23 @@ fn on_accepted(
     let entry = conns.vacant_entry();
     let key = entry.key();
     if let Err(e) = registry.register(&mut socket, Token(key), Interest::READABLE | Interest::WRITABLE) {
-        warn!("register failed for {peer}: {e}");
+        warn!(peer:% = peer; "register failed: {e}");
         return;
     }
-    let conn = entry.insert(Connection::new(socket, s.now + s.settings.handshake_timeout));
+    let transport = match &s.tls {
+        None => Transport::plain(socket),
+        Some(tls) => match Transport::tls(socket, &tls.config) {
+            Ok(t) => t,
+            Err(e) => {
+                // Not expected (a server config is always usable); the socket closes.
+                warn!(peer:% = peer; "TLS setup failed: {e}");
+                return;
+            }
+        },
+    };
+    let conn = entry.insert(Connection::new(transport, s.now + s.settings.handshake_timeout));
     s.metrics.connection_accepted();
-    debug!("conn {key} accepted from {peer}");
+    debug!(conn = key, peer:% = peer; "accepted");
     if over_limit {
         reject(conn, s, key, Rejection::new(503, "Too many connections"));
     }
@@ -147,12 +160,11 @@ fn on_request(conns: &mut Slab<Connection>, s: &mut Shared, key: usize) {
         let head_len = head.head_len;
         s.control.clear();
         accepted.write_response(&s.settings.upgrade, &mut s.control);
-        match conn.out.write_or_queue(&mut conn.socket, &mut s.pool, &s.control) {
+        match conn.transport.write_or_queue(&mut conn.out, &mut s.pool, &s.control) {
             Ok(n) => s.metrics.bytes_out(n as u64),
             Err(e) => {
                 s.control.clear();
-                debug!("conn {key} write error: {e}");
-                doom(conn, s, key, Ending::IoError);
+                socket_failed(conn, s, key, "write", &e);
                 return;
             }
         }
@@ -161,7 +173,7 @@ fn on_request(conns: &mut Slab<Connection>, s: &mut Shared, key: usize) {
         conn.send_window = accepted.deflate.and_then(|a| a.send_window());
         s.metrics.connection_opened();
         mark(conn, s, key);
-        debug!("conn {key} upgraded");
+        debug!(conn = key; "upgraded");
         // Bytes after the head are the first frames: never lose them.
         let rest = &input[head_len..];
         if rest.is_empty() {

@@ -4,16 +4,21 @@
 //! frame, or for a client that negotiated permessage-deflate the compressed one for its window,
 //! compressed at most once per message and window by the reactor's [`Deflater`]; and marks it
 //! for the end-of-turn flush. A subscriber whose queue grows past the eager-flush mark is written
-//! at once, so the bounds judge the client, not the size of this turn; one over a bound is listed
-//! in `cut_off` and cut off by the caller right after the hub returns (the hub is busy during the
-//! call). Used by both callers of the hub: WebSocket messages (`frames`) and the HTTP publish API
-//! (`http_route`).
+//! at once, so the bounds judge the client, not the size of this turn. A client over a bound, or
+//! whose socket failed in that write (a peer that reset), is refused further frames and listed
+//! with the reason; [`Deliveries::finish`] hands the list back and [`Cuts::apply`] ends those
+//! clients right after the hub returns (the hub is busy during the call): a slow consumer is cut
+//! off (1008, counted as such), a reset is counted as a reset. Used by both callers of the hub:
+//! WebSocket messages (`frames`) and the HTTP publish API (`http_route`).
+
+use std::io;
 
 use slab::Slab;
 
 use super::connection::Connection;
+use super::lifecycle::{cut_slow_consumer, socket_failed};
 use super::outbuf::BufferPool;
-use super::state::Settings;
+use super::state::{Settings, Shared};
 use crate::backplane::redis::{BackplaneStats, RedisBackplane};
 use crate::backplane::Backplane;
 use crate::hub::{ClientId, Outbox};
@@ -33,14 +38,50 @@ pub(super) struct Deliveries<'a> {
     deflater: &'a mut Deflater,
     max_queued_bytes: usize,
     send_queue: usize,
-    /// Clients over a bound during this call; cut off right after it (the hub is busy).
-    pub(super) cut_off: Vec<usize>,
+    /// Clients refused during this call, and why; ended right after it (the hub is busy).
+    cuts: Vec<(usize, Cut)>,
     /// Bytes written by eager flushes, for the metrics.
-    pub(super) written: u64,
+    written: u64,
     now: Millis,
     /// Where publishes go on to the other nodes; `None` for a single node and for messages that
     /// came from the backplane (never relayed back).
     backplane: Option<&'a mut RedisBackplane>,
+}
+
+/// Why a client takes no more frames in this fan-out.
+enum Cut {
+    /// Its queue passed the frame or byte bound: a slow consumer.
+    OverBound,
+    /// Writing to it failed: the peer reset or is gone. Not a slow consumer.
+    Failed(io::Error),
+}
+
+/// What a fan-out leaves to do once the hub has returned.
+#[must_use = "clients refused during the fan-out must be ended with `apply`"]
+#[derive(Default)]
+pub(super) struct Cuts {
+    cuts: Vec<(usize, Cut)>,
+    written: u64,
+}
+
+impl Cuts {
+    /// Adds what another fan-out left, for a handler that runs several before it can end them.
+    pub(super) fn absorb(&mut self, other: Cuts) {
+        self.cuts.extend(other.cuts);
+        self.written += other.written;
+    }
+
+    /// Counts the bytes the eager flushes wrote, then ends each refused client for its reason.
+    pub(super) fn apply(self, conns: &mut Slab<Connection>, s: &mut Shared) {
+        s.metrics.bytes_out(self.written);
+        for (key, cut) in self.cuts {
+            let Some(conn) = conns.get_mut(key) else { continue };
+            match cut {
+                Cut::OverBound => cut_slow_consumer(conn, s, key),
+                Cut::Failed(e) => socket_failed(conn, s, key, "fan-out write", &e),
+            }
+        }
+    }
 }
 
 impl<'a> Deliveries<'a> {
@@ -59,11 +100,16 @@ impl<'a> Deliveries<'a> {
             deflater,
             max_queued_bytes: settings.max_queued_bytes,
             send_queue: settings.send_queue,
-            cut_off: Vec::new(),
+            cuts: Vec::new(),
             written: 0,
             now,
             backplane: None,
         }
+    }
+
+    /// Ends the fan-out, releasing the connections; what is left to do is in the [`Cuts`].
+    pub(super) fn finish(self) -> Cuts {
+        Cuts { cuts: self.cuts, written: self.written }
     }
 
     /// The backplane's state and counters, for `/healthz` and `/metrics`.
@@ -79,7 +125,7 @@ impl<'a> Deliveries<'a> {
 
     fn deliver_to(&mut self, key: usize, message: &SharedMessage) -> bool {
         let Some(conn) = self.conns.get_mut(key) else { return false };
-        if !conn.accepts_messages() || self.cut_off.contains(&key) {
+        if !conn.accepts_messages() || self.cuts.iter().any(|&(k, _)| k == key) {
             return false;
         }
         // Plain, or the compressed variant for this client's window (built on first need).
@@ -91,19 +137,19 @@ impl<'a> Deliveries<'a> {
         let eager_frames = EAGER_FLUSH_FRAMES.min(self.send_queue / 2).max(1);
         if conn.out.shared_frames() >= eager_frames || conn.out.queued_bytes() >= EAGER_FLUSH_BYTES {
             // Write now so the bounds below judge the client, not the size of this turn.
-            match conn.out.flush(&mut conn.socket, self.pool) {
+            match conn.transport.flush(&mut conn.out, self.pool) {
                 Ok(f) => {
                     self.written += f.written as u64;
                     conn.note_flush(f.written, self.now);
                 }
-                Err(_) => {
-                    self.cut_off.push(key);
+                Err(e) => {
+                    self.cuts.push((key, Cut::Failed(e)));
                     return false;
                 }
             }
         }
-        if conn.out.shared_frames() > self.send_queue || conn.out.queued_bytes() > self.max_queued_bytes {
-            self.cut_off.push(key);
+        if conn.out.shared_frames() > self.send_queue || conn.queued_bytes() > self.max_queued_bytes {
+            self.cuts.push((key, Cut::OverBound));
             return false;
         }
         true

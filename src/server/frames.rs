@@ -11,7 +11,7 @@ use slab::Slab;
 
 use super::connection::{Connection, Ending, Phase};
 use super::fanout::Deliveries;
-use super::lifecycle::{cut_slow_consumer, flush, linger, mark};
+use super::lifecycle::{flush, linger, mark};
 use super::state::{Mode, Shared};
 use crate::protocol::close::code;
 use crate::protocol::frame::OpCode;
@@ -31,10 +31,10 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
             conns[key].out.push_bytes(&mut s.pool, &s.control);
             s.control.clear();
         }
-        let Step { consumed, event } = match step {
+        let Step { consumed, event, sender } = match step {
             Ok(step) => step,
             Err(e) => {
-                debug!("conn {key} protocol error: {e}");
+                debug!(conn = key; "protocol error: {e}");
                 conns[key].close_code = e.close_code();
                 s.metrics.close_code_sent(e.close_code());
                 ended_by = Some(Ending::ProtocolError);
@@ -50,12 +50,17 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
                 s.metrics.message_in();
                 match s.settings.mode {
                     Mode::Echo => {
+                        // The session's send rule first: after our close (a shutdown's 1001), a
+                        // message still in flight from the peer gets no echo. Then the frame as
+                        // this client takes it (compressed when it negotiated permessage-deflate).
                         let conn = &mut conns[key];
-                        let (window, deflater) = (conn.send_window, &mut s.deflater);
-                        conn.out.append_with(&mut s.pool, |out| {
-                            deflater.write_frame(out, OpCode::Text, text.as_bytes(), window)
-                        });
-                        s.metrics.message_out();
+                        if sender.can_send() {
+                            let (window, deflater) = (conn.send_window, &mut s.deflater);
+                            conn.out.append_with(&mut s.pool, |out| {
+                                deflater.write_frame(out, OpCode::Text, text.as_bytes(), window)
+                            });
+                            s.metrics.message_out();
+                        }
                     }
                     Mode::Hub => {
                         let mut outbox = Deliveries::new(
@@ -68,17 +73,12 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
                         )
                         .relaying(s.backplane.as_mut());
                         s.hub.handle_text(key, text, &mut s.reply, &mut outbox, &mut s.metrics);
-                        let cut_off = std::mem::take(&mut outbox.cut_off);
-                        s.metrics.bytes_out(outbox.written);
+                        let cuts = outbox.finish();
                         if !s.reply.is_empty() {
                             s.metrics.message_out();
                             push_reply(&mut conns[key], s);
                         }
-                        for victim in cut_off {
-                            if let Some(c) = conns.get_mut(victim) {
-                                cut_slow_consumer(c, s, victim);
-                            }
-                        }
+                        cuts.apply(conns, s);
                     }
                 }
             }
@@ -87,11 +87,13 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
                 match s.settings.mode {
                     Mode::Echo => {
                         let conn = &mut conns[key];
-                        let (window, deflater) = (conn.send_window, &mut s.deflater);
-                        conn.out.append_with(&mut s.pool, |out| {
-                            deflater.write_frame(out, OpCode::Binary, data, window)
-                        });
-                        s.metrics.message_out();
+                        if sender.can_send() {
+                            let (window, deflater) = (conn.send_window, &mut s.deflater);
+                            conn.out.append_with(&mut s.pool, |out| {
+                                deflater.write_frame(out, OpCode::Binary, data, window)
+                            });
+                            s.metrics.message_out();
+                        }
                     }
                     Mode::Hub => {
                         s.hub.handle_binary(key, &mut s.reply, &mut s.metrics);
@@ -102,7 +104,7 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
             }
             Event::Ping(_) | Event::Pong(_) => {}
             Event::Closed { code: peer_code, reason } => {
-                debug!("conn {key} closed by peer: code {peer_code:?} reason {reason:?}");
+                debug!(conn = key; "closed by peer: code {peer_code:?} reason {reason:?}");
                 let c = peer_code.unwrap_or(code::NORMAL);
                 conns[key].close_code = c;
                 s.metrics.close_code_sent(c);
@@ -112,7 +114,7 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
         }
         // A client that sends faster than it reads what it asks for (pongs, replies,
         // echoes) is judged after each message, not after a whole read budget of them.
-        if conns[key].out.queued_bytes() > s.settings.max_queued_bytes {
+        if conns[key].queued_bytes() > s.settings.max_queued_bytes {
             flush(&mut conns[key], s, key);
         }
         if conns[key].doomed {

@@ -9,7 +9,7 @@ use slab::Slab;
 
 use super::connection::{Connection, Ending, Phase};
 use super::fanout::Deliveries;
-use super::lifecycle::{cut_slow_consumer, linger, mark, reject};
+use super::lifecycle::{linger, mark, reject};
 use super::state::Shared;
 use crate::http::{self, HttpContext, HttpRequest};
 use crate::protocol::handshake::{self, Rejection};
@@ -38,7 +38,8 @@ pub(super) fn on_http(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, 
         reject(&mut conns[key], s, key, rejection);
         return;
     }
-    let peer_is_loopback = conns[key].socket.peer_addr().map(|a| a.ip().is_loopback()).unwrap_or(false);
+    let peer_is_loopback =
+        conns[key].transport.socket().peer_addr().map(|a| a.ip().is_loopback()).unwrap_or(false);
     let request = HttpRequest {
         method: head.method,
         path: head.path(),
@@ -91,14 +92,9 @@ pub(super) fn on_http(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, 
             backplane,
         },
     );
-    let cut_off = std::mem::take(&mut outbox.cut_off);
-    s.metrics.bytes_out(outbox.written);
+    let cuts = outbox.finish();
     let conn = &mut conns[key];
     conn.out.append_with(&mut s.pool, |out| response.write_to(out));
     linger(conn, s, key, Ending::Normal);
-    for victim in cut_off {
-        if let Some(c) = conns.get_mut(victim) {
-            cut_slow_consumer(c, s, victim);
-        }
-    }
+    cuts.apply(conns, s);
 }

@@ -12,8 +12,7 @@ use mio::Registry;
 use slab::Slab;
 
 use super::connection::Connection;
-use super::fanout::Deliveries;
-use super::lifecycle::cut_slow_consumer;
+use super::fanout::{Cuts, Deliveries};
 use super::state::Shared;
 use super::timers::{NEVER, RESERVED_TOKEN};
 use crate::backplane::redis::Inbound;
@@ -25,8 +24,7 @@ pub(super) const BACKPLANE_TIMER: usize = RESERVED_TOKEN;
 /// Readiness on the backplane's connection `which` (`redis::SUB` or `redis::PUB`).
 pub(super) fn on_event(conns: &mut Slab<Connection>, s: &mut Shared, registry: &Registry, which: usize) {
     let Some(backplane) = s.backplane.as_mut() else { return };
-    let mut cut_off = Vec::new();
-    let mut written = 0;
+    let mut cuts = Cuts::default();
     backplane.on_event(which, registry, s.now, |inbound| {
         let mut outbox =
             Deliveries::new(conns, &mut s.pool, &mut s.dirty, &mut s.deflater, &s.settings, s.now);
@@ -39,16 +37,10 @@ pub(super) fn on_event(conns: &mut Slab<Connection>, s: &mut Shared, registry: &
                 true
             }
         };
-        cut_off.append(&mut outbox.cut_off);
-        written += outbox.written;
+        cuts.absorb(outbox.finish());
         deliverable
     });
-    s.metrics.bytes_out(written);
-    for victim in cut_off {
-        if let Some(c) = conns.get_mut(victim) {
-            cut_slow_consumer(c, s, victim);
-        }
-    }
+    cuts.apply(conns, s);
     arm(s);
 }
 

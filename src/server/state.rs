@@ -14,15 +14,19 @@ use super::timers::DeadlineQueue;
 use crate::backplane::redis::RedisBackplane;
 use crate::http::HttpConfig;
 use crate::hub::Hub;
+use crate::logging::RateLimitedLog;
 use crate::metrics::Metrics;
 use crate::protocol::deflate::Deflater;
 use crate::protocol::handshake::UpgradePolicy;
 use crate::protocol::session::{Millis, SessionConfig, MAX_UNCONSUMED};
+use crate::tls::TlsListener;
 
 /// One read buffer for the whole loop. The prefix holds a connection's unconsumed bytes (an
 /// unfinished header) so the next read lands right after them and nothing larger is copied.
 pub(super) const READ_PREFIX: usize = MAX_UNCONSUMED;
 pub(super) const READ_SIZE: usize = 256 * 1024;
+/// Ciphertext read from a socket at once into the loop's one scratch buffer (TLS only).
+pub(super) const TLS_READ_SIZE: usize = 64 * 1024;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Mode {
@@ -38,6 +42,9 @@ pub(super) struct Settings {
     pub(super) upgrade: UpgradePolicy,
     pub(super) http: HttpConfig,
     pub(super) max_connections: usize,
+    /// Connections accepted beyond `max_connections` only to be answered 503; their descriptors
+    /// are part of the open-file budget (`config::validate::FdBudget`).
+    pub(super) overflow_slots: usize,
     pub(super) max_head: usize,
     pub(super) max_queued_bytes: usize,
     pub(super) send_queue: usize,
@@ -72,4 +79,47 @@ pub(super) struct Shared {
     pub(super) now: Millis,
     pub(super) accept_paused_until: Option<Millis>,
     pub(super) shutting_down: Option<Millis>,
+    /// TLS on the listener, if configured; SIGHUP reloads it.
+    pub(super) tls: Option<TlsListener>,
+    /// Ciphertext on its way into rustls (`TLS_READ_SIZE`); empty without TLS.
+    pub(super) tls_scratch: Vec<u8>,
+    pub(super) logs: StressLogs,
+}
+
+/// How often a warning that comes in floods is summarized.
+const STRESS_LOG_INTERVAL: Millis = 5_000;
+
+/// Warnings that come in floods under stress: each is logged in full once, then summarized
+/// with a count once per interval (see [`RateLimitedLog`]). A new one is a field here and an
+/// entry in `all`.
+pub(super) struct StressLogs {
+    pub(super) accept_failed: RateLimitedLog,
+    pub(super) slow_consumer: RateLimitedLog,
+}
+
+impl Default for StressLogs {
+    fn default() -> StressLogs {
+        StressLogs {
+            accept_failed: RateLimitedLog::new("accept failures", STRESS_LOG_INTERVAL),
+            slow_consumer: RateLimitedLog::new("slow consumers cut off", STRESS_LOG_INTERVAL),
+        }
+    }
+}
+
+impl StressLogs {
+    fn all(&mut self) -> [&mut RateLimitedLog; 2] {
+        [&mut self.accept_failed, &mut self.slow_consumer]
+    }
+
+    /// Logs the summaries due at `now`; called once per loop turn.
+    pub(super) fn flush(&mut self, now: Millis) {
+        for log in self.all() {
+            log.flush(now);
+        }
+    }
+
+    /// The earliest summary due, for the loop's wake-up.
+    pub(super) fn next_due(&mut self) -> Option<Millis> {
+        self.all().into_iter().filter_map(|l| l.next_due()).min()
+    }
 }

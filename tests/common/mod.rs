@@ -7,6 +7,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use serde_json::{json, Value};
 use wshub::protocol::frame::{self, OpCode};
 
 pub mod redis;
@@ -170,6 +171,23 @@ pub fn expect_close(s: &mut TcpStream) -> Option<u16> {
     None
 }
 
+/// Closes `s` with a reset (SO_LINGER 0: close sends RST), as a peer that vanishes does.
+pub fn reset(s: TcpStream) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    use std::os::fd::AsRawFd;
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    drop(s);
+}
+
 /// True when the server closes the TCP connection within the read timeout.
 pub fn sees_eof(s: &mut TcpStream) -> bool {
     let mut buf = [0u8; 4096];
@@ -181,4 +199,56 @@ pub fn sees_eof(s: &mut TcpStream) -> bool {
             Err(_) => return false,
         }
     }
+}
+
+// ----- the hub's JSON protocol and the HTTP side -----
+
+/// Sends `v` as one masked text frame.
+pub fn send_json(s: &mut TcpStream, v: &Value) {
+    s.write_all(&masked(OpCode::Text, true, v.to_string().as_bytes())).unwrap();
+}
+
+/// The next text message as JSON (skipping pings).
+pub fn recv_json(s: &mut TcpStream) -> Value {
+    loop {
+        let f = read_frame(s).expect("connection open");
+        match f.opcode {
+            0x1 => return serde_json::from_slice(&f.payload).expect("server sends JSON"),
+            0x9 => continue,
+            other => panic!("unexpected opcode {other}: {:?}", String::from_utf8_lossy(&f.payload)),
+        }
+    }
+}
+
+/// Subscribes `s` to `topic` and checks the confirmation.
+pub fn subscribe(s: &mut TcpStream, topic: &str) {
+    send_json(s, &json!({"type":"subscribe","payload":{"topic":topic}}));
+    assert_eq!(recv_json(s), json!({"type":"subscribed","payload":{"topic":topic}}));
+}
+
+/// One HTTP/1.1 request on its own connection (`headers`: whole lines, each ending in CRLF);
+/// returns the status and the body.
+pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
+    let mut s = connect(addr);
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).unwrap();
+    let response = read_to_close(&mut s);
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status_of(&response), body)
+}
+
+/// A sample from /metrics (`name` includes any labels).
+pub fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let (status, text) = http(addr, "GET", "/metrics", "", "");
+    assert_eq!(status, 200);
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            (key == name).then(|| value.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("metric {name} missing in:\n{text}"))
 }

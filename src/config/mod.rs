@@ -1,9 +1,31 @@
-//! Command line and environment: every flag also reads `WSHUB_<FLAG>`.
+//! Settings: command line, `WSHUB_*` environment variables and an optional TOML file, validated
+//! before anything is bound.
+//!
+//! Precedence is flag > environment variable > file > default. One mechanism serves every flag,
+//! present and future, with no per-flag code:
+//! 1. [`load`] parses the command line (clap reads the environment for what is not on it);
+//! 2. [`file`] reads `--config PATH`, turns each key into the flag of the same name (a
+//!    `[section]` prefixes its keys: `[tls] cert` is `--tls-cert`) and refuses unknown keys;
+//! 3. each file setting whose flag came neither from the command line nor from the environment
+//!    is put in front of the real arguments, and the whole is parsed again;
+//! 4. [`validate`] applies its table of rules to the result and reports every problem, one line
+//!    each, naming the flag, variable or file key it came from (exit code 2, as clap's own);
+//! 5. [`show`] prints the effective settings for `wshub check-config`, secrets masked.
+//!
+//! A new flag needs nothing here to work from the file; a flag naming a file to read gets
+//! `value_hint = ValueHint::FilePath` (checked readable at start), and a secret gets
+//! `hide_env_values = true` (masked by `check-config`).
 
+pub mod file;
+pub mod show;
+pub mod validate;
+
+use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 use crate::backplane::url::RedisUrl;
 use crate::protocol::deflate::DeflateConfig;
@@ -12,8 +34,24 @@ use crate::protocol::session::{Millis, SessionConfig};
 
 /// wshub: a WebSocket pub/sub server.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "wshub", version, about, long_about = None)]
+#[command(
+    name = "wshub",
+    version,
+    about,
+    long_about = None,
+    after_help = "Check a configuration without starting: wshub check-config [--config PATH] [FLAGS]\n\
+                  (validates, prints the effective settings with secrets masked, exits 0 or 2)."
+)]
 pub struct Config {
+    /// TOML file of settings named like the flags (`max-message-size = 1048576`; `[tls] cert`
+    /// is `--tls-cert`). Flags and WSHUB_* variables override it.
+    #[arg(long, env = "WSHUB_CONFIG", value_hint = clap::ValueHint::FilePath)]
+    pub config: Option<PathBuf>,
+
+    /// Log line format: `text` (human) or `json` (one object per line). RUST_LOG sets the level.
+    #[arg(long, env = "WSHUB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// Address to listen on (IPv4 or IPv6, e.g. 0.0.0.0:8080 or [::]:8080).
     #[arg(long, env = "WSHUB_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -102,6 +140,14 @@ pub struct Config {
     #[arg(long, env = "WSHUB_MAX_BODY_SIZE", default_value_t = 64 * 1024)]
     pub max_body_size: usize,
 
+    /// PEM certificate chain, end entity first. With --tls-key the listener speaks only TLS
+    /// (wss:// and https://); SIGHUP reloads both files.
+    #[arg(long, env = "WSHUB_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, RSA or SEC1) matching --tls-cert.
+    #[arg(long, env = "WSHUB_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Negotiate permessage-deflate (RFC 7692) with clients that offer it, always with no
     /// context takeover both ways (no compression state kept per connection).
     #[arg(long, env = "WSHUB_COMPRESSION")]
@@ -135,6 +181,22 @@ pub struct Config {
     /// same port (the kernel spreads new connections across them).
     #[arg(long, env = "WSHUB_REUSE_PORT")]
     pub reuse_port: bool,
+
+    /// Messages kept per topic for clients that reconnect (`subscribe` with `since`); 0 = off.
+    #[arg(long, env = "WSHUB_HISTORY_SIZE", default_value_t = 0)]
+    pub history_size: usize,
+
+    /// Seconds a kept message lives, and an unused topic keeps its epoch.
+    #[arg(long, env = "WSHUB_HISTORY_TTL", default_value_t = 300.0, value_parser = parse_secs)]
+    pub history_ttl: f64,
+
+    /// Bound on the memory all kept messages take, in bytes (oldest evicted first).
+    #[arg(long, env = "WSHUB_HISTORY_MAX_BYTES", default_value_t = 64 << 20)]
+    pub history_max_bytes: usize,
+
+    /// Serve a demo page (live chat and counter, built on the browser client) at `GET /`.
+    #[arg(long, env = "WSHUB_DEMO")]
+    pub demo: bool,
 }
 
 /// Parses `--redis`; unlike clap's usual error, the refusal does not repeat the value, which
@@ -157,6 +219,13 @@ impl clap::builder::TypedValueParser for RedisUrlParser {
         RedisUrl::parse(text)
             .map_err(|e| clap::Error::raw(ErrorKind::ValueValidation, format!("--redis: {e}\n")))
     }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -194,12 +263,123 @@ impl Config {
         }
     }
 
+    /// The certificate and key files, when TLS is on.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles { cert: cert.clone(), key: key.clone() }),
+            _ => None,
+        }
+    }
+
     pub fn deflate(&self) -> DeflateConfig {
         DeflateConfig { threshold: self.compression_threshold, level: self.compression_level }
+    }
+
+    /// The history settings, or `None` when history is off.
+    pub fn history(&self) -> Option<crate::hub::history::HistoryConfig> {
+        (self.history_size > 0).then(|| crate::hub::history::HistoryConfig {
+            size: self.history_size,
+            ttl: millis(self.history_ttl).max(1),
+            max_bytes: self.history_max_bytes,
+        })
     }
 
     /// Defaults for tests and embedding: what `wshub` with no flags would use.
     pub fn defaults() -> Config {
         Config::parse_from(["wshub"])
     }
+}
+
+/// What the binary was asked to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Serve.
+    Run,
+    /// `wshub check-config`: validate, print the effective settings, bind nothing.
+    Check,
+}
+
+/// A configuration that passed every rule, and how it came to be.
+pub struct Loaded {
+    pub mode: Mode,
+    pub config: Config,
+    /// The final parse, for [`show`]: every value and where it came from.
+    pub matches: ArgMatches,
+    /// File keys that supplied a setting, by argument id (`"max_message_size"` -> `max-message-size`).
+    pub file: Option<file::Applied>,
+    /// Settings changed to fit (e.g. `--max-connections` lowered to the open-file limit), for
+    /// the log once it is set up.
+    pub adjustments: Vec<validate::Adjustment>,
+    pub budget: validate::FdBudget,
+}
+
+/// Why loading stopped.
+#[derive(Debug)]
+pub enum LoadError {
+    /// A syntax error, `--help` or `--version`: clap prints it and picks the exit code.
+    Clap(clap::Error),
+    /// The file could not be read or holds unknown keys or bad values.
+    File(Vec<file::FileError>),
+    /// Settings that parse but cannot work.
+    Invalid(Vec<String>),
+}
+
+impl LoadError {
+    /// Prints the problems (one line each) and exits: 0 for `--help`/`--version`, 2 otherwise.
+    pub fn exit(self) -> ! {
+        let lines = match self {
+            LoadError::Clap(e) => e.exit(),
+            LoadError::File(errors) => errors.iter().map(|e| e.to_string()).collect(),
+            LoadError::Invalid(lines) => lines,
+        };
+        for line in lines {
+            eprintln!("wshub: error: {line}");
+        }
+        std::process::exit(2)
+    }
+}
+
+/// The `clap::Command` with `--version` naming the capabilities this build has.
+pub fn command() -> clap::Command {
+    Config::command().version(crate::capabilities::version_text())
+}
+
+/// Parses `args` (the program name first; `check-config` second selects [`Mode::Check`]), reads
+/// the config file, validates everything against the open-file limit `open_files`.
+pub fn load<I, T>(args: I, open_files: usize) -> Result<Loaded, LoadError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
+    let mut args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let mode = if args.get(1).is_some_and(|a| a == "check-config") {
+        args.remove(1);
+        Mode::Check
+    } else {
+        Mode::Run
+    };
+    let first = command().try_get_matches_from(&args).map_err(LoadError::Clap)?;
+    let (matches, applied) = match first.get_one::<PathBuf>("config") {
+        None => (first, None),
+        Some(path) => {
+            let settings = file::read(path).map_err(|e| LoadError::File(vec![e]))?;
+            let applied = settings.apply(&command(), &first).map_err(LoadError::File)?;
+            let mut merged = Vec::with_capacity(args.len() + applied.args.len());
+            merged.push(args[0].clone());
+            merged.extend(applied.args.iter().map(OsString::from));
+            merged.extend(args[1..].iter().cloned());
+            // Every file value was parsed alone already; a failure here is clap's to report.
+            let matches = command().try_get_matches_from(&merged).map_err(LoadError::Clap)?;
+            (matches, Some(applied))
+        }
+    };
+    let mut config = Config::from_arg_matches(&matches).map_err(LoadError::Clap)?;
+    let cmd = command();
+    let outcome = validate::validate(&mut config, &cmd, &matches, open_files);
+    if !outcome.problems.is_empty() {
+        let describe = |p| validate::describe(&cmd, &matches, applied.as_ref(), p);
+        return Err(LoadError::Invalid(outcome.problems.iter().map(describe).collect()));
+    }
+    let adjustments = outcome.adjustments;
+    Ok(Loaded { mode, config, matches, file: applied, adjustments, budget: outcome.budget })
 }
