@@ -2,7 +2,9 @@
 # Autobahn|Testsuite (fuzzingclient mode) against `wshub --echo`, then check.py compares the
 # results with the committed baseline and with the conformance policy.
 #
-# Usage: autobahn/run.sh [--write-baseline]
+# Usage: autobahn/run.sh [--tls] [--write-baseline]
+#   --tls                     the same cases over wss:// (wshub serving TLS itself, a throwaway
+#                             certificate from tests/gencert.sh); same expected results
 #   WSHUB_BIN=/path/to/wshub  test that binary instead of building target/release/wshub
 #   AUTOBAHN_TIMEOUT=SECONDS  bound for the whole wstest run (default 300; a run takes ~20 s)
 set -euo pipefail
@@ -12,19 +14,23 @@ root="$(dirname "$here")"
 venv="$here/.venv"
 reports="$here/reports"
 spec_src="$here/fuzzingclient.json"
-spec_gen="$reports/fuzzingclient.generated.json"
 # Upstream's image; used only when no Python 2.7 exists on the machine.
 docker_image="crossbario/autobahn-testsuite"
 suite_pin="autobahntestsuite==25.10.1"
 
 check_args=()
+tls=false
 for arg in "$@"; do
     case "$arg" in
         --write-baseline) check_args+=(--write-baseline) ;;
-        -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+        --tls) tls=true ;;
+        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $arg" >&2; exit 2 ;;
     esac
 done
+# A TLS run keeps its reports apart, so both runs' results stay readable side by side.
+$tls && reports="$here/reports/tls"
+spec_gen="$reports/fuzzingclient.generated.json"
 
 log() { echo "autobahn: $*" >&2; }
 
@@ -106,14 +112,17 @@ mkdir -p "$reports"
 
 # Flags for the server live in fuzzingclient.json ("wshub_args", ignored by wstest) so the
 # limits that section 9 needs sit next to the cases that need them.
-mapfile -t server_args < <(python3 - "$spec_src" "$spec_gen" "$port" <<'EOF'
+scheme=ws
+$tls && scheme=wss
+mapfile -t server_args < <(python3 - "$spec_src" "$spec_gen" "$port" "$scheme" "./${reports#"$here"/}/servers" <<'EOF'
 import json, sys
-src, dst, port = sys.argv[1], sys.argv[2], sys.argv[3]
+src, dst, port, scheme, outdir = sys.argv[1:6]
 with open(src) as f:
     spec = json.load(f)
 args = spec.pop("wshub_args", ["--echo"])
 for server in spec["servers"]:
-    server["url"] = "ws://127.0.0.1:%s/ws" % port
+    server["url"] = "%s://127.0.0.1:%s/ws" % (scheme, port)
+spec["outdir"] = outdir
 with open(dst, "w") as f:
     json.dump(spec, f, indent=2)
 print("\n".join(args))
@@ -121,6 +130,10 @@ EOF
 )
 # mapfile hides the generator's exit status; an empty list means it failed.
 [[ ${#server_args[@]} -gt 0 && -s "$spec_gen" ]] || { log "cannot read $spec_src"; exit 1; }
+if $tls; then
+    "$root/tests/gencert.sh" "$reports/certs"
+    server_args+=(--tls-cert "$reports/certs/cert.pem" --tls-key "$reports/certs/key.pem")
+fi
 
 server_pid=""
 cleanup() {
@@ -152,8 +165,8 @@ for _ in $(seq 100); do
 done
 $ready || { log "wshub did not accept on port $port within 10 s"; exit 1; }
 
-log "running wstest -m fuzzingclient (log: autobahn/reports/wstest.log)"
-if $in_docker; then spec_arg="/autobahn/reports/$(basename "$spec_gen")"; else spec_arg="$spec_gen"; fi
+log "running wstest -m fuzzingclient against $scheme:// (log: ${reports#"$root"/}/wstest.log)"
+if $in_docker; then spec_arg="/autobahn/${reports#"$here"/}/$(basename "$spec_gen")"; else spec_arg="$spec_gen"; fi
 start=$SECONDS
 set +e
 (cd "$here" && PYTHONWARNINGS=ignore timeout "${AUTOBAHN_TIMEOUT:-300}" \
@@ -183,7 +196,7 @@ fi
 cleanup
 server_pid=""
 if [[ -s "$reports/wshub.log" ]]; then
-    log "wshub log: autobahn/reports/wshub.log ($(wc -l < "$reports/wshub.log") lines)"
+    log "wshub log: ${reports#"$root"/}/wshub.log ($(wc -l < "$reports/wshub.log") lines)"
 fi
 
 python3 "$here/check.py" --reports "$reports/servers" --baseline "$here/expected-results.json" "${check_args[@]}"

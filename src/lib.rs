@@ -25,3 +25,5 @@ pub mod protocol;
 pub mod server;
 /// Operating-system limits.
 pub mod sys;
+/// TLS certificate and key loading (rustls with ring).
+pub mod tls;

@@ -20,7 +20,7 @@ fn main() {
     let server = match Server::bind(config, true) {
         Ok(server) => server,
         Err(e) => {
-            log::error!("cannot listen on {}: {e}", config.listen);
+            log::error!("cannot start on {}: {e}", config.listen);
             std::process::exit(1);
         }
     };

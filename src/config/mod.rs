@@ -140,6 +140,14 @@ pub struct Config {
     #[arg(long, env = "WSHUB_MAX_BODY_SIZE", default_value_t = 64 * 1024)]
     pub max_body_size: usize,
 
+    /// PEM certificate chain, end entity first. With --tls-key the listener speaks only TLS
+    /// (wss:// and https://); SIGHUP reloads both files.
+    #[arg(long, env = "WSHUB_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, RSA or SEC1) matching --tls-cert.
+    #[arg(long, env = "WSHUB_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Negotiate permessage-deflate (RFC 7692) with clients that offer it, always with no
     /// context takeover both ways (no compression state kept per connection).
     #[arg(long, env = "WSHUB_COMPRESSION")]
@@ -173,6 +181,22 @@ pub struct Config {
     /// same port (the kernel spreads new connections across them).
     #[arg(long, env = "WSHUB_REUSE_PORT")]
     pub reuse_port: bool,
+
+    /// Messages kept per topic for clients that reconnect (`subscribe` with `since`); 0 = off.
+    #[arg(long, env = "WSHUB_HISTORY_SIZE", default_value_t = 0)]
+    pub history_size: usize,
+
+    /// Seconds a kept message lives, and an unused topic keeps its epoch.
+    #[arg(long, env = "WSHUB_HISTORY_TTL", default_value_t = 300.0, value_parser = parse_secs)]
+    pub history_ttl: f64,
+
+    /// Bound on the memory all kept messages take, in bytes (oldest evicted first).
+    #[arg(long, env = "WSHUB_HISTORY_MAX_BYTES", default_value_t = 64 << 20)]
+    pub history_max_bytes: usize,
+
+    /// Serve a demo page (live chat and counter, built on the browser client) at `GET /`.
+    #[arg(long, env = "WSHUB_DEMO")]
+    pub demo: bool,
 }
 
 /// Parses `--redis`; unlike clap's usual error, the refusal does not repeat the value, which
@@ -239,8 +263,25 @@ impl Config {
         }
     }
 
+    /// The certificate and key files, when TLS is on.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles { cert: cert.clone(), key: key.clone() }),
+            _ => None,
+        }
+    }
+
     pub fn deflate(&self) -> DeflateConfig {
         DeflateConfig { threshold: self.compression_threshold, level: self.compression_level }
+    }
+
+    /// The history settings, or `None` when history is off.
+    pub fn history(&self) -> Option<crate::hub::history::HistoryConfig> {
+        (self.history_size > 0).then(|| crate::hub::history::HistoryConfig {
+            size: self.history_size,
+            ttl: millis(self.history_ttl).max(1),
+            max_bytes: self.history_max_bytes,
+        })
     }
 
     /// Defaults for tests and embedding: what `wshub` with no flags would use.

@@ -244,6 +244,27 @@ pub const RANGES: &[Range] = &[
     Range { flag: "shutdown-timeout", get: |c| Some(c.shutdown_timeout), min: 0.0, max: HOUR, unit: "s" },
     Range { flag: "ping-interval", get: |c| Some(c.ping_interval), min: 0.0, max: 24.0 * HOUR, unit: "s" },
     Range { flag: "pong-wait", get: |c| Some(c.pong_wait), min: 0.0, max: 24.0 * HOUR, unit: "s" },
+    Range {
+        flag: "history-size",
+        get: |c| Some(c.history_size as f64),
+        min: 0.0,
+        max: 1e6,
+        unit: "messages",
+    },
+    Range {
+        flag: "history-ttl",
+        get: |c| Some(c.history_ttl),
+        min: 0.001,
+        max: 7.0 * 24.0 * HOUR,
+        unit: "s",
+    },
+    Range {
+        flag: "history-max-bytes",
+        get: |c| Some(c.history_max_bytes as f64),
+        min: 0.0,
+        max: 64.0 * GIB,
+        unit: "bytes",
+    },
 ];
 
 /// What a rule sees.
@@ -491,7 +512,7 @@ mod tests {
     fn flags_that_name_files_must_name_readable_files() {
         use clap::{Arg, CommandFactory, FromArgMatches};
         let cmd =
-            Config::command().arg(Arg::new("tls_cert").long("tls-cert").value_hint(ValueHint::FilePath));
+            Config::command().arg(Arg::new("test_file").long("test-file").value_hint(ValueHint::FilePath));
         let dir = std::env::temp_dir();
         let readable = dir.join(format!("wshub-validate-{}.pem", std::process::id()));
         std::fs::write(&readable, "x").unwrap();
@@ -500,16 +521,16 @@ mod tests {
             ("/nonexistent/cert.pem", Some("No such file or directory")),
             (dir.to_str().unwrap(), Some("not a regular file")),
         ] {
-            let matches = cmd.clone().try_get_matches_from(["wshub", "--tls-cert", value]).unwrap();
+            let matches = cmd.clone().try_get_matches_from(["wshub", "--test-file", value]).unwrap();
             let config = Config::from_arg_matches(&matches).unwrap();
             let problems = files_readable(&Input { config: &config, cmd: &cmd, matches: &matches });
             match expected {
                 None => assert!(problems.is_empty(), "{problems:?}"),
                 Some(error) => {
                     assert_eq!(problems.len(), 1);
-                    assert_eq!(problems[0].flag(), "tls-cert");
+                    assert_eq!(problems[0].flag(), "test-file");
                     let line = describe(&cmd, &matches, None, &problems[0]);
-                    assert!(line.starts_with(&format!("--tls-cert: cannot read {value}: ")), "{line}");
+                    assert!(line.starts_with(&format!("--test-file: cannot read {value}: ")), "{line}");
                     assert!(line.contains(error), "{line}");
                 }
             }

@@ -10,6 +10,8 @@
 //! | `GET /metrics` | 200 Prometheus text (`text/plain; version=0.0.4`) |
 //! | `POST /publish` `{"topic":"news","data":{...}}` | 200 `{"delivered":2}` |
 //! | `POST /broadcast` `{"data":{...}}` | 200 `{"delivered":40}` |
+//! | `GET /wshub.js` | 200 the browser client (`text/javascript`), always |
+//! | `GET /` | 200 the demo page, only with `--demo` (404 otherwise) |
 //!
 //! The two POST routes need `Authorization: Bearer <key>` when the server has an API key (401
 //! otherwise); without a key they only accept loopback peers (403 otherwise). Other answers:
@@ -25,6 +27,13 @@ use crate::metrics::{Gauges, Metrics};
 use crate::protocol::handshake::status_text;
 
 const CONTENT_TYPE_JSON: &str = "application/json";
+const CONTENT_TYPE_JS: &str = "text/javascript";
+const CONTENT_TYPE_HTML: &str = "text/html; charset=utf-8";
+
+/// The browser client, served at `/wshub.js` (its source lives in `clients/js/`).
+pub const CLIENT_JS: &str = include_str!("../../clients/js/wshub.js");
+/// The demo page, served at `/` with `--demo`.
+pub const DEMO_HTML: &str = include_str!("../../clients/js/demo.html");
 /// The Prometheus text exposition format.
 const CONTENT_TYPE_PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -36,11 +45,13 @@ pub struct HttpConfig {
     pub api_key: Option<String>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Serve the demo page at `/`.
+    pub demo: bool,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { api_key: None, max_body_bytes: 64 * 1024 }
+        HttpConfig { api_key: None, max_body_bytes: 64 * 1024, demo: false }
     }
 }
 
@@ -143,22 +154,26 @@ enum Route {
     Metrics,
     Publish,
     Broadcast,
+    ClientJs,
+    Demo,
 }
 
 impl Route {
-    fn find(path: &str) -> Option<Route> {
+    fn find(path: &str, cfg: &HttpConfig) -> Option<Route> {
         Some(match path {
             "/healthz" => Route::Healthz,
             "/metrics" => Route::Metrics,
             "/publish" => Route::Publish,
             "/broadcast" => Route::Broadcast,
+            "/wshub.js" => Route::ClientJs,
+            "/" if cfg.demo => Route::Demo,
             _ => return None,
         })
     }
 
     fn method(self) -> &'static str {
         match self {
-            Route::Healthz | Route::Metrics => "GET",
+            Route::Healthz | Route::Metrics | Route::ClientJs | Route::Demo => "GET",
             Route::Publish | Route::Broadcast => "POST",
         }
     }
@@ -169,9 +184,9 @@ impl Route {
 }
 
 /// The route, or the 404/405 that answers instead.
-fn route(req: &HttpRequest<'_>) -> Result<Route, Response> {
+fn route(req: &HttpRequest<'_>, cfg: &HttpConfig) -> Result<Route, Response> {
     let path = req.path.split_once('?').map_or(req.path, |(path, _query)| path);
-    let route = Route::find(path).ok_or_else(|| Response::error(404, "Not found", None))?;
+    let route = Route::find(path, cfg).ok_or_else(|| Response::error(404, "Not found", None))?;
     if req.method != route.method() {
         return Err(Response::error(405, "Method not allowed", None).with_header("Allow", route.method()));
     }
@@ -239,7 +254,7 @@ fn too_large(cfg: &HttpConfig) -> Response {
 /// GET). Routing and authorization are decided here, so refused requests cost no body read.
 /// A refusal is the response to send.
 pub fn body_plan(req: &HttpRequest<'_>, cfg: &HttpConfig) -> Result<usize, Response> {
-    let route = route(req)?;
+    let route = route(req, cfg)?;
     if !route.takes_body() {
         return Ok(0);
     }
@@ -256,7 +271,7 @@ pub fn respond<O: Outbox>(
     cfg: &HttpConfig,
     ctx: &mut HttpContext<'_, O>,
 ) -> Response {
-    let response = match route(req) {
+    let response = match route(req, cfg) {
         Ok(route) => answer(route, req, body, cfg, ctx),
         Err(refusal) => refusal,
     };
@@ -294,6 +309,7 @@ fn answer<O: Outbox>(
                 connections: ctx.connections,
                 topics: ctx.hub.topic_count(),
                 uptime_seconds: ctx.uptime_seconds,
+                history: ctx.hub.history_stats(),
                 backplane: ctx.backplane,
             };
             let mut text = String::with_capacity(4096);
@@ -305,6 +321,18 @@ fn answer<O: Outbox>(
                 body: text.into_bytes(),
             }
         }
+        Route::ClientJs => Response {
+            status: 200,
+            content_type: CONTENT_TYPE_JS,
+            extra_header: None,
+            body: CLIENT_JS.as_bytes().to_vec(),
+        },
+        Route::Demo => Response {
+            status: 200,
+            content_type: CONTENT_TYPE_HTML,
+            extra_header: None,
+            body: DEMO_HTML.as_bytes().to_vec(),
+        },
         Route::Publish | Route::Broadcast => {
             if let Err(refusal) = authorize(req, cfg).and_then(|()| body_length(req, cfg)) {
                 return refusal;

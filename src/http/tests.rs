@@ -309,3 +309,19 @@ fn constant_time_compare() {
     // A candidate that is the key plus NULs must not pass the zero padding.
     assert!(!constant_time_eq(b"key\0", b"key"));
 }
+
+#[test]
+fn the_browser_client_is_always_served_and_the_demo_only_when_asked() {
+    let mut s = Server::new();
+    let cfg = HttpConfig::default();
+    let r = s.call(&get("/wshub.js"), b"", &cfg);
+    assert_eq!((r.status, r.content_type()), (200, "text/javascript"));
+    assert!(std::str::from_utf8(r.body()).unwrap().contains("export class WsHub"));
+    assert_eq!(s.call(&get("/"), b"", &cfg).status, 404, "no demo unless --demo");
+    let demo = HttpConfig { demo: true, ..HttpConfig::default() };
+    let r = s.call(&get("/?room=1"), b"", &demo);
+    assert_eq!((r.status, r.content_type()), (200, "text/html; charset=utf-8"));
+    assert!(std::str::from_utf8(r.body()).unwrap().contains("/wshub.js"));
+    let r = s.call(&post("/", b"", None, true), b"", &demo);
+    assert_eq!((r.status, r.header("Allow")), (405, Some("GET")));
+}

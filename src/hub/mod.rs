@@ -36,6 +36,11 @@
 //!   client (the sender included). WebSocket clients may broadcast only when the server runs with
 //!   `--allow-client-broadcast`; the HTTP API (`POST /broadcast`) always may. Acked like publish.
 //! * Messages published to one topic by one publisher reach every subscriber in publish order.
+//! * With history (`--history-size`, [`history`]), `message` payloads carry `"offset"`,
+//!   `subscribed` carries `offset` and `epoch`, and `subscribe` may carry
+//!   `"since":{"offset":O,"epoch":E}`: the reply (with `recovered`) comes first, then every
+//!   kept message after `O` (when all of them are kept and `E` matches), then live messages,
+//!   all queued within one call so nothing falls in between.
 //! * With a backplane joining other processes ([`Outbox::backplane`]), publishes and broadcasts
 //!   are relayed to it after local delivery, acks add `"backplane":true|false` (handed over or
 //!   not), and the backplane hears when a topic gains its first or loses its last subscriber.
@@ -65,19 +70,23 @@
 //! state in the hub at all. Subscriptions are indexed both ways (topic -> subscribers, client ->
 //! topics) so unsubscribing and disconnecting are O(1) per subscription.
 
+pub mod history;
 mod registry;
 mod wire;
 
 use std::fmt;
+use std::rc::Rc;
 
 use serde_json::value::RawValue;
 
 use crate::backplane::{Backplane, Relay};
 use crate::metrics::Metrics;
 use crate::protocol::deflate::SharedMessage;
+use crate::protocol::session::Millis;
 use crate::protocol::OpCode;
+use history::{HistoryStats, HistoryStore, Since};
 use registry::{Registry, SubscribeOutcome};
-use wire::{BroadcastPayload, Envelope, Kind, PublishPayload, TopicPayload};
+use wire::{BroadcastPayload, Envelope, Kind, PublishPayload, SubscribePayload, TopicPayload};
 
 pub(crate) use wire::{push_decimal, push_json_str, push_relay, too_deep};
 
@@ -187,11 +196,64 @@ pub struct Hub {
     /// Staging for outgoing JSON, reused so steady-state replies and publishes allocate nothing
     /// but the shared frame itself.
     scratch: Vec<u8>,
+    /// Topic history, when `--history-size` is above 0; `None` costs nothing per topic.
+    history: Option<Box<dyn HistoryStore>>,
+    /// Messages a recovering subscribe replays, reused.
+    replay: Vec<Rc<SharedMessage>>,
+    /// The reactor's clock, as of its last [`Hub::tick`].
+    now: Millis,
 }
 
 impl Hub {
     pub fn new(config: HubConfig) -> Hub {
-        Hub { config, registry: Registry::default(), last_relay: Relay::Off, scratch: Vec::new() }
+        Hub {
+            config,
+            registry: Registry::default(),
+            last_relay: Relay::Off,
+            scratch: Vec::new(),
+            history: None,
+            replay: Vec::new(),
+            now: 0,
+        }
+    }
+
+    /// Keeps topic history in `store`: messages then carry offsets and subscribers may recover.
+    pub fn with_history(mut self, store: Box<dyn HistoryStore>) -> Hub {
+        self.history = Some(store);
+        self
+    }
+
+    /// The reactor's clock, once per turn: history stamps and expires messages by it.
+    pub fn tick(&mut self, now: Millis) {
+        self.now = now;
+        self.expire_history();
+    }
+
+    /// When [`Hub::tick`] next has history to expire, if ever.
+    pub fn history_deadline(&self) -> Option<Millis> {
+        self.history.as_ref().and_then(|h| h.next_deadline())
+    }
+
+    /// What the history keeps (all zero without history).
+    pub fn history_stats(&self) -> HistoryStats {
+        self.history.as_ref().map(|h| h.stats()).unwrap_or_default()
+    }
+
+    fn expire_history(&mut self) {
+        let Some(history) = &mut self.history else { return };
+        if history.next_deadline().is_some_and(|at| at <= self.now) {
+            let registry = &self.registry;
+            history.expire(self.now, &|topic| !registry.subscribers(topic).is_empty());
+        }
+    }
+
+    /// A client is leaving its topics: their idle time (for the history's TTL) starts now.
+    fn touch_topics_of(&mut self, client: ClientId) {
+        if let Some(history) = &mut self.history {
+            for topic in self.registry.topics_of(client) {
+                history.touch(topic, self.now);
+            }
+        }
     }
 
     pub fn config(&self) -> &HubConfig {
@@ -229,11 +291,13 @@ impl Hub {
     /// The client is gone: drop it from every topic and free emptied topics. Must be called
     /// before its `ClientId` is reused for another connection.
     pub fn remove_client(&mut self, client: ClientId) {
+        self.touch_topics_of(client);
         self.registry.remove_client(client);
     }
 
     /// [`Hub::remove_client`], telling `backplane` about every topic left without a subscriber.
     pub fn remove_client_relayed(&mut self, client: ClientId, backplane: &mut dyn Backplane) {
+        self.touch_topics_of(client);
         self.registry.remove_client_with(client, |topic| backplane.topic_unwanted(topic));
     }
 
@@ -253,15 +317,33 @@ impl Hub {
         metrics: &mut Metrics,
     ) -> Result<usize, HubError> {
         self.check_topic(topic)?;
-        let subscribers = self.registry.subscribers(topic);
+        self.expire_history();
         let mut delivered = 0;
+        let kept = match &mut self.history {
+            // Kept even when nobody listens now: that is when a reconnecting client needs it.
+            Some(history) => Some(history.append(topic, self.now, &mut |offset| {
+                let frame = wire::build_shared_text_frame(|out| {
+                    wire::write_message_at(out, Some(topic), data, Some(offset));
+                });
+                Rc::new(SharedMessage::from_frame(OpCode::Text, frame))
+            })),
+            None => None,
+        };
+        let subscribers = self.registry.subscribers(topic);
         if !subscribers.is_empty() {
-            let frame = wire::build_shared_text_frame(|out| {
-                wire::write_message(out, Some(topic), data);
-            });
-            let message = SharedMessage::from_frame(OpCode::Text, frame);
+            let built;
+            let message = match &kept {
+                Some(kept) => &**kept,
+                None => {
+                    let frame = wire::build_shared_text_frame(|out| {
+                        wire::write_message(out, Some(topic), data);
+                    });
+                    built = SharedMessage::from_frame(OpCode::Text, frame);
+                    &built
+                }
+            };
             for &client in subscribers {
-                if outbox.deliver(client, &message) {
+                if outbox.deliver(client, message) {
                     delivered += 1;
                 }
             }
@@ -312,8 +394,11 @@ impl Hub {
                 wire::append_text_frame(reply, &mut self.scratch, |out| wire::write_pong(out, id));
             }
             Kind::Subscribe => {
-                let TopicPayload { topic } =
-                    payload_of(envelope.payload, "subscribe needs {\"topic\": string}")?;
+                const DETAIL: &str =
+                    "subscribe needs {\"topic\": string, \"since\"?: {\"offset\": integer, \"epoch\": string}}";
+                let payload: SubscribePayload<'_> = payload_of(envelope.payload, DETAIL)?;
+                let since = payload.since(DETAIL)?;
+                let topic = payload.topic;
                 self.check_topic(&topic)?;
                 let max = self.config.max_subscriptions;
                 match self.registry.subscribe(from, &topic, max) {
@@ -325,18 +410,22 @@ impl Hub {
                     }
                     _ => {}
                 }
-                wire::append_text_frame(reply, &mut self.scratch, |out| {
-                    wire::write_topic_reply(out, "subscribed", &topic, id);
-                });
+                let since = since.as_ref().map(|s| Since { offset: s.offset, epoch: &s.epoch });
+                self.subscribed(from, &topic, since, id, reply, outbox);
             }
             Kind::Unsubscribe => {
                 let TopicPayload { topic } =
                     payload_of(envelope.payload, "unsubscribe needs {\"topic\": string}")?;
                 self.check_topic(&topic)?;
                 // Not being subscribed is fine: the client's view ("not subscribed") holds.
-                if self.registry.unsubscribe(from, &topic) && self.registry.subscribers(&topic).is_empty() {
-                    if let Some(backplane) = outbox.backplane() {
-                        backplane.topic_unwanted(&topic);
+                if self.registry.unsubscribe(from, &topic) {
+                    if let Some(history) = &mut self.history {
+                        history.touch(&topic, self.now);
+                    }
+                    if self.registry.subscribers(&topic).is_empty() {
+                        if let Some(backplane) = outbox.backplane() {
+                            backplane.topic_unwanted(&topic);
+                        }
                     }
                 }
                 wire::append_text_frame(reply, &mut self.scratch, |out| {
@@ -368,6 +457,58 @@ impl Hub {
             }
         }
         Ok(())
+    }
+
+    /// Answers a subscribe that was accepted. Without history, or with nothing to replay, the
+    /// reply goes to `reply` like any other. With messages to replay, the reply and then the
+    /// replayed messages go through `outbox`, in that order and within this call, so the
+    /// client reads `subscribed`, then every missed message, then live ones: nothing can be
+    /// published in between, so nothing is missed or repeated.
+    fn subscribed(
+        &mut self,
+        from: ClientId,
+        topic: &str,
+        since: Option<Since<'_>>,
+        id: Option<&RawValue>,
+        reply: &mut Vec<u8>,
+        outbox: &mut impl Outbox,
+    ) {
+        if self.history.is_none() {
+            // No history: a `since` is answered, not refused, so clients need not know.
+            let recovered = since.map(|_| false);
+            wire::append_text_frame(reply, &mut self.scratch, |out| {
+                wire::write_subscribed(out, topic, None, recovered, id);
+            });
+            return;
+        }
+        // Exact at `now`, not only as of the last sweep: never replay an expired message.
+        self.expire_history();
+        let Some(history) = &mut self.history else { return };
+        self.replay.clear();
+        let position = history.subscribe(topic, since, self.now, &mut self.replay);
+        let write = |out: &mut dyn wire::Sink| {
+            wire::write_subscribed(
+                out,
+                topic,
+                Some((position.offset, &position.epoch)),
+                position.recovered,
+                id,
+            );
+        };
+        if self.replay.is_empty() {
+            wire::append_text_frame(reply, &mut self.scratch, |out| write(out));
+            return;
+        }
+        let frame = wire::build_shared_text_frame(write);
+        // A client cut off as a slow consumer refuses the rest; the reactor then drops it.
+        if outbox.deliver(from, &SharedMessage::from_frame(OpCode::Text, frame)) {
+            for message in &self.replay {
+                if !outbox.deliver(from, message) {
+                    break;
+                }
+            }
+        }
+        self.replay.clear();
     }
 
     fn check_topic(&self, topic: &str) -> Result<(), HubError> {
@@ -404,5 +545,7 @@ fn payload_of<'a, T: serde::Deserialize<'a>>(
     wire::parse_object(payload.get(), detail)
 }
 
+#[cfg(test)]
+mod history_tests;
 #[cfg(test)]
 pub(crate) mod tests;

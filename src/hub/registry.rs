@@ -65,6 +65,12 @@ impl Registry {
         self.by_name.get(topic).and_then(|&key| self.topics.get(key)).map_or(&[], |t| &t.subscribers)
     }
 
+    /// The topics `client` is subscribed to.
+    pub fn topics_of(&self, client: ClientId) -> impl Iterator<Item = &str> {
+        let subs = self.clients.get(&client).map_or(&[][..], Vec::as_slice);
+        subs.iter().filter_map(|s| self.topics.get(s.topic)).map(|t| &*t.name)
+    }
+
     /// Subscribes `client` to `topic` unless it already is or has `max` subscriptions.
     /// Checking the client's own list is O(its subscriptions), bounded by `max`.
     pub fn subscribe(&mut self, client: ClientId, topic: &str, max: usize) -> SubscribeOutcome {

@@ -81,6 +81,31 @@ pub struct TopicPayload<'a> {
     pub topic: Cow<'a, str>,
 }
 
+/// Payload of `subscribe`: a topic, and where the client stopped if it is recovering.
+#[derive(Deserialize)]
+pub struct SubscribePayload<'a> {
+    #[serde(borrow)]
+    pub topic: Cow<'a, str>,
+    /// Kept raw and read by [`SubscribePayload::since`], which refuses arrays.
+    #[serde(borrow, default)]
+    since: Option<&'a RawValue>,
+}
+
+impl<'a> SubscribePayload<'a> {
+    /// The `since` object, if any (`null` is none).
+    pub fn since(&self, detail: &'static str) -> Result<Option<SincePayload<'a>>, HubError> {
+        self.since.map(|raw| parse_object(raw.get(), detail)).transpose()
+    }
+}
+
+/// `{"offset": O, "epoch": E}` in a `subscribe`.
+#[derive(Deserialize)]
+pub struct SincePayload<'a> {
+    pub offset: u64,
+    #[serde(borrow)]
+    pub epoch: Cow<'a, str>,
+}
+
 /// Payload of `publish` (and body of `POST /publish`).
 #[derive(Deserialize)]
 pub struct PublishPayload<'a> {
@@ -238,7 +263,7 @@ pub fn push_json_str<S: Sink + ?Sized>(out: &mut S, s: &str) {
 }
 
 /// Appends `n` in decimal, without going through `fmt` (and its `Result`).
-pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+pub fn push_decimal<S: Sink + ?Sized>(out: &mut S, mut n: u64) {
     let mut digits = [0u8; 20]; // u64::MAX has 20 digits
     let mut start = digits.len();
     loop {
@@ -249,14 +274,14 @@ pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
             break;
         }
     }
-    out.extend_from_slice(&digits[start..]);
+    out.put(&digits[start..]);
 }
 
 /// Appends `,"id":<raw>` when the client sent an id.
-fn push_id(out: &mut Vec<u8>, id: Option<&RawValue>) {
+fn push_id<S: Sink + ?Sized>(out: &mut S, id: Option<&RawValue>) {
     if let Some(id) = id {
-        out.extend_from_slice(b",\"id\":");
-        out.extend_from_slice(id.get().as_bytes());
+        out.put(b",\"id\":");
+        out.put(id.get().as_bytes());
     }
 }
 
@@ -276,6 +301,31 @@ pub fn write_topic_reply(out: &mut Vec<u8>, kind: &str, topic: &str, id: Option<
     out.push(b'}');
     push_id(out, id);
     out.push(b'}');
+}
+
+/// `{"type":"subscribed","payload":{"topic":T,"offset":O,"epoch":E,"recovered":R}}`, with the
+/// id: `offset` and `epoch` when the topic has history, `recovered` when the client sent `since`.
+pub fn write_subscribed<S: Sink + ?Sized>(
+    out: &mut S,
+    topic: &str,
+    position: Option<(u64, &str)>,
+    recovered: Option<bool>,
+    id: Option<&RawValue>,
+) {
+    out.put(b"{\"type\":\"subscribed\",\"payload\":{\"topic\":");
+    push_json_str(out, topic);
+    if let Some((offset, epoch)) = position {
+        out.put(b",\"offset\":");
+        push_decimal(out, offset);
+        out.put(b",\"epoch\":");
+        push_json_str(out, epoch);
+    }
+    if let Some(recovered) = recovered {
+        out.put(if recovered { b",\"recovered\":true" } else { b",\"recovered\":false" });
+    }
+    out.put(b"}");
+    push_id(out, id);
+    out.put(b"}");
 }
 
 /// `{"type":"ack","payload":{"topic":T,"delivered":n},"id":..}`; `topic` is absent for a
@@ -317,6 +367,16 @@ pub fn write_error(out: &mut Vec<u8>, message: &str, id: Option<&RawValue>) {
 /// `{"type":"message","payload":{"topic":T,"data":D}}`; without `topic` for a broadcast.
 /// `data` is spliced as the client sent it.
 pub fn write_message<S: Sink + ?Sized>(out: &mut S, topic: Option<&str>, data: &RawValue) {
+    write_message_at(out, topic, data, None);
+}
+
+/// [`write_message`], with `,"offset":O` after `data` when the topic keeps history.
+pub fn write_message_at<S: Sink + ?Sized>(
+    out: &mut S,
+    topic: Option<&str>,
+    data: &RawValue,
+    offset: Option<u64>,
+) {
     out.put(b"{\"type\":\"message\",\"payload\":{");
     if let Some(topic) = topic {
         out.put(b"\"topic\":");
@@ -325,6 +385,10 @@ pub fn write_message<S: Sink + ?Sized>(out: &mut S, topic: Option<&str>, data: &
     }
     out.put(b"\"data\":");
     out.put(data.get().as_bytes());
+    if let Some(offset) = offset {
+        out.put(b",\"offset\":");
+        push_decimal(out, offset);
+    }
     out.put(b"}}");
 }
 
@@ -470,6 +534,48 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["payload"]["topic"], "a\"b\n");
+    }
+
+    #[test]
+    fn subscribed_and_message_carry_history_fields() {
+        let mut out = Vec::new();
+        write_subscribed(&mut out, "t", Some((7, "ab")), Some(true), Some(raw("1")));
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"type":"subscribed","payload":{"topic":"t","offset":7,"epoch":"ab","recovered":true},"id":1}"#
+        );
+        out.clear();
+        write_subscribed(&mut out, "t", None, Some(false), None);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"type":"subscribed","payload":{"topic":"t","recovered":false}}"#
+        );
+        out.clear();
+        write_message_at(&mut out, Some("t"), raw("[1]"), Some(12));
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"type":"message","payload":{"topic":"t","data":[1],"offset":12}}"#
+        );
+    }
+
+    #[test]
+    fn since_must_have_an_offset_and_an_epoch() {
+        let p: SubscribePayload<'_> =
+            parse_object(r#"{"topic":"t","since":{"offset":3,"epoch":"e"}}"#, "x").unwrap();
+        let since = p.since("x").unwrap().unwrap();
+        assert_eq!((since.offset, &*since.epoch), (3, "e"));
+        for bad in [
+            r#"{"topic":"t","since":{"offset":-1,"epoch":"e"}}"#,
+            r#"{"topic":"t","since":{"offset":1}}"#,
+            r#"{"topic":"t","since":{"epoch":"e"}}"#,
+            r#"{"topic":"t","since":{"offset":1.5,"epoch":"e"}}"#,
+            r#"{"topic":"t","since":[1,"e"]}"#,
+        ] {
+            let p = parse_object::<SubscribePayload<'_>>(bad, "x");
+            assert!(p.is_err() || p.unwrap().since("x").is_err(), "{bad}");
+        }
+        let p: SubscribePayload<'_> = parse_object(r#"{"topic":"t","since":null}"#, "x").unwrap();
+        assert!(p.since("x").unwrap().is_none(), "null since is no since");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use super::frames::on_frames;
 use super::http_route::on_http;
 use super::lifecycle::{doom, mark, rearm, reject, socket_failed};
 use super::state::{Shared, READ_PREFIX, READ_SIZE};
+use super::transport::Transport;
 use crate::protocol::handshake::{self, Rejection};
 use crate::protocol::session::{Millis, Session};
 
@@ -80,7 +81,18 @@ fn on_accepted(
         warn!(peer:% = peer; "register failed: {e}");
         return;
     }
-    let conn = entry.insert(Connection::new(socket, s.now + s.settings.handshake_timeout));
+    let transport = match &s.tls {
+        None => Transport::plain(socket),
+        Some(tls) => match Transport::tls(socket, &tls.config) {
+            Ok(t) => t,
+            Err(e) => {
+                // Not expected (a server config is always usable); the socket closes.
+                warn!(peer:% = peer; "TLS setup failed: {e}");
+                return;
+            }
+        },
+    };
+    let conn = entry.insert(Connection::new(transport, s.now + s.settings.handshake_timeout));
     s.metrics.connection_accepted();
     debug!(conn = key, peer:% = peer; "accepted");
     if over_limit {
@@ -148,7 +160,7 @@ fn on_request(conns: &mut Slab<Connection>, s: &mut Shared, key: usize) {
         let head_len = head.head_len;
         s.control.clear();
         accepted.write_response(&s.settings.upgrade, &mut s.control);
-        match conn.out.write_or_queue(&mut conn.socket, &mut s.pool, &s.control) {
+        match conn.transport.write_or_queue(&mut conn.out, &mut s.pool, &s.control) {
             Ok(n) => s.metrics.bytes_out(n as u64),
             Err(e) => {
                 s.control.clear();

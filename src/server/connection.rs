@@ -4,9 +4,8 @@
 //! Kept small on purpose: an idle open connection is this struct plus one timer entry, with no
 //! heap buffers (uWebSockets' 0.27 KiB per idle connection is the bar).
 
-use mio::net::TcpStream;
-
 use super::outbuf::OutQueue;
+use super::transport::Transport;
 use crate::protocol::session::{Millis, Session};
 
 /// Where a connection is in its life.
@@ -52,6 +51,8 @@ pub enum Ending {
     CloseTimeout,
     /// A socket error.
     IoError,
+    /// Bytes that are not TLS, or a TLS record or handshake rustls refused.
+    TlsError,
     /// Refused before the upgrade (4xx/503 sent).
     Rejected,
     /// Server shutting down.
@@ -59,7 +60,8 @@ pub enum Ending {
 }
 
 pub struct Connection {
-    pub socket: TcpStream,
+    /// The socket, plain or under TLS.
+    pub transport: Transport,
     pub phase: Phase,
     pub out: OutQueue,
     /// Bytes read but not yet consumed: the request head during the handshake; afterwards at
@@ -84,9 +86,9 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(socket: TcpStream, handshake_deadline: Millis) -> Connection {
+    pub fn new(transport: Transport, handshake_deadline: Millis) -> Connection {
         Connection {
-            socket,
+            transport,
             phase: Phase::Handshake { deadline: handshake_deadline, awaiting_body: false },
             out: OutQueue::default(),
             input: Vec::new(),
@@ -111,10 +113,23 @@ impl Connection {
             }
     }
 
+    /// Output waits: queued plaintext, or TLS records not yet written.
+    #[inline]
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty() || self.transport.has_pending()
+    }
+
+    /// Output not yet taken by the socket, for the slow-consumer bound: the plaintext queue plus
+    /// what the TLS layer holds.
+    #[inline]
+    pub fn queued_bytes(&self) -> usize {
+        self.out.queued_bytes() + self.transport.pending_bytes()
+    }
+
     /// Records the outcome of a flush for the write-progress timer.
     #[inline]
     pub fn note_flush(&mut self, written: usize, now: Millis) {
-        if self.out.is_empty() {
+        if !self.has_output() {
             self.last_progress = super::timers::NEVER;
         } else if written > 0 || self.last_progress == super::timers::NEVER {
             // Progress, or the first time output is left waiting: the stall clock (re)starts.
@@ -125,7 +140,7 @@ impl Connection {
     /// Output has waited for `write_wait` with no progress.
     #[inline]
     pub fn write_stalled(&self, now: Millis, write_wait: Millis) -> bool {
-        !self.out.is_empty() && now >= self.last_progress.saturating_add(write_wait)
+        self.has_output() && now >= self.last_progress.saturating_add(write_wait)
     }
 
     pub fn is_open(&self) -> bool {

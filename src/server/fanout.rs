@@ -137,7 +137,7 @@ impl<'a> Deliveries<'a> {
         let eager_frames = EAGER_FLUSH_FRAMES.min(self.send_queue / 2).max(1);
         if conn.out.shared_frames() >= eager_frames || conn.out.queued_bytes() >= EAGER_FLUSH_BYTES {
             // Write now so the bounds below judge the client, not the size of this turn.
-            match conn.out.flush(&mut conn.socket, self.pool) {
+            match conn.transport.flush(&mut conn.out, self.pool) {
                 Ok(f) => {
                     self.written += f.written as u64;
                     conn.note_flush(f.written, self.now);
@@ -148,7 +148,7 @@ impl<'a> Deliveries<'a> {
                 }
             }
         }
-        if conn.out.shared_frames() > self.send_queue || conn.out.queued_bytes() > self.max_queued_bytes {
+        if conn.out.shared_frames() > self.send_queue || conn.queued_bytes() > self.max_queued_bytes {
             self.cuts.push((key, Cut::OverBound));
             return false;
         }

@@ -114,7 +114,7 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
         }
         // A client that sends faster than it reads what it asks for (pongs, replies,
         // echoes) is judged after each message, not after a whole read budget of them.
-        if conns[key].out.queued_bytes() > s.settings.max_queued_bytes {
+        if conns[key].queued_bytes() > s.settings.max_queued_bytes {
             flush(&mut conns[key], s, key);
         }
         if conns[key].doomed {

@@ -38,7 +38,8 @@ pub(super) fn on_http(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, 
         reject(&mut conns[key], s, key, rejection);
         return;
     }
-    let peer_is_loopback = conns[key].socket.peer_addr().map(|a| a.ip().is_loopback()).unwrap_or(false);
+    let peer_is_loopback =
+        conns[key].transport.socket().peer_addr().map(|a| a.ip().is_loopback()).unwrap_or(false);
     let request = HttpRequest {
         method: head.method,
         path: head.path(),

@@ -12,7 +12,6 @@
 //! calls nothing above it: handlers and the loop call down into this file, not the other way.
 
 use std::io;
-use std::net::Shutdown;
 
 use log::{debug, warn};
 use mio::Registry;
@@ -21,6 +20,7 @@ use slab::Slab;
 use super::connection::{Connection, Ending, Phase};
 use super::state::{Mode, Shared};
 use super::timers::NEVER;
+use crate::metrics::TlsFailure;
 use crate::protocol::close::code;
 use crate::protocol::frame;
 use crate::protocol::handshake::Rejection;
@@ -31,7 +31,7 @@ const DRAIN_LIMIT: Millis = 2_000;
 
 /// Queue the connection for the end-of-turn flush if it has output.
 pub(super) fn mark(conn: &mut Connection, s: &mut Shared, key: usize) {
-    if !conn.dirty && !conn.out.is_empty() {
+    if !conn.dirty && conn.has_output() {
         conn.dirty = true;
         s.dirty.push(key);
     }
@@ -50,8 +50,8 @@ pub(super) fn doom(conn: &mut Connection, s: &mut Shared, key: usize, ending: En
 
 /// Writes what the socket takes; a connection whose final bytes are out shuts down its side.
 pub(super) fn flush(conn: &mut Connection, s: &mut Shared, key: usize) {
-    if !conn.out.is_empty() {
-        match conn.out.flush(&mut conn.socket, &mut s.pool) {
+    if conn.has_output() {
+        match conn.transport.flush(&mut conn.out, &mut s.pool) {
             Ok(f) => {
                 conn.note_flush(f.written, s.now);
                 s.metrics.bytes_out(f.written as u64);
@@ -61,17 +61,20 @@ pub(super) fn flush(conn: &mut Connection, s: &mut Shared, key: usize) {
                 return;
             }
         }
-        if conn.out.queued_bytes() > s.settings.max_queued_bytes && conn.is_open() {
+        if conn.queued_bytes() > s.settings.max_queued_bytes && conn.is_open() {
             cut_slow_consumer(conn, s, key);
             return;
         }
     }
-    if conn.out.is_empty() {
+    if !conn.has_output() {
         if let Phase::Lingering { deadline } = conn.phase {
-            // Everything is out: FIN after the last byte, then wait for the peer's FIN so
-            // unread input does not turn our close into a reset.
-            let _ = conn.socket.shutdown(Shutdown::Write);
-            conn.phase = Phase::Draining { deadline };
+            // Everything is out: close_notify (TLS) and FIN after the last byte, then wait for
+            // the peer's FIN so unread input does not turn our close into a reset.
+            match conn.transport.finish() {
+                Ok(true) => conn.phase = Phase::Draining { deadline },
+                Ok(false) => mark(conn, s, key), // close_notify waits for the socket
+                Err(e) => socket_failed(conn, s, key, "write", &e),
+            }
         }
     }
 }
@@ -96,7 +99,7 @@ pub(super) fn linger(conn: &mut Connection, s: &mut Shared, key: usize, ending: 
     let wait = s.settings.session.close_timeout.clamp(1, DRAIN_LIMIT);
     conn.phase = Phase::Lingering { deadline: s.now + wait };
     mark(conn, s, key);
-    if conn.out.is_empty() {
+    if !conn.has_output() {
         flush(conn, s, key);
     }
 }
@@ -106,8 +109,8 @@ pub(super) fn cut_slow_consumer(conn: &mut Connection, s: &mut Shared, key: usiz
         return;
     }
     if s.logs.slow_consumer.hit(s.now) {
-        let peer = conn.socket.peer_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
-        warn!(conn = key, peer = peer.as_str(); "cut off: slow consumer ({} bytes queued)", conn.out.queued_bytes());
+        let peer = conn.transport.socket().peer_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        warn!(conn = key, peer = peer.as_str(); "cut off: slow consumer ({} bytes queued)", conn.queued_bytes());
     }
     s.metrics.slow_consumer_dropped();
     conn.close_code = code::POLICY;
@@ -117,7 +120,7 @@ pub(super) fn cut_slow_consumer(conn: &mut Connection, s: &mut Shared, key: usiz
     let mut close = Vec::new();
     frame::write_close(&mut close, code::POLICY, "slow consumer");
     conn.out.push_bytes(&mut s.pool, &close);
-    let _ = conn.out.flush(&mut conn.socket, &mut s.pool);
+    let _ = conn.transport.flush(&mut conn.out, &mut s.pool);
     // Nothing more will be written: free the queue now, not at the end of the turn, so many
     // cut-off clients in one turn do not hold their queues at once.
     conn.out.clear(&mut s.pool);
@@ -143,6 +146,9 @@ pub(super) fn on_eof(conn: &mut Connection, s: &mut Shared, key: usize) {
     // still goes out, best effort, before the socket is dropped.
     flush(conn, s, key);
     let ending = if matches!(conn.phase, Phase::Draining { .. }) { Ending::Normal } else { Ending::PeerGone };
+    if conn.transport.handshaking() && !conn.doomed {
+        s.metrics.tls_handshake_failed(TlsFailure::Closed);
+    }
     doom(conn, s, key, ending);
 }
 
@@ -157,7 +163,7 @@ pub(super) fn rearm(conn: &mut Connection, s: &mut Shared, key: usize) {
         }
         Phase::Open(session) => {
             let mut d = session.next_timeout(&s.settings.session).unwrap_or(NEVER);
-            if !conn.out.is_empty() {
+            if conn.has_output() {
                 d = d.min(conn.last_progress.saturating_add(s.settings.write_wait));
             }
             d
@@ -176,7 +182,7 @@ pub(super) fn rearm_key(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
 /// The socket became writable: flush this connection at the end of the turn if it has output.
 pub(super) fn mark_dirty(conns: &mut Slab<Connection>, s: &mut Shared, key: usize) {
     if let Some(conn) = conns.get_mut(key) {
-        if !conn.out.is_empty() {
+        if conn.has_output() {
             mark(conn, s, key);
         }
     }
@@ -187,7 +193,7 @@ pub(super) fn mark_dirty(conns: &mut Slab<Connection>, s: &mut Shared, key: usiz
 /// without waiting for the rest of the turn.
 pub(super) fn flush_now(conns: &mut Slab<Connection>, s: &mut Shared, key: usize) {
     if let Some(conn) = conns.get_mut(key) {
-        if !conn.doomed && !conn.out.is_empty() {
+        if !conn.doomed && conn.has_output() {
             flush(conn, s, key);
             rearm(conn, s, key);
         }
@@ -225,9 +231,9 @@ pub(super) fn reap(conns: &mut Slab<Connection>, s: &mut Shared, registry: &Regi
                 None => s.hub.remove_client(key),
             }
         }
-        let _ = registry.deregister(&mut conn.socket);
+        let _ = registry.deregister(conn.transport.socket_mut());
         if log::log_enabled!(log::Level::Debug) {
-            let peer = conn.socket.peer_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
+            let peer = conn.transport.socket().peer_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
             debug!(conn = key, peer = peer.as_str(); "closed: {:?}, close code {}", conn.ending, conn.close_code);
         }
         conn.out.clear(&mut s.pool);

@@ -18,14 +18,14 @@
 //! Hot paths: [`Server::on_readable`] -> `frames::on_frames` (parse and unmask in place, in the
 //! loop's one read buffer) and `lifecycle::flush`.
 
-use std::io::{self, Read};
+use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use log::info;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
@@ -36,17 +36,20 @@ use super::lifecycle::{doom, flush_dirty, flush_now, mark_dirty, on_eof, reap, r
 use super::outbuf::BufferPool;
 use super::relay;
 use super::shutdown;
-use super::state::{Mode, Settings, Shared, StressLogs, READ_PREFIX, READ_SIZE};
+use super::state::{Mode, Settings, Shared, StressLogs, READ_PREFIX, READ_SIZE, TLS_READ_SIZE};
 use super::timeouts::run_timers;
 use super::timers::{DeadlineQueue, NEVER};
+use super::transport::Received;
 use crate::backplane::redis::{RedisBackplane, RedisSettings, PUB, SUB};
 use crate::config::validate::FdBudget;
 use crate::config::{millis, Config};
 use crate::http::HttpConfig;
+use crate::hub::history::{random_seed, MemoryHistory};
 use crate::hub::{Hub, HubConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TlsFailure};
 use crate::protocol::deflate::Deflater;
 use crate::protocol::session::Millis;
+use crate::tls::TlsListener;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
@@ -60,6 +63,8 @@ const READS_PER_TURN: usize = 8;
 const BACKPLANE_CONNECT_TIMEOUT: Millis = 3_000;
 /// Most turns a fan-out flush is put off while input keeps arriving.
 const MAX_DEFERRED_TURNS: usize = 8;
+/// Shortest gap between two history expiry wake-ups (TTLs are kept within one).
+const HISTORY_SWEEP: Millis = 1000;
 
 pub struct Server {
     poll: Poll,
@@ -74,6 +79,13 @@ impl Server {
     /// Binds the listener and prepares the loop. `handle_signals`: stop on SIGINT/SIGTERM
     /// (the binary does; in-process tests do not).
     pub fn bind(config: &Config, handle_signals: bool) -> io::Result<Server> {
+        // Certificate problems are reported before the port is taken.
+        let tls = match config.tls_files() {
+            Some(files) => {
+                Some(TlsListener::load(files).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?)
+            }
+            None => None,
+        };
         let poll = Poll::new()?;
         let mut listener = if config.reuse_port {
             TcpListener::from_std(crate::sys::listen_reuse_port(config.listen)?)
@@ -83,7 +95,8 @@ impl Server {
         let local_addr = listener.local_addr()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let signals = if handle_signals {
-            let mut signals = Signals::new([SIGINT, SIGTERM])?;
+            // SIGHUP reloads the TLS pair (and is ignored without TLS rather than fatal).
+            let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
             poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
             Some(signals)
         } else {
@@ -102,7 +115,11 @@ impl Server {
             path: config.path.clone(),
             session: config.session(),
             upgrade: config.upgrade(),
-            http: HttpConfig { api_key: config.api_key.clone(), max_body_bytes: config.max_body_size },
+            http: HttpConfig {
+                api_key: config.api_key.clone(),
+                max_body_bytes: config.max_body_size,
+                demo: config.demo,
+            },
             max_connections,
             overflow_slots,
             max_head: config.max_head_size.max(64),
@@ -117,6 +134,10 @@ impl Server {
             max_subscriptions: config.max_subscriptions,
             allow_client_broadcast: config.allow_client_broadcast,
         });
+        let hub = match config.history() {
+            Some(history) => hub.with_history(Box::new(MemoryHistory::new(history, random_seed()))),
+            None => hub,
+        };
         // Sized for the limit up front: the slab's pages are only touched (and so only count
         // towards RSS) as connections arrive, and it never reallocates and copies under load.
         let conns = Slab::with_capacity((max_connections + overflow_slots).min(1 << 24));
@@ -157,6 +178,8 @@ impl Server {
                 now: 0,
                 accept_paused_until: None,
                 shutting_down: None,
+                tls_scratch: if tls.is_some() { vec![0u8; TLS_READ_SIZE] } else { Vec::new() },
+                tls,
                 logs: StressLogs::default(),
             },
         })
@@ -170,8 +193,9 @@ impl Server {
     /// timeout has passed.
     pub fn run(mut self) -> io::Result<()> {
         info!(
-            "wshub listening on {} (path {}, {} mode, max {} connections)",
+            "wshub listening on {} ({}path {}, {} mode, max {} connections)",
             self.local_addr,
+            if self.shared.tls.is_some() { "TLS, " } else { "" },
             self.shared.settings.path,
             if self.shared.settings.mode == Mode::Echo { "echo" } else { "hub" },
             self.shared.settings.max_connections
@@ -203,6 +227,7 @@ impl Server {
                 return Err(e);
             }
             self.shared.now = self.shared.started.elapsed().as_millis() as Millis;
+            self.shared.hub.tick(self.shared.now);
             for key in std::mem::take(&mut self.shared.reread) {
                 self.on_readable(key, true);
             }
@@ -249,6 +274,10 @@ impl Server {
         if let Some(at) = self.shared.shutting_down {
             next = next.min(at);
         }
+        if let Some(at) = self.shared.hub.history_deadline() {
+            // History expiry wakes the loop at most once a second (TTLs are kept within one).
+            next = next.min(at.max(self.shared.now + HISTORY_SWEEP));
+        }
         (next != NEVER).then_some(next)
     }
 
@@ -289,18 +318,30 @@ impl Server {
                 return;
             }
             let start = READ_PREFIX - kept;
-            let result = conn.socket.read(&mut s.read_buf[READ_PREFIX..]);
-            let n = match result {
-                Ok(0) => {
+            let result = conn.transport.read(&mut s.read_buf[READ_PREFIX..], &mut s.tls_scratch);
+            if conn.transport.handshake_completed() {
+                s.metrics.tls_handshake_completed();
+            }
+            let (n, more) = match result {
+                Ok(Received { n: 0, .. }) => {
                     on_eof(conn, s, key);
                     return;
                 }
-                Ok(n) => n,
+                Ok(Received { n, more }) => (n, more),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     flush_now(&mut self.conns, &mut self.shared, key);
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::InvalidData && conn.transport.is_tls() => {
+                    log::debug!(conn = key; "TLS error: {e}");
+                    if conn.transport.handshaking() {
+                        s.metrics.tls_handshake_failed(TlsFailure::Error);
+                    }
+                    // The alert, if any, is already written; nothing else is owed.
+                    doom(conn, s, key, Ending::TlsError);
+                    return;
+                }
                 Err(e) => {
                     socket_failed(conn, s, key, "read", &e);
                     return;
@@ -322,7 +363,7 @@ impl Server {
             // A short read drained the socket: with edge-triggered readiness the next arrival
             // raises a new event, so skip the read that would only say WouldBlock. Not when the
             // peer's FIN came in the same event: the read that returns 0 is the only notice.
-            if n < READ_SIZE && !read_to_end {
+            if !more && !read_to_end {
                 flush_now(&mut self.conns, &mut self.shared, key);
                 return;
             }

@@ -19,11 +19,14 @@ use crate::metrics::Metrics;
 use crate::protocol::deflate::Deflater;
 use crate::protocol::handshake::UpgradePolicy;
 use crate::protocol::session::{Millis, SessionConfig, MAX_UNCONSUMED};
+use crate::tls::TlsListener;
 
 /// One read buffer for the whole loop. The prefix holds a connection's unconsumed bytes (an
 /// unfinished header) so the next read lands right after them and nothing larger is copied.
 pub(super) const READ_PREFIX: usize = MAX_UNCONSUMED;
 pub(super) const READ_SIZE: usize = 256 * 1024;
+/// Ciphertext read from a socket at once into the loop's one scratch buffer (TLS only).
+pub(super) const TLS_READ_SIZE: usize = 64 * 1024;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Mode {
@@ -76,6 +79,10 @@ pub(super) struct Shared {
     pub(super) now: Millis,
     pub(super) accept_paused_until: Option<Millis>,
     pub(super) shutting_down: Option<Millis>,
+    /// TLS on the listener, if configured; SIGHUP reloads it.
+    pub(super) tls: Option<TlsListener>,
+    /// Ciphertext on its way into rustls (`TLS_READ_SIZE`); empty without TLS.
+    pub(super) tls_scratch: Vec<u8>,
     pub(super) logs: StressLogs,
 }
 

@@ -15,6 +15,7 @@ use super::lifecycle::{doom, linger, mark, rearm, reject};
 use super::relay::{self, BACKPLANE_TIMER};
 use super::state::Shared;
 use super::timers::NEVER;
+use crate::metrics::TlsFailure;
 use crate::protocol::close::code;
 use crate::protocol::handshake::Rejection;
 use crate::protocol::session::TimerOutcome;
@@ -41,6 +42,12 @@ pub(super) fn on_timer(conn: &mut Connection, s: &mut Shared, key: usize) {
     let now = s.now;
     let stalled = conn.write_stalled(now, s.settings.write_wait);
     match &mut conn.phase {
+        Phase::Handshake { deadline, .. } if now >= *deadline && conn.transport.handshaking() => {
+            // The TLS handshake did not finish: there is no channel to answer 408 on.
+            debug!(conn = key; "TLS handshake timeout");
+            s.metrics.tls_handshake_failed(TlsFailure::Timeout);
+            doom(conn, s, key, Ending::HandshakeTimeout);
+        }
         Phase::Handshake { deadline, .. } if now >= *deadline => {
             debug!(conn = key; "handshake timeout");
             // Say why (RFC 9110 section 15.5.9) rather than vanish; the answer lingers at most
