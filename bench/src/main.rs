@@ -5,6 +5,7 @@
 //! run outlives its budget. Each result is one `RESULT key=value ...` line on stdout.
 
 mod broadcast;
+mod ceiling;
 mod chart;
 mod connrate;
 mod echo;
@@ -108,6 +109,21 @@ enum Cmd {
         common: Common,
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
+    },
+    /// Holds CONNS connections to a server started with `--max-connections CONNS`, idle and
+    /// subscribed with fan-outs to all; one more client must get 503, and after RELEASE leave a
+    /// new one must be upgraded. `bench/ceiling` runs it at 19,000.
+    Ceiling {
+        #[arg(long, default_value = "ws://127.0.0.1:9001/ws")]
+        url: String,
+        #[arg(long)]
+        pid: u32,
+        #[arg(long, default_value_t = 19_000)]
+        conns: usize,
+        #[arg(long, default_value_t = 3)]
+        fanouts: usize,
+        #[arg(long, default_value_t = 1_000)]
+        release: usize,
     },
     /// A bounded soak with churn: stable subscribers check exactly-once in-order delivery while
     /// churners, HTTP publishers and slow consumers come and go; samples the server's RSS and
@@ -283,6 +299,48 @@ fn run(cli: Cli) -> Result<(), String> {
                 r.failures,
                 join(&r.windows)
             );
+        }
+        Cmd::Ceiling { url, pid, conns, fanouts, release } => {
+            let target = net::Target::parse(&url)?;
+            let conns = check_conns(conns)?;
+            if conns as u64 + 16 > nofile {
+                return Err(format!("{conns} connections need more than the open-file limit {nofile}"));
+            }
+            std::thread::spawn(|| {
+                std::thread::sleep(Duration::from_secs(900));
+                eprintln!("loadgen: watchdog: ceiling run exceeded 15 minutes, exiting");
+                std::process::exit(3);
+            });
+            let p = ceiling::Ceiling {
+                conns,
+                pid,
+                fanouts: fanouts.clamp(1, 100),
+                release: release.clamp(1, conns),
+            };
+            let r = ceiling::run(&target, &p)?;
+            println!(
+                "RESULT scenario=ceiling conns={conns} open_s={:.1} rss_before_kib={} rss_idle_kib={} \
+                 rss_subscribed_kib={} rss_fanout_kib={} fd_at_ceiling={} fanout_ms={} over_limit={:?} \
+                 after_release={:?}",
+                r.open_secs,
+                r.rss_before_kib,
+                r.rss_idle_kib,
+                r.rss_subscribed_kib,
+                r.rss_fanout_kib,
+                r.fd_at_ceiling,
+                join(&r.fanout_ms),
+                r.over_limit_status,
+                r.after_release_status
+            );
+            if !r.over_limit_status.starts_with("HTTP/1.1 503") {
+                return Err(format!("the client over the limit got {:?}, not 503", r.over_limit_status));
+            }
+            if !r.after_release_status.starts_with("HTTP/1.1 101") {
+                return Err(format!(
+                    "after {release} left, a new client got {:?}, not 101",
+                    r.after_release_status
+                ));
+            }
         }
         Cmd::Soak { url, pid, duration, stable, publishers, topics, rate, churners, slow, sample } => {
             let target = net::Target::parse(&url)?;
