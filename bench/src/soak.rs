@@ -219,14 +219,16 @@ impl Client {
     /// here: callers subscribe before publishers start, or do not care).
     fn subscribe(&mut self, t: &str, wait: bool) -> io::Result<()> {
         self.send_text(&format!(r#"{{"type":"subscribe","payload":{{"topic":"{t}"}},"id":"s"}}"#))?;
-        while wait {
+        if !wait {
+            return Ok(());
+        }
+        loop {
             match self.next()? {
                 Got::Text(m) if m.starts_with(br#"{"type":"subscribed""#) => return Ok(()),
                 Got::Text(_) => {}
                 Got::Close(c) => return Err(io::Error::other(format!("closed {c} while subscribing"))),
             }
         }
-        Ok(())
     }
 }
 
@@ -649,7 +651,7 @@ pub fn run(s: &Soak) -> Result<(Report, Vec<String>), String> {
         workers.push(scope.spawn(|| flooder(&sh, flood)));
         for i in 0..s.churners {
             let sh = &sh;
-            workers.push(scope.spawn(move || churner(s, sh, 0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1) * 7919)));
+            workers.push(scope.spawn(move || churner(s, sh, 0x9e37_79b9_7f4a_7c15 ^ ((i as u64 + 1) * 7919))));
         }
         for _ in 0..s.slow {
             workers.push(scope.spawn(|| slow_consumer(s, &sh)));
