@@ -651,7 +651,8 @@ pub fn run(s: &Soak) -> Result<(Report, Vec<String>), String> {
         workers.push(scope.spawn(|| flooder(&sh, flood)));
         for i in 0..s.churners {
             let sh = &sh;
-            workers.push(scope.spawn(move || churner(s, sh, 0x9e37_79b9_7f4a_7c15 ^ ((i as u64 + 1) * 7919))));
+            workers
+                .push(scope.spawn(move || churner(s, sh, 0x9e37_79b9_7f4a_7c15 ^ ((i as u64 + 1) * 7919))));
         }
         for _ in 0..s.slow {
             workers.push(scope.spawn(|| slow_consumer(s, &sh)));

@@ -60,7 +60,8 @@ pub fn run_backplane(data: &[u8]) -> u64 {
                 core.topic_unwanted(&topic);
             }
             3 => {
-                let _ = core.publish("t", serde_json::value::RawValue::from_string("[1]".into()).unwrap().as_ref());
+                let _ = core
+                    .publish("t", serde_json::value::RawValue::from_string("[1]".into()).unwrap().as_ref());
             }
             op => {
                 let which = if op & 1 == 0 { SUB } else { PUB };
