@@ -95,6 +95,16 @@ fn pump(
                             Ok(())
                         })?;
                         for (f, p) in frames {
+                            if f.opcode == ws::OP_PING {
+                                // The server pings every 54 s and drops who does not answer.
+                                if c.flushed() {
+                                    c.wbuf.clear();
+                                    c.wpos = 0;
+                                }
+                                ws::push_frame(&mut c.wbuf, ws::OP_PONG, &p);
+                                let _ = c.flush();
+                                continue;
+                            }
                             on_frame(c, f, &p);
                         }
                     }

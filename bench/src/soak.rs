@@ -180,7 +180,8 @@ impl Client {
         self.sock.write_all(&self.out)
     }
 
-    /// The next text or close frame (pings are answered by nobody: the hub does not send them).
+    /// The next text or close frame. Pings are answered (the server pings every 54 s and drops
+    /// a client that does not answer), pongs ignored.
     fn next(&mut self) -> io::Result<Got> {
         loop {
             match ws::parse_frame(&self.buf) {
@@ -188,6 +189,12 @@ impl Client {
                     let payload = self.buf[f.payload_at..f.total()].to_vec();
                     self.buf.drain(..f.total());
                     match f.opcode {
+                        ws::OP_PING => {
+                            self.out.clear();
+                            ws::push_frame(&mut self.out, ws::OP_PONG, &payload);
+                            self.sock.write_all(&self.out)?;
+                        }
+                        ws::OP_PONG => {}
                         ws::OP_CLOSE => {
                             let code = if payload.len() >= 2 {
                                 u16::from_be_bytes([payload[0], payload[1]])
