@@ -13,11 +13,11 @@ use std::fmt::{self, Write as _};
 use crate::backplane::redis::BackplaneStats;
 
 /// Statuses a refused upgrade request can get; anything else is counted as "other".
-pub const HANDSHAKE_REJECT_STATUSES: [u16; 6] = [400, 403, 404, 426, 431, 503];
+pub const HANDSHAKE_REJECT_STATUSES: [u16; 8] = [400, 401, 403, 404, 426, 429, 431, 503];
 /// Close codes counted on their own; anything else is counted as "other".
-pub const CLOSE_CODES: [u16; 8] = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011];
+pub const CLOSE_CODES: [u16; 9] = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 4001];
 /// Statuses of plain HTTP responses counted on their own; anything else is "other".
-pub const HTTP_STATUSES: [u16; 9] = [200, 400, 401, 403, 404, 405, 411, 413, 503];
+pub const HTTP_STATUSES: [u16; 13] = [200, 400, 401, 403, 404, 405, 408, 411, 413, 415, 429, 431, 503];
 
 /// Why a TLS handshake did not finish, in the order of `Metrics::tls_failures`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,10 +77,14 @@ pub struct Metrics {
     pub connection_resets: u64,
     /// Protocol error replies sent to clients (the connection stays open).
     pub error_replies: u64,
+    /// Subscriptions to a new topic refused because the server held `--max-topics`.
+    pub topic_limit_refusals: u64,
     /// Indexed like `CLOSE_CODES`, then "other".
     close_codes_sent: [u64; CLOSE_CODES.len() + 1],
     /// Indexed like `HTTP_STATUSES`, then "other".
     http_responses: [u64; HTTP_STATUSES.len() + 1],
+    /// Token refusals, permission denials, expiries, refreshes, rate-limit closes.
+    pub auth: crate::auth::AuthMetrics,
     /// TLS handshakes completed.
     pub tls_handshakes: u64,
     /// TLS handshakes that did not complete, indexed like `TlsFailure`.
@@ -152,6 +156,10 @@ impl Metrics {
 
     pub fn record_error_reply(&mut self) {
         bump(&mut self.error_replies, 1);
+    }
+
+    pub fn record_topic_limit_refusal(&mut self) {
+        bump(&mut self.topic_limit_refusals, 1);
     }
 
     pub fn slow_consumer_dropped(&mut self) {
@@ -279,6 +287,12 @@ impl Metrics {
             self.connection_resets,
         )?;
         counter(out, "error_replies_total", "Protocol error replies sent to clients.", self.error_replies)?;
+        counter(
+            out,
+            "topic_limit_refusals_total",
+            "Subscriptions to a new topic refused at --max-topics.",
+            self.topic_limit_refusals,
+        )?;
         table(
             out,
             "close_frames_sent_total",
@@ -295,6 +309,7 @@ impl Metrics {
             &HTTP_STATUSES,
             &self.http_responses,
         )?;
+        self.auth.write_prometheus(out)?;
         counter(out, "tls_handshakes_total", "TLS handshakes completed.", self.tls_handshakes)?;
         writeln!(
             out,

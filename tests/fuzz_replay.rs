@@ -101,3 +101,12 @@ mod config_checks;
 fn config_corpus_and_regressions() {
     replay("config", config_checks::check_config);
 }
+
+#[allow(dead_code)]
+#[path = "../fuzz/src/tls_checks.rs"]
+mod tls_checks;
+
+#[test]
+fn tls_pem_corpus_and_regressions() {
+    replay("tls_pem", tls_checks::check_tls_pem);
+}

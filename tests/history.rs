@@ -146,3 +146,22 @@ fn the_client_is_served_and_the_demo_only_with_the_flag() {
     assert_eq!(status, 200);
     assert!(body.contains("<title>wshub demo</title>"));
 }
+
+#[test]
+fn a_replay_longer_than_the_send_queue_reaches_a_reading_client() {
+    // 600 kept messages, replayed to a client whose send queue holds 256: eager flushes write
+    // them out as they are queued, so a client that reads gets every one.
+    let server = ServerProc::start(&["--history-size", "1000"]);
+    let mut a = ws_connect(server.addr);
+    let epoch = subscribe(&mut a, "long", None)["epoch"].clone();
+    drop(a);
+    for i in 1..=600 {
+        publish(server.addr, "long", json!({"i": i, "pad": "x".repeat(200)}));
+    }
+    let mut b = ws_connect(server.addr);
+    let reply = subscribe(&mut b, "long", Some(json!({"offset":0,"epoch":epoch})));
+    assert_eq!(reply["recovered"], true);
+    for i in 1..=600 {
+        assert_eq!(recv(&mut b)["payload"]["offset"], i);
+    }
+}

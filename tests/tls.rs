@@ -138,7 +138,9 @@ fn https(
 ) -> (u16, String, bool) {
     let mut tls = tls_connect(addr, config).expect("TLS handshake");
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{}Content-Length: {}\r\n\r\n{body}",
+        // The API takes JSON bodies only (415 otherwise).
+        if method == "POST" { "Content-Type: application/json\r\n" } else { "" },
         body.len()
     );
     tls.write_all(request.as_bytes()).unwrap();

@@ -34,9 +34,12 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// Server URL (a literal IP and port).
+    /// Server URL (a literal IP and port; ws:// or wss://).
     #[arg(long, default_value = "ws://127.0.0.1:9001/ws")]
     url: String,
+    /// PEM CA a wss:// server's certificate must chain to (its name must be localhost).
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
     /// Server name for the RESULT line.
     #[arg(long, default_value = "unknown")]
     server: String,
@@ -229,7 +232,7 @@ fn run(cli: Cli) -> Result<(), String> {
     match cli.cmd {
         Cmd::Echo { common, conns, size, depth } => {
             no_deflate(&common, "echo")?;
-            let target = net::Target::parse(&common.url)?;
+            let target = net::Target::parse(&common.url, common.ca.as_deref())?;
             let timing = common.timing()?;
             let conns = check_conns(conns)?;
             let depth = depth.clamp(1, 100_000);
@@ -245,7 +248,7 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Cmd::Broadcast { common, clients, publishers, size, topic } => {
             no_deflate(&common, "broadcast")?;
-            let target = net::Target::parse(&common.url)?;
+            let target = net::Target::parse(&common.url, common.ca.as_deref())?;
             let timing = common.timing()?;
             let clients = check_conns(clients)?;
             let publishers = publishers.unwrap_or(clients).clamp(1, clients);
@@ -264,7 +267,7 @@ fn run(cli: Cli) -> Result<(), String> {
             );
         }
         Cmd::Idle { common, conns, pid, hold } => {
-            let mut target = net::Target::parse(&common.url)?;
+            let mut target = net::Target::parse(&common.url, common.ca.as_deref())?;
             target.offer_deflate = common.deflate;
             let timing = common.timing()?;
             let conns = check_conns(conns)?;
@@ -286,7 +289,7 @@ fn run(cli: Cli) -> Result<(), String> {
             );
         }
         Cmd::Connrate { common, concurrency } => {
-            let mut target = net::Target::parse(&common.url)?;
+            let mut target = net::Target::parse(&common.url, common.ca.as_deref())?;
             target.offer_deflate = common.deflate;
             let timing = common.timing()?;
             let concurrency = check_conns(concurrency)?;

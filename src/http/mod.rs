@@ -14,7 +14,13 @@
 //! | `GET /` | 200 the demo page, only with `--demo` (404 otherwise) |
 //!
 //! The two POST routes need `Authorization: Bearer <key>` when the server has an API key (401
-//! otherwise); without a key they only accept loopback peers (403 otherwise). Other answers:
+//! otherwise); without a key they only accept loopback peers (403 otherwise). Because a web page
+//! can make a browser send a POST anywhere, they also refuse what only a browser would send on a
+//! page's behalf: an `Origin` that the upgrade's origin policy would refuse (403), a body type
+//! other than `Content-Type: application/json` (415; a cross-site page can send `text/plain`
+//! or a form without a preflight, never `application/json`), and, without an API key, a `Host`
+//! that is not a loopback name or address (403: a DNS-rebinding page's requests name the
+//! attacker's host). Other answers:
 //! 400 for a body that is not the JSON above (with a JSON `{"error":..}` body), 411 without
 //! `Content-Length`, 413 for a body over the limit, 405 for a wrong method on a known path,
 //! 404 for any other path. Every response carries `Connection: close`.
@@ -24,7 +30,7 @@ use std::borrow::Cow;
 use crate::backplane::redis::BackplaneStats;
 use crate::hub::{self, Hub, HubError, Outbox};
 use crate::metrics::{Gauges, Metrics};
-use crate::protocol::handshake::status_text;
+use crate::protocol::handshake::{status_text, OriginPolicy};
 
 const CONTENT_TYPE_JSON: &str = "application/json";
 const CONTENT_TYPE_JS: &str = "text/javascript";
@@ -45,13 +51,15 @@ pub struct HttpConfig {
     pub api_key: Option<String>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Which `Origin`s may POST: the same policy as WebSocket upgrades (`--allowed-origin`).
+    pub origins: OriginPolicy,
     /// Serve the demo page at `/`.
     pub demo: bool,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { api_key: None, max_body_bytes: 64 * 1024, demo: false }
+        HttpConfig { api_key: None, max_body_bytes: 64 * 1024, origins: OriginPolicy::SameHost, demo: false }
     }
 }
 
@@ -65,6 +73,10 @@ pub struct HttpRequest<'a> {
     pub authorization: Option<&'a [u8]>,
     pub content_length: Option<u64>,
     pub peer_is_loopback: bool,
+    /// The raw `Content-Type`, `Origin` and `Host` header values.
+    pub content_type: Option<&'a [u8]>,
+    pub origin: Option<&'a [u8]>,
+    pub host: Option<&'a [u8]>,
 }
 
 /// What a response may need from the rest of the server.
@@ -210,6 +222,62 @@ fn authorize(req: &HttpRequest<'_>, cfg: &HttpConfig) -> Result<(), Response> {
     }
 }
 
+/// The browser rules for the POST routes (see the module header): Origin, then Host in
+/// loopback mode, then the body type. Checked before the API key: they hold for everyone.
+fn same_site(req: &HttpRequest<'_>, cfg: &HttpConfig) -> Result<(), Response> {
+    if !cfg.origins.allows(req.origin, req.host) {
+        return Err(Response::error(403, "Origin not allowed", None));
+    }
+    let loopback_mode = cfg.api_key.as_deref().is_none_or(str::is_empty);
+    if loopback_mode && !req.host.is_some_and(is_loopback_host) {
+        return Err(Response::error(
+            403,
+            "Host must be a loopback name or address when no API key is configured",
+            None,
+        ));
+    }
+    if !req.content_type.is_some_and(is_json_media_type) {
+        return Err(Response::error(415, "Content-Type must be application/json", None));
+    }
+    Ok(())
+}
+
+/// `application/json`, any case, with or without parameters (`; charset=utf-8`).
+fn is_json_media_type(value: &[u8]) -> bool {
+    let essence = value.split(|&b| b == b';').next().unwrap_or(value).trim_ascii();
+    essence.eq_ignore_ascii_case(b"application/json")
+}
+
+/// Whether a `Host` value (`name[:port]`, `v4[:port]`, `[v6][:port]`) names this machine only:
+/// `localhost`, an address in 127.0.0.0/8, or `::1`. A rebinding attack needs a name the
+/// attacker's DNS answers for, which is none of these.
+pub fn is_loopback_host(value: &[u8]) -> bool {
+    let Ok(value) = std::str::from_utf8(value.trim_ascii()) else {
+        return false;
+    };
+    let name = if let Some(rest) = value.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((v6, port)) if port.is_empty() || port.strip_prefix(':').is_some_and(is_port) => v6,
+            _ => return false,
+        }
+    } else {
+        match value.split_once(':') {
+            Some((name, port)) if is_port(port) => name,
+            Some(_) => return false,
+            None => value,
+        }
+    };
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The port after a host's `:`: digits only (an empty port is allowed by RFC 3986).
+fn is_port(port: &str) -> bool {
+    port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// The token of `Bearer <token>`; the scheme is case-insensitive (RFC 9110 section 11.1).
 fn bearer_token(value: &[u8]) -> Option<&[u8]> {
     let value = value.trim_ascii();
@@ -258,6 +326,7 @@ pub fn body_plan(req: &HttpRequest<'_>, cfg: &HttpConfig) -> Result<usize, Respo
     if !route.takes_body() {
         return Ok(0);
     }
+    same_site(req, cfg)?;
     authorize(req, cfg)?;
     body_length(req, cfg)
 }
@@ -334,7 +403,9 @@ fn answer<O: Outbox>(
             body: DEMO_HTML.as_bytes().to_vec(),
         },
         Route::Publish | Route::Broadcast => {
-            if let Err(refusal) = authorize(req, cfg).and_then(|()| body_length(req, cfg)) {
+            if let Err(refusal) =
+                same_site(req, cfg).and_then(|()| authorize(req, cfg)).and_then(|()| body_length(req, cfg))
+            {
                 return refusal;
             }
             if body.len() > cfg.max_body_bytes {

@@ -54,7 +54,9 @@
 //! | `Unknown message type` | `type` is a string but not one of the five above |
 //! | `Topic must not be empty` | `"topic": ""` |
 //! | `Topic too long (300 bytes, max 256)` | topic longer than `--max-topic-length` bytes (UTF-8) |
+//! | `Invalid message format` | also: a lone surrogate escape (`"\ud800"`) anywhere in the message (not I-JSON, RFC 7493), or a control character in a topic |
 //! | `Too many subscriptions (max 1024)` | the connection already has `--max-subscriptions` topics |
+//! | `Too many topics on this server (max 100000)` | subscribing to a new topic when the server holds `--max-topics` |
 //! | `Broadcast from clients is disabled` | `broadcast` without `--allow-client-broadcast` |
 //! | `Binary messages are not supported` | a binary frame |
 //!
@@ -79,6 +81,7 @@ use std::rc::Rc;
 
 use serde_json::value::RawValue;
 
+use crate::auth::{Grant, Refusal, Verifier};
 use crate::backplane::{Backplane, Relay};
 use crate::metrics::Metrics;
 use crate::protocol::deflate::SharedMessage;
@@ -86,9 +89,11 @@ use crate::protocol::session::Millis;
 use crate::protocol::OpCode;
 use history::{HistoryStats, HistoryStore, Since};
 use registry::{Registry, SubscribeOutcome};
-use wire::{BroadcastPayload, Envelope, Kind, PublishPayload, SubscribePayload, TopicPayload};
+use wire::{
+    BroadcastPayload, Envelope, Kind, PublishPayload, RefreshPayload, SubscribePayload, TopicPayload,
+};
 
-pub(crate) use wire::{push_decimal, push_json_str, push_relay, too_deep};
+pub(crate) use wire::{push_decimal, push_json_str, push_relay, scan};
 
 /// The reactor's slab key for a connection.
 pub type ClientId = usize;
@@ -113,6 +118,22 @@ pub trait Outbox {
     }
 }
 
+/// Default of `--max-topics`. One topic costs about 200 bytes of tables plus its name (at most
+/// `--max-topic-length`, 256), so 100,000 topics are about 45 MB at worst: a bound one host
+/// cannot turn into gigabytes, and still room for a private topic per connection plus shared
+/// ones at tens of thousands of connections.
+pub const DEFAULT_MAX_TOPICS: usize = 100_000;
+
+/// What the sender of a message may do.
+pub enum Access<'a> {
+    /// No connection tokens on this server: every topic is open and `--allow-client-broadcast`
+    /// decides broadcasts.
+    Open,
+    /// The connection's token decides (least privilege: what it does not grant is denied).
+    /// `verifier` and `now_unix_ms` (wall clock) serve the `refresh` message.
+    Token { grant: &'a mut Grant, verifier: &'a Verifier, now_unix_ms: u64 },
+}
+
 /// Limits and switches of the protocol.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HubConfig {
@@ -120,13 +141,21 @@ pub struct HubConfig {
     pub max_topic_length: usize,
     /// Most topics one connection may be subscribed to at once.
     pub max_subscriptions: usize,
+    /// Most topics the server holds at once (topics with at least one subscriber): the bound
+    /// on hub memory together with `max_subscriptions` (see README, "Bounds").
+    pub max_topics: usize,
     /// Whether WebSocket clients may send `broadcast` (the HTTP API always may).
     pub allow_client_broadcast: bool,
 }
 
 impl Default for HubConfig {
     fn default() -> Self {
-        HubConfig { max_topic_length: 256, max_subscriptions: 1024, allow_client_broadcast: false }
+        HubConfig {
+            max_topic_length: 256,
+            max_subscriptions: 1024,
+            max_topics: DEFAULT_MAX_TOPICS,
+            allow_client_broadcast: false,
+        }
     }
 }
 
@@ -148,8 +177,22 @@ pub enum HubError {
     TooManySubscriptions {
         max: usize,
     },
+    /// The server holds `--max-topics` topics; subscribing to an existing one still works.
+    TooManyTopics {
+        max: usize,
+    },
+    /// A topic with a control character (they can only come escaped, e.g. `\u0007`).
+    TopicControlCharacter,
     ClientBroadcastDisabled,
     BinaryNotSupported,
+    /// The connection's token does not grant this subscribe, publish or broadcast.
+    PermissionDenied,
+    /// `refresh` on a server without connection tokens.
+    AuthDisabled,
+    /// `refresh` with a token that does not verify.
+    RefreshRefused(Refusal),
+    /// `refresh` with a valid token for another subject.
+    RefreshOtherSubject,
 }
 
 impl fmt::Display for HubError {
@@ -160,8 +203,14 @@ impl fmt::Display for HubError {
             HubError::EmptyTopic => f.write_str("Topic must not be empty"),
             HubError::TopicTooLong { len, max } => write!(f, "Topic too long ({len} bytes, max {max})"),
             HubError::TooManySubscriptions { max } => write!(f, "Too many subscriptions (max {max})"),
+            HubError::TooManyTopics { max } => write!(f, "Too many topics on this server (max {max})"),
+            HubError::TopicControlCharacter => f.write_str("Invalid message format"),
             HubError::ClientBroadcastDisabled => f.write_str("Broadcast from clients is disabled"),
             HubError::BinaryNotSupported => f.write_str("Binary messages are not supported"),
+            HubError::PermissionDenied => f.write_str("Permission denied"),
+            HubError::AuthDisabled => f.write_str("Authentication is not enabled"),
+            HubError::RefreshRefused(cause) => write!(f, "Token refused: {}", cause.reason()),
+            HubError::RefreshOtherSubject => f.write_str("Token refused: another subject"),
         }
     }
 }
@@ -170,9 +219,7 @@ impl std::error::Error for HubError {}
 
 /// Parses the JSON body of `POST /publish`: `{"topic": T, "data": any}`.
 pub fn parse_publish_body(text: &str) -> Result<(std::borrow::Cow<'_, str>, &RawValue), HubError> {
-    if wire::too_deep(text) {
-        return Err(HubError::InvalidFormat { detail: "nested too deeply" });
-    }
+    wire::scan(text).map_err(wire::TextFault::into_error)?;
     let body: PublishPayload<'_> =
         wire::parse_object(text, "expected {\"topic\": string, \"data\": any JSON}")?;
     Ok((body.topic, body.data))
@@ -180,9 +227,7 @@ pub fn parse_publish_body(text: &str) -> Result<(std::borrow::Cow<'_, str>, &Raw
 
 /// Parses the JSON body of `POST /broadcast`: `{"data": any}`.
 pub fn parse_broadcast_body(text: &str) -> Result<&RawValue, HubError> {
-    if wire::too_deep(text) {
-        return Err(HubError::InvalidFormat { detail: "nested too deeply" });
-    }
+    wire::scan(text).map_err(wire::TextFault::into_error)?;
     let body: BroadcastPayload<'_> = wire::parse_object(text, "expected {\"data\": any JSON}")?;
     Ok(body.data)
 }
@@ -271,9 +316,25 @@ impl Hub {
         outbox: &mut impl Outbox,
         metrics: &mut Metrics,
     ) {
+        self.handle_text_as(from, Access::Open, text, reply, outbox, metrics);
+    }
+
+    /// [`Hub::handle_text`] for a sender whose `access` is checked before each subscribe,
+    /// publish and broadcast (a denied action is an error reply; the connection stays). A
+    /// `refresh` replaces the grant: subscriptions the new one does not permit are dropped, each
+    /// told with an `unsubscribed` (no id), and then `refreshed` answers with the id.
+    pub fn handle_text_as(
+        &mut self,
+        from: ClientId,
+        access: Access<'_>,
+        text: &str,
+        reply: &mut Vec<u8>,
+        outbox: &mut impl Outbox,
+        metrics: &mut Metrics,
+    ) {
         let parsed = wire::parse_envelope(text);
         let result = match parsed.envelope {
-            Ok(envelope) => self.dispatch(from, envelope, reply, outbox, metrics),
+            Ok(envelope) => self.dispatch(from, access, envelope, reply, outbox, metrics),
             Err(e) => Err(e),
         };
         if let Err(error) = result {
@@ -383,6 +444,7 @@ impl Hub {
     fn dispatch(
         &mut self,
         from: ClientId,
+        mut access: Access<'_>,
         envelope: Envelope<'_>,
         reply: &mut Vec<u8>,
         outbox: &mut impl Outbox,
@@ -400,9 +462,19 @@ impl Hub {
                 let since = payload.since(DETAIL)?;
                 let topic = payload.topic;
                 self.check_topic(&topic)?;
+                if let Access::Token { grant, .. } = &access {
+                    if !grant.may_subscribe(&topic) {
+                        return Err(HubError::PermissionDenied);
+                    }
+                }
                 let max = self.config.max_subscriptions;
-                match self.registry.subscribe(from, &topic, max) {
+                let max_topics = self.config.max_topics;
+                match self.registry.subscribe(from, &topic, max, max_topics) {
                     SubscribeOutcome::LimitReached => return Err(HubError::TooManySubscriptions { max }),
+                    SubscribeOutcome::TopicLimitReached => {
+                        metrics.record_topic_limit_refusal();
+                        return Err(HubError::TooManyTopics { max: max_topics });
+                    }
                     SubscribeOutcome::Added if self.registry.subscribers(&topic).len() == 1 => {
                         if let Some(backplane) = outbox.backplane() {
                             backplane.topic_wanted(&topic);
@@ -418,16 +490,7 @@ impl Hub {
                     payload_of(envelope.payload, "unsubscribe needs {\"topic\": string}")?;
                 self.check_topic(&topic)?;
                 // Not being subscribed is fine: the client's view ("not subscribed") holds.
-                if self.registry.unsubscribe(from, &topic) {
-                    if let Some(history) = &mut self.history {
-                        history.touch(&topic, self.now);
-                    }
-                    if self.registry.subscribers(&topic).is_empty() {
-                        if let Some(backplane) = outbox.backplane() {
-                            backplane.topic_unwanted(&topic);
-                        }
-                    }
-                }
+                self.unsubscribe_one(from, &topic, outbox);
                 wire::append_text_frame(reply, &mut self.scratch, |out| {
                     wire::write_topic_reply(out, "unsubscribed", &topic, id);
                 });
@@ -435,6 +498,12 @@ impl Hub {
             Kind::Publish => {
                 let PublishPayload { topic, data } =
                     payload_of(envelope.payload, "publish needs {\"topic\": string, \"data\": any}")?;
+                if let Access::Token { grant, .. } = &access {
+                    self.check_topic(&topic)?;
+                    if !grant.may_publish(&topic) {
+                        return Err(HubError::PermissionDenied);
+                    }
+                }
                 let delivered = self.publish(&topic, data, outbox, metrics)?;
                 if let Some(id) = id {
                     wire::append_text_frame(reply, &mut self.scratch, |out| {
@@ -443,8 +512,16 @@ impl Hub {
                 }
             }
             Kind::Broadcast => {
-                if !self.config.allow_client_broadcast {
-                    return Err(HubError::ClientBroadcastDisabled);
+                match &access {
+                    // With tokens, the claim decides (the switch is for servers without them).
+                    Access::Token { grant, .. } if !grant.may_broadcast() => {
+                        return Err(HubError::PermissionDenied)
+                    }
+                    Access::Token { .. } => {}
+                    Access::Open if !self.config.allow_client_broadcast => {
+                        return Err(HubError::ClientBroadcastDisabled)
+                    }
+                    Access::Open => {}
                 }
                 let BroadcastPayload { data } =
                     payload_of(envelope.payload, "broadcast needs {\"data\": any}")?;
@@ -455,8 +532,61 @@ impl Hub {
                     });
                 }
             }
+            Kind::Refresh => {
+                let Access::Token { grant, verifier, now_unix_ms } = &mut access else {
+                    return Err(HubError::AuthDisabled);
+                };
+                let RefreshPayload { token } =
+                    payload_of(envelope.payload, "refresh needs {\"token\": string}")?;
+                let fresh = verifier.verify(&token, *now_unix_ms).map_err(HubError::RefreshRefused)?;
+                if fresh.sub() != grant.sub() {
+                    return Err(HubError::RefreshOtherSubject);
+                }
+                **grant = fresh;
+                metrics.auth.refreshed();
+                self.drop_unpermitted(from, grant, reply, outbox);
+                wire::append_text_frame(reply, &mut self.scratch, |out| {
+                    wire::write_refreshed(out, grant.exp_ms / 1000, id);
+                });
+            }
         }
         Ok(())
+    }
+
+    /// Unsubscribes `client` from `topic` (false if it was not subscribed); a topic left
+    /// without subscribers is let go on the backplane.
+    fn unsubscribe_one(&mut self, client: ClientId, topic: &str, outbox: &mut impl Outbox) -> bool {
+        if !self.registry.unsubscribe(client, topic) {
+            return false;
+        }
+        if let Some(history) = &mut self.history {
+            history.touch(topic, self.now);
+        }
+        if self.registry.subscribers(topic).is_empty() {
+            if let Some(backplane) = outbox.backplane() {
+                backplane.topic_unwanted(topic);
+            }
+        }
+        true
+    }
+
+    /// After a refresh: unsubscribes `client` from every topic `grant` no longer permits,
+    /// telling it with an `unsubscribed` each. Cold path (one refresh per token lifetime).
+    fn drop_unpermitted(
+        &mut self,
+        client: ClientId,
+        grant: &Grant,
+        reply: &mut Vec<u8>,
+        outbox: &mut impl Outbox,
+    ) {
+        let dropped: Vec<String> =
+            self.registry.topics_of(client).filter(|t| !grant.may_subscribe(t)).map(String::from).collect();
+        for topic in dropped {
+            self.unsubscribe_one(client, &topic, outbox);
+            wire::append_text_frame(reply, &mut self.scratch, |out| {
+                wire::write_topic_reply(out, "unsubscribed", &topic, None);
+            });
+        }
     }
 
     /// Answers a subscribe that was accepted. Without history, or with nothing to replay, the
@@ -519,6 +649,9 @@ impl Hub {
         if topic.len() > max {
             return Err(HubError::TopicTooLong { len: topic.len(), max });
         }
+        if wire::topic_has_control_char(topic) {
+            return Err(HubError::TopicControlCharacter);
+        }
         Ok(())
     }
 
@@ -530,6 +663,11 @@ impl Hub {
         metrics: &mut Metrics,
     ) {
         metrics.record_error_reply();
+        match error {
+            HubError::PermissionDenied => metrics.auth.permission_denied(),
+            HubError::RefreshRefused(_) | HubError::RefreshOtherSubject => metrics.auth.refresh_refused(),
+            _ => {}
+        }
         // Error text is short and the error path is cold: formatting may allocate here.
         let message = error.to_string();
         wire::append_text_frame(reply, &mut self.scratch, |out| wire::write_error(out, &message, id));
@@ -545,6 +683,8 @@ fn payload_of<'a, T: serde::Deserialize<'a>>(
     wire::parse_object(payload.get(), detail)
 }
 
+#[cfg(test)]
+mod access_tests;
 #[cfg(test)]
 mod history_tests;
 #[cfg(test)]

@@ -45,6 +45,8 @@ pub enum Kind {
     Unsubscribe,
     Publish,
     Broadcast,
+    /// A new connection token (only meaningful when tokens are required).
+    Refresh,
 }
 
 impl Kind {
@@ -55,6 +57,7 @@ impl Kind {
             "unsubscribe" => Kind::Unsubscribe,
             "publish" => Kind::Publish,
             "broadcast" => Kind::Broadcast,
+            "refresh" => Kind::Refresh,
             _ => return None,
         })
     }
@@ -122,6 +125,13 @@ pub struct BroadcastPayload<'a> {
     pub data: &'a RawValue,
 }
 
+/// Payload of `refresh`.
+#[derive(Deserialize)]
+pub struct RefreshPayload<'a> {
+    #[serde(borrow)]
+    pub token: Cow<'a, str>,
+}
+
 /// Whether `text` (after JSON whitespace) is an object. serde's derived structs also accept
 /// arrays (`["ping"]` would read as `{"type":"ping"}`), which the protocol does not.
 fn is_object(text: &str) -> bool {
@@ -142,21 +152,68 @@ pub fn parse_object<'a, T: Deserialize<'a>>(text: &'a str, detail: &'static str)
 /// forwarded to every subscriber, whose parsers may not survive it.
 pub const MAX_NESTING: usize = 128;
 
-/// Whether `text` nests arrays or objects deeper than [`MAX_NESTING`]: one pass over the bytes,
-/// skipping strings. Only depth is judged here; the parser judges the rest.
-pub fn too_deep(text: &str) -> bool {
+/// What [`scan`] found wrong with a message's text before any parsing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TextFault {
+    /// Arrays or objects nested deeper than [`MAX_NESTING`].
+    TooDeep,
+    /// A `\uD800`-`\uDFFF` escape that is not half of a high-low pair: not a character, so
+    /// not valid I-JSON (RFC 7493 section 2.1). Strict parsers (serde_json decoding a string,
+    /// JavaScript's `TextDecoder` after `JSON.parse`...) differ on it, so it is never forwarded.
+    LoneSurrogate,
+}
+
+impl TextFault {
+    pub fn into_error(self) -> HubError {
+        HubError::InvalidFormat {
+            detail: match self {
+                TextFault::TooDeep => "nested too deeply",
+                TextFault::LoneSurrogate => "lone surrogate escape in a string",
+            },
+        }
+    }
+}
+
+/// The four hex digits of a `\u` escape starting at `bytes[at]` (the backslash), if there.
+fn unicode_escape(bytes: &[u8], at: usize) -> Option<u16> {
+    let digits = bytes.get(at..at + 6)?;
+    if &digits[..2] != b"\\u" {
+        return None;
+    }
+    let digits = std::str::from_utf8(&digits[2..]).ok()?;
+    u16::from_str_radix(digits, 16).ok()
+}
+
+/// One pass over a message's bytes, skipping string contents except escapes, checking what the
+/// parser does not: nesting depth (serde_json does not limit depth of values it only skips or
+/// keeps raw: `data`, `id`, unknown fields) and lone surrogate escapes (which serde_json refuses
+/// only when it decodes a string, so a raw `data` or `id` would carry them through). Anything
+/// else malformed is left to the parser. Costs no allocation.
+pub fn scan(text: &str) -> Result<(), TextFault> {
+    let bytes = text.as_bytes();
     let mut depth = 0usize;
     let mut in_string = false;
-    let mut escaped = false;
-    for &b in text.as_bytes() {
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
         if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
+            match b {
+                b'"' => in_string = false,
+                b'\\' => {
+                    match unicode_escape(bytes, i) {
+                        Some(0xD800..=0xDBFF) => match unicode_escape(bytes, i + 6) {
+                            Some(0xDC00..=0xDFFF) => i += 6,
+                            _ => return Err(TextFault::LoneSurrogate),
+                        },
+                        Some(0xDC00..=0xDFFF) => return Err(TextFault::LoneSurrogate),
+                        _ => {}
+                    }
+                    // Skip the escaped byte (for `\u`, the rest is hex digits: harmless).
+                    i += 1;
+                }
+                _ => {}
             }
+            i += 1;
             continue;
         }
         match b {
@@ -164,20 +221,27 @@ pub fn too_deep(text: &str) -> bool {
             b'[' | b'{' => {
                 depth += 1;
                 if depth > MAX_NESTING {
-                    return true;
+                    return Err(TextFault::TooDeep);
                 }
             }
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
-    false
+    Ok(())
+}
+
+/// Whether a topic name is acceptable text: no control characters (C0, DEL, C1). They can only
+/// arrive escaped (`\u0000`), are never meant, and would end up in logs and metrics labels.
+pub fn topic_has_control_char(topic: &str) -> bool {
+    topic.chars().any(char::is_control)
 }
 
 /// Reads the envelope of one client message.
 pub fn parse_envelope(text: &str) -> Parsed<'_> {
-    if too_deep(text) {
-        return Parsed { id: None, envelope: Err(HubError::InvalidFormat { detail: "nested too deeply" }) };
+    if let Err(fault) = scan(text) {
+        return Parsed { id: None, envelope: Err(fault.into_error()) };
     }
     let loose: LooseEnvelope<'_> = match parse_object(text, "not a JSON object") {
         Ok(loose) => loose,
@@ -343,6 +407,15 @@ pub fn write_ack(out: &mut Vec<u8>, topic: Option<&str>, delivered: usize, relay
     push_relay(out, relay);
     out.push(b'}');
     push_id(out, Some(id));
+    out.push(b'}');
+}
+
+/// `{"type":"refreshed","payload":{"exp":E}}`, with the id.
+pub fn write_refreshed(out: &mut Vec<u8>, exp: u64, id: Option<&RawValue>) {
+    out.extend_from_slice(b"{\"type\":\"refreshed\",\"payload\":{\"exp\":");
+    push_decimal(out, exp);
+    out.push(b'}');
+    push_id(out, id);
     out.push(b'}');
 }
 

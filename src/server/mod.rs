@@ -18,6 +18,8 @@
 //!   per flush); [`timers`] the deadline queue.
 
 mod accept;
+mod access;
+mod admission;
 pub mod connection;
 mod fanout;
 mod frames;

@@ -169,16 +169,35 @@ impl OutQueue {
     /// Writes as much as the socket takes, several chunks per `writev`, until the queue is
     /// empty or the socket would block.
     pub fn flush<W: Write>(&mut self, sink: &mut W, pool: &mut BufferPool) -> io::Result<Flushed> {
+        self.flush_limited(sink, pool, usize::MAX)
+    }
+
+    /// As [`flush`](Self::flush), but hands the socket at most `limit` bytes in all (the slices
+    /// of the last `writev` are cut to fit), so one connection's big queue costs one turn a
+    /// bounded copy. Stopped by the limit, the result is neither empty nor `blocked`.
+    pub fn flush_limited<W: Write>(
+        &mut self,
+        sink: &mut W,
+        pool: &mut BufferPool,
+        limit: usize,
+    ) -> io::Result<Flushed> {
         let mut written_total = 0;
-        while !self.is_empty() {
+        while !self.is_empty() && written_total < limit {
+            let room = limit - written_total;
             let n = {
                 let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
                 let mut count = 0;
+                let mut offered = 0;
                 for (i, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
                     let bytes = chunk.bytes();
-                    slices[i] =
-                        IoSlice::new(if i == 0 { &bytes[self.head_written as usize..] } else { bytes });
+                    let bytes = if i == 0 { &bytes[self.head_written as usize..] } else { bytes };
+                    let bytes = &bytes[..bytes.len().min(room - offered)];
+                    slices[i] = IoSlice::new(bytes);
                     count += 1;
+                    offered += bytes.len();
+                    if offered == room {
+                        break;
+                    }
                 }
                 let result =
                     if count == 1 { sink.write(&slices[0]) } else { sink.write_vectored(&slices[..count]) };
@@ -304,6 +323,30 @@ mod tests {
             assert_eq!(q.shared_frames(), 0);
             assert_eq!(Rc::strong_count(&shared), 1, "written shared frames are released");
         }
+    }
+
+    #[test]
+    fn a_limited_flush_stops_at_the_limit_and_resumes_exactly() {
+        let mut pool = BufferPool::default();
+        let mut q = OutQueue::default();
+        let big: Rc<[u8]> = (0..=255u8).cycle().take(10_000).collect::<Vec<u8>>().into();
+        q.push_shared(&big);
+        q.push_bytes(&mut pool, b"tail");
+        q.push_shared(&big);
+        let mut expected = big.to_vec();
+        expected.extend_from_slice(b"tail");
+        expected.extend_from_slice(&big);
+        let mut sink = Trickle { got: Vec::new(), per_call: 3000, budget: usize::MAX, calls: 0 };
+        let mut turns = 0;
+        while !q.is_empty() {
+            let f = q.flush_limited(&mut sink, &mut pool, 4096).unwrap();
+            assert!(!f.blocked);
+            assert!(f.written <= 4096, "wrote {} past the limit", f.written);
+            turns += 1;
+        }
+        assert_eq!(sink.got, expected);
+        assert_eq!(turns, expected.len().div_ceil(4096));
+        assert_eq!(q.shared_frames(), 0);
     }
 
     #[test]

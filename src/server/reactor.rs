@@ -22,7 +22,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use log::info;
+use log::{info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -30,9 +30,12 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use super::accept;
+use super::admission::Admission;
 use super::connection::{Connection, Ending, Phase};
 use super::frames::on_frames;
-use super::lifecycle::{doom, flush_dirty, flush_now, mark_dirty, on_eof, reap, rearm_key, socket_failed};
+use super::lifecycle::{
+    doom, flush_dirty, flush_now, mark_dirty, on_eof, reap, rearm_key, socket_failed, TURN_WRITE_BUDGET,
+};
 use super::outbuf::BufferPool;
 use super::relay;
 use super::shutdown;
@@ -45,9 +48,10 @@ use crate::config::validate::FdBudget;
 use crate::config::{millis, Config};
 use crate::http::HttpConfig;
 use crate::hub::history::{random_seed, MemoryHistory};
-use crate::hub::{Hub, HubConfig};
+use crate::hub::Hub;
 use crate::metrics::{Metrics, TlsFailure};
 use crate::protocol::deflate::Deflater;
+use crate::protocol::handshake::OriginPolicy;
 use crate::protocol::session::Millis;
 use crate::tls::TlsListener;
 
@@ -110,17 +114,24 @@ impl Server {
             .max_connections
             .unwrap_or_else(|| FdBudget::fit(open_files).unwrap_or(1))
             .clamp(1, (1 << 24) - overflow_slots - 1);
+        let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
+        let verifier = config.verifier().map_err(invalid)?;
+        let api_key = config.effective_api_key().map_err(invalid)?;
         let settings = Settings {
             mode: if config.echo { Mode::Echo } else { Mode::Hub },
             path: config.path.clone(),
             session: config.session(),
             upgrade: config.upgrade(),
             http: HttpConfig {
-                api_key: config.api_key.clone(),
+                api_key,
                 max_body_bytes: config.max_body_size,
+                origins: OriginPolicy::from_allowed(&config.allowed_origins),
                 demo: config.demo,
             },
             max_connections,
+            max_connections_per_ip: config.max_connections_per_ip,
+            max_pending_handshakes: config.max_pending_handshakes.unwrap_or(max_connections / 4).max(1),
+            socket_send_buffer: config.socket_send_buffer,
             overflow_slots,
             max_head: config.max_head_size.max(64),
             max_queued_bytes: config.max_queued_bytes.max(1),
@@ -128,12 +139,23 @@ impl Server {
             handshake_timeout: millis(config.handshake_timeout).max(1),
             write_wait: millis(config.write_wait).max(1),
             shutdown_timeout: millis(config.shutdown_timeout),
+            verifier,
+            rate_limit: config.rate_limit(),
+            wall_start_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         };
-        let hub = Hub::new(HubConfig {
-            max_topic_length: config.max_topic_length,
-            max_subscriptions: config.max_subscriptions,
-            allow_client_broadcast: config.allow_client_broadcast,
-        });
+        match &settings.verifier {
+            Some(verifier) => info!("connection tokens required ({:?})", verifier.algorithms()),
+            None if !config.listen.ip().is_loopback() => warn!(
+                "listening on {} with no authentication: anyone who can reach it may subscribe and \
+                 publish (see --jwt-secret, --jwt-public-key)",
+                config.listen
+            ),
+            None => {}
+        }
+        let (per_ip, max_pending) = (settings.max_connections_per_ip, settings.max_pending_handshakes);
+        let hub = Hub::new(config.hub());
         let hub = match config.history() {
             Some(history) => hub.with_history(Box::new(MemoryHistory::new(history, random_seed()))),
             None => hub,
@@ -170,6 +192,11 @@ impl Server {
                 dirty: Vec::new(),
                 doomed: Vec::new(),
                 reread: Vec::new(),
+                backlog: Vec::new(),
+                flush_soon: false,
+                refusing: 0,
+                turn_write_budget: TURN_WRITE_BUDGET,
+                admission: Admission::new(per_ip, max_pending),
                 read_buf,
                 control: Vec::new(),
                 reply: Vec::new(),
@@ -213,7 +240,8 @@ impl Server {
                     return Ok(());
                 }
             }
-            let timeout = if self.shared.reread.is_empty() && deferred == 0 {
+            let timeout = if self.shared.reread.is_empty() && self.shared.backlog.is_empty() && deferred == 0
+            {
                 self.next_wakeup().map(|at| {
                     std::time::Duration::from_millis(at.saturating_sub(self.shared.now).min(60_000))
                 })
@@ -254,7 +282,11 @@ impl Server {
             // Fan-out queued this turn waits while input keeps arriving (checked with a
             // zero-timeout poll), for a few turns at most: publishes that arrive together then
             // leave in one writev per subscriber instead of one each.
-            if !events.is_empty() && !self.shared.dirty.is_empty() && deferred < MAX_DEFERRED_TURNS {
+            if !events.is_empty()
+                && !self.shared.dirty.is_empty()
+                && deferred < MAX_DEFERRED_TURNS
+                && !self.shared.flush_soon
+            {
                 deferred += 1;
                 continue;
             }
@@ -283,6 +315,8 @@ impl Server {
 
     /// Flush what this turn produced, run due timers, remove what ended.
     fn end_of_turn(&mut self) {
+        self.shared.turn_write_budget = TURN_WRITE_BUDGET;
+        self.shared.flush_soon = false;
         relay::flush(&mut self.shared, self.poll.registry());
         flush_dirty(&mut self.conns, &mut self.shared);
         run_timers(&mut self.conns, &mut self.shared, self.poll.registry());
@@ -308,6 +342,12 @@ impl Server {
             let s = &mut self.shared;
             let Some(conn) = self.conns.get_mut(key) else { return };
             if conn.doomed {
+                return;
+            }
+            if s.flush_soon && matches!(conn.phase, Phase::Open(_)) {
+                // A big fan-out is waiting to be written: read this connection next turn, after
+                // the flush, so queues are written as fast as they are filled.
+                s.reread.push(key);
                 return;
             }
             // Read after any kept bytes so the parser sees one contiguous slice.

@@ -9,8 +9,11 @@
 
 use std::time::Instant;
 
+use super::admission::Admission;
 use super::outbuf::BufferPool;
 use super::timers::DeadlineQueue;
+use crate::auth::rate::RateLimit;
+use crate::auth::Verifier;
 use crate::backplane::redis::RedisBackplane;
 use crate::http::HttpConfig;
 use crate::hub::Hub;
@@ -42,6 +45,11 @@ pub(super) struct Settings {
     pub(super) upgrade: UpgradePolicy,
     pub(super) http: HttpConfig,
     pub(super) max_connections: usize,
+    /// `--max-connections-per-ip` (0: unlimited) and `--max-pending-handshakes`.
+    pub(super) max_connections_per_ip: usize,
+    pub(super) max_pending_handshakes: usize,
+    /// `--socket-send-buffer` (0: the kernel's default).
+    pub(super) socket_send_buffer: usize,
     /// Connections accepted beyond `max_connections` only to be answered 503; their descriptors
     /// are part of the open-file budget (`config::validate::FdBudget`).
     pub(super) overflow_slots: usize,
@@ -51,6 +59,12 @@ pub(super) struct Settings {
     pub(super) handshake_timeout: Millis,
     pub(super) write_wait: Millis,
     pub(super) shutdown_timeout: Millis,
+    /// Connection tokens, when any JWT option is set.
+    pub(super) verifier: Option<Verifier>,
+    /// `--rate-limit` / `--rate-burst`, when on.
+    pub(super) rate_limit: Option<RateLimit>,
+    /// Wall-clock Unix milliseconds when `now` was 0 (token times meet the loop's clock here).
+    pub(super) wall_start_ms: u64,
 }
 
 /// Everything the loop owns besides the connections, so handlers can borrow both at once.
@@ -68,6 +82,18 @@ pub(super) struct Shared {
     pub(super) doomed: Vec<usize>,
     /// Connections that used their read budget with input left: read again next turn.
     pub(super) reread: Vec<usize>,
+    /// Connections whose output was left for the next turn by the write budget (still marked
+    /// dirty); flushed first next turn, and the loop does not sleep while there are any.
+    pub(super) backlog: Vec<usize>,
+    /// A delivery left a subscriber with a big queue: read no more this turn (connections with
+    /// input left go to `reread`) and flush at its end rather than gathering more turns.
+    pub(super) flush_soon: bool,
+    /// Bytes the end-of-turn flush may still write this turn (see `lifecycle::flush_dirty`).
+    pub(super) turn_write_budget: usize,
+    /// Connections refused at accept still draining their answer (at most `overflow_slots`).
+    pub(super) refusing: usize,
+    /// Per-address counts and the pending-handshake bound.
+    pub(super) admission: Admission,
     pub(super) read_buf: Vec<u8>,
     /// Frames the session writes on its own (pongs, closes, pings), moved to the queue at once.
     pub(super) control: Vec<u8>,

@@ -11,7 +11,7 @@ use mio::Registry;
 use slab::Slab;
 
 use super::connection::{Connection, Ending, Phase};
-use super::lifecycle::{doom, linger, mark, rearm, reject};
+use super::lifecycle::{doom, linger, mark, rearm, reject_http};
 use super::relay::{self, BACKPLANE_TIMER};
 use super::state::Shared;
 use super::timers::NEVER;
@@ -41,6 +41,11 @@ pub(super) fn run_timers(conns: &mut Slab<Connection>, s: &mut Shared, registry:
 pub(super) fn on_timer(conn: &mut Connection, s: &mut Shared, key: usize) {
     let now = s.now;
     let stalled = conn.write_stalled(now, s.settings.write_wait);
+    // A token that expired closes the connection with 4001 (the session then times the close).
+    if !stalled && super::access::on_expiry(conn, s, key) {
+        mark(conn, s, key);
+        return;
+    }
     match &mut conn.phase {
         Phase::Handshake { deadline, .. } if now >= *deadline && conn.transport.handshaking() => {
             // The TLS handshake did not finish: there is no channel to answer 408 on.
@@ -53,7 +58,7 @@ pub(super) fn on_timer(conn: &mut Connection, s: &mut Shared, key: usize) {
             // Say why (RFC 9110 section 15.5.9) rather than vanish; the answer lingers at most
             // the drain limit.
             conn.ending = Ending::HandshakeTimeout;
-            reject(conn, s, key, Rejection::new(408, "request not received in time"));
+            reject_http(conn, s, key, Rejection::new(408, "request not received in time"));
         }
         Phase::Lingering { deadline } | Phase::Draining { deadline } if now >= *deadline => {
             doom(conn, s, key, Ending::CloseTimeout);

@@ -169,9 +169,20 @@ impl Transport {
     /// Writes the queue (plaintext) and any TLS output, as far as the socket takes it.
     /// `written` counts bytes that went onto the wire.
     pub fn flush(&mut self, out: &mut OutQueue, pool: &mut BufferPool) -> io::Result<Flushed> {
+        self.flush_limited(out, pool, usize::MAX)
+    }
+
+    /// As [`flush`](Self::flush), taking at most `limit` bytes of `out` (the reactor's write
+    /// budget; see `lifecycle`). Stopped by the limit, the result is not `blocked`.
+    pub fn flush_limited(
+        &mut self,
+        out: &mut OutQueue,
+        pool: &mut BufferPool,
+        limit: usize,
+    ) -> io::Result<Flushed> {
         match self {
-            Transport::Plain(s) => out.flush(s, pool),
-            Transport::Tls(t) => t.flush(out, pool),
+            Transport::Plain(s) => out.flush_limited(s, pool, limit),
+            Transport::Tls(t) => t.flush(out, pool, limit),
         }
     }
 
@@ -187,7 +198,7 @@ impl Transport {
             Transport::Plain(s) => out.write_or_queue(s, pool, bytes),
             Transport::Tls(t) => {
                 out.push_bytes(pool, bytes);
-                Ok(t.flush(out, pool)?.written)
+                Ok(t.flush(out, pool, usize::MAX)?.written)
             }
         }
     }
@@ -301,17 +312,19 @@ impl TlsStream {
         Ok(false)
     }
 
-    fn flush(&mut self, out: &mut OutQueue, pool: &mut BufferPool) -> io::Result<Flushed> {
+    fn flush(&mut self, out: &mut OutQueue, pool: &mut BufferPool, limit: usize) -> io::Result<Flushed> {
         let mut written = 0;
+        let mut taken = 0;
         loop {
-            if !out.is_empty() && !self.tls.is_handshaking() {
-                // Into records, as much as rustls' buffer takes.
-                let f = out.flush(&mut Plaintext(&mut self.tls), pool)?;
+            if !out.is_empty() && !self.tls.is_handshaking() && taken < limit {
+                // Into records, as much as rustls' buffer (and the write budget) takes.
+                let f = out.flush_limited(&mut Plaintext(&mut self.tls), pool, limit - taken)?;
                 self.fed += f.written;
+                taken += f.written;
             }
             if !self.tls.wants_write() {
                 self.fed = 0;
-                return Ok(Flushed { written, blocked: !out.is_empty() });
+                return Ok(Flushed { written, blocked: !out.is_empty() && taken < limit });
             }
             match self.tls.write_tls(&mut self.socket) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

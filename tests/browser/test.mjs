@@ -111,7 +111,24 @@ function startProxy(targetPort) {
     }
     pairs.clear();
   };
-  proxy.close = () => new Promise((r) => server.close(r));
+  // Stops forwarding on every current connection but keeps it open: a dead peer the client
+  // can only notice with its own ping and timeout.
+  proxy.freeze = () => {
+    for (const pair of pairs) {
+      pair.client.unpipe(pair.upstream);
+      pair.upstream.unpipe(pair.client);
+      pair.client.pause();
+      pair.upstream.pause();
+      pair.frozen = true;
+    }
+  };
+  proxy.close = () => {
+    for (const { client, upstream } of pairs) {
+      client.destroy();
+      upstream.destroy();
+    }
+    return new Promise((r) => server.close(r));
+  };
   return new Promise((resolve) => {
     server.listen(0, "127.0.0.1", () => {
       proxy.port = server.address().port;
@@ -130,7 +147,7 @@ async function clientPage(browser, origin, topic) {
   await page.evaluate(
     async ({ origin, topic }) => {
       const { WsHub } = await import(`${origin}/wshub.js`);
-      const log = (window.log = { states: [], received: [], unrecovered: [], replies: [] });
+      const log = (window.log = { states: [], received: [], unrecovered: [], replies: [], errors: [] });
       const hub = new WsHub(origin.replace("http", "ws") + "/ws", {
         minBackoff: 100,
         maxBackoff: 1000,
@@ -140,6 +157,7 @@ async function clientPage(browser, origin, topic) {
       window.hub = hub;
       hub.on("state", (s) => log.states.push(s));
       hub.on("unrecovered", (t, reply) => log.unrecovered.push({ t, reply }));
+      hub.on("error", (e) => log.errors.push(e.message));
       log.replies.push(await hub.subscribe(topic, (data, meta) => log.received.push([data, meta.offset])));
     },
     { origin, topic },
@@ -152,7 +170,8 @@ const pageLog = (page) => page.evaluate(() => window.log);
 // ----- the tests -----
 
 async function recoveryWithHistory(browser) {
-  const server = await startServer(["--history-size", "1000"]);
+  // Compression on (threshold 1 byte): replayed messages reuse compressed frames too.
+  const server = await startServer(["--history-size", "1000", "--compression", "--compression-threshold", "1"]);
   const proxy = await startProxy(server.port);
   const page = await clientPage(browser, `http://127.0.0.1:${proxy.port}`, "stream");
   const total = 400;
@@ -162,6 +181,11 @@ async function recoveryWithHistory(browser) {
       // Cut mid-stream and keep publishing while the client is away.
       await waitFor("some messages before the cut", async () => (await pageLog(page)).received.length >= i - 20);
       proxy.cut();
+    }
+    if (i === 330) {
+      // A connection that goes silent without closing: only the client's ping timeout sees it.
+      await waitFor("messages before the freeze", async () => (await pageLog(page)).received.length >= i - 20);
+      proxy.freeze();
     }
     if (i % 50 === 0) await sleep(20);
   }
@@ -181,7 +205,10 @@ async function recoveryWithHistory(browser) {
   assert(disconnects >= 2, `the app saw the drops: ${final.states}`);
   assert(final.states[0] === "connected", `first state is the initial connect: ${final.states}`);
   assert(final.unrecovered.length === 0, `recovered every time: ${JSON.stringify(final.unrecovered)}`);
-  console.log(`ok: history on: ${total} messages through ${proxy.cuts} cuts, each exactly once, in order (${log.states.join(" > ")})`);
+  assert(final.errors.includes("ping timeout"), `the frozen connection was detected by ping: ${final.errors}`);
+  const compressed = await page.evaluate(() => window.hub._ws && window.hub._ws.extensions);
+  assert(/permessage-deflate/.test(compressed), `compression negotiated: ${compressed}`);
+  console.log(`ok: history on (compressed): ${total} messages through ${proxy.cuts} cuts and a silent connection (ping timeout), each exactly once, in order (${log.states.join(" > ")})`);
   await page.close();
   await proxy.close();
   await stopServer(server);
