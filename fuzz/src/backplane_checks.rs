@@ -77,7 +77,8 @@ pub fn run_backplane(data: &[u8]) -> u64 {
                     assert!(data.get().len() <= max_data, "data over max_data delivered");
                     // JSON syntax only: numbers beyond f64 (`6.6E66114344`) are valid JSON and are
                     // forwarded as written, as a client's publish is; `Value` would refuse them.
-                    serde_json::from_str::<serde::de::IgnoredAny>(data.get()).expect("delivered data is JSON");
+                    serde_json::from_str::<serde::de::IgnoredAny>(data.get())
+                        .expect("delivered data is JSON");
                     delivered += 1;
                     true
                 });
