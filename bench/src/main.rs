@@ -304,7 +304,7 @@ fn run(cli: Cli) -> Result<(), String> {
             );
         }
         Cmd::Ceiling { url, pid, conns, fanouts, release } => {
-            let target = net::Target::parse(&url)?;
+            let target = net::Target::parse(&url, None)?;
             let conns = check_conns(conns)?;
             if conns as u64 + 16 > nofile {
                 return Err(format!("{conns} connections need more than the open-file limit {nofile}"));
@@ -346,7 +346,7 @@ fn run(cli: Cli) -> Result<(), String> {
             }
         }
         Cmd::Soak { url, pid, duration, stable, publishers, topics, rate, churners, slow, sample } => {
-            let target = net::Target::parse(&url)?;
+            let target = net::Target::parse(&url, None)?;
             if !duration.is_finite() || !(1.0..=4.0 * 3600.0).contains(&duration) {
                 return Err(format!("--duration {duration}: must be 1 s to 4 h"));
             }
