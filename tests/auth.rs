@@ -370,7 +370,7 @@ fn secrets_and_keys_can_come_from_files() {
         let mut c = connect(server.addr);
         let body = r#"{"topic":"user.f","data":1}"#;
         let req = format!(
-            "POST /publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
         c.write_all(req.as_bytes()).unwrap();

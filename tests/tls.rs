@@ -520,10 +520,11 @@ fn refused(cert: &str, key: &str) -> (Option<i32>, String) {
 fn bad_certificate_or_key_files_exit_1_with_a_clear_line() {
     let pki = Pki::new("startup");
     let other = Pki::new("startup-other");
+    // A missing file is caught with the other settings, before anything is bound: exit 2.
     let missing = pki.dir.join("missing.pem").to_string_lossy().into_owned();
     let (code, err) = refused(&missing, &pki.key());
-    assert_eq!(code, Some(1));
-    assert!(err.contains("missing.pem") && err.contains("cannot read"), "{err}");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--tls-cert: cannot read") && err.contains("missing.pem"), "{err}");
 
     let not_pem = pki.dir.join("not.pem");
     std::fs::write(&not_pem, "this is not a certificate\n").unwrap();

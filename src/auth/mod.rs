@@ -35,7 +35,7 @@ mod token;
 use std::fmt;
 
 pub use metrics::AuthMetrics;
-pub use permissions::{Grant, PatternSet};
+pub use permissions::Grant;
 pub use token::{Verifier, VerifierConfig, VerifierError};
 
 /// Close code when a connection's token expires without a refresh (private-use range, RFC 6455

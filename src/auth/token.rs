@@ -15,7 +15,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use super::permissions::{Grant, PatternSet};
+use super::permissions::Grant;
 use super::Refusal;
 
 /// What the operator configured: `--jwt-secret`, `--jwt-public-key`, `--jwt-audience`,
@@ -203,10 +203,8 @@ impl Verifier {
                 serde_json::from_value(serde_json::Value::Object(map)).map_err(|_| Refusal::Malformed)?
             }
         };
-        let sub = claims.sub;
-        let subscribe = PatternSet::compile(&wshub.subscribe, &sub).ok_or(Refusal::Malformed)?;
-        let publish = PatternSet::compile(&wshub.publish, &sub).ok_or(Refusal::Malformed)?;
-        Ok(Grant { sub: sub.into_boxed_str(), exp_ms, subscribe, publish, broadcast: wshub.broadcast })
+        Grant::new(&claims.sub, &wshub.subscribe, &wshub.publish, wshub.broadcast, exp_ms)
+            .ok_or(Refusal::Malformed)
     }
 
     /// The rule for the token's `alg`, read from its header before anything is verified.

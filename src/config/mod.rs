@@ -208,11 +208,11 @@ pub struct Config {
 
     /// PEM certificate chain, end entity first. With --tls-key the listener speaks only TLS
     /// (wss:// and https://); SIGHUP reloads both files.
-    #[arg(long, env = "WSHUB_TLS_CERT", requires = "tls_key")]
+    #[arg(long, env = "WSHUB_TLS_CERT", requires = "tls_key", value_hint = clap::ValueHint::FilePath)]
     pub tls_cert: Option<PathBuf>,
 
     /// PEM private key (PKCS#8, RSA or SEC1) matching --tls-cert.
-    #[arg(long, env = "WSHUB_TLS_KEY", requires = "tls_cert")]
+    #[arg(long, env = "WSHUB_TLS_KEY", requires = "tls_cert", value_hint = clap::ValueHint::FilePath)]
     pub tls_key: Option<PathBuf>,
     /// Negotiate permessage-deflate (RFC 7692) with clients that offer it, always with no
     /// context takeover both ways (no compression state kept per connection).

@@ -47,12 +47,12 @@ use std::rc::Rc;
 
 use slab::Slab;
 
-use crate::protocol::deflate::SharedMessage;
 use crate::protocol::session::Millis;
 
-/// A kept message: the very message the subscribers were sent, with its plain frame and any
-/// compressed variants built for them, so a replay encodes and compresses nothing again.
-pub type Frame = Rc<SharedMessage>;
+/// A kept message: the very frame (plain, encoded once at publish) the subscribers were sent.
+/// Only the plain frame is kept: a replay to a client that compresses compresses again, which
+/// costs less than keeping every message's compressed-variant slots (200 bytes each).
+pub type Frame = Rc<[u8]>;
 
 /// A topic's message counter: the first message published is 1; 0 means "none yet".
 pub type Offset = u64;
@@ -127,12 +127,10 @@ pub trait HistoryStore {
     fn stats(&self) -> HistoryStats;
 }
 
-/// Cost of one kept message beyond its frame: its ring slot, its due entry, the shared
-/// message's record and the two `Rc`s' counters.
-pub const PER_MESSAGE_OVERHEAD: usize = std::mem::size_of::<Kept>()
-    + std::mem::size_of::<Due>()
-    + std::mem::size_of::<SharedMessage>()
-    + 4 * std::mem::size_of::<usize>();
+/// Cost of one kept message beyond its frame: its ring slot, its due entry and the `Rc`'s two
+/// counters.
+pub const PER_MESSAGE_OVERHEAD: usize =
+    std::mem::size_of::<Kept>() + std::mem::size_of::<Due>() + 2 * std::mem::size_of::<usize>();
 
 /// Cost of one topic's state beyond its name (kept twice: map key and epoch-owning record)
 /// and its ring's slots: the record in the slab, the map entry, the epoch string.
@@ -287,11 +285,9 @@ impl MemoryHistory {
     }
 }
 
-/// What a kept message counts against the byte bound: its plain frame and the bookkeeping.
-/// Compressed variants, built only for subscribers that negotiated compression, are smaller
-/// than the plain frame and not counted.
+/// What a kept message counts against the byte bound: its frame and the bookkeeping.
 fn cost(frame: &Frame) -> usize {
-    frame.plain().len() + PER_MESSAGE_OVERHEAD
+    frame.len() + PER_MESSAGE_OVERHEAD
 }
 
 impl HistoryStore for MemoryHistory {
@@ -404,7 +400,6 @@ fn epoch_text(bits: u64) -> Rc<str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::OpCode;
 
     const SEC: Millis = 1000;
 
@@ -417,18 +412,18 @@ mod tests {
         let mut got = 0;
         h.append(topic, now, &mut |offset| {
             got = offset;
-            Rc::new(SharedMessage::new(OpCode::Text, format!("{topic}:{offset}").as_bytes()))
+            Rc::from(format!("{topic}:{offset}").as_bytes())
         });
         got
     }
 
     fn replayed(frames: &[Frame]) -> Vec<String> {
-        frames.iter().map(|f| String::from_utf8(f.payload().to_vec()).unwrap()).collect()
+        frames.iter().map(|f| String::from_utf8(f.to_vec()).unwrap()).collect()
     }
 
     /// The cost of the message whose payload is `text`.
     fn cost_of(text: &str) -> usize {
-        cost(&Rc::new(SharedMessage::new(OpCode::Text, text.as_bytes())))
+        cost(&Rc::from(text.as_bytes()))
     }
 
     fn since(

@@ -243,8 +243,8 @@ pub struct Hub {
     scratch: Vec<u8>,
     /// Topic history, when `--history-size` is above 0; `None` costs nothing per topic.
     history: Option<Box<dyn HistoryStore>>,
-    /// Messages a recovering subscribe replays, reused.
-    replay: Vec<Rc<SharedMessage>>,
+    /// Frames a recovering subscribe replays, reused.
+    replay: Vec<Rc<[u8]>>,
     /// The reactor's clock, as of its last [`Hub::tick`].
     now: Millis,
 }
@@ -382,19 +382,21 @@ impl Hub {
         let mut delivered = 0;
         let kept = match &mut self.history {
             // Kept even when nobody listens now: that is when a reconnecting client needs it.
-            Some(history) => Some(history.append(topic, self.now, &mut |offset| {
-                let frame = wire::build_shared_text_frame(|out| {
-                    wire::write_message_at(out, Some(topic), data, Some(offset));
+            Some(history) => {
+                let frame = history.append(topic, self.now, &mut |offset| {
+                    wire::build_shared_text_frame(|out| {
+                        wire::write_message_at(out, Some(topic), data, Some(offset));
+                    })
                 });
-                Rc::new(SharedMessage::from_frame(OpCode::Text, frame))
-            })),
+                Some(SharedMessage::from_frame(OpCode::Text, frame))
+            }
             None => None,
         };
         let subscribers = self.registry.subscribers(topic);
         if !subscribers.is_empty() {
             let built;
             let message = match &kept {
-                Some(kept) => &**kept,
+                Some(kept) => kept,
                 None => {
                     let frame = wire::build_shared_text_frame(|out| {
                         wire::write_message(out, Some(topic), data);
@@ -539,7 +541,7 @@ impl Hub {
                 let RefreshPayload { token } =
                     payload_of(envelope.payload, "refresh needs {\"token\": string}")?;
                 let fresh = verifier.verify(&token, *now_unix_ms).map_err(HubError::RefreshRefused)?;
-                if fresh.sub != grant.sub {
+                if fresh.sub() != grant.sub() {
                     return Err(HubError::RefreshOtherSubject);
                 }
                 **grant = fresh;
@@ -632,8 +634,9 @@ impl Hub {
         let frame = wire::build_shared_text_frame(write);
         // A client cut off as a slow consumer refuses the rest; the reactor then drops it.
         if outbox.deliver(from, &SharedMessage::from_frame(OpCode::Text, frame)) {
-            for message in &self.replay {
-                if !outbox.deliver(from, message) {
+            for frame in &self.replay {
+                // The kept plain frame, shared; a compressed variant is built if the client needs one.
+                if !outbox.deliver(from, &SharedMessage::from_frame(OpCode::Text, Rc::clone(frame))) {
                     break;
                 }
             }

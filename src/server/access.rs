@@ -10,7 +10,7 @@
 //! Cost: a connection without tokens carries a null `Option<Box<Grant>>` (8 bytes) and two
 //! 8-byte buckets that stay untouched unless `--rate-limit` is set.
 
-use log::debug;
+use log::{debug, warn};
 
 use super::connection::{Connection, Ending, Phase};
 use super::lifecycle::linger;
@@ -118,7 +118,10 @@ pub(super) fn close_with(
 
 /// Over the rate: close 1008.
 pub(super) fn rate_limited(session: &mut Session, conn: &mut Connection, s: &mut Shared, key: usize) {
-    debug!(conn = key; "rate limit exceeded");
+    // A flood of abusive clients is a flood of these: one line, then a count per interval.
+    if s.logs.rate_limited.hit(s.now) {
+        warn!(conn = key; "closed 1008: rate limit exceeded");
+    }
     s.metrics.auth.rate_limited();
     close_with(session, conn, s, code::POLICY, auth::RATE_LIMITED_REASON);
 }

@@ -121,6 +121,7 @@ const STRESS_LOG_INTERVAL: Millis = 5_000;
 pub(super) struct StressLogs {
     pub(super) accept_failed: RateLimitedLog,
     pub(super) slow_consumer: RateLimitedLog,
+    pub(super) rate_limited: RateLimitedLog,
 }
 
 impl Default for StressLogs {
@@ -128,13 +129,14 @@ impl Default for StressLogs {
         StressLogs {
             accept_failed: RateLimitedLog::new("accept failures", STRESS_LOG_INTERVAL),
             slow_consumer: RateLimitedLog::new("slow consumers cut off", STRESS_LOG_INTERVAL),
+            rate_limited: RateLimitedLog::new("connections closed over the rate limit", STRESS_LOG_INTERVAL),
         }
     }
 }
 
 impl StressLogs {
-    fn all(&mut self) -> [&mut RateLimitedLog; 2] {
-        [&mut self.accept_failed, &mut self.slow_consumer]
+    fn all(&mut self) -> [&mut RateLimitedLog; 3] {
+        [&mut self.accept_failed, &mut self.slow_consumer, &mut self.rate_limited]
     }
 
     /// Logs the summaries due at `now`; called once per loop turn.

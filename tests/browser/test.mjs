@@ -170,7 +170,7 @@ const pageLog = (page) => page.evaluate(() => window.log);
 // ----- the tests -----
 
 async function recoveryWithHistory(browser) {
-  // Compression on (threshold 1 byte): replayed messages reuse compressed frames too.
+  // Compression on (threshold 1 byte): replayed messages are compressed for this client too.
   const server = await startServer(["--history-size", "1000", "--compression", "--compression-threshold", "1"]);
   const proxy = await startProxy(server.port);
   const page = await clientPage(browser, `http://127.0.0.1:${proxy.port}`, "stream");
