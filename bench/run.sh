@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks wshub against peer servers on this machine, over loopback.
 #
-#   bench/run.sh smoke   build wshub + loadgen, one small echo run against wshub (seconds;
-#                        no speed asserted; CI calls this)
+#   bench/run.sh smoke   build wshub + loadgen, one small echo run against wshub and a 20 s
+#                        bench/soak (no speed asserted; CI calls this)
 #   bench/run.sh quick   every scenario once against every server (about 2 minutes after builds)
 #   bench/run.sh full    every scenario 3 times, servers alternating, longer windows (~12 min)
 #   bench/run.sh tls     the TLS rows: wshub serving wss:// itself against tokio-tungstenite +
@@ -131,6 +131,9 @@ if [ "$mode" = smoke ]; then
     "${pin_load[@]}" timeout 60 "$loadgen" echo --server wshub --url "ws://127.0.0.1:$port/ws" \
         --conns 10 --size 16 --depth 16 --warmup 0.2 --duration 1 --windows 1
     stop_server
+    # The soak with churn, shortened: exactly-once in-order delivery under churn, descriptors
+    # back to their level afterwards (bench/soak; 30 minutes by default).
+    timeout 300 "$here/soak" --duration 20 --sample 1
     log "smoke: ok"
     exit 0
 fi

@@ -348,6 +348,12 @@ pub fn open_all(
                     Err(e) => return Err(format!("connect #{i}: {e}")),
                 }
             }
+            if c.state == State::Open {
+                // Opening thousands of connections on a loaded machine can outlast the server's
+                // ping interval: answer its pings (nothing else arrives before the caller speaks).
+                answer_pings(c).map_err(|e| format!("#{i}: {e}"))?;
+                continue;
+            }
             if c.state == State::Handshaking {
                 c.flush().map_err(|e| format!("send upgrade #{i}: {e}"))?;
                 loop {
@@ -368,4 +374,32 @@ pub fn open_all(
         }
     }
     Ok(conns)
+}
+
+/// Reads what an open connection received and answers every ping with a pong; other frames
+/// are dropped.
+pub fn answer_pings(c: &mut Conn) -> Result<(), String> {
+    loop {
+        match c.fill().map_err(|e| format!("read: {e}"))? {
+            Fill::Data => {
+                let mut pongs = Vec::new();
+                c.frames(|f, p| {
+                    if f.opcode == ws::OP_PING {
+                        ws::push_frame(&mut pongs, ws::OP_PONG, p);
+                    }
+                    Ok(())
+                })?;
+                if !pongs.is_empty() {
+                    if c.flushed() {
+                        c.wbuf.clear();
+                        c.wpos = 0;
+                    }
+                    c.wbuf.extend_from_slice(&pongs);
+                    c.flush().map_err(|e| format!("pong: {e}"))?;
+                }
+            }
+            Fill::Empty => return Ok(()),
+            Fill::Eof => return Err("closed by the server".into()),
+        }
+    }
 }
