@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Benchmarks wshub against peer servers on this machine, over loopback.
 #
-#   bench/run.sh smoke   build wshub + loadgen, one small echo run against wshub (seconds;
-#                        no speed asserted; CI calls this)
+#   bench/run.sh smoke   build wshub + loadgen, one small echo run against wshub and a 20 s
+#                        bench/soak (no speed asserted; CI calls this)
 #   bench/run.sh quick   every scenario once against every server (about 2 minutes after builds)
 #   bench/run.sh full    every scenario 3 times, servers alternating, longer windows (~12 min)
 #   bench/run.sh instr   user-space instructions per echoed message under callgrind, wshub and
 #                        tokio-tungstenite side by side (about 3 minutes; the figure that does
 #                        not move with the machine's noise)
+#   bench/run.sh tls     the TLS rows: wshub serving wss:// itself against tokio-tungstenite +
+#                        tokio-rustls, same certificate (tests/gencert.sh), ring on both sides:
+#                        echo 16 B and 1 KiB at depth 16, connect+close with a full handshake,
+#                        idle RSS at 10k; results in bench/results/tls-latest.* (~2 min)
 #
 # Each server runs pinned to core 0 and the load generator to core 1 (when there are two
 # cores), a fresh server process per run. Results: RESULT lines in bench/results/latest-raw.txt,
@@ -25,9 +29,9 @@ tmp="$results/tmp"
 mkdir -p "$tmp"
 
 case "$mode" in
-smoke | quick | full | instr) ;;
+smoke | quick | full | instr | tls) ;;
 *)
-    echo "usage: $0 [smoke|quick|full|instr]" >&2
+    echo "usage: $0 [smoke|quick|full|instr|tls]" >&2
     exit 2
     ;;
 esac
@@ -59,8 +63,12 @@ server_cmd() {
     cmd=()
     case "$name/$mode" in
     wshub/echo) cmd=(env RUST_LOG=warn "$wshub_bin" --echo --listen "$addr" --max-connections 19000) ;;
+    wshub/echo-tls) cmd=(env RUST_LOG=warn "$wshub_bin" --echo --listen "$addr" --max-connections 19000
+        --tls-cert "$certs/cert.pem" --tls-key "$certs/key.pem") ;;
     wshub/hub) cmd=(env RUST_LOG=warn "$wshub_bin" --listen "$addr" --max-connections 19000 --send-queue 4096) ;;
     tokio-tungstenite/echo) cmd=("$peers/tokio-tungstenite/cargo/release/echo" "$addr") ;;
+    tokio-tungstenite/echo-tls) cmd=("$peers/tokio-tungstenite/cargo/release/echo_tls" "$addr"
+        "$certs/cert.pem" "$certs/key.pem") ;;
     tokio-tungstenite/hub) cmd=("$peers/tokio-tungstenite/cargo/release/broadcast" "$addr") ;;
     fastwebsockets/echo) cmd=("$peers/fastwebsockets/cargo/release/echo" "$addr") ;;
     gorilla/echo) cmd=(env GOMAXPROCS=1 "$peers/gorilla/echo" "$addr") ;;
@@ -126,6 +134,9 @@ if [ "$mode" = smoke ]; then
     "${pin_load[@]}" timeout 60 "$loadgen" echo --server wshub --url "ws://127.0.0.1:$port/ws" \
         --conns 10 --size 16 --depth 16 --warmup 0.2 --duration 1 --windows 1
     stop_server
+    # The soak with churn, shortened: exactly-once in-order delivery under churn, descriptors
+    # back to their level afterwards (bench/soak; 30 minutes by default).
+    timeout 300 "$here/soak" --duration 20 --sample 1
     log "smoke: ok"
     exit 0
 fi
@@ -231,8 +242,23 @@ if [ "$mode" = instr ]; then
 fi
 
 # ---- quick / full ------------------------------------------------------------------------
-log "building peers"
-"$here/peers/build.sh"
+scheme=ws
+url_args=()
+out=latest
+if [ "$mode" = tls ]; then
+    # One throwaway certificate for both servers; the load generator trusts its CA.
+    certs="$tmp/certs"
+    "$root/tests/gencert.sh" "$certs"
+    scheme=wss
+    url_args=(--ca "$certs/ca.pem")
+    out=tls-latest
+    log "building the tokio-tungstenite peer"
+    CARGO_TARGET_DIR="$peers/tokio-tungstenite/cargo" cargo build --quiet --release --locked \
+        --manifest-path "$here/peers/tokio-tungstenite/Cargo.toml" || log "tokio-tungstenite peer build failed"
+else
+    log "building peers"
+    "$here/peers/build.sh"
+fi
 
 if [ "$mode" = full ]; then
     reps=3
@@ -255,6 +281,17 @@ cases=(
     "idle-10k|echo|idle --conns 10000 --hold $hold|kib_per_conn:idle 10k RSS KiB/conn"
     "connrate|echo|connrate --concurrency 32|cycles_per_s:connect+close cycles/s"
 )
+if [ "$mode" = tls ]; then
+    reps=1
+    timing=(--warmup 0.5 --duration 3 --windows 3)
+    servers=(wshub tokio-tungstenite)
+    cases=(
+        "tls-echo-16|echo-tls|echo --conns 100 --size 16 --depth 16|msgs_per_s:TLS echo 16 B msgs/s"
+        "tls-echo-1k|echo-tls|echo --conns 100 --size 1024 --depth 16|msgs_per_s:TLS echo 1 KiB msgs/s"
+        "tls-connrate|echo-tls|connrate --concurrency 32|cycles_per_s:TLS connect+close (full handshake) cycles/s"
+        "tls-idle-10k|echo-tls|idle --conns 10000 --hold 2|kib_per_conn:TLS idle 10k RSS KiB/conn"
+    )
+fi
 
 raw="$tmp/raw.txt"
 : >"$raw"
@@ -285,7 +322,7 @@ for rep in $(seq 1 "$reps"); do
             case "$args" in idle*) extra=(--pid "$server_pid") ;; esac
             # shellcheck disable=SC2086
             if line=$("${pin_load[@]}" "$loadgen" $args "${timing[@]}" "${extra[@]}" \
-                --server "$name" --url "ws://127.0.0.1:$port/ws" 2>"$tmp/loadgen-err.txt" | grep '^RESULT'); then
+                --server "$name" --url "$scheme://127.0.0.1:$port/ws" "${url_args[@]}" 2>"$tmp/loadgen-err.txt" | grep '^RESULT'); then
                 echo "$line"
                 echo "rep=$rep case=$id $line" >>"$raw"
             else
@@ -298,10 +335,10 @@ done
 log "measured in $(($(date +%s) - started)) s"
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
-cp "$raw" "$results/latest-raw.txt"
+cp "$raw" "$results/$out-raw.txt"
 
 # Medians over repetitions -> CSV (metric,unit,server,value).
-csv="$results/latest.csv"
+csv="$results/$out.csv"
 {
     echo "metric,unit,server,value"
     for case in "${cases[@]}"; do
@@ -324,12 +361,12 @@ csv="$results/latest.csv"
     done
 } >"$csv"
 
-md="$results/latest.md"
+md="$results/$out.md"
 {
     echo "bench/run.sh $mode, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, server on core 0, loadgen on core 1;" \
         "median of $reps run(s); load average before: $load_start, after: $load_end"
     echo
-    "$loadgen" report --csv "$csv" --svg "$results/latest.svg" --baseline wshub
+    "$loadgen" report --csv "$csv" --svg "$results/$out.svg" --baseline wshub
 } >"$md"
 cat "$md"
-log "wrote $csv, $md, $results/latest.svg"
+log "wrote $csv, $md, $results/$out.svg"

@@ -217,3 +217,56 @@ hub("disconnect", [msg(0, "subscribe"), msg(0, "subscribe", topic=6), msg(1, "su
 hub("binary_and_malformed", [bytes([0x07]), raw_text(1, b'{"type":"ping"'), raw_text(1, b'["ping"]'),
                              raw_text(2, b'{"type":"ping","type":"ping","id":3}'), raw_text(3, b' \n{"type":"ping"}'),
                              raw_text(0, b'{"type":"subscribe","payload":{"topic":"a\\u0000b"},"id":null}')])
+
+
+# ---- backplane: settings byte, URL blob, then ops (low nibble: 0 timer, 1 want topic, 2 unwant,
+# 3 publish, even >= 4 bytes for SUB, odd for PUB; high nibble: clock step of 50 ms)
+def bulk(b):
+    return b"$%d\r\n%s\r\n" % (len(b), b)
+
+
+def resp_msg(channel, payload):
+    return b"*3\r\n" + bulk(b"message") + bulk(channel) + bulk(payload)
+
+
+def feed(which, data):
+    op = 0x14 if which == "sub" else 0x15
+    return bytes([op]) + struct.pack("<H", len(data)) + data
+
+
+def bp(name, url, ops, settings=0x02):
+    write("backplane", name, bytes([settings, len(url)]) + url + b"".join(ops))
+
+
+SUBOK = b"*3\r\n" + bulk(b"subscribe") + bulk(b"wshub:broadcast") + b":1\r\n"
+OTHER = b"N0000000000000001 "
+bp("handshake_then_messages", b"redis://127.0.0.1:6379",
+   [feed("pub", b"+PONG\r\n"), feed("sub", SUBOK), bytes([0x01, 4]) + b"news",
+    feed("sub", resp_msg(b"wshub:topic:news", OTHER + b'{"h":1}')),
+    feed("sub", resp_msg(b"wshub:broadcast", OTHER + b'"all"')),
+    bytes([0x03]), feed("pub", b":2\r\n"), bytes([0x02, 4]) + b"news"])
+bp("own_node_and_garbage", b"redis://u:p@host:1/3",
+   [feed("pub", b"+PONG\r\n"), feed("sub", SUBOK),
+    feed("sub", resp_msg(b"wshub:topic:x", b"N123456789abcdef0 [1]")),
+    feed("sub", resp_msg(b"other:topic:x", OTHER + b"1")),
+    feed("sub", resp_msg(b"wshub:topic:x", b"Nzzzz000000000001 1")),
+    feed("sub", resp_msg(b"wshub:topic:x", OTHER + b"[[[[")),
+    feed("sub", resp_msg(b"wshub:topic:\xff", OTHER + b"1"))])
+bp("split_replies_and_errors", b"rediss://[::1]:6380",
+   [feed("pub", b"+PO"), feed("pub", b"NG\r\n"), feed("sub", SUBOK[:9]), feed("sub", SUBOK[9:]),
+    feed("pub", b"-ERR nope\r\n"), bytes([0xf0]), bytes([0xf0]), feed("sub", b"not resp at all")])
+bp("auth_refused", b"redis://:secret@127.0.0.1",
+   [feed("pub", b"-WRONGPASS invalid\r\n"), bytes([0x50]), feed("sub", b"+OK\r\n")], settings=0x00)
+
+
+# ---- config: TOML text
+def cf(name, text):
+    write("config", name, text.encode())
+
+
+cf("example", open(os.path.join(os.path.dirname(__file__), "..", "wshub.example.toml")).read()
+   if os.path.exists(os.path.join(os.path.dirname(__file__), "..", "wshub.example.toml")) else "")
+cf("flat", 'listen = "127.0.0.1:9000"\nmax-connections = 100\nsend-queue = 64\n')
+cf("tables", '[limits]\nmax-message-size = 1024\n[redis]\nurl = "redis://127.0.0.1"\n')
+cf("bad_values", 'send-queue = 0\nmax-message-size = -1\nunknown = true\nlisten = 5\n')
+cf("syntax_error", 'listen = "127.0.0.1\nsend-queue = [1,\n')

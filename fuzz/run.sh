@@ -6,6 +6,13 @@
 # libFuzzer's final stats. Needs cargo-fuzz (`cargo install cargo-fuzz`); on a stable toolchain
 # it sets RUSTC_BOOTSTRAP=1 to use the nightly-only sanitizer flags.
 #
+# Speed (see README.md for the measurements): the targets exercise safe Rust only, so they run
+# without AddressSanitizer by default (FUZZ_SANITIZER=address for the sanitizer run each target
+# still gets now and then; it builds into target/address so the two builds do not evict each
+# other), and each target has a -max_len that covers its structure without wasting executions
+# on long inputs. FUZZ_JOBS=N runs N libFuzzer processes per target (-fork=N; only with idle
+# cores). Extra libFuzzer flags: FUZZ_ARGS="-use_value_profile=1".
+#
 # Inputs libFuzzer finds go to fuzz/target/corpus-work/TARGET (not committed); the committed
 # seeds in fuzz/corpus/TARGET are read, never written. Crashes land in fuzz/artifacts/TARGET/:
 # turn each into a fix plus a copy in fuzz/regressions/TARGET/.
@@ -14,12 +21,28 @@ cd "$(dirname "$0")"
 secs=${1:?usage: fuzz/run.sh SECONDS [TARGET...]}
 shift
 export RUSTC_BOOTSTRAP=1
+sanitizer=${FUZZ_SANITIZER:-none}
+build=(--sanitizer "$sanitizer" -O)
+[ "$sanitizer" = none ] || build+=(--target-dir "target/$sanitizer")
+jobs=${FUZZ_JOBS:-1}
+# Longest input per target: room for every structure the target reads (frame_parser and
+# connection need several frames, handshake a full request head with extensions, config a whole
+# file), not more: libFuzzer's time goes to mutating and running short inputs.
+max_len() {
+    case "$1" in
+    frame_parser | hub_message | backplane) echo 1024 ;;
+    connection) echo 768 ;;
+    handshake) echo 1536 ;;
+    config) echo 2048 ;;
+    *) echo 1024 ;;
+    esac
+}
 if [ $# -gt 0 ]; then
     targets=("$@")
 else
     mapfile -t targets < <(cargo fuzz list)
 fi
-cargo fuzz build || exit 1
+cargo fuzz build "${build[@]}" || exit 1
 mkdir -p target/fuzz-logs
 summary=()
 status=0
@@ -31,8 +54,12 @@ for t in "${targets[@]}"; do
     [ -f "$t.dict" ] && dict=("-dict=$t.dict")
     echo "== $t: ${secs}s (log: fuzz/$log)"
     before=$(find "artifacts/$t" -type f | wc -l)
-    cargo fuzz run "$t" "$work" "corpus/$t" -- \
-        -max_total_time="$secs" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 "${dict[@]}" \
+    fork=()
+    [ "$jobs" -gt 1 ] && fork=("-fork=$jobs")
+    # shellcheck disable=SC2086
+    cargo fuzz run "${build[@]}" "$t" "$work" "corpus/$t" -- \
+        -max_total_time="$secs" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 \
+        -max_len="$(max_len "$t")" "${fork[@]}" "${dict[@]}" ${FUZZ_ARGS:-} \
         >"$log" 2>&1
     rc=$?
     after=$(find "artifacts/$t" -type f | wc -l)

@@ -13,7 +13,7 @@ pub struct Capability {
 }
 
 pub const CAPABILITIES: &[Capability] = &[
-    Capability { name: "tls", enabled: false, what: "wss:// on the same port (rustls)" },
+    Capability { name: "tls", enabled: true, what: "wss:// on the same port (rustls)" },
     Capability { name: "compression", enabled: true, what: "permessage-deflate (RFC 7692)" },
     Capability { name: "backplane", enabled: true, what: "Redis pub/sub between servers" },
     Capability { name: "config-file", enabled: true, what: "--config FILE.toml, wshub check-config" },

@@ -6,6 +6,8 @@
 //! * [`config`]: flags, environment and config file, validated; [`logging`]: log format and
 //!   rate-limited warnings; [`sys`]: the few OS calls std lacks.
 
+/// Connection tokens (JWT), topic permissions and per-connection rate limits, sans-IO.
+pub mod auth;
 /// Joins several wshub processes through Redis pub/sub (`--redis`).
 pub mod backplane;
 /// What this build can do, for `--version`.
@@ -25,3 +27,5 @@ pub mod protocol;
 pub mod server;
 /// Operating-system limits.
 pub mod sys;
+/// TLS certificate and key loading (rustls with ring).
+pub mod tls;

@@ -13,6 +13,12 @@ fn main() {
         log::warn!("{adjustment}");
     }
     if loaded.mode == Mode::Check {
+        // The certificate and key are loaded as the server would (PEM, matching pair), so a
+        // check that passes is a start that passes.
+        if let Some(Err(e)) = loaded.config.tls_files().map(|files| files.load()) {
+            eprintln!("wshub: error: {e}");
+            std::process::exit(2);
+        }
         print!("{}", config::show::render(&loaded));
         return;
     }
@@ -20,7 +26,7 @@ fn main() {
     let server = match Server::bind(config, true) {
         Ok(server) => server,
         Err(e) => {
-            log::error!("cannot listen on {}: {e}", config.listen);
+            log::error!("cannot start on {}: {e}", config.listen);
             std::process::exit(1);
         }
     };

@@ -13,11 +13,24 @@ use std::fmt::{self, Write as _};
 use crate::backplane::redis::BackplaneStats;
 
 /// Statuses a refused upgrade request can get; anything else is counted as "other".
-pub const HANDSHAKE_REJECT_STATUSES: [u16; 6] = [400, 403, 404, 426, 431, 503];
+pub const HANDSHAKE_REJECT_STATUSES: [u16; 8] = [400, 401, 403, 404, 426, 429, 431, 503];
 /// Close codes counted on their own; anything else is counted as "other".
-pub const CLOSE_CODES: [u16; 8] = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011];
+pub const CLOSE_CODES: [u16; 9] = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 4001];
 /// Statuses of plain HTTP responses counted on their own; anything else is "other".
-pub const HTTP_STATUSES: [u16; 9] = [200, 400, 401, 403, 404, 405, 411, 413, 503];
+pub const HTTP_STATUSES: [u16; 13] = [200, 400, 401, 403, 404, 405, 408, 411, 413, 415, 429, 431, 503];
+
+/// Why a TLS handshake did not finish, in the order of `Metrics::tls_failures`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// Bytes that are not TLS (plain HTTP on the TLS port, garbage) or a handshake rustls refused.
+    Error,
+    /// Not finished within the handshake timeout (a truncated ClientHello, a silent client).
+    Timeout,
+    /// The client closed the connection before finishing.
+    Closed,
+}
+
+const TLS_FAILURE_LABELS: [&str; 3] = ["error", "timeout", "closed"];
 
 /// Values sampled at render time rather than counted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -27,6 +40,8 @@ pub struct Gauges {
     /// Topics with at least one subscriber.
     pub topics: usize,
     pub uptime_seconds: u64,
+    /// What the topic history keeps (all zero with history off).
+    pub history: crate::hub::history::HistoryStats,
     /// The backplane's counters, kept by the backplane itself; `None` without `--redis`.
     pub backplane: Option<BackplaneStats>,
 }
@@ -62,10 +77,21 @@ pub struct Metrics {
     pub connection_resets: u64,
     /// Protocol error replies sent to clients (the connection stays open).
     pub error_replies: u64,
+    /// Subscriptions to a new topic refused because the server held `--max-topics`.
+    pub topic_limit_refusals: u64,
     /// Indexed like `CLOSE_CODES`, then "other".
     close_codes_sent: [u64; CLOSE_CODES.len() + 1],
     /// Indexed like `HTTP_STATUSES`, then "other".
     http_responses: [u64; HTTP_STATUSES.len() + 1],
+    /// Token refusals, permission denials, expiries, refreshes, rate-limit closes.
+    pub auth: crate::auth::AuthMetrics,
+    /// TLS handshakes completed.
+    pub tls_handshakes: u64,
+    /// TLS handshakes that did not complete, indexed like `TlsFailure`.
+    tls_failures: [u64; 3],
+    /// Certificate reloads (SIGHUP) that took effect, and that failed (the old pair stays).
+    pub tls_reloads: u64,
+    pub tls_reloads_failed: u64,
 }
 
 /// The table slot of `key`: its position in `keys`, or the extra "other" slot after them.
@@ -142,6 +168,10 @@ impl Metrics {
         bump(&mut self.error_replies, 1);
     }
 
+    pub fn record_topic_limit_refusal(&mut self) {
+        bump(&mut self.topic_limit_refusals, 1);
+    }
+
     pub fn slow_consumer_dropped(&mut self) {
         bump(&mut self.slow_consumers_dropped, 1);
     }
@@ -158,6 +188,23 @@ impl Metrics {
     /// A plain HTTP response written (including ones from `http::body_plan`).
     pub fn http_response(&mut self, status: u16) {
         bump(&mut self.http_responses[slot(&HTTP_STATUSES, status)], 1);
+    }
+
+    pub fn tls_handshake_completed(&mut self) {
+        bump(&mut self.tls_handshakes, 1);
+    }
+
+    pub fn tls_handshake_failed(&mut self, why: TlsFailure) {
+        bump(&mut self.tls_failures[why as usize], 1);
+    }
+
+    pub fn tls_failures(&self, why: TlsFailure) -> u64 {
+        self.tls_failures[why as usize]
+    }
+
+    /// A SIGHUP reload of the certificate and key: `ok` when the new pair took effect.
+    pub fn tls_reload(&mut self, ok: bool) {
+        bump(if ok { &mut self.tls_reloads } else { &mut self.tls_reloads_failed }, 1);
     }
 
     /// Handshakes rejected with `status` (a status not in the table reads the "other" count).
@@ -250,6 +297,12 @@ impl Metrics {
             self.connection_resets,
         )?;
         counter(out, "error_replies_total", "Protocol error replies sent to clients.", self.error_replies)?;
+        counter(
+            out,
+            "topic_limit_refusals_total",
+            "Subscriptions to a new topic refused at --max-topics.",
+            self.topic_limit_refusals,
+        )?;
         table(
             out,
             "close_frames_sent_total",
@@ -266,9 +319,36 @@ impl Metrics {
             &HTTP_STATUSES,
             &self.http_responses,
         )?;
+        self.auth.write_prometheus(out)?;
+        counter(out, "tls_handshakes_total", "TLS handshakes completed.", self.tls_handshakes)?;
+        writeln!(
+            out,
+            "# HELP wshub_tls_handshake_failures_total TLS handshakes not completed, by reason.\n\
+             # TYPE wshub_tls_handshake_failures_total counter"
+        )?;
+        for (label, value) in TLS_FAILURE_LABELS.iter().zip(self.tls_failures) {
+            writeln!(out, "wshub_tls_handshake_failures_total{{reason=\"{label}\"}} {value}")?;
+        }
+        writeln!(
+            out,
+            "# HELP wshub_tls_reloads_total Certificate reloads on SIGHUP, by result.\n\
+             # TYPE wshub_tls_reloads_total counter\n\
+             wshub_tls_reloads_total{{result=\"ok\"}} {}\n\
+             wshub_tls_reloads_total{{result=\"failed\"}} {}",
+            self.tls_reloads, self.tls_reloads_failed
+        )?;
         gauge(out, "connections", "Open connections.", gauges.connections as u64)?;
         gauge(out, "topics", "Topics with at least one subscriber.", gauges.topics as u64)?;
         gauge(out, "uptime_seconds", "Seconds since the server started.", gauges.uptime_seconds)?;
+        let history = &gauges.history;
+        gauge(out, "history_topics", "Topics with history state.", history.topics as u64)?;
+        gauge(out, "history_messages", "Messages kept for recovery.", history.messages as u64)?;
+        gauge(
+            out,
+            "history_bytes",
+            "Bytes the kept messages cost (bounded by --history-max-bytes).",
+            history.bytes as u64,
+        )?;
         if let Some(b) = &gauges.backplane {
             gauge(out, "backplane_up", "1 while the Redis backplane is connected.", u64::from(b.up))?;
             counter(
@@ -377,7 +457,10 @@ mod tests {
         m.close_code_sent(4000);
         m.http_response(413);
 
-        let text = render(&m, &Gauges { connections: 7, topics: 2, uptime_seconds: 99, backplane: None });
+        let text = render(
+            &m,
+            &Gauges { connections: 7, topics: 2, uptime_seconds: 99, backplane: None, ..Gauges::default() },
+        );
         let expect = [
             ("wshub_connections_accepted_total", 2),
             ("wshub_connections_opened_total", 1),

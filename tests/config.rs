@@ -91,15 +91,31 @@ const ROWS: &[Row] = &[
     ("api-key", &["--api-key="], &[], "--api-key: must be non-empty visible ASCII without spaces"),
     ("api-key", &["--api-key", "a b"], &[], "--api-key: must be non-empty visible ASCII without spaces"),
     ("send-queue", &[], &[("WSHUB_SEND_QUEUE", "0")], "WSHUB_SEND_QUEUE: 0 is out of range: must be from 1 to 1000000"),
+    (
+        "(any FilePath flag)",
+        &["--tls-cert", "/nonexistent/cert.pem", "--tls-key", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")],
+        &[],
+        "--tls-cert: cannot read /nonexistent/cert.pem: No such file or directory",
+    ),
+    (
+        "(any FilePath flag)",
+        &["--tls-cert", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"), "--tls-key", "/"],
+        &[],
+        "--tls-key: cannot read /: not a regular file",
+    ),
+    ("redis-prefix", &["--redis-prefix", "my app:"], &[], "--redis-prefix: \"my app:\" must be at most 256 bytes"),
+    (
+        "redis",
+        &["--echo", "--redis", "redis://127.0.0.1:6379"],
+        &[],
+        "--redis: cannot be used with --echo: echo mode has no hub",
+    ),
 ];
 
 /// Every non-range rule has rows, every row fails alone with exactly its line and exit code 2.
 #[test]
 fn every_rule_refuses_its_bad_values_with_exit_2_and_one_line() {
     for (rule, _) in RULES {
-        if rule.starts_with('(') {
-            continue; // the file rule is covered below and in the unit tests (no file flag yet)
-        }
         assert!(ROWS.iter().any(|r| r.0 == *rule), "rule {rule} has no row");
     }
     for (rule, args, env, expected) in ROWS {
@@ -117,7 +133,13 @@ fn every_rule_refuses_its_bad_values_with_exit_2_and_one_line() {
 /// naming the flag and the range; the bounds themselves are accepted.
 #[test]
 fn every_range_is_enforced_at_both_ends() {
+    let cmd = wshub::config::command();
     for r in RANGES {
+        assert!(
+            cmd.get_arguments().any(|a| a.get_long() == Some(r.flag)),
+            "RANGES names --{}, not a flag",
+            r.flag
+        );
         let flag = format!("--{}", r.flag);
         let fmt = |v: f64| if v.fract() == 0.0 { format!("{v:.0}") } else { v.to_string() };
         let mut bad = vec![fmt(r.max * 2.0 + 1.0)];
@@ -239,7 +261,10 @@ fn file_values_are_overridden_by_env_then_flags_and_problems_name_the_key() {
         assert!(stdout.lines().any(|l| l == line), "missing {line:?} in\n{stdout}");
     }
     // A bad file value is blamed on its key.
-    let bad = temp_file("bad.toml", "path = \"ws\"\nsend-queue = 0\n");
+    let bad = temp_file(
+        "bad.toml",
+        "path = \"ws\"\nsend-queue = 0\n[tls]\ncert = \"/nonexistent/c.pem\"\nkey = \"/\"\n",
+    );
     let (code, _, stderr) = check(&["--config", bad.to_str().unwrap()], &[]);
     assert_eq!(code, 2);
     let b = bad.display();
@@ -248,10 +273,22 @@ fn file_values_are_overridden_by_env_then_flags_and_problems_name_the_key() {
         "{stderr}"
     );
     assert!(stderr.contains(&format!("wshub: error: {b}: key `send-queue`: 0 is out of range")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("wshub: error: {b}: key `tls.cert`: cannot read /nonexistent/c.pem")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("wshub: error: {b}: key `tls.key`: cannot read /: not a regular file")),
+        "{stderr}"
+    );
     // ... unless a flag overrides it.
-    let (code, _, stderr) =
-        check(&["--config", bad.to_str().unwrap(), "--path", "/ok", "--send-queue", "1"], &[]);
-    assert_eq!(code, 0, "{stderr}");
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let overrides = ["--path", "/ok", "--send-queue", "1", "--tls-cert", manifest, "--tls-key", manifest];
+    let (code, _, stderr) = check(&[&["--config", bad.to_str().unwrap()][..], &overrides].concat(), &[]);
+    // Every file problem is gone; what is left is check-config loading the (non-PEM) pair.
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("Cargo.toml holds no PEM CERTIFICATE"), "{stderr}");
 }
 
 #[test]
@@ -295,6 +332,15 @@ fn check_config_masks_secrets_and_binds_nothing() {
     let saved = temp_file("saved.toml", &stdout);
     let (code, _, stderr) = check(&["--config", saved.to_str().unwrap()], &[]);
     assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn check_config_loads_the_tls_pair_as_the_server_would() {
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let (code, stdout, stderr) = check(&["--tls-cert", manifest, "--tls-key", manifest], &[]);
+    assert_eq!(code, 2, "{stdout}");
+    assert!(stderr.starts_with("wshub: error: ") && stderr.contains("Cargo.toml"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
 
 #[test]
@@ -410,6 +456,45 @@ fn example_file_matches_the_defaults_and_drives_a_server_like_flags() {
             "1001-byte message: close 1009".to_owned(),
         ]
     );
+}
+
+/// Every flag is in the example file, set or commented out (`# key = value`), so the file stays
+/// the complete reference as flags are added.
+#[test]
+fn example_file_mentions_every_flag() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("wshub.example.toml");
+    let text = std::fs::read_to_string(&example).unwrap();
+    let uncommented: String = text
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest)
+                if rest
+                    .split_once(" = ")
+                    .is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '-')) =>
+            {
+                rest
+            }
+            _ => l,
+        })
+        .flat_map(|l| [l, "\n"])
+        .collect();
+    let cmd = wshub::config::command();
+    let first = cmd.clone().try_get_matches_from(["wshub"]).unwrap();
+    let applied = wshub::config::file::parse(&example, &uncommented)
+        .expect("the example with its commented keys is valid TOML")
+        .apply(&cmd, &first)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    for arg in cmd.get_arguments() {
+        let id = arg.get_id().as_str();
+        if matches!(id, "help" | "version" | "config") {
+            continue;
+        }
+        let long = arg.get_long().unwrap_or(id);
+        assert!(
+            applied.used.iter().any(|(used, _)| used == id),
+            "wshub.example.toml does not mention --{long}: add it with its default (commented out if it has none)"
+        );
+    }
 }
 
 /// What a client sees of the settings the example file changes.

@@ -237,7 +237,7 @@ fn fan_out_reaches_compressed_and_plain_subscribers_identically_in_order() {
     let data = json_payload(99, 2000);
     let body = format!("{{\"topic\":\"news\",\"data\":{data}}}");
     let mut http = connect(server.addr);
-    write!(http, "POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+    write!(http, "POST /publish HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
         .unwrap();
     let response = read_to_close(&mut http);
     assert_eq!(status_of(&response), 200, "{response}");

@@ -156,7 +156,7 @@ fn silent_client_and_missing_body_time_out_with_408() {
     // Announces a body that never arrives.
     let mut no_body = connect(server.addr);
     no_body
-        .write_all(b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"topic\":")
+        .write_all(b"POST /publish HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"topic\":")
         .unwrap();
     let started = Instant::now();
     for s in [&mut silent, &mut no_body] {
@@ -261,7 +261,9 @@ fn garbage_trickled_byte_by_byte_is_refused_without_waiting_for_a_line_end() {
 fn request_smuggling_shapes_are_refused() {
     let server = ServerProc::start(&[]);
     let publish = |headers: &str, body: &str| {
-        let request = format!("POST /publish HTTP/1.1\r\nHost: localhost\r\n{headers}\r\n{body}");
+        let request = format!(
+            "POST /publish HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n{headers}\r\n{body}"
+        );
         status_of(&raw_http(server.addr, request.as_bytes()))
     };
     let body = r#"{"topic":"t","data":1}"#;
@@ -296,7 +298,7 @@ fn enormous_content_length_is_413_without_reading_the_body() {
     for length in ["65537", "4611686018427387904", "18446744073709551615", "999999999999999999999999999999"] {
         let started = Instant::now();
         let mut s = connect(server.addr);
-        let head = format!("POST /publish HTTP/1.1\r\nHost: localhost\r\nContent-Length: {length}\r\n\r\n");
+        let head = format!("POST /publish HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n");
         s.write_all(head.as_bytes()).unwrap();
         // Send nothing more: the answer must not wait for the body.
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -312,7 +314,7 @@ fn enormous_content_length_is_413_without_reading_the_body() {
 fn body_sent_anyway_after_413_does_not_turn_into_a_reset_of_the_answer() {
     let server = ServerProc::start(&[]);
     let mut s = connect(server.addr);
-    let head = "POST /publish HTTP/1.1\r\nHost: localhost\r\nContent-Length: 200000\r\n\r\n";
+    let head = "POST /publish HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 200000\r\n\r\n";
     s.write_all(head.as_bytes()).unwrap();
     // The body follows at once, as curl would send it.
     let _ = s.write_all(&vec![b'x'; 200_000]);
@@ -594,7 +596,7 @@ fn resets_mid_message_and_mid_head_leave_nothing_behind() {
                 s.write_all(&masked(OpCode::Text, false, b"part")).unwrap();
             }
             _ => {
-                s.write_all(b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{").unwrap();
+                s.write_all(b"POST /publish HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{").unwrap();
             }
         }
         reset(s);
@@ -1104,7 +1106,7 @@ fn expect_100_continue_is_answered_before_the_body() {
     let body = r#"{"topic":"t","data":"x"}"#;
     let mut s = connect(server.addr);
     let head = format!(
-        "POST /publish HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        "POST /publish HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).unwrap();
@@ -1117,7 +1119,7 @@ fn expect_100_continue_is_answered_before_the_body() {
     // A refusal needs no go-ahead: 413 at once, and no 100 before it.
     let mut s = connect(server.addr);
     s.write_all(
-        b"POST /publish HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 9999999\r\n\r\n",
+        b"POST /publish HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: 9999999\r\n\r\n",
     )
     .unwrap();
     assert_eq!(status_of(&read_head(&mut s)), 413);

@@ -2,10 +2,14 @@
 # Every test suite the project has, each installing what it needs by itself:
 #   1. cargo: unit, property, integration (real binary on loopback; the backplane tests against
 #      private redis-server instances), fuzz-corpus replay
-#   2. Autobahn testsuite (fuzzingclient, sections 1-10) against `wshub --echo`, checked
-#      against autobahn/expected-results.json
-#   3. interop: Python `websockets` client against the echo mode and the hub protocol
-#   4. benchmark smoke: the load generator's smallest echo case once (no speed asserted)
+#   2. Autobahn testsuite (fuzzingclient, sections 1-10 and 12-13) against
+#      `wshub --echo --compression`, checked against autobahn/expected-results.json, over ws://
+#      and again over wss:// (sections 1-10 only: compression does not depend on the transport)
+#   3. interop: Python `websockets` client against the echo mode and the hub protocol, and over
+#      wss:// with curl for https:// /healthz
+#   4. browser: headless Chromium runs the JS client (recovery through cuts and a restart)
+#      and the demo page
+#   5. benchmark smoke: the load generator's smallest echo case once (no speed asserted)
 # Stops at the first failing suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,8 +33,14 @@ cargo test --workspace --all-targets
 step "Autobahn testsuite"
 autobahn/run.sh
 
+step "Autobahn testsuite over wss:// (same expected results)"
+autobahn/run.sh --tls
+
 step "interop: Python websockets"
 tests/interop/run.sh
+
+step "browser: headless Chromium, JS client and demo page"
+tests/browser/run.sh
 
 if [[ -x bench/run.sh ]]; then
     step "benchmark smoke"

@@ -20,10 +20,35 @@ pub struct Echo {
     pub conns: usize,
     pub size: usize,
     pub depth: u32,
-    /// Text frames (the server validates UTF-8) instead of binary ones.
+    /// Send `size` bytes of realistic JSON as text frames (else letters as binary frames).
+    pub json: bool,
+    /// The connections negotiated permessage-deflate: send every frame compressed and accept
+    /// compressed echoes (the first echo of each connection is inflated and checked).
+    pub deflate: bool,
+    /// Letters as text frames (the server validates UTF-8) instead of binary ones.
     pub text: bool,
     /// Fixed-work mode: stop after this many echoes in all.
     pub messages: Option<u64>,
+}
+
+/// `size` bytes of JSON-looking ASCII text: order-book updates, repeated and cut to length.
+pub fn json_payload(size: usize) -> Vec<u8> {
+    let mut text = String::new();
+    let mut i = 0u32;
+    while text.len() < size {
+        text.push_str(&format!(
+            r#"{{"type":"message","payload":{{"topic":"book.BTC-USD","data":{{"seq":{},"side":"{}","price":"{}.{:02}","size":"0.{:04}","orders":{}}}}}}}"#,
+            184_467 + i,
+            if i.is_multiple_of(2) { "bid" } else { "ask" },
+            91_000 + (i * 7) % 40,
+            (i * 37) % 100,
+            1200 + (i * 91) % 8000,
+            i % 5 + 1
+        ));
+        i += 1;
+    }
+    text.truncate(size);
+    text.into_bytes()
 }
 
 pub struct EchoResult {
@@ -41,12 +66,22 @@ pub fn run(target: &Target, p: &Echo, timing: &Timing) -> Result<EchoResult, Str
     let deadline = Instant::now() + timing.setup_limit;
     let mut conns = net::open_all(&mut poll, target, p.conns, 256, rbuf, deadline)?;
 
-    let payload: Vec<u8> = (0..p.size).map(|i| b'a' + (i % 26) as u8).collect();
-    let opcode = if p.text { ws::OP_TEXT } else { ws::OP_BINARY };
+    let (opcode, payload) = if p.json {
+        (ws::OP_TEXT, json_payload(p.size))
+    } else {
+        let letters = (0..p.size).map(|i| b'a' + (i % 26) as u8).collect();
+        (if p.text { ws::OP_TEXT } else { ws::OP_BINARY }, letters)
+    };
     let mut batch = Vec::with_capacity(batch_len);
     for _ in 0..p.depth {
-        ws::push_frame(&mut batch, opcode, &payload);
+        if p.deflate {
+            // Compressed once: with no context takeover every message compresses the same.
+            ws::push_compressed_frame(&mut batch, opcode, &payload);
+        } else {
+            ws::push_frame(&mut batch, opcode, &payload);
+        }
     }
+    let mut checked = vec![false; conns.len()];
 
     let mut received: u64 = 0;
     // Echoes asked for so far (fixed-work mode stops asking at `messages`).
@@ -62,6 +97,7 @@ pub fn run(target: &Target, p: &Echo, timing: &Timing) -> Result<EchoResult, Str
     let mut last_progress = (Instant::now(), 0u64);
     let size = p.size;
     let depth = p.depth;
+    let deflate = p.deflate;
     loop {
         let now = Instant::now();
         match p.messages {
@@ -94,9 +130,22 @@ pub fn run(target: &Target, p: &Echo, timing: &Timing) -> Result<EchoResult, Str
                     match c.fill().map_err(|e| format!("read #{i}: {e}"))? {
                         Fill::Data => {
                             let mut got = c.got;
-                            c.frames(|f, _payload| {
+                            let check = &mut checked[i];
+                            c.frames(|f, data| {
                                 match f.opcode {
-                                    op if op == opcode && f.fin && f.payload_len == size => {
+                                    op if op == opcode && f.fin && !f.rsv1 && f.payload_len == size => {
+                                        got += 1;
+                                        received += 1;
+                                    }
+                                    op if op == opcode && f.fin && f.rsv1 && deflate => {
+                                        if !*check {
+                                            if ws::inflate(data, size)? != payload {
+                                                return Err(
+                                                    "compressed echo differs from what was sent".into()
+                                                );
+                                            }
+                                            *check = true;
+                                        }
                                         got += 1;
                                         received += 1;
                                     }

@@ -5,11 +5,13 @@
 //! run outlives its budget. Each result is one `RESULT key=value ...` line on stdout.
 
 mod broadcast;
+mod ceiling;
 mod chart;
 mod connrate;
 mod echo;
 mod idle;
 mod net;
+mod soak;
 mod stats;
 mod ws;
 
@@ -32,9 +34,12 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// Server URL (a literal IP and port).
+    /// Server URL (a literal IP and port; ws:// or wss://).
     #[arg(long, default_value = "ws://127.0.0.1:9001/ws")]
     url: String,
+    /// PEM CA a wss:// server's certificate must chain to (its name must be localhost).
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
     /// Server name for the RESULT line.
     #[arg(long, default_value = "unknown")]
     server: String,
@@ -54,8 +59,8 @@ struct Common {
     /// 2-vCPU bench machine it costs throughput (0.28M vs 0.80M msgs/s echo), so it is off.
     #[arg(long)]
     spin: bool,
-    /// Offer permessage-deflate in every handshake. Only `idle` and `connrate` take it for now:
-    /// echo and broadcast do not inflate compressed replies yet.
+    /// Offer permessage-deflate in every handshake. Echo then sends compressed frames;
+    /// broadcast publishes plain and inflates every compressed delivery (a cost on this side).
     #[arg(long)]
     deflate: bool,
 }
@@ -78,6 +83,9 @@ enum Cmd {
         /// Fixed work instead of timed windows: stop once this many echoes came back.
         #[arg(long)]
         messages: Option<u64>,
+        /// Send realistic JSON text (order-book updates) instead of letters as binary.
+        #[arg(long)]
+        json: bool,
     },
     /// N subscribers of one topic; per round P of them publish and all must receive all P.
     Broadcast {
@@ -113,6 +121,51 @@ enum Cmd {
         common: Common,
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
+    },
+    /// Holds CONNS connections to a server started with `--max-connections CONNS`, idle and
+    /// subscribed with fan-outs to all; one more client must get 503, and after RELEASE leave a
+    /// new one must be upgraded. `bench/ceiling` runs it at 19,000.
+    Ceiling {
+        #[arg(long, default_value = "ws://127.0.0.1:9001/ws")]
+        url: String,
+        #[arg(long)]
+        pid: u32,
+        #[arg(long, default_value_t = 19_000)]
+        conns: usize,
+        #[arg(long, default_value_t = 3)]
+        fanouts: usize,
+        #[arg(long, default_value_t = 1_000)]
+        release: usize,
+    },
+    /// A bounded soak with churn: stable subscribers check exactly-once in-order delivery while
+    /// churners, HTTP publishers and slow consumers come and go; samples the server's RSS and
+    /// descriptors. Exits non-zero on any loss, duplicate or reorder. `bench/soak` runs it.
+    Soak {
+        #[arg(long, default_value = "ws://127.0.0.1:9001/ws")]
+        url: String,
+        /// Server process id (its /proc/PID/status and /proc/PID/fd are read).
+        #[arg(long)]
+        pid: u32,
+        /// Seconds of churn (at most 4 hours).
+        #[arg(long, default_value_t = 1800.0)]
+        duration: f64,
+        #[arg(long, default_value_t = 8)]
+        stable: usize,
+        /// WebSocket publishers (one HTTP publisher runs besides them).
+        #[arg(long, default_value_t = 2)]
+        publishers: usize,
+        #[arg(long, default_value_t = 4)]
+        topics: usize,
+        /// Messages per second per WebSocket publisher.
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        #[arg(long, default_value_t = 8)]
+        churners: usize,
+        #[arg(long, default_value_t = 2)]
+        slow: usize,
+        /// Seconds between RSS/descriptor samples.
+        #[arg(long, default_value_t = 5.0)]
+        sample: f64,
     },
     /// Prints a results CSV (metric,unit,server,value) as a Markdown table with ratios, and
     /// optionally renders it as an SVG bar chart.
@@ -175,28 +228,22 @@ fn check_conns(n: usize) -> Result<usize, String> {
     Ok(n)
 }
 
-/// Echo and broadcast read replies as plain frames; refuse rather than measure nonsense.
-fn no_deflate(common: &Common, scenario: &str) -> Result<(), String> {
-    if common.deflate {
-        return Err(format!("--deflate is not supported by `{scenario}` yet (it cannot inflate replies)"));
-    }
-    Ok(())
-}
-
 fn run(cli: Cli) -> Result<(), String> {
     let nofile = stats::raise_nofile();
     match cli.cmd {
-        Cmd::Echo { common, conns, size, depth, text, messages } => {
-            no_deflate(&common, "echo")?;
-            let target = net::Target::parse(&common.url)?;
+        Cmd::Echo { common, conns, size, depth, json, text, messages } => {
+            let mut target = net::Target::parse(&common.url, common.ca.as_deref())?;
+            target.offer_deflate = common.deflate;
             let timing = common.timing()?;
             let conns = check_conns(conns)?;
             let depth = depth.clamp(1, 100_000);
-            let r = echo::run(&target, &echo::Echo { conns, size, depth, text, messages }, &timing)?;
+            let p = echo::Echo { conns, size, depth, json, deflate: common.deflate, text, messages };
+            let r = echo::run(&target, &p, &timing)?;
             println!(
-                "RESULT scenario=echo server={} size={size} depth={depth} conns={conns} text={text} \
-                 msgs_per_s={:.0} mb_per_s={:.2} received={} windows={}",
+                "RESULT scenario=echo server={} size={size} depth={depth} conns={conns} json={json} \
+                 text={text} deflate={} msgs_per_s={:.0} mb_per_s={:.2} received={} windows={}",
                 common.server,
+                common.deflate,
                 r.msgs_per_s,
                 r.mb_per_s,
                 r.received,
@@ -204,8 +251,8 @@ fn run(cli: Cli) -> Result<(), String> {
             );
         }
         Cmd::Broadcast { common, clients, publishers, size, topic } => {
-            no_deflate(&common, "broadcast")?;
-            let target = net::Target::parse(&common.url)?;
+            let mut target = net::Target::parse(&common.url, common.ca.as_deref())?;
+            target.offer_deflate = common.deflate;
             let timing = common.timing()?;
             let clients = check_conns(clients)?;
             let publishers = publishers.unwrap_or(clients).clamp(1, clients);
@@ -224,7 +271,7 @@ fn run(cli: Cli) -> Result<(), String> {
             );
         }
         Cmd::Idle { common, conns, pid, hold } => {
-            let mut target = net::Target::parse(&common.url)?;
+            let mut target = net::Target::parse(&common.url, common.ca.as_deref())?;
             target.offer_deflate = common.deflate;
             let timing = common.timing()?;
             let conns = check_conns(conns)?;
@@ -246,7 +293,7 @@ fn run(cli: Cli) -> Result<(), String> {
             );
         }
         Cmd::Connrate { common, concurrency } => {
-            let mut target = net::Target::parse(&common.url)?;
+            let mut target = net::Target::parse(&common.url, common.ca.as_deref())?;
             target.offer_deflate = common.deflate;
             let timing = common.timing()?;
             let concurrency = check_conns(concurrency)?;
@@ -259,6 +306,116 @@ fn run(cli: Cli) -> Result<(), String> {
                 r.failures,
                 join(&r.windows)
             );
+        }
+        Cmd::Ceiling { url, pid, conns, fanouts, release } => {
+            let target = net::Target::parse(&url, None)?;
+            let conns = check_conns(conns)?;
+            if conns as u64 + 16 > nofile {
+                return Err(format!("{conns} connections need more than the open-file limit {nofile}"));
+            }
+            std::thread::spawn(|| {
+                std::thread::sleep(Duration::from_secs(900));
+                eprintln!("loadgen: watchdog: ceiling run exceeded 15 minutes, exiting");
+                std::process::exit(3);
+            });
+            let p = ceiling::Ceiling {
+                conns,
+                pid,
+                fanouts: fanouts.clamp(1, 100),
+                release: release.clamp(1, conns),
+            };
+            let r = ceiling::run(&target, &p)?;
+            println!(
+                "RESULT scenario=ceiling conns={conns} open_s={:.1} rss_before_kib={} rss_idle_kib={} \
+                 rss_subscribed_kib={} rss_fanout_kib={} fd_at_ceiling={} fanout_ms={} over_limit={:?} \
+                 after_release={:?}",
+                r.open_secs,
+                r.rss_before_kib,
+                r.rss_idle_kib,
+                r.rss_subscribed_kib,
+                r.rss_fanout_kib,
+                r.fd_at_ceiling,
+                join(&r.fanout_ms),
+                r.over_limit_status,
+                r.after_release_status
+            );
+            if !r.over_limit_status.starts_with("HTTP/1.1 503") {
+                return Err(format!("the client over the limit got {:?}, not 503", r.over_limit_status));
+            }
+            if !r.after_release_status.starts_with("HTTP/1.1 101") {
+                return Err(format!(
+                    "after {release} left, a new client got {:?}, not 101",
+                    r.after_release_status
+                ));
+            }
+        }
+        Cmd::Soak { url, pid, duration, stable, publishers, topics, rate, churners, slow, sample } => {
+            let target = net::Target::parse(&url, None)?;
+            if !duration.is_finite() || !(1.0..=4.0 * 3600.0).contains(&duration) {
+                return Err(format!("--duration {duration}: must be 1 s to 4 h"));
+            }
+            let duration = Duration::from_secs_f64(duration);
+            let budget = duration + Duration::from_secs(180);
+            std::thread::spawn(move || {
+                std::thread::sleep(budget);
+                eprintln!("loadgen: watchdog: soak exceeded {budget:?}, exiting");
+                std::process::exit(3);
+            });
+            let s = soak::Soak {
+                addr: target.addr,
+                host: target.host.clone(),
+                path: target.path.clone(),
+                pid,
+                duration,
+                stable: stable.clamp(1, 1000),
+                publishers: publishers.clamp(1, 100),
+                topics: topics.clamp(1, 100),
+                rate: rate.clamp(1, 100_000),
+                churners: churners.min(1000),
+                slow: slow.min(100),
+                sample: Duration::from_secs_f64(sample.clamp(0.1, 600.0)),
+            };
+            let (r, failures) = soak::run(&s)?;
+            let vanish: Vec<String> =
+                soak::VANISH.iter().zip(r.vanish).map(|(n, v)| format!("{n}:{v}")).collect();
+            println!(
+                "RESULT scenario=soak secs={:.0} stable={stable} sent={} received={} lost={} duplicated={} \
+                 reordered={} stable_cut={} http_published={} http_errors={} churn_cycles={} churn_refused={} \
+                 churn_errors={} vanish={} slow_cut={} slow_fed={} server_slow_cut={} server_resets={} samples={} rss_first_kib={} rss_last_kib={} \
+                 rss_max_kib={} rss_slope_kib_per_min={:.1} fd_first={} fd_last={} fd_max={} fd_slope_per_min={:.2} \
+                 fd_before_churn={} fd_after_churn={}",
+                duration.as_secs_f64(),
+                r.sent,
+                r.received,
+                r.lost,
+                r.duplicated,
+                r.reordered,
+                r.stable_cut,
+                r.http_published,
+                r.http_errors,
+                r.churn_cycles,
+                r.churn_refused,
+                r.churn_errors,
+                vanish.join(","),
+                r.slow_cut,
+                r.slow_fed,
+                r.server_slow_cut,
+                r.server_resets,
+                r.samples,
+                r.rss_first_kib,
+                r.rss_last_kib,
+                r.rss_max_kib,
+                r.rss_slope_kib_per_min,
+                r.fd_first,
+                r.fd_last,
+                r.fd_max,
+                r.fd_slope_per_min,
+                r.fd_before_churn,
+                r.fd_after_churn
+            );
+            if !failures.is_empty() {
+                return Err(format!("soak failed: {}", failures.join("; ")));
+            }
         }
         Cmd::Report { csv, svg, baseline } => {
             print!("{}", chart::table(&csv, &baseline)?);

@@ -2,13 +2,20 @@
 //!
 //! Each connection owns one read buffer and one write buffer for its whole life; nothing is
 //! allocated per message. Sockets are edge-triggered, so every read loops until `WouldBlock`.
+//!
+//! `wss://` targets run the same code over a rustls client (sans-IO: plaintext in and out of
+//! the same buffers, records read and written on the socket), trusting the CA given with `--ca`.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore};
 
 use crate::ws::{self, Frame, HandshakeReply, Parse};
 
@@ -21,12 +28,21 @@ pub struct Target {
     pub path: String,
     /// Offer permessage-deflate in the upgrade request (`--deflate`).
     pub offer_deflate: bool,
+    /// TLS client settings for a `wss://` URL.
+    pub tls: Option<Arc<ClientConfig>>,
 }
 
 impl Target {
-    /// Parses `ws://IP:PORT/path` (a literal address; the bench runs on loopback).
-    pub fn parse(url: &str) -> Result<Target, String> {
-        let rest = url.strip_prefix("ws://").ok_or_else(|| format!("{url}: only ws:// URLs"))?;
+    /// Parses `ws://IP:PORT/path` or `wss://IP:PORT/path` (a literal address; the bench runs on
+    /// loopback). `ca`: the PEM CA a `wss://` server's certificate must chain to (its name is
+    /// checked against `localhost`).
+    pub fn parse(url: &str, ca: Option<&std::path::Path>) -> Result<Target, String> {
+        let (rest, tls) = if let Some(rest) = url.strip_prefix("wss://") {
+            let ca = ca.ok_or_else(|| format!("{url}: a wss:// URL needs --ca"))?;
+            (rest, Some(client_config(ca)?))
+        } else {
+            (url.strip_prefix("ws://").ok_or_else(|| format!("{url}: only ws:// and wss:// URLs"))?, None)
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -37,8 +53,23 @@ impl Target {
             authority.to_string()
         };
         let addr: SocketAddr = authority.parse().map_err(|e| format!("{url}: host must be IP:PORT ({e})"))?;
-        Ok(Target { addr, host: authority, path: path.to_string(), offer_deflate: false })
+        Ok(Target { addr, host: authority, path: path.to_string(), offer_deflate: false, tls })
     }
+}
+
+fn client_config(ca: &std::path::Path) -> Result<Arc<ClientConfig>, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))? {
+        let cert = cert.map_err(|e| format!("{}: {e}", ca.display()))?;
+        roots.add(cert).map_err(|e| format!("{}: {e}", ca.display()))?;
+    }
+    let mut config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +86,8 @@ pub enum State {
 
 pub struct Conn {
     pub sock: TcpStream,
+    /// The TLS client for a `wss://` target.
+    tls: Option<Box<ClientConnection>>,
     pub state: State,
     rbuf: Vec<u8>,
     rlen: usize,
@@ -81,8 +114,16 @@ impl Conn {
     pub fn connect(poll: &Poll, target: &Target, token: Token, rbuf_size: usize) -> io::Result<Conn> {
         let mut sock = TcpStream::connect(target.addr)?;
         poll.registry().register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)?;
+        let tls = match &target.tls {
+            Some(config) => {
+                let name = ServerName::try_from("localhost").expect("a valid name");
+                Some(Box::new(ClientConnection::new(Arc::clone(config), name).map_err(io::Error::other)?))
+            }
+            None => None,
+        };
         Ok(Conn {
             sock,
+            tls,
             state: State::Connecting,
             rbuf: vec![0; rbuf_size.max(512)],
             rlen: 0,
@@ -96,6 +137,20 @@ impl Conn {
 
     /// Writes as much of `wbuf[wpos..]` as the socket takes; true once all of it is written.
     pub fn flush(&mut self) -> io::Result<bool> {
+        if let Some(tls) = self.tls.as_mut() {
+            // Plaintext into records (buffered by rustls until the handshake is done), then the
+            // records onto the socket.
+            while self.wpos < self.wbuf.len() {
+                match tls.writer().write(&self.wbuf[self.wpos..])? {
+                    0 => break,
+                    n => self.wpos += n,
+                }
+            }
+            if !write_tls(tls, &mut self.sock)? {
+                return Ok(false);
+            }
+            return Ok(self.wpos == self.wbuf.len());
+        }
         while self.wpos < self.wbuf.len() {
             match self.sock.write(&self.wbuf[self.wpos..]) {
                 Ok(0) => return Err(ErrorKind::WriteZero.into()),
@@ -110,7 +165,7 @@ impl Conn {
 
     /// True when every byte of `wbuf` has been written.
     pub fn flushed(&self) -> bool {
-        self.wpos == self.wbuf.len()
+        self.wpos == self.wbuf.len() && !self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
     /// Replaces the output with `f`'s bytes and writes them.
@@ -126,6 +181,9 @@ impl Conn {
         if self.rlen == self.rbuf.len() {
             let new_len = self.rbuf.len() * 2;
             self.rbuf.resize(new_len, 0);
+        }
+        if let Some(tls) = self.tls.as_mut() {
+            return fill_tls(tls, &mut self.sock, &mut self.rbuf, &mut self.rlen);
         }
         loop {
             match self.sock.read(&mut self.rbuf[self.rlen..]) {
@@ -203,6 +261,50 @@ impl Conn {
     }
 }
 
+/// Writes TLS records until none are left (true) or the socket blocks (false).
+fn write_tls(tls: &mut ClientConnection, sock: &mut TcpStream) -> io::Result<bool> {
+    while tls.wants_write() {
+        match tls.write_tls(sock) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// `Conn::fill` over TLS: plaintext already decrypted first, else one more read of records.
+fn fill_tls(
+    tls: &mut ClientConnection,
+    sock: &mut TcpStream,
+    rbuf: &mut [u8],
+    rlen: &mut usize,
+) -> io::Result<Fill> {
+    loop {
+        match tls.reader().read(&mut rbuf[*rlen..]) {
+            Ok(0) => return Ok(Fill::Eof), // close_notify
+            Ok(n) => {
+                *rlen += n;
+                return Ok(Fill::Data);
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        match tls.read_tls(sock) {
+            Ok(0) => return Ok(Fill::Eof),
+            Ok(_) => {
+                tls.process_new_packets().map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
+                // Handshake flights, and plaintext queued before the handshake finished.
+                write_tls(tls, sock)?;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Fill::Empty),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Opens `n` connections to `target` (at most `concurrency` handshakes in flight), each
 /// registered with its index as token. Fails if any connection fails or `deadline` passes.
 pub fn open_all(
@@ -246,6 +348,12 @@ pub fn open_all(
                     Err(e) => return Err(format!("connect #{i}: {e}")),
                 }
             }
+            if c.state == State::Open {
+                // Opening thousands of connections on a loaded machine can outlast the server's
+                // ping interval: answer its pings (nothing else arrives before the caller speaks).
+                answer_pings(c).map_err(|e| format!("#{i}: {e}"))?;
+                continue;
+            }
             if c.state == State::Handshaking {
                 c.flush().map_err(|e| format!("send upgrade #{i}: {e}"))?;
                 loop {
@@ -266,4 +374,32 @@ pub fn open_all(
         }
     }
     Ok(conns)
+}
+
+/// Reads what an open connection received and answers every ping with a pong; other frames
+/// are dropped.
+pub fn answer_pings(c: &mut Conn) -> Result<(), String> {
+    loop {
+        match c.fill().map_err(|e| format!("read: {e}"))? {
+            Fill::Data => {
+                let mut pongs = Vec::new();
+                c.frames(|f, p| {
+                    if f.opcode == ws::OP_PING {
+                        ws::push_frame(&mut pongs, ws::OP_PONG, p);
+                    }
+                    Ok(())
+                })?;
+                if !pongs.is_empty() {
+                    if c.flushed() {
+                        c.wbuf.clear();
+                        c.wpos = 0;
+                    }
+                    c.wbuf.extend_from_slice(&pongs);
+                    c.flush().map_err(|e| format!("pong: {e}"))?;
+                }
+            }
+            Fill::Empty => return Ok(()),
+            Fill::Eof => return Err("closed by the server".into()),
+        }
+    }
 }

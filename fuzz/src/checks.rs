@@ -14,6 +14,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
 
+use wshub::auth::extract::{find_token, MAX_TOKEN_LEN};
+use wshub::auth::{Refusal, Verifier, VerifierConfig};
 use wshub::protocol::close;
 use wshub::protocol::deflate::{Agreed, DeflateConfig, Deflater};
 use wshub::protocol::frame::{self, OpCode};
@@ -297,6 +299,30 @@ pub fn drive_handshake(
     HeadOutcome::Incomplete
 }
 
+/// The connection-token path of a request head: extraction never panics, never returns more than
+/// the bound, refuses only as missing or malformed, and what it finds never passes verification
+/// (the fuzzer cannot sign with a secret it never sees).
+fn check_token_extraction(target: &str, authorization: Option<&[u8]>) {
+    static VERIFIER: std::sync::OnceLock<Verifier> = std::sync::OnceLock::new();
+    let verifier = VERIFIER.get_or_init(|| {
+        let config = VerifierConfig { secret: Some(b"fuzz secret".to_vec()), ..VerifierConfig::default() };
+        Verifier::new(&config).expect("an HMAC verifier")
+    });
+    match find_token(target, authorization) {
+        Ok(token) => {
+            assert!(!token.is_empty() && token.len() <= MAX_TOKEN_LEN, "token of {} bytes", token.len());
+            let refusal = verifier.verify(&token, 0).expect_err("an unsigned token verified");
+            assert_ne!(refusal, Refusal::Missing, "a token that is there cannot be missing");
+        }
+        Err(refusal) => {
+            assert!(
+                matches!(refusal, Refusal::Missing | Refusal::Malformed),
+                "extraction refused as {refusal:?}"
+            )
+        }
+    }
+}
+
 fn check_head(
     head: &RequestHead<'_>,
     buf: &[u8],
@@ -309,6 +335,7 @@ fn check_head(
     let _ = head.content_length();
     let _ = head.has_transfer_encoding();
     let _ = head.path();
+    check_token_extraction(head.target, head.header("authorization"));
     let keys: Vec<&[u8]> = head
         .headers()
         .iter()

@@ -123,7 +123,10 @@ impl Model {
             return Some("Topic must not be empty".into());
         }
         let max = self.config.max_topic_length;
-        (topic.len() > max).then(|| format!("Topic too long ({} bytes, max {max})", topic.len()))
+        if topic.len() > max {
+            return Some(format!("Topic too long ({} bytes, max {max})", topic.len()));
+        }
+        topic.chars().any(char::is_control).then(|| "Invalid message format".into())
     }
 }
 
@@ -205,8 +208,16 @@ fn build_message(r: &mut Reader<'_>, model: &Model, from: ClientId) -> Built {
                     Expect::Reply("error", Some(e))
                 } else if kind == r#""subscribe""# {
                     let max = model.config.max_subscriptions;
+                    let max_topics = model.config.max_topics;
                     if !model.subs[from].contains(topic) && model.subs[from].len() >= max {
                         Expect::Reply("error", Some(format!("Too many subscriptions (max {max})")))
+                    } else if !model.topics().iter().any(|t| t.as_str() == topic)
+                        && model.topics().len() >= max_topics
+                    {
+                        Expect::Reply(
+                            "error",
+                            Some(format!("Too many topics on this server (max {max_topics})")),
+                        )
                     } else {
                         action = Action::Subscribe(topic.to_string());
                         Expect::Reply("subscribed", None)
@@ -296,6 +307,7 @@ pub fn check_hub_message(data: &[u8]) {
         max_topic_length: [256, 8, 1, 16][usize::from(cfg & 3)],
         max_subscriptions: [1024, 2, 0, 3][usize::from((cfg >> 2) & 3)],
         allow_client_broadcast: cfg & 0x10 != 0,
+        max_topics: [100_000, 2][usize::from((cfg >> 5) & 1)],
     };
     let mut hub = Hub::new(config.clone());
     let mut model = Model { config, subs: Default::default() };

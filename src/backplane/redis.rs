@@ -422,7 +422,7 @@ impl RedisCore {
             return Err(Garbage::BadData);
         }
         let data = std::str::from_utf8(data).map_err(|_| Garbage::BadData)?;
-        if crate::hub::too_deep(data) {
+        if crate::hub::scan(data).is_err() {
             return Err(Garbage::BadData);
         }
         let data: &RawValue = serde_json::from_str(data).map_err(|_| Garbage::BadData)?;

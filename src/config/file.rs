@@ -8,6 +8,8 @@
 //!   `tls-cert = "..."` at the top level is the same setting;
 //! * `true` sets a switch (`echo = true` is `--echo`), `false` leaves it off;
 //! * an array gives a repeatable flag several values (`allowed-origin = ["https://a", "https://b"]`);
+//! * a flag named after its section is `url` in it: `[redis] url = "redis://..."` is `--redis`
+//!   ([`ALIASES`]; a TOML file cannot hold both `redis = ...` and a `[redis]` table);
 //! * any other key is an error naming it and the file, with the flag it probably meant.
 //!
 //! Nothing here knows a single flag: the names come from clap's `Command`, so a flag added
@@ -18,6 +20,9 @@ use std::path::{Path, PathBuf};
 
 use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, Command};
+
+/// File keys (flattened) that name a flag of another name.
+pub const ALIASES: &[(&str, &str)] = &[("redis-url", "redis")];
 
 /// Flags that make no sense in the file.
 const NOT_FILE_KEYS: &[&str] = &["config", "help", "version"];
@@ -143,7 +148,10 @@ pub fn parse(path: &Path, text: &str) -> Result<FileSettings, FileError> {
 fn flatten(out: &mut Vec<Entry>, key_prefix: &str, flag_prefix: &str, table: toml::Table) {
     for (k, v) in table {
         let key = format!("{key_prefix}{k}");
-        let flag = format!("{flag_prefix}{k}");
+        let mut flag = format!("{flag_prefix}{k}");
+        if let Some((_, to)) = ALIASES.iter().find(|(from, _)| *from == flag) {
+            flag = (*to).to_owned();
+        }
         match v {
             toml::Value::Table(inner) => flatten(out, &format!("{key}."), &format!("{flag}-"), inner),
             value => out.push(Entry { key, flag, value }),
@@ -185,9 +193,11 @@ impl FileSettings {
                 }
             };
             // Parse the value alone so a bad one is blamed on its key, not on a flag the user
-            // never typed.
+            // never typed. Alone, a flag that needs another (`--tls-cert` needs `--tls-key`)
+            // misses it: that is for the whole parse to judge, not this value.
             let alone = std::iter::once("wshub".to_owned()).chain(args.iter().cloned());
-            if let Err(e) = cmd.clone().try_get_matches_from(alone) {
+            let refused = cmd.clone().try_get_matches_from(alone).err();
+            if let Some(e) = refused.filter(|e| e.kind() != clap::error::ErrorKind::MissingRequiredArgument) {
                 errors.push(FileError::BadValue { path: path(), key: key(), message: clap_message(&e) });
                 continue;
             }
@@ -274,7 +284,8 @@ mod tests {
     fn keys_become_flags_and_sections_prefix_them() {
         let a = apply(
             "max-message-size = 1000\necho = true\nallow-client-broadcast = false\nping-interval = 2.5\n\
-             allowed-origin = [\"https://a.example\", \"https://b.example\"]\n[max]\nsubscriptions = 3\n",
+             allowed-origin = [\"https://a.example\", \"https://b.example\"]\n[max]\nsubscriptions = 3\n\
+             [redis]\nurl = \"redis://h:6379\"\nprefix = \"p:\"\n",
             &["wshub"],
         )
         .unwrap();
@@ -286,7 +297,9 @@ mod tests {
                 "--ping-interval=2.5",
                 "--allowed-origin=https://a.example",
                 "--allowed-origin=https://b.example",
-                "--max-subscriptions=3"
+                "--max-subscriptions=3",
+                "--redis=redis://h:6379",
+                "--redis-prefix=p:"
             ]
         );
         assert_eq!(a.key_for("max_subscriptions"), Some("max.subscriptions"));

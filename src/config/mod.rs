@@ -21,13 +21,19 @@ pub mod show;
 pub mod validate;
 
 use std::ffi::OsString;
+use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
+use crate::auth::rate::RateLimit;
+use crate::auth::{Verifier, VerifierConfig};
 use crate::backplane::url::RedisUrl;
+use crate::http::HttpConfig;
+use crate::hub::HubConfig;
 use crate::protocol::deflate::DeflateConfig;
 use crate::protocol::handshake::{OriginPolicy, UpgradePolicy, DEFAULT_MAX_HEAD_LEN};
 use crate::protocol::session::{Millis, SessionConfig};
@@ -67,6 +73,22 @@ pub struct Config {
     /// Maximum simultaneous connections [default: derived from the open-file limit].
     #[arg(long, env = "WSHUB_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+
+    /// Most connections from one address at once (IPv6: one /64), in any phase; over it, 429
+    /// before the upgrade. 0: unlimited.
+    #[arg(long, env = "WSHUB_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+
+    /// Most connections still sending their request head, apart from open ones; when full, the
+    /// address holding the most gives up its oldest [default: a quarter of --max-connections].
+    #[arg(long, env = "WSHUB_MAX_PENDING_HANDSHAKES")]
+    pub max_pending_handshakes: Option<usize>,
+
+    /// Kernel send buffer of each connection, in bytes (SO_SNDBUF; Linux reserves twice this).
+    /// Bounds what a client that stops reading costs in kernel memory. 0: the kernel's default,
+    /// autotuned up to net.ipv4.tcp_wmem's maximum.
+    #[arg(long, env = "WSHUB_SOCKET_SEND_BUFFER", default_value_t = DEFAULT_SOCKET_SEND_BUFFER)]
+    pub socket_send_buffer: usize,
 
     /// Maximum size of one message, in bytes, after reassembly (bigger: close 1009).
     #[arg(long, env = "WSHUB_MAX_MESSAGE_SIZE", default_value_t = 1 << 20)]
@@ -131,15 +153,67 @@ pub struct Config {
     #[arg(long, env = "WSHUB_MAX_SUBSCRIPTIONS", default_value_t = 1024)]
     pub max_subscriptions: usize,
 
+    /// Most topics the server holds at once; subscribing to a new topic beyond it is refused
+    /// with an error (the connection stays). About 200 bytes plus the name per topic.
+    #[arg(long, env = "WSHUB_MAX_TOPICS", default_value_t = crate::hub::DEFAULT_MAX_TOPICS)]
+    pub max_topics: usize,
+
     /// Bearer token required by POST /publish and /broadcast. Without it, those accept
     /// loopback peers only.
     #[arg(long, env = "WSHUB_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 
+    /// File holding the API key (keeps it out of `ps` and the environment).
+    #[arg(long, env = "WSHUB_API_KEY_FILE", conflicts_with = "api_key", value_hint = clap::ValueHint::FilePath)]
+    pub api_key_file: Option<PathBuf>,
+
+    /// HMAC secret for connection tokens (HS256/HS384/HS512). Any JWT option makes every
+    /// upgrade require a token.
+    #[arg(long, env = "WSHUB_JWT_SECRET", hide_env_values = true, conflicts_with = "jwt_secret_file")]
+    pub jwt_secret: Option<Secret>,
+
+    /// File holding the HMAC secret for connection tokens.
+    #[arg(long, env = "WSHUB_JWT_SECRET_FILE", value_hint = clap::ValueHint::FilePath)]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// PEM public key for connection tokens: RSA (RS256/384/512, PS256/384/512), EC P-256 or
+    /// P-384 (ES256/ES384), or Ed25519 (EdDSA).
+    #[arg(long, env = "WSHUB_JWT_PUBLIC_KEY", value_hint = clap::ValueHint::FilePath)]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Required `aud` of connection tokens.
+    #[arg(long, env = "WSHUB_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Required `iss` of connection tokens.
+    #[arg(long, env = "WSHUB_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Clock leeway in seconds for `exp` and `nbf` when a token is checked (connect, refresh).
+    #[arg(long, env = "WSHUB_JWT_LEEWAY", default_value_t = crate::auth::DEFAULT_LEEWAY_SECS)]
+    pub jwt_leeway: u64,
+
+    /// Data messages per second one connection may send (0: no limit); over it, close 1008.
+    /// Control frames (pings) are limited separately at the same rate.
+    #[arg(long, env = "WSHUB_RATE_LIMIT", default_value_t = 0)]
+    pub rate_limit: u32,
+
+    /// Messages a connection may send in a burst above `--rate-limit` [default: the rate].
+    #[arg(long, env = "WSHUB_RATE_BURST")]
+    pub rate_burst: Option<u32>,
+
     /// Largest HTTP request body accepted by the publish API, in bytes (bigger: 413).
     #[arg(long, env = "WSHUB_MAX_BODY_SIZE", default_value_t = 64 * 1024)]
     pub max_body_size: usize,
 
+    /// PEM certificate chain, end entity first. With --tls-key the listener speaks only TLS
+    /// (wss:// and https://); SIGHUP reloads both files.
+    #[arg(long, env = "WSHUB_TLS_CERT", requires = "tls_key", value_hint = clap::ValueHint::FilePath)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, RSA or SEC1) matching --tls-cert.
+    #[arg(long, env = "WSHUB_TLS_KEY", requires = "tls_cert", value_hint = clap::ValueHint::FilePath)]
+    pub tls_key: Option<PathBuf>,
     /// Negotiate permessage-deflate (RFC 7692) with clients that offer it, always with no
     /// context takeover both ways (no compression state kept per connection).
     #[arg(long, env = "WSHUB_COMPRESSION")]
@@ -173,6 +247,22 @@ pub struct Config {
     /// same port (the kernel spreads new connections across them).
     #[arg(long, env = "WSHUB_REUSE_PORT")]
     pub reuse_port: bool,
+
+    /// Messages kept per topic for clients that reconnect (`subscribe` with `since`); 0 = off.
+    #[arg(long, env = "WSHUB_HISTORY_SIZE", default_value_t = 0)]
+    pub history_size: usize,
+
+    /// Seconds a kept message lives, and an unused topic keeps its epoch.
+    #[arg(long, env = "WSHUB_HISTORY_TTL", default_value_t = 300.0, value_parser = parse_secs)]
+    pub history_ttl: f64,
+
+    /// Bound on the memory all kept messages take, in bytes (oldest evicted first).
+    #[arg(long, env = "WSHUB_HISTORY_MAX_BYTES", default_value_t = 64 << 20)]
+    pub history_max_bytes: usize,
+
+    /// Serve a demo page (live chat and counter, built on the browser client) at `GET /`.
+    #[arg(long, env = "WSHUB_DEMO")]
+    pub demo: bool,
 }
 
 /// Parses `--redis`; unlike clap's usual error, the refusal does not repeat the value, which
@@ -204,6 +294,36 @@ pub enum LogFormat {
     Json,
 }
 
+/// Default of `--socket-send-buffer` (see README, "Bounds", for the measurement behind it).
+pub const DEFAULT_SOCKET_SEND_BUFFER: usize = 64 * 1024;
+
+/// A secret from the command line or environment: `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Secret, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A secret kept in a file: its content without the trailing line break.
+fn read_secret_file(path: &Path, flag: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("--{flag} {}: {e}", path.display()))?;
+    let secret = text.trim_end_matches(['\r', '\n']).to_owned();
+    if secret.is_empty() {
+        return Err(format!("--{flag} {}: the file is empty", path.display()));
+    }
+    Ok(secret)
+}
+
 fn parse_secs(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
     if !v.is_finite() || !(0.0..=1e9).contains(&v) {
@@ -231,6 +351,24 @@ impl Config {
         }
     }
 
+    pub fn hub(&self) -> HubConfig {
+        HubConfig {
+            max_topic_length: self.max_topic_length,
+            max_subscriptions: self.max_subscriptions,
+            max_topics: self.max_topics,
+            allow_client_broadcast: self.allow_client_broadcast,
+        }
+    }
+
+    pub fn http(&self) -> HttpConfig {
+        HttpConfig {
+            api_key: self.api_key.clone(),
+            max_body_bytes: self.max_body_size,
+            origins: OriginPolicy::from_allowed(&self.allowed_origins),
+            demo: self.demo,
+        }
+    }
+
     pub fn upgrade(&self) -> UpgradePolicy {
         UpgradePolicy {
             subprotocols: self.subprotocols.clone(),
@@ -239,8 +377,74 @@ impl Config {
         }
     }
 
+    /// The certificate and key files, when TLS is on.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles { cert: cert.clone(), key: key.clone() }),
+            _ => None,
+        }
+    }
+
     pub fn deflate(&self) -> DeflateConfig {
         DeflateConfig { threshold: self.compression_threshold, level: self.compression_level }
+    }
+
+    /// The history settings, or `None` when history is off.
+    pub fn history(&self) -> Option<crate::hub::history::HistoryConfig> {
+        (self.history_size > 0).then(|| crate::hub::history::HistoryConfig {
+            size: self.history_size,
+            ttl: millis(self.history_ttl).max(1),
+            max_bytes: self.history_max_bytes,
+        })
+    }
+
+    /// Whether any connection-token option is set (then every upgrade needs a token).
+    pub fn jwt_enabled(&self) -> bool {
+        self.jwt_secret.is_some()
+            || self.jwt_secret_file.is_some()
+            || self.jwt_public_key.is_some()
+            || self.jwt_audience.is_some()
+            || self.jwt_issuer.is_some()
+    }
+
+    /// The token verifier, reading key files; `None` without JWT options.
+    pub fn verifier(&self) -> Result<Option<Verifier>, String> {
+        if !self.jwt_enabled() {
+            return Ok(None);
+        }
+        let secret = match (&self.jwt_secret, &self.jwt_secret_file) {
+            (Some(Secret(s)), _) => Some(s.clone().into_bytes()),
+            (None, Some(path)) => Some(read_secret_file(path, "jwt-secret-file")?.into_bytes()),
+            (None, None) => None,
+        };
+        let public_key_pem = match &self.jwt_public_key {
+            Some(path) => {
+                Some(std::fs::read(path).map_err(|e| format!("--jwt-public-key {}: {e}", path.display()))?)
+            }
+            None => None,
+        };
+        let config = VerifierConfig {
+            secret,
+            public_key_pem,
+            audience: self.jwt_audience.clone(),
+            issuer: self.jwt_issuer.clone(),
+            leeway_secs: self.jwt_leeway,
+        };
+        Verifier::new(&config).map(Some).map_err(|e| e.to_string())
+    }
+
+    /// The API key for POST /publish and /broadcast, from `--api-key` or `--api-key-file`.
+    pub fn effective_api_key(&self) -> Result<Option<String>, String> {
+        match (&self.api_key, &self.api_key_file) {
+            (Some(key), _) => Ok(Some(key.clone())),
+            (None, Some(path)) => read_secret_file(path, "api-key-file").map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// The per-connection rate limit, if on.
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        RateLimit::new(self.rate_limit, self.rate_burst)
     }
 
     /// Defaults for tests and embedding: what `wshub` with no flags would use.

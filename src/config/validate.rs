@@ -72,6 +72,11 @@ pub enum Problem {
     SubprotocolNotToken { value: String },
     /// `--api-key` must be non-empty visible ASCII without spaces (it travels as a bearer token).
     ApiKeyNotToken,
+    /// `--redis-prefix` must be at most 256 bytes without spaces or control characters (it
+    /// starts every channel name, and operators type it into redis-cli).
+    RedisPrefixNotPlain { value: String },
+    /// `--redis` with `--echo`: echo mode has no hub, so nothing would be relayed.
+    RedisWithEcho,
     /// A flag that names a file (`value_hint = FilePath`) must name a readable file.
     FileUnreadable { flag: String, path: PathBuf, error: String },
     /// The open-file limit leaves nothing for connections.
@@ -88,6 +93,8 @@ impl Problem {
             Problem::OriginNotSchemeHostPort { .. } => "allowed-origin",
             Problem::SubprotocolNotToken { .. } => "subprotocol",
             Problem::ApiKeyNotToken => "api-key",
+            Problem::RedisPrefixNotPlain { .. } => "redis-prefix",
+            Problem::RedisWithEcho => "redis",
             Problem::FileUnreadable { flag, .. } => flag,
             Problem::OpenFileLimitTooLow { .. } => "max-connections",
         }
@@ -120,6 +127,12 @@ impl fmt::Display for Problem {
             }
             Problem::ApiKeyNotToken => {
                 write!(f, "must be non-empty visible ASCII without spaces (it is sent as `Authorization: Bearer KEY`)")
+            }
+            Problem::RedisPrefixNotPlain { value } => {
+                write!(f, "{value:?} must be at most 256 bytes without spaces or control characters")
+            }
+            Problem::RedisWithEcho => {
+                write!(f, "cannot be used with --echo: echo mode has no hub, so nothing would be relayed")
             }
             Problem::FileUnreadable { path, error, .. } => write!(f, "cannot read {}: {error}", path.display()),
             Problem::OpenFileLimitTooLow { open_files } => write!(
@@ -171,80 +184,63 @@ impl fmt::Display for Adjustment {
     }
 }
 
-/// One row of the numeric rules.
+/// One row of the numeric rules. Rows name flags, not `Config` fields, and read the value as
+/// given (flag, variable or file), so a row needs no code and survives a field changing type.
 pub struct Range {
     pub flag: &'static str,
-    pub get: fn(&Config) -> Option<f64>,
     pub min: f64,
     pub max: f64,
     pub unit: &'static str,
+}
+
+const fn range(flag: &'static str, min: f64, max: f64, unit: &'static str) -> Range {
+    Range { flag, min, max, unit }
 }
 
 const KIB: f64 = 1024.0;
 const MIB: f64 = 1024.0 * KIB;
 const GIB: f64 = 1024.0 * MIB;
 const HOUR: f64 = 3600.0;
+const DAY: f64 = 24.0 * HOUR;
 
 /// Sane ranges. Sizes stop at a gigabyte (a per-connection bound over that is a typo or a
-/// denial of service waiting to happen); timeouts that must fire are above zero.
+/// denial of service waiting to happen); timeouts that must fire are above zero; 0 stays
+/// allowed where it means "off".
+#[rustfmt::skip]
 pub const RANGES: &[Range] = &[
-    Range {
-        flag: "max-message-size",
-        get: |c| Some(c.max_message_size as f64),
-        min: 1.0,
-        max: GIB,
-        unit: "bytes",
-    },
-    Range {
-        flag: "max-queued-bytes",
-        get: |c| Some(c.max_queued_bytes as f64),
-        min: KIB,
-        max: GIB,
-        unit: "bytes",
-    },
-    Range { flag: "send-queue", get: |c| Some(c.send_queue as f64), min: 1.0, max: 1e6, unit: "messages" },
-    Range {
-        flag: "max-head-size",
-        get: |c| Some(c.max_head_size as f64),
-        min: KIB,
-        max: 64.0 * KIB,
-        unit: "bytes",
-    },
-    Range {
-        flag: "max-body-size",
-        get: |c| Some(c.max_body_size as f64),
-        min: 1.0,
-        max: 64.0 * MIB,
-        unit: "bytes",
-    },
-    Range {
-        flag: "max-topic-length",
-        get: |c| Some(c.max_topic_length as f64),
-        min: 1.0,
-        max: 64.0 * KIB,
-        unit: "bytes",
-    },
-    Range {
-        flag: "max-subscriptions",
-        get: |c| Some(c.max_subscriptions as f64),
-        min: 1.0,
-        max: 1e6,
-        unit: "topics",
-    },
-    Range {
-        flag: "max-connections",
-        get: |c| c.max_connections.map(|n| n as f64),
-        min: 1.0,
-        max: (MAX_SLOTS - 256) as f64,
-        unit: "connections",
-    },
-    Range { flag: "handshake-timeout", get: |c| Some(c.handshake_timeout), min: 0.001, max: HOUR, unit: "s" },
-    Range { flag: "write-wait", get: |c| Some(c.write_wait), min: 0.001, max: HOUR, unit: "s" },
-    Range { flag: "close-timeout", get: |c| Some(c.close_timeout), min: 0.001, max: HOUR, unit: "s" },
-    Range { flag: "shutdown-timeout", get: |c| Some(c.shutdown_timeout), min: 0.0, max: HOUR, unit: "s" },
-    Range { flag: "ping-interval", get: |c| Some(c.ping_interval), min: 0.0, max: 24.0 * HOUR, unit: "s" },
-    Range { flag: "pong-wait", get: |c| Some(c.pong_wait), min: 0.0, max: 24.0 * HOUR, unit: "s" },
+    range("max-message-size", 1.0, GIB, "bytes"),
+    range("max-queued-bytes", KIB, GIB, "bytes"),
+    range("send-queue", 1.0, 1e6, "messages"),
+    range("max-head-size", KIB, 64.0 * KIB, "bytes"),
+    range("max-body-size", 1.0, 64.0 * MIB, "bytes"),
+    range("max-topic-length", 1.0, 64.0 * KIB, "bytes"),
+    range("max-subscriptions", 1.0, 1e6, "topics"),
+    range("max-connections", 1.0, (MAX_SLOTS - 256) as f64, "connections"),
+    range("handshake-timeout", 0.001, HOUR, "s"),
+    range("write-wait", 0.001, HOUR, "s"),
+    range("close-timeout", 0.001, HOUR, "s"),
+    range("shutdown-timeout", 0.0, HOUR, "s"),
+    range("ping-interval", 0.0, DAY, "s"),
+    range("pong-wait", 0.0, DAY, "s"),
+    range("compression-threshold", 0.0, GIB, "bytes"),
+    range("redis-max-queued-bytes", KIB, GIB, "bytes"),
+    range("max-connections-per-ip", 0.0, 1e6, "connections"),
+    range("max-pending-handshakes", 1.0, (MAX_SLOTS - 256) as f64, "connections"),
+    range("socket-send-buffer", 0.0, 64.0 * MIB, "bytes"),
+    range("max-topics", 1.0, 1e8, "topics"),
+    range("jwt-leeway", 0.0, HOUR, "s"),
+    range("rate-limit", 0.0, 1e6, "messages/s"),
+    range("rate-burst", 1.0, 1e6, "messages"),
+    range("history-size", 0.0, 1e6, "messages"),
+    range("history-ttl", 0.001, 7.0 * DAY, "s"),
+    range("history-max-bytes", 0.0, 64.0 * GIB, "bytes"),
 ];
+
+/// The value of flag `long` as given, if it was given or has a default.
+fn raw<'a>(cmd: &Command, matches: &'a ArgMatches, long: &str) -> Option<Vec<&'a std::ffi::OsStr>> {
+    let arg = cmd.get_arguments().find(|a| a.get_long() == Some(long))?;
+    Some(matches.get_raw(arg.get_id().as_str())?.collect())
+}
 
 /// What a rule sees.
 pub struct Input<'a> {
@@ -263,6 +259,8 @@ pub const RULES: &[(&str, Rule)] = &[
     ("allowed-origin", origins),
     ("subprotocol", subprotocols),
     ("api-key", api_key),
+    ("redis-prefix", redis_prefix),
+    ("redis", redis_without_echo),
     ("(any FilePath flag)", files_readable),
 ];
 
@@ -364,9 +362,29 @@ fn subprotocols(i: &Input) -> Vec<Problem> {
 }
 
 fn api_key(i: &Input) -> Vec<Problem> {
-    match &i.config.api_key {
-        Some(k) if k.is_empty() || !k.bytes().all(|b| b.is_ascii_graphic()) => vec![Problem::ApiKeyNotToken],
-        _ => Vec::new(),
+    let values = raw(i.cmd, i.matches, "api-key").unwrap_or_default();
+    let bad = |k: &&std::ffi::OsStr| k.is_empty() || !k.as_encoded_bytes().iter().all(u8::is_ascii_graphic);
+    values.into_iter().filter(bad).map(|_| Problem::ApiKeyNotToken).collect()
+}
+
+fn redis_prefix(i: &Input) -> Vec<Problem> {
+    let values = raw(i.cmd, i.matches, "redis-prefix").unwrap_or_default();
+    let bad = |p: &&std::ffi::OsStr| {
+        p.len() > 256 || p.as_encoded_bytes().iter().any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    };
+    values
+        .into_iter()
+        .filter(bad)
+        .map(|p| Problem::RedisPrefixNotPlain { value: p.to_string_lossy().into_owned() })
+        .collect()
+}
+
+fn redis_without_echo(i: &Input) -> Vec<Problem> {
+    let given = raw(i.cmd, i.matches, "redis").is_some_and(|v| !v.is_empty());
+    if given && i.config.echo {
+        vec![Problem::RedisWithEcho]
+    } else {
+        Vec::new()
     }
 }
 
@@ -405,7 +423,8 @@ pub struct Outcome {
 pub fn validate(config: &mut Config, cmd: &Command, matches: &ArgMatches, open_files: usize) -> Outcome {
     let mut problems = Vec::new();
     for r in RANGES {
-        if let Some(value) = (r.get)(config) {
+        let values = raw(cmd, matches, r.flag).unwrap_or_default();
+        for value in values.iter().filter_map(|v| v.to_str()?.parse::<f64>().ok()) {
             if !(r.min..=r.max).contains(&value) {
                 problems.push(Problem::OutOfRange {
                     flag: r.flag,
@@ -491,7 +510,7 @@ mod tests {
     fn flags_that_name_files_must_name_readable_files() {
         use clap::{Arg, CommandFactory, FromArgMatches};
         let cmd =
-            Config::command().arg(Arg::new("tls_cert").long("tls-cert").value_hint(ValueHint::FilePath));
+            Config::command().arg(Arg::new("test_file").long("test-file").value_hint(ValueHint::FilePath));
         let dir = std::env::temp_dir();
         let readable = dir.join(format!("wshub-validate-{}.pem", std::process::id()));
         std::fs::write(&readable, "x").unwrap();
@@ -500,16 +519,16 @@ mod tests {
             ("/nonexistent/cert.pem", Some("No such file or directory")),
             (dir.to_str().unwrap(), Some("not a regular file")),
         ] {
-            let matches = cmd.clone().try_get_matches_from(["wshub", "--tls-cert", value]).unwrap();
+            let matches = cmd.clone().try_get_matches_from(["wshub", "--test-file", value]).unwrap();
             let config = Config::from_arg_matches(&matches).unwrap();
             let problems = files_readable(&Input { config: &config, cmd: &cmd, matches: &matches });
             match expected {
                 None => assert!(problems.is_empty(), "{problems:?}"),
                 Some(error) => {
                     assert_eq!(problems.len(), 1);
-                    assert_eq!(problems[0].flag(), "tls-cert");
+                    assert_eq!(problems[0].flag(), "test-file");
                     let line = describe(&cmd, &matches, None, &problems[0]);
-                    assert!(line.starts_with(&format!("--tls-cert: cannot read {value}: ")), "{line}");
+                    assert!(line.starts_with(&format!("--test-file: cannot read {value}: ")), "{line}");
                     assert!(line.contains(error), "{line}");
                 }
             }

@@ -10,9 +10,17 @@
 //! | `GET /metrics` | 200 Prometheus text (`text/plain; version=0.0.4`) |
 //! | `POST /publish` `{"topic":"news","data":{...}}` | 200 `{"delivered":2}` |
 //! | `POST /broadcast` `{"data":{...}}` | 200 `{"delivered":40}` |
+//! | `GET /wshub.js` | 200 the browser client (`text/javascript`), always |
+//! | `GET /` | 200 the demo page, only with `--demo` (404 otherwise) |
 //!
 //! The two POST routes need `Authorization: Bearer <key>` when the server has an API key (401
-//! otherwise); without a key they only accept loopback peers (403 otherwise). Other answers:
+//! otherwise); without a key they only accept loopback peers (403 otherwise). Because a web page
+//! can make a browser send a POST anywhere, they also refuse what only a browser would send on a
+//! page's behalf: an `Origin` that the upgrade's origin policy would refuse (403), a body type
+//! other than `Content-Type: application/json` (415; a cross-site page can send `text/plain`
+//! or a form without a preflight, never `application/json`), and, without an API key, a `Host`
+//! that is not a loopback name or address (403: a DNS-rebinding page's requests name the
+//! attacker's host). Other answers:
 //! 400 for a body that is not the JSON above (with a JSON `{"error":..}` body), 411 without
 //! `Content-Length`, 413 for a body over the limit, 405 for a wrong method on a known path,
 //! 404 for any other path. Every response carries `Connection: close`.
@@ -22,9 +30,16 @@ use std::borrow::Cow;
 use crate::backplane::redis::BackplaneStats;
 use crate::hub::{self, Hub, HubError, Outbox};
 use crate::metrics::{Gauges, Metrics};
-use crate::protocol::handshake::status_text;
+use crate::protocol::handshake::{status_text, OriginPolicy};
 
 const CONTENT_TYPE_JSON: &str = "application/json";
+const CONTENT_TYPE_JS: &str = "text/javascript";
+const CONTENT_TYPE_HTML: &str = "text/html; charset=utf-8";
+
+/// The browser client, served at `/wshub.js` (its source lives in `clients/js/`).
+pub const CLIENT_JS: &str = include_str!("../../clients/js/wshub.js");
+/// The demo page, served at `/` with `--demo`.
+pub const DEMO_HTML: &str = include_str!("../../clients/js/demo.html");
 /// The Prometheus text exposition format.
 const CONTENT_TYPE_PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -36,11 +51,15 @@ pub struct HttpConfig {
     pub api_key: Option<String>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Which `Origin`s may POST: the same policy as WebSocket upgrades (`--allowed-origin`).
+    pub origins: OriginPolicy,
+    /// Serve the demo page at `/`.
+    pub demo: bool,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { api_key: None, max_body_bytes: 64 * 1024 }
+        HttpConfig { api_key: None, max_body_bytes: 64 * 1024, origins: OriginPolicy::SameHost, demo: false }
     }
 }
 
@@ -54,6 +73,10 @@ pub struct HttpRequest<'a> {
     pub authorization: Option<&'a [u8]>,
     pub content_length: Option<u64>,
     pub peer_is_loopback: bool,
+    /// The raw `Content-Type`, `Origin` and `Host` header values.
+    pub content_type: Option<&'a [u8]>,
+    pub origin: Option<&'a [u8]>,
+    pub host: Option<&'a [u8]>,
 }
 
 /// What a response may need from the rest of the server.
@@ -143,22 +166,26 @@ enum Route {
     Metrics,
     Publish,
     Broadcast,
+    ClientJs,
+    Demo,
 }
 
 impl Route {
-    fn find(path: &str) -> Option<Route> {
+    fn find(path: &str, cfg: &HttpConfig) -> Option<Route> {
         Some(match path {
             "/healthz" => Route::Healthz,
             "/metrics" => Route::Metrics,
             "/publish" => Route::Publish,
             "/broadcast" => Route::Broadcast,
+            "/wshub.js" => Route::ClientJs,
+            "/" if cfg.demo => Route::Demo,
             _ => return None,
         })
     }
 
     fn method(self) -> &'static str {
         match self {
-            Route::Healthz | Route::Metrics => "GET",
+            Route::Healthz | Route::Metrics | Route::ClientJs | Route::Demo => "GET",
             Route::Publish | Route::Broadcast => "POST",
         }
     }
@@ -169,9 +196,9 @@ impl Route {
 }
 
 /// The route, or the 404/405 that answers instead.
-fn route(req: &HttpRequest<'_>) -> Result<Route, Response> {
+fn route(req: &HttpRequest<'_>, cfg: &HttpConfig) -> Result<Route, Response> {
     let path = req.path.split_once('?').map_or(req.path, |(path, _query)| path);
-    let route = Route::find(path).ok_or_else(|| Response::error(404, "Not found", None))?;
+    let route = Route::find(path, cfg).ok_or_else(|| Response::error(404, "Not found", None))?;
     if req.method != route.method() {
         return Err(Response::error(405, "Method not allowed", None).with_header("Allow", route.method()));
     }
@@ -193,6 +220,62 @@ fn authorize(req: &HttpRequest<'_>, cfg: &HttpConfig) -> Result<(), Response> {
             None,
         )),
     }
+}
+
+/// The browser rules for the POST routes (see the module header): Origin, then Host in
+/// loopback mode, then the body type. Checked before the API key: they hold for everyone.
+fn same_site(req: &HttpRequest<'_>, cfg: &HttpConfig) -> Result<(), Response> {
+    if !cfg.origins.allows(req.origin, req.host) {
+        return Err(Response::error(403, "Origin not allowed", None));
+    }
+    let loopback_mode = cfg.api_key.as_deref().is_none_or(str::is_empty);
+    if loopback_mode && !req.host.is_some_and(is_loopback_host) {
+        return Err(Response::error(
+            403,
+            "Host must be a loopback name or address when no API key is configured",
+            None,
+        ));
+    }
+    if !req.content_type.is_some_and(is_json_media_type) {
+        return Err(Response::error(415, "Content-Type must be application/json", None));
+    }
+    Ok(())
+}
+
+/// `application/json`, any case, with or without parameters (`; charset=utf-8`).
+fn is_json_media_type(value: &[u8]) -> bool {
+    let essence = value.split(|&b| b == b';').next().unwrap_or(value).trim_ascii();
+    essence.eq_ignore_ascii_case(b"application/json")
+}
+
+/// Whether a `Host` value (`name[:port]`, `v4[:port]`, `[v6][:port]`) names this machine only:
+/// `localhost`, an address in 127.0.0.0/8, or `::1`. A rebinding attack needs a name the
+/// attacker's DNS answers for, which is none of these.
+pub fn is_loopback_host(value: &[u8]) -> bool {
+    let Ok(value) = std::str::from_utf8(value.trim_ascii()) else {
+        return false;
+    };
+    let name = if let Some(rest) = value.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((v6, port)) if port.is_empty() || port.strip_prefix(':').is_some_and(is_port) => v6,
+            _ => return false,
+        }
+    } else {
+        match value.split_once(':') {
+            Some((name, port)) if is_port(port) => name,
+            Some(_) => return false,
+            None => value,
+        }
+    };
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The port after a host's `:`: digits only (an empty port is allowed by RFC 3986).
+fn is_port(port: &str) -> bool {
+    port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// The token of `Bearer <token>`; the scheme is case-insensitive (RFC 9110 section 11.1).
@@ -239,10 +322,11 @@ fn too_large(cfg: &HttpConfig) -> Response {
 /// GET). Routing and authorization are decided here, so refused requests cost no body read.
 /// A refusal is the response to send.
 pub fn body_plan(req: &HttpRequest<'_>, cfg: &HttpConfig) -> Result<usize, Response> {
-    let route = route(req)?;
+    let route = route(req, cfg)?;
     if !route.takes_body() {
         return Ok(0);
     }
+    same_site(req, cfg)?;
     authorize(req, cfg)?;
     body_length(req, cfg)
 }
@@ -256,7 +340,7 @@ pub fn respond<O: Outbox>(
     cfg: &HttpConfig,
     ctx: &mut HttpContext<'_, O>,
 ) -> Response {
-    let response = match route(req) {
+    let response = match route(req, cfg) {
         Ok(route) => answer(route, req, body, cfg, ctx),
         Err(refusal) => refusal,
     };
@@ -294,6 +378,7 @@ fn answer<O: Outbox>(
                 connections: ctx.connections,
                 topics: ctx.hub.topic_count(),
                 uptime_seconds: ctx.uptime_seconds,
+                history: ctx.hub.history_stats(),
                 backplane: ctx.backplane,
             };
             let mut text = String::with_capacity(4096);
@@ -305,8 +390,22 @@ fn answer<O: Outbox>(
                 body: text.into_bytes(),
             }
         }
+        Route::ClientJs => Response {
+            status: 200,
+            content_type: CONTENT_TYPE_JS,
+            extra_header: None,
+            body: CLIENT_JS.as_bytes().to_vec(),
+        },
+        Route::Demo => Response {
+            status: 200,
+            content_type: CONTENT_TYPE_HTML,
+            extra_header: None,
+            body: DEMO_HTML.as_bytes().to_vec(),
+        },
         Route::Publish | Route::Broadcast => {
-            if let Err(refusal) = authorize(req, cfg).and_then(|()| body_length(req, cfg)) {
+            if let Err(refusal) =
+                same_site(req, cfg).and_then(|()| authorize(req, cfg)).and_then(|()| body_length(req, cfg))
+            {
                 return refusal;
             }
             if body.len() > cfg.max_body_bytes {

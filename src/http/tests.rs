@@ -49,7 +49,16 @@ impl Server {
 }
 
 fn get(path: &str) -> HttpRequest<'_> {
-    HttpRequest { method: "GET", path, authorization: None, content_length: None, peer_is_loopback: false }
+    HttpRequest {
+        method: "GET",
+        path,
+        authorization: None,
+        content_length: None,
+        peer_is_loopback: false,
+        content_type: None,
+        origin: None,
+        host: Some(b"localhost"),
+    }
 }
 
 fn post<'a>(path: &'a str, body: &[u8], authorization: Option<&'a [u8]>, loopback: bool) -> HttpRequest<'a> {
@@ -59,6 +68,9 @@ fn post<'a>(path: &'a str, body: &[u8], authorization: Option<&'a [u8]>, loopbac
         authorization,
         content_length: Some(body.len() as u64),
         peer_is_loopback: loopback,
+        content_type: Some(b"application/json"),
+        origin: None,
+        host: Some(b"localhost:8080"),
     }
 }
 
@@ -308,4 +320,101 @@ fn constant_time_compare() {
     assert!(!constant_time_eq(b"key", b""));
     // A candidate that is the key plus NULs must not pass the zero padding.
     assert!(!constant_time_eq(b"key\0", b"key"));
+}
+
+#[test]
+fn loopback_hosts() {
+    for host in
+        ["localhost", "LocalHost:8080", "127.0.0.1", "127.1.2.3:80", "[::1]", "[::1]:9", " localhost "]
+    {
+        assert!(is_loopback_host(host.as_bytes()), "{host}");
+    }
+    for host in [
+        "",
+        "evil.example",
+        "localhost.evil.example",
+        "evil.localhost.example:80",
+        "10.0.0.1",
+        "[::2]:80",
+        "::1",
+        "localhost:80x",
+        "localhost:",
+        "127.0.0.1:80:80",
+        "[::1]x",
+        "0.0.0.0",
+    ] {
+        let want = host == "localhost:"; // an empty port is still localhost (RFC 3986)
+        assert_eq!(is_loopback_host(host.as_bytes()), want, "{host}");
+    }
+}
+
+#[test]
+fn posts_need_json_a_local_host_and_an_allowed_origin() {
+    let mut s = Server::new();
+    let cfg = HttpConfig::default();
+    let body = br#"{"data":1}"#;
+    let ok = post("/broadcast", body, None, true);
+    assert_eq!(s.call(&ok, body, &cfg).status, 200);
+    let cases: &[(HttpRequest<'_>, u16)] = &[
+        (HttpRequest { content_type: Some(b"text/plain"), ..ok }, 415),
+        (HttpRequest { content_type: None, ..ok }, 415),
+        (HttpRequest { content_type: Some(b"application/json ; charset=utf-8"), ..ok }, 200),
+        (HttpRequest { content_type: Some(b"multipart/form-data; boundary=x"), ..ok }, 415),
+        (HttpRequest { origin: Some(b"http://evil.example"), ..ok }, 403),
+        (HttpRequest { origin: Some(b"null"), ..ok }, 403),
+        (HttpRequest { origin: Some(b"http://localhost:8080"), ..ok }, 200),
+        (HttpRequest { host: Some(b"evil.example:8080"), ..ok }, 403),
+        (HttpRequest { host: None, ..ok }, 403),
+    ];
+    for (req, want) in cases {
+        assert_eq!(s.call(req, body, &cfg).status, *want, "{req:?}");
+        // `respond` alone (without the plan) applies the same rules.
+        let mut ctx = HttpContext {
+            hub: &mut s.hub,
+            outbox: &mut s.outbox,
+            metrics: &mut s.metrics,
+            uptime_seconds: 0,
+            connections: 1,
+            backplane: None,
+        };
+        assert_eq!(respond(req, body, &cfg, &mut ctx).status, *want, "{req:?}");
+    }
+    // With a key, Host is free (the key is the proof), but Origin and type still hold.
+    let keyed = HttpConfig { api_key: Some(KEY.into()), ..HttpConfig::default() };
+    let auth = format!("Bearer {KEY}");
+    let remote = post("/broadcast", body, Some(auth.as_bytes()), false);
+    assert_eq!(s.call(&HttpRequest { host: Some(b"api.example"), ..remote }, body, &keyed).status, 200);
+    let foreign = HttpRequest { host: Some(b"api.example"), origin: Some(b"https://evil.example"), ..remote };
+    assert_eq!(s.call(&foreign, body, &keyed).status, 403);
+    let allow = HttpConfig {
+        origins: crate::protocol::handshake::OriginPolicy::AllowList(vec!["https://app.example".into()]),
+        ..keyed
+    };
+    let listed = HttpRequest { origin: Some(b"https://APP.example"), ..foreign };
+    assert_eq!(s.call(&listed, body, &allow).status, 200);
+    assert_eq!(
+        s.call(&HttpRequest { content_type: Some(b"text/plain"), ..listed }, body, &allow).status,
+        415
+    );
+    // GET routes are not affected.
+    let health =
+        HttpRequest { origin: Some(b"http://evil.example"), host: Some(b"evil.example"), ..get("/healthz") };
+    assert_eq!(s.call(&health, b"", &cfg).status, 200);
+    assert_eq!(s.metrics.http_responses(415), 7);
+}
+
+#[test]
+fn the_browser_client_is_always_served_and_the_demo_only_when_asked() {
+    let mut s = Server::new();
+    let cfg = HttpConfig::default();
+    let r = s.call(&get("/wshub.js"), b"", &cfg);
+    assert_eq!((r.status, r.content_type()), (200, "text/javascript"));
+    assert!(std::str::from_utf8(r.body()).unwrap().contains("export class WsHub"));
+    assert_eq!(s.call(&get("/"), b"", &cfg).status, 404, "no demo unless --demo");
+    let demo = HttpConfig { demo: true, ..HttpConfig::default() };
+    let r = s.call(&get("/?room=1"), b"", &demo);
+    assert_eq!((r.status, r.content_type()), (200, "text/html; charset=utf-8"));
+    assert!(std::str::from_utf8(r.body()).unwrap().contains("/wshub.js"));
+    let r = s.call(&post("/", b"", None, true), b"", &demo);
+    assert_eq!((r.status, r.header("Allow")), (405, Some("GET")));
 }

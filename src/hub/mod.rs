@@ -36,6 +36,11 @@
 //!   client (the sender included). WebSocket clients may broadcast only when the server runs with
 //!   `--allow-client-broadcast`; the HTTP API (`POST /broadcast`) always may. Acked like publish.
 //! * Messages published to one topic by one publisher reach every subscriber in publish order.
+//! * With history (`--history-size`, [`history`]), `message` payloads carry `"offset"`,
+//!   `subscribed` carries `offset` and `epoch`, and `subscribe` may carry
+//!   `"since":{"offset":O,"epoch":E}`: the reply (with `recovered`) comes first, then every
+//!   kept message after `O` (when all of them are kept and `E` matches), then live messages,
+//!   all queued within one call so nothing falls in between.
 //! * With a backplane joining other processes ([`Outbox::backplane`]), publishes and broadcasts
 //!   are relayed to it after local delivery, acks add `"backplane":true|false` (handed over or
 //!   not), and the backplane hears when a topic gains its first or loses its last subscriber.
@@ -49,7 +54,9 @@
 //! | `Unknown message type` | `type` is a string but not one of the five above |
 //! | `Topic must not be empty` | `"topic": ""` |
 //! | `Topic too long (300 bytes, max 256)` | topic longer than `--max-topic-length` bytes (UTF-8) |
+//! | `Invalid message format` | also: a lone surrogate escape (`"\ud800"`) anywhere in the message (not I-JSON, RFC 7493), or a control character in a topic |
 //! | `Too many subscriptions (max 1024)` | the connection already has `--max-subscriptions` topics |
+//! | `Too many topics on this server (max 100000)` | subscribing to a new topic when the server holds `--max-topics` |
 //! | `Broadcast from clients is disabled` | `broadcast` without `--allow-client-broadcast` |
 //! | `Binary messages are not supported` | a binary frame |
 //!
@@ -65,21 +72,28 @@
 //! state in the hub at all. Subscriptions are indexed both ways (topic -> subscribers, client ->
 //! topics) so unsubscribing and disconnecting are O(1) per subscription.
 
+pub mod history;
 mod registry;
 mod wire;
 
 use std::fmt;
+use std::rc::Rc;
 
 use serde_json::value::RawValue;
 
+use crate::auth::{Grant, Refusal, Verifier};
 use crate::backplane::{Backplane, Relay};
 use crate::metrics::Metrics;
 use crate::protocol::deflate::SharedMessage;
+use crate::protocol::session::Millis;
 use crate::protocol::OpCode;
+use history::{HistoryStats, HistoryStore, Since};
 use registry::{Registry, SubscribeOutcome};
-use wire::{BroadcastPayload, Envelope, Kind, PublishPayload, TopicPayload};
+use wire::{
+    BroadcastPayload, Envelope, Kind, PublishPayload, RefreshPayload, SubscribePayload, TopicPayload,
+};
 
-pub(crate) use wire::{push_decimal, push_json_str, push_relay, too_deep};
+pub(crate) use wire::{push_decimal, push_json_str, push_relay, scan};
 
 /// The reactor's slab key for a connection.
 pub type ClientId = usize;
@@ -104,6 +118,22 @@ pub trait Outbox {
     }
 }
 
+/// Default of `--max-topics`. One topic costs about 200 bytes of tables plus its name (at most
+/// `--max-topic-length`, 256), so 100,000 topics are about 45 MB at worst: a bound one host
+/// cannot turn into gigabytes, and still room for a private topic per connection plus shared
+/// ones at tens of thousands of connections.
+pub const DEFAULT_MAX_TOPICS: usize = 100_000;
+
+/// What the sender of a message may do.
+pub enum Access<'a> {
+    /// No connection tokens on this server: every topic is open and `--allow-client-broadcast`
+    /// decides broadcasts.
+    Open,
+    /// The connection's token decides (least privilege: what it does not grant is denied).
+    /// `verifier` and `now_unix_ms` (wall clock) serve the `refresh` message.
+    Token { grant: &'a mut Grant, verifier: &'a Verifier, now_unix_ms: u64 },
+}
+
 /// Limits and switches of the protocol.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HubConfig {
@@ -111,13 +141,21 @@ pub struct HubConfig {
     pub max_topic_length: usize,
     /// Most topics one connection may be subscribed to at once.
     pub max_subscriptions: usize,
+    /// Most topics the server holds at once (topics with at least one subscriber): the bound
+    /// on hub memory together with `max_subscriptions` (see README, "Bounds").
+    pub max_topics: usize,
     /// Whether WebSocket clients may send `broadcast` (the HTTP API always may).
     pub allow_client_broadcast: bool,
 }
 
 impl Default for HubConfig {
     fn default() -> Self {
-        HubConfig { max_topic_length: 256, max_subscriptions: 1024, allow_client_broadcast: false }
+        HubConfig {
+            max_topic_length: 256,
+            max_subscriptions: 1024,
+            max_topics: DEFAULT_MAX_TOPICS,
+            allow_client_broadcast: false,
+        }
     }
 }
 
@@ -139,8 +177,22 @@ pub enum HubError {
     TooManySubscriptions {
         max: usize,
     },
+    /// The server holds `--max-topics` topics; subscribing to an existing one still works.
+    TooManyTopics {
+        max: usize,
+    },
+    /// A topic with a control character (they can only come escaped, e.g. `\u0007`).
+    TopicControlCharacter,
     ClientBroadcastDisabled,
     BinaryNotSupported,
+    /// The connection's token does not grant this subscribe, publish or broadcast.
+    PermissionDenied,
+    /// `refresh` on a server without connection tokens.
+    AuthDisabled,
+    /// `refresh` with a token that does not verify.
+    RefreshRefused(Refusal),
+    /// `refresh` with a valid token for another subject.
+    RefreshOtherSubject,
 }
 
 impl fmt::Display for HubError {
@@ -151,8 +203,14 @@ impl fmt::Display for HubError {
             HubError::EmptyTopic => f.write_str("Topic must not be empty"),
             HubError::TopicTooLong { len, max } => write!(f, "Topic too long ({len} bytes, max {max})"),
             HubError::TooManySubscriptions { max } => write!(f, "Too many subscriptions (max {max})"),
+            HubError::TooManyTopics { max } => write!(f, "Too many topics on this server (max {max})"),
+            HubError::TopicControlCharacter => f.write_str("Invalid message format"),
             HubError::ClientBroadcastDisabled => f.write_str("Broadcast from clients is disabled"),
             HubError::BinaryNotSupported => f.write_str("Binary messages are not supported"),
+            HubError::PermissionDenied => f.write_str("Permission denied"),
+            HubError::AuthDisabled => f.write_str("Authentication is not enabled"),
+            HubError::RefreshRefused(cause) => write!(f, "Token refused: {}", cause.reason()),
+            HubError::RefreshOtherSubject => f.write_str("Token refused: another subject"),
         }
     }
 }
@@ -161,9 +219,7 @@ impl std::error::Error for HubError {}
 
 /// Parses the JSON body of `POST /publish`: `{"topic": T, "data": any}`.
 pub fn parse_publish_body(text: &str) -> Result<(std::borrow::Cow<'_, str>, &RawValue), HubError> {
-    if wire::too_deep(text) {
-        return Err(HubError::InvalidFormat { detail: "nested too deeply" });
-    }
+    wire::scan(text).map_err(wire::TextFault::into_error)?;
     let body: PublishPayload<'_> =
         wire::parse_object(text, "expected {\"topic\": string, \"data\": any JSON}")?;
     Ok((body.topic, body.data))
@@ -171,9 +227,7 @@ pub fn parse_publish_body(text: &str) -> Result<(std::borrow::Cow<'_, str>, &Raw
 
 /// Parses the JSON body of `POST /broadcast`: `{"data": any}`.
 pub fn parse_broadcast_body(text: &str) -> Result<&RawValue, HubError> {
-    if wire::too_deep(text) {
-        return Err(HubError::InvalidFormat { detail: "nested too deeply" });
-    }
+    wire::scan(text).map_err(wire::TextFault::into_error)?;
     let body: BroadcastPayload<'_> = wire::parse_object(text, "expected {\"data\": any JSON}")?;
     Ok(body.data)
 }
@@ -187,11 +241,64 @@ pub struct Hub {
     /// Staging for outgoing JSON, reused so steady-state replies and publishes allocate nothing
     /// but the shared frame itself.
     scratch: Vec<u8>,
+    /// Topic history, when `--history-size` is above 0; `None` costs nothing per topic.
+    history: Option<Box<dyn HistoryStore>>,
+    /// Frames a recovering subscribe replays, reused.
+    replay: Vec<Rc<[u8]>>,
+    /// The reactor's clock, as of its last [`Hub::tick`].
+    now: Millis,
 }
 
 impl Hub {
     pub fn new(config: HubConfig) -> Hub {
-        Hub { config, registry: Registry::default(), last_relay: Relay::Off, scratch: Vec::new() }
+        Hub {
+            config,
+            registry: Registry::default(),
+            last_relay: Relay::Off,
+            scratch: Vec::new(),
+            history: None,
+            replay: Vec::new(),
+            now: 0,
+        }
+    }
+
+    /// Keeps topic history in `store`: messages then carry offsets and subscribers may recover.
+    pub fn with_history(mut self, store: Box<dyn HistoryStore>) -> Hub {
+        self.history = Some(store);
+        self
+    }
+
+    /// The reactor's clock, once per turn: history stamps and expires messages by it.
+    pub fn tick(&mut self, now: Millis) {
+        self.now = now;
+        self.expire_history();
+    }
+
+    /// When [`Hub::tick`] next has history to expire, if ever.
+    pub fn history_deadline(&self) -> Option<Millis> {
+        self.history.as_ref().and_then(|h| h.next_deadline())
+    }
+
+    /// What the history keeps (all zero without history).
+    pub fn history_stats(&self) -> HistoryStats {
+        self.history.as_ref().map(|h| h.stats()).unwrap_or_default()
+    }
+
+    fn expire_history(&mut self) {
+        let Some(history) = &mut self.history else { return };
+        if history.next_deadline().is_some_and(|at| at <= self.now) {
+            let registry = &self.registry;
+            history.expire(self.now, &|topic| !registry.subscribers(topic).is_empty());
+        }
+    }
+
+    /// A client is leaving its topics: their idle time (for the history's TTL) starts now.
+    fn touch_topics_of(&mut self, client: ClientId) {
+        if let Some(history) = &mut self.history {
+            for topic in self.registry.topics_of(client) {
+                history.touch(topic, self.now);
+            }
+        }
     }
 
     pub fn config(&self) -> &HubConfig {
@@ -209,9 +316,25 @@ impl Hub {
         outbox: &mut impl Outbox,
         metrics: &mut Metrics,
     ) {
+        self.handle_text_as(from, Access::Open, text, reply, outbox, metrics);
+    }
+
+    /// [`Hub::handle_text`] for a sender whose `access` is checked before each subscribe,
+    /// publish and broadcast (a denied action is an error reply; the connection stays). A
+    /// `refresh` replaces the grant: subscriptions the new one does not permit are dropped, each
+    /// told with an `unsubscribed` (no id), and then `refreshed` answers with the id.
+    pub fn handle_text_as(
+        &mut self,
+        from: ClientId,
+        access: Access<'_>,
+        text: &str,
+        reply: &mut Vec<u8>,
+        outbox: &mut impl Outbox,
+        metrics: &mut Metrics,
+    ) {
         let parsed = wire::parse_envelope(text);
         let result = match parsed.envelope {
-            Ok(envelope) => self.dispatch(from, envelope, reply, outbox, metrics),
+            Ok(envelope) => self.dispatch(from, access, envelope, reply, outbox, metrics),
             Err(e) => Err(e),
         };
         if let Err(error) = result {
@@ -229,11 +352,13 @@ impl Hub {
     /// The client is gone: drop it from every topic and free emptied topics. Must be called
     /// before its `ClientId` is reused for another connection.
     pub fn remove_client(&mut self, client: ClientId) {
+        self.touch_topics_of(client);
         self.registry.remove_client(client);
     }
 
     /// [`Hub::remove_client`], telling `backplane` about every topic left without a subscriber.
     pub fn remove_client_relayed(&mut self, client: ClientId, backplane: &mut dyn Backplane) {
+        self.touch_topics_of(client);
         self.registry.remove_client_with(client, |topic| backplane.topic_unwanted(topic));
     }
 
@@ -253,15 +378,35 @@ impl Hub {
         metrics: &mut Metrics,
     ) -> Result<usize, HubError> {
         self.check_topic(topic)?;
-        let subscribers = self.registry.subscribers(topic);
+        self.expire_history();
         let mut delivered = 0;
+        let kept = match &mut self.history {
+            // Kept even when nobody listens now: that is when a reconnecting client needs it.
+            Some(history) => {
+                let frame = history.append(topic, self.now, &mut |offset| {
+                    wire::build_shared_text_frame(|out| {
+                        wire::write_message_at(out, Some(topic), data, Some(offset));
+                    })
+                });
+                Some(SharedMessage::from_frame(OpCode::Text, frame))
+            }
+            None => None,
+        };
+        let subscribers = self.registry.subscribers(topic);
         if !subscribers.is_empty() {
-            let frame = wire::build_shared_text_frame(|out| {
-                wire::write_message(out, Some(topic), data);
-            });
-            let message = SharedMessage::from_frame(OpCode::Text, frame);
+            let built;
+            let message = match &kept {
+                Some(kept) => kept,
+                None => {
+                    let frame = wire::build_shared_text_frame(|out| {
+                        wire::write_message(out, Some(topic), data);
+                    });
+                    built = SharedMessage::from_frame(OpCode::Text, frame);
+                    &built
+                }
+            };
             for &client in subscribers {
-                if outbox.deliver(client, &message) {
+                if outbox.deliver(client, message) {
                     delivered += 1;
                 }
             }
@@ -301,6 +446,7 @@ impl Hub {
     fn dispatch(
         &mut self,
         from: ClientId,
+        mut access: Access<'_>,
         envelope: Envelope<'_>,
         reply: &mut Vec<u8>,
         outbox: &mut impl Outbox,
@@ -312,12 +458,25 @@ impl Hub {
                 wire::append_text_frame(reply, &mut self.scratch, |out| wire::write_pong(out, id));
             }
             Kind::Subscribe => {
-                let TopicPayload { topic } =
-                    payload_of(envelope.payload, "subscribe needs {\"topic\": string}")?;
+                const DETAIL: &str =
+                    "subscribe needs {\"topic\": string, \"since\"?: {\"offset\": integer, \"epoch\": string}}";
+                let payload: SubscribePayload<'_> = payload_of(envelope.payload, DETAIL)?;
+                let since = payload.since(DETAIL)?;
+                let topic = payload.topic;
                 self.check_topic(&topic)?;
+                if let Access::Token { grant, .. } = &access {
+                    if !grant.may_subscribe(&topic) {
+                        return Err(HubError::PermissionDenied);
+                    }
+                }
                 let max = self.config.max_subscriptions;
-                match self.registry.subscribe(from, &topic, max) {
+                let max_topics = self.config.max_topics;
+                match self.registry.subscribe(from, &topic, max, max_topics) {
                     SubscribeOutcome::LimitReached => return Err(HubError::TooManySubscriptions { max }),
+                    SubscribeOutcome::TopicLimitReached => {
+                        metrics.record_topic_limit_refusal();
+                        return Err(HubError::TooManyTopics { max: max_topics });
+                    }
                     SubscribeOutcome::Added if self.registry.subscribers(&topic).len() == 1 => {
                         if let Some(backplane) = outbox.backplane() {
                             backplane.topic_wanted(&topic);
@@ -325,20 +484,15 @@ impl Hub {
                     }
                     _ => {}
                 }
-                wire::append_text_frame(reply, &mut self.scratch, |out| {
-                    wire::write_topic_reply(out, "subscribed", &topic, id);
-                });
+                let since = since.as_ref().map(|s| Since { offset: s.offset, epoch: &s.epoch });
+                self.subscribed(from, &topic, since, id, reply, outbox);
             }
             Kind::Unsubscribe => {
                 let TopicPayload { topic } =
                     payload_of(envelope.payload, "unsubscribe needs {\"topic\": string}")?;
                 self.check_topic(&topic)?;
                 // Not being subscribed is fine: the client's view ("not subscribed") holds.
-                if self.registry.unsubscribe(from, &topic) && self.registry.subscribers(&topic).is_empty() {
-                    if let Some(backplane) = outbox.backplane() {
-                        backplane.topic_unwanted(&topic);
-                    }
-                }
+                self.unsubscribe_one(from, &topic, outbox);
                 wire::append_text_frame(reply, &mut self.scratch, |out| {
                     wire::write_topic_reply(out, "unsubscribed", &topic, id);
                 });
@@ -346,6 +500,12 @@ impl Hub {
             Kind::Publish => {
                 let PublishPayload { topic, data } =
                     payload_of(envelope.payload, "publish needs {\"topic\": string, \"data\": any}")?;
+                if let Access::Token { grant, .. } = &access {
+                    self.check_topic(&topic)?;
+                    if !grant.may_publish(&topic) {
+                        return Err(HubError::PermissionDenied);
+                    }
+                }
                 let delivered = self.publish(&topic, data, outbox, metrics)?;
                 if let Some(id) = id {
                     wire::append_text_frame(reply, &mut self.scratch, |out| {
@@ -354,8 +514,16 @@ impl Hub {
                 }
             }
             Kind::Broadcast => {
-                if !self.config.allow_client_broadcast {
-                    return Err(HubError::ClientBroadcastDisabled);
+                match &access {
+                    // With tokens, the claim decides (the switch is for servers without them).
+                    Access::Token { grant, .. } if !grant.may_broadcast() => {
+                        return Err(HubError::PermissionDenied)
+                    }
+                    Access::Token { .. } => {}
+                    Access::Open if !self.config.allow_client_broadcast => {
+                        return Err(HubError::ClientBroadcastDisabled)
+                    }
+                    Access::Open => {}
                 }
                 let BroadcastPayload { data } =
                     payload_of(envelope.payload, "broadcast needs {\"data\": any}")?;
@@ -366,8 +534,114 @@ impl Hub {
                     });
                 }
             }
+            Kind::Refresh => {
+                let Access::Token { grant, verifier, now_unix_ms } = &mut access else {
+                    return Err(HubError::AuthDisabled);
+                };
+                let RefreshPayload { token } =
+                    payload_of(envelope.payload, "refresh needs {\"token\": string}")?;
+                let fresh = verifier.verify(&token, *now_unix_ms).map_err(HubError::RefreshRefused)?;
+                if fresh.sub() != grant.sub() {
+                    return Err(HubError::RefreshOtherSubject);
+                }
+                **grant = fresh;
+                metrics.auth.refreshed();
+                self.drop_unpermitted(from, grant, reply, outbox);
+                wire::append_text_frame(reply, &mut self.scratch, |out| {
+                    wire::write_refreshed(out, grant.exp_ms / 1000, id);
+                });
+            }
         }
         Ok(())
+    }
+
+    /// Unsubscribes `client` from `topic` (false if it was not subscribed); a topic left
+    /// without subscribers is let go on the backplane.
+    fn unsubscribe_one(&mut self, client: ClientId, topic: &str, outbox: &mut impl Outbox) -> bool {
+        if !self.registry.unsubscribe(client, topic) {
+            return false;
+        }
+        if let Some(history) = &mut self.history {
+            history.touch(topic, self.now);
+        }
+        if self.registry.subscribers(topic).is_empty() {
+            if let Some(backplane) = outbox.backplane() {
+                backplane.topic_unwanted(topic);
+            }
+        }
+        true
+    }
+
+    /// After a refresh: unsubscribes `client` from every topic `grant` no longer permits,
+    /// telling it with an `unsubscribed` each. Cold path (one refresh per token lifetime).
+    fn drop_unpermitted(
+        &mut self,
+        client: ClientId,
+        grant: &Grant,
+        reply: &mut Vec<u8>,
+        outbox: &mut impl Outbox,
+    ) {
+        let dropped: Vec<String> =
+            self.registry.topics_of(client).filter(|t| !grant.may_subscribe(t)).map(String::from).collect();
+        for topic in dropped {
+            self.unsubscribe_one(client, &topic, outbox);
+            wire::append_text_frame(reply, &mut self.scratch, |out| {
+                wire::write_topic_reply(out, "unsubscribed", &topic, None);
+            });
+        }
+    }
+
+    /// Answers a subscribe that was accepted. Without history, or with nothing to replay, the
+    /// reply goes to `reply` like any other. With messages to replay, the reply and then the
+    /// replayed messages go through `outbox`, in that order and within this call, so the
+    /// client reads `subscribed`, then every missed message, then live ones: nothing can be
+    /// published in between, so nothing is missed or repeated.
+    fn subscribed(
+        &mut self,
+        from: ClientId,
+        topic: &str,
+        since: Option<Since<'_>>,
+        id: Option<&RawValue>,
+        reply: &mut Vec<u8>,
+        outbox: &mut impl Outbox,
+    ) {
+        if self.history.is_none() {
+            // No history: a `since` is answered, not refused, so clients need not know.
+            let recovered = since.map(|_| false);
+            wire::append_text_frame(reply, &mut self.scratch, |out| {
+                wire::write_subscribed(out, topic, None, recovered, id);
+            });
+            return;
+        }
+        // Exact at `now`, not only as of the last sweep: never replay an expired message.
+        self.expire_history();
+        let Some(history) = &mut self.history else { return };
+        self.replay.clear();
+        let position = history.subscribe(topic, since, self.now, &mut self.replay);
+        let write = |out: &mut dyn wire::Sink| {
+            wire::write_subscribed(
+                out,
+                topic,
+                Some((position.offset, &position.epoch)),
+                position.recovered,
+                id,
+            );
+        };
+        if self.replay.is_empty() {
+            wire::append_text_frame(reply, &mut self.scratch, |out| write(out));
+            return;
+        }
+        let frame = wire::build_shared_text_frame(write);
+        // A client cut off as a slow consumer refuses the rest; the reactor then drops it.
+        if outbox.deliver(from, &SharedMessage::from_frame(OpCode::Text, frame)) {
+            for frame in &self.replay {
+                // The kept plain frame, shared; a compressed variant is built if the client needs one.
+                if !outbox.deliver(from, &SharedMessage::from_frame(OpCode::Text, Rc::clone(frame))) {
+                    break;
+                }
+            }
+        }
+        self.replay.clear();
     }
 
     fn check_topic(&self, topic: &str) -> Result<(), HubError> {
@@ -377,6 +651,9 @@ impl Hub {
         let max = self.config.max_topic_length;
         if topic.len() > max {
             return Err(HubError::TopicTooLong { len: topic.len(), max });
+        }
+        if wire::topic_has_control_char(topic) {
+            return Err(HubError::TopicControlCharacter);
         }
         Ok(())
     }
@@ -389,6 +666,11 @@ impl Hub {
         metrics: &mut Metrics,
     ) {
         metrics.record_error_reply();
+        match error {
+            HubError::PermissionDenied => metrics.auth.permission_denied(),
+            HubError::RefreshRefused(_) | HubError::RefreshOtherSubject => metrics.auth.refresh_refused(),
+            _ => {}
+        }
         // Error text is short and the error path is cold: formatting may allocate here.
         let message = error.to_string();
         wire::append_text_frame(reply, &mut self.scratch, |out| wire::write_error(out, &message, id));
@@ -404,5 +686,9 @@ fn payload_of<'a, T: serde::Deserialize<'a>>(
     wire::parse_object(payload.get(), detail)
 }
 
+#[cfg(test)]
+mod access_tests;
+#[cfg(test)]
+mod history_tests;
 #[cfg(test)]
 pub(crate) mod tests;

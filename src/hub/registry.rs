@@ -7,7 +7,10 @@
 //! is therefore O(N), not O(N^2).
 //!
 //! A client without subscriptions has no entry at all, and a topic without subscribers is
-//! freed, so idle connections cost the hub nothing.
+//! freed, so idle connections cost the hub nothing. The tables themselves shrink when they fall
+//! to a quarter of their capacity, and the allocator is asked to return freed pages to the
+//! system when they do (see [`Registry::compact`]): a churn of short-lived topics does not
+//! ratchet the server's resident memory up to its peak.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -42,7 +45,12 @@ pub enum SubscribeOutcome {
     AlreadySubscribed,
     /// The client already has `max` subscriptions.
     LimitReached,
+    /// The topic is new and the server already has `max_topics` topics.
+    TopicLimitReached,
 }
+
+/// Tables smaller than this (in entries) are never shrunk: not worth a reallocation.
+const SHRINK_FLOOR: usize = 64;
 
 #[derive(Default)]
 pub struct Registry {
@@ -65,9 +73,22 @@ impl Registry {
         self.by_name.get(topic).and_then(|&key| self.topics.get(key)).map_or(&[], |t| &t.subscribers)
     }
 
-    /// Subscribes `client` to `topic` unless it already is or has `max` subscriptions.
-    /// Checking the client's own list is O(its subscriptions), bounded by `max`.
-    pub fn subscribe(&mut self, client: ClientId, topic: &str, max: usize) -> SubscribeOutcome {
+    /// The topics `client` is subscribed to.
+    pub fn topics_of(&self, client: ClientId) -> impl Iterator<Item = &str> {
+        let subs = self.clients.get(&client).map_or(&[][..], Vec::as_slice);
+        subs.iter().filter_map(|s| self.topics.get(s.topic)).map(|t| &*t.name)
+    }
+
+    /// Subscribes `client` to `topic` unless it already is, has `max` subscriptions, or the
+    /// topic is new and there are `max_topics` already. Checking the client's own list is
+    /// O(its subscriptions), bounded by `max`.
+    pub fn subscribe(
+        &mut self,
+        client: ClientId,
+        topic: &str,
+        max: usize,
+        max_topics: usize,
+    ) -> SubscribeOutcome {
         let existing_key = self.by_name.get(topic).copied();
         let subs = self.clients.get(&client).map_or(&[][..], Vec::as_slice);
         if let Some(key) = existing_key {
@@ -77,6 +98,9 @@ impl Registry {
         }
         if subs.len() >= max {
             return SubscribeOutcome::LimitReached;
+        }
+        if existing_key.is_none() && self.topics.len() >= max_topics {
+            return SubscribeOutcome::TopicLimitReached;
         }
         let key = match existing_key {
             Some(key) => key,
@@ -129,6 +153,7 @@ impl Registry {
             shrink_if_sparse(subs);
         }
         self.detach(removed);
+        self.compact();
         true
     }
 
@@ -147,6 +172,31 @@ impl Registry {
             if let Some(name) = self.detach(sub) {
                 emptied(&name);
             }
+        }
+        self.compact();
+    }
+
+    /// Shrinks the tables that fell to a quarter of their capacity, and when any did, asks the
+    /// allocator to hand freed pages back to the system. Freed topic names and subscriber lists
+    /// are scattered small chunks: without the trim, the heap keeps its peak size after a
+    /// churn even though nothing uses it. Shrinking halves at most, so growing back is
+    /// amortized O(1), and the trim (O(heap)) runs only at these rare halvings.
+    fn compact(&mut self) {
+        let mut shrunk = false;
+        if self.topics.is_empty() && self.topics.capacity() > SHRINK_FLOOR {
+            // A slab cannot move live entries (their keys are in use), but an empty one can go.
+            self.topics = Slab::new();
+            shrunk = true;
+        } else if self.topics.capacity() > SHRINK_FLOOR && self.topics.len() < self.topics.capacity() / 4 {
+            // Only trailing vacant entries can be dropped; the holes stay reusable.
+            let before = self.topics.capacity();
+            self.topics.shrink_to_fit();
+            shrunk |= self.topics.capacity() < before;
+        }
+        shrunk |= shrink_map_if_sparse(&mut self.by_name);
+        shrunk |= shrink_map_if_sparse(&mut self.clients);
+        if shrunk {
+            crate::sys::release_free_memory();
         }
     }
 
@@ -205,6 +255,16 @@ impl Registry {
     }
 }
 
+/// Halves a map that fell to a quarter of its capacity; true when it did.
+fn shrink_map_if_sparse<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) -> bool {
+    let capacity = map.capacity();
+    if capacity > SHRINK_FLOOR && map.len() < capacity / 4 {
+        map.shrink_to(capacity / 2);
+        return map.capacity() < capacity;
+    }
+    false
+}
+
 /// Gives memory back once a list has shrunk to a quarter of its capacity (halving keeps the
 /// amortized cost O(1) when it grows again).
 fn shrink_if_sparse<T>(list: &mut Vec<T>) {
@@ -220,8 +280,8 @@ mod tests {
     #[test]
     fn subscribe_twice_is_harmless() {
         let mut r = Registry::default();
-        assert_eq!(r.subscribe(1, "t", 10), SubscribeOutcome::Added);
-        assert_eq!(r.subscribe(1, "t", 10), SubscribeOutcome::AlreadySubscribed);
+        assert_eq!(r.subscribe(1, "t", 10, usize::MAX), SubscribeOutcome::Added);
+        assert_eq!(r.subscribe(1, "t", 10, usize::MAX), SubscribeOutcome::AlreadySubscribed);
         assert_eq!(r.subscribers("t"), &[1]);
         assert_eq!(r.subscription_count(1), 1);
         r.assert_consistent();
@@ -230,12 +290,12 @@ mod tests {
     #[test]
     fn limit_counts_distinct_topics_and_resubscribing_at_the_limit_is_fine() {
         let mut r = Registry::default();
-        assert_eq!(r.subscribe(1, "a", 2), SubscribeOutcome::Added);
-        assert_eq!(r.subscribe(1, "b", 2), SubscribeOutcome::Added);
-        assert_eq!(r.subscribe(1, "c", 2), SubscribeOutcome::LimitReached);
-        assert_eq!(r.subscribe(1, "a", 2), SubscribeOutcome::AlreadySubscribed);
+        assert_eq!(r.subscribe(1, "a", 2, usize::MAX), SubscribeOutcome::Added);
+        assert_eq!(r.subscribe(1, "b", 2, usize::MAX), SubscribeOutcome::Added);
+        assert_eq!(r.subscribe(1, "c", 2, usize::MAX), SubscribeOutcome::LimitReached);
+        assert_eq!(r.subscribe(1, "a", 2, usize::MAX), SubscribeOutcome::AlreadySubscribed);
         assert_eq!(r.topic_count(), 2, "a refused subscription creates no topic");
-        assert_eq!(r.subscribe(2, "x", 0), SubscribeOutcome::LimitReached);
+        assert_eq!(r.subscribe(2, "x", 0, usize::MAX), SubscribeOutcome::LimitReached);
         assert_eq!(r.subscription_count(2), 0);
         r.assert_consistent();
     }
@@ -243,9 +303,9 @@ mod tests {
     #[test]
     fn unsubscribe_frees_empty_topics_and_clients() {
         let mut r = Registry::default();
-        r.subscribe(1, "a", 10);
-        r.subscribe(2, "a", 10);
-        r.subscribe(1, "b", 10);
+        r.subscribe(1, "a", 10, usize::MAX);
+        r.subscribe(2, "a", 10, usize::MAX);
+        r.subscribe(1, "b", 10, usize::MAX);
         assert!(!r.unsubscribe(3, "a"));
         assert!(!r.unsubscribe(1, "zzz"));
         assert!(r.unsubscribe(1, "b"));
@@ -261,9 +321,9 @@ mod tests {
     #[test]
     fn remove_client_frees_empty_topics() {
         let mut r = Registry::default();
-        r.subscribe(1, "solo", 10);
-        r.subscribe(1, "shared", 10);
-        r.subscribe(2, "shared", 10);
+        r.subscribe(1, "solo", 10, usize::MAX);
+        r.subscribe(1, "shared", 10, usize::MAX);
+        r.subscribe(2, "shared", 10, usize::MAX);
         r.remove_client(1);
         assert_eq!(r.topic_count(), 1);
         assert!(r.subscribers("solo").is_empty());
@@ -288,7 +348,7 @@ mod tests {
             let topic = ["a", "b", "c", "d", "e"][(state >> 8) as usize % 5];
             match (state >> 16) % 7 {
                 0..=3 => {
-                    r.subscribe(client, topic, 4);
+                    r.subscribe(client, topic, 4, usize::MAX);
                 }
                 4 | 5 => {
                     r.unsubscribe(client, topic);
@@ -306,8 +366,8 @@ mod tests {
         let mut r = Registry::default();
         let n = 20_000;
         for c in 0..n {
-            r.subscribe(c, "big", 4);
-            r.subscribe(c, "other", 4);
+            r.subscribe(c, "big", 4, usize::MAX);
+            r.subscribe(c, "other", 4, usize::MAX);
         }
         for c in (0..n).step_by(2).chain((1..n).step_by(2)) {
             r.remove_client(c);
@@ -317,10 +377,47 @@ mod tests {
     }
 
     #[test]
+    fn topic_limit_refuses_only_new_topics() {
+        let mut r = Registry::default();
+        assert_eq!(r.subscribe(1, "a", 10, 2), SubscribeOutcome::Added);
+        assert_eq!(r.subscribe(1, "b", 10, 2), SubscribeOutcome::Added);
+        assert_eq!(r.subscribe(1, "c", 10, 2), SubscribeOutcome::TopicLimitReached);
+        assert_eq!(r.subscribe(2, "a", 10, 2), SubscribeOutcome::Added, "existing topics stay open");
+        assert_eq!(r.topic_count(), 2);
+        r.remove_client(1);
+        assert_eq!(r.subscribe(1, "c", 10, 2), SubscribeOutcome::Added, "a freed topic frees a place");
+        r.assert_consistent();
+    }
+
+    #[test]
+    fn tables_shrink_after_a_churn() {
+        let mut r = Registry::default();
+        for c in 0..200 {
+            for t in 0..50 {
+                r.subscribe(c, &format!("topic-{c}-{t}"), 64, usize::MAX);
+            }
+        }
+        let peak = (r.topics.capacity(), r.by_name.capacity(), r.clients.capacity());
+        assert!(peak.0 >= 10_000 && peak.1 >= 10_000 && peak.2 >= 200);
+        for c in 0..199 {
+            r.remove_client(c);
+        }
+        r.assert_consistent();
+        assert!(r.by_name.capacity() < peak.1 / 8, "{} of {}", r.by_name.capacity(), peak.1);
+        assert!(r.clients.capacity() <= peak.2 / 4, "{} of {}", r.clients.capacity(), peak.2);
+        r.remove_client(199);
+        assert!(r.topics.capacity() <= SHRINK_FLOOR && r.by_name.capacity() <= SHRINK_FLOOR * 2);
+        // And the tables grow again as usual.
+        r.subscribe(1, "again", 4, usize::MAX);
+        assert_eq!(r.subscribers("again"), &[1]);
+        r.assert_consistent();
+    }
+
+    #[test]
     fn lists_give_memory_back() {
         let mut r = Registry::default();
         for c in 0..1000 {
-            r.subscribe(c, "t", 4);
+            r.subscribe(c, "t", 4, usize::MAX);
         }
         for c in 1..1000 {
             r.remove_client(c);

@@ -407,3 +407,79 @@ fn hostile_inputs_do_not_panic() {
     }
     assert_eq!(h.hub.topic_count(), 0);
 }
+
+#[test]
+fn topic_limit_is_global_and_keeps_the_connection() {
+    let config = HubConfig { max_topics: 2, ..HubConfig::default() };
+    let mut h = Harness::new(config, [1, 2]);
+    h.subscribe(1, "a");
+    h.subscribe(2, "b");
+    assert_eq!(
+        h.one(2, r#"{"type":"subscribe","payload":{"topic":"c"},"id":3}"#),
+        error_with_id("Too many topics on this server (max 2)", json!(3))
+    );
+    assert_eq!(h.metrics.topic_limit_refusals, 1);
+    h.subscribe(2, "a"); // existing topics stay open to everyone
+    assert_eq!(h.one(2, r#"{"type":"ping","id":1}"#), json!({"type":"pong","id":1}));
+    h.hub.remove_client(1);
+    h.one(2, r#"{"type":"unsubscribe","payload":{"topic":"b"}}"#);
+    h.subscribe(1, "c"); // a freed topic frees a place
+    assert_eq!(h.hub.topic_count(), 2);
+}
+
+#[test]
+fn lone_surrogates_are_refused_everywhere() {
+    let mut h = Harness::default_with([1, 2]);
+    h.subscribe(2, "t");
+    let invalid = error("Invalid message format");
+    for text in [
+        r#"{"type":"publish","payload":{"topic":"t","data":"\ud800"}}"#,
+        r#"{"type":"publish","payload":{"topic":"t","data":{"k":["x\uDBFFy"]}}}"#,
+        r#"{"type":"publish","payload":{"topic":"t","data":"\udc00"}}"#,
+        r#"{"type":"publish","payload":{"topic":"t","data":"\ud800\u0041"}}"#,
+        r#"{"type":"publish","payload":{"topic":"t","data":{"\ud800":1}}}"#,
+        r#"{"type":"publish","payload":{"topic":"t","data":"\ud800"},"id":"\udfff"}"#,
+        r#"{"type":"ping","id":"\ud800"}"#,
+        r#"{"type":"subscribe","payload":{"topic":"\ud800"}}"#,
+        r#"{"type":"ping","extra":"\udbff"}"#,
+    ] {
+        assert_eq!(h.one(1, text), invalid, "{text}");
+    }
+    assert!(h.outbox.received(2).is_empty(), "nothing was forwarded");
+    // A proper pair is a character; an escaped backslash before "u" is no escape.
+    assert_eq!(h.one(1, r#"{"type":"ping","id":"\ud83d\ude00"}"#), json!({"type":"pong","id":"😀"}));
+    assert_eq!(h.one(1, r#"{"type":"ping","id":"\\ud800"}"#), json!({"type":"pong","id":"\\ud800"}));
+    let data = r#"{"type":"publish","payload":{"topic":"t","data":"\uD83D\uDE00"},"id":1}"#;
+    assert_eq!(h.one(1, data)["payload"]["delivered"], 1);
+    // The HTTP bodies go through the same check.
+    assert!(matches!(
+        parse_publish_body(r#"{"topic":"t","data":"\ud800"}"#),
+        Err(HubError::InvalidFormat { .. })
+    ));
+    assert!(matches!(parse_broadcast_body(r#"{"data":["\udc00"]}"#), Err(HubError::InvalidFormat { .. })));
+    assert!(parse_broadcast_body(r#"{"data":"\ud800\udc00"}"#).is_ok());
+}
+
+#[test]
+fn control_characters_in_topics_are_refused() {
+    let mut h = Harness::default_with([1]);
+    let invalid = error("Invalid message format");
+    for text in [
+        r#"{"type":"subscribe","payload":{"topic":"a\u0000b"}}"#,
+        r#"{"type":"subscribe","payload":{"topic":"a\nb"}}"#,
+        r#"{"type":"subscribe","payload":{"topic":"\u007f"}}"#,
+        r#"{"type":"subscribe","payload":{"topic":"\u0085"}}"#,
+        r#"{"type":"publish","payload":{"topic":"a\tb","data":1}}"#,
+        r#"{"type":"unsubscribe","payload":{"topic":"\u001b[31m"}}"#,
+    ] {
+        assert_eq!(h.one(1, text), invalid, "{text}");
+    }
+    assert_eq!(h.hub.topic_count(), 0);
+    let data = RawValue::from_string("1".into()).unwrap();
+    assert_eq!(
+        h.hub.publish("a\u{7}", &data, &mut h.outbox, &mut h.metrics),
+        Err(HubError::TopicControlCharacter)
+    );
+    // Printable non-ASCII is fine.
+    h.subscribe(1, "café ☕");
+}

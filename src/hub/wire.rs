@@ -45,6 +45,8 @@ pub enum Kind {
     Unsubscribe,
     Publish,
     Broadcast,
+    /// A new connection token (only meaningful when tokens are required).
+    Refresh,
 }
 
 impl Kind {
@@ -55,6 +57,7 @@ impl Kind {
             "unsubscribe" => Kind::Unsubscribe,
             "publish" => Kind::Publish,
             "broadcast" => Kind::Broadcast,
+            "refresh" => Kind::Refresh,
             _ => return None,
         })
     }
@@ -81,6 +84,31 @@ pub struct TopicPayload<'a> {
     pub topic: Cow<'a, str>,
 }
 
+/// Payload of `subscribe`: a topic, and where the client stopped if it is recovering.
+#[derive(Deserialize)]
+pub struct SubscribePayload<'a> {
+    #[serde(borrow)]
+    pub topic: Cow<'a, str>,
+    /// Kept raw and read by [`SubscribePayload::since`], which refuses arrays.
+    #[serde(borrow, default)]
+    since: Option<&'a RawValue>,
+}
+
+impl<'a> SubscribePayload<'a> {
+    /// The `since` object, if any (`null` is none).
+    pub fn since(&self, detail: &'static str) -> Result<Option<SincePayload<'a>>, HubError> {
+        self.since.map(|raw| parse_object(raw.get(), detail)).transpose()
+    }
+}
+
+/// `{"offset": O, "epoch": E}` in a `subscribe`.
+#[derive(Deserialize)]
+pub struct SincePayload<'a> {
+    pub offset: u64,
+    #[serde(borrow)]
+    pub epoch: Cow<'a, str>,
+}
+
 /// Payload of `publish` (and body of `POST /publish`).
 #[derive(Deserialize)]
 pub struct PublishPayload<'a> {
@@ -95,6 +123,13 @@ pub struct PublishPayload<'a> {
 pub struct BroadcastPayload<'a> {
     #[serde(borrow)]
     pub data: &'a RawValue,
+}
+
+/// Payload of `refresh`.
+#[derive(Deserialize)]
+pub struct RefreshPayload<'a> {
+    #[serde(borrow)]
+    pub token: Cow<'a, str>,
 }
 
 /// Whether `text` (after JSON whitespace) is an object. serde's derived structs also accept
@@ -117,21 +152,68 @@ pub fn parse_object<'a, T: Deserialize<'a>>(text: &'a str, detail: &'static str)
 /// forwarded to every subscriber, whose parsers may not survive it.
 pub const MAX_NESTING: usize = 128;
 
-/// Whether `text` nests arrays or objects deeper than [`MAX_NESTING`]: one pass over the bytes,
-/// skipping strings. Only depth is judged here; the parser judges the rest.
-pub fn too_deep(text: &str) -> bool {
+/// What [`scan`] found wrong with a message's text before any parsing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TextFault {
+    /// Arrays or objects nested deeper than [`MAX_NESTING`].
+    TooDeep,
+    /// A `\uD800`-`\uDFFF` escape that is not half of a high-low pair: not a character, so
+    /// not valid I-JSON (RFC 7493 section 2.1). Strict parsers (serde_json decoding a string,
+    /// JavaScript's `TextDecoder` after `JSON.parse`...) differ on it, so it is never forwarded.
+    LoneSurrogate,
+}
+
+impl TextFault {
+    pub fn into_error(self) -> HubError {
+        HubError::InvalidFormat {
+            detail: match self {
+                TextFault::TooDeep => "nested too deeply",
+                TextFault::LoneSurrogate => "lone surrogate escape in a string",
+            },
+        }
+    }
+}
+
+/// The four hex digits of a `\u` escape starting at `bytes[at]` (the backslash), if there.
+fn unicode_escape(bytes: &[u8], at: usize) -> Option<u16> {
+    let digits = bytes.get(at..at + 6)?;
+    if &digits[..2] != b"\\u" {
+        return None;
+    }
+    let digits = std::str::from_utf8(&digits[2..]).ok()?;
+    u16::from_str_radix(digits, 16).ok()
+}
+
+/// One pass over a message's bytes, skipping string contents except escapes, checking what the
+/// parser does not: nesting depth (serde_json does not limit depth of values it only skips or
+/// keeps raw: `data`, `id`, unknown fields) and lone surrogate escapes (which serde_json refuses
+/// only when it decodes a string, so a raw `data` or `id` would carry them through). Anything
+/// else malformed is left to the parser. Costs no allocation.
+pub fn scan(text: &str) -> Result<(), TextFault> {
+    let bytes = text.as_bytes();
     let mut depth = 0usize;
     let mut in_string = false;
-    let mut escaped = false;
-    for &b in text.as_bytes() {
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
         if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
+            match b {
+                b'"' => in_string = false,
+                b'\\' => {
+                    match unicode_escape(bytes, i) {
+                        Some(0xD800..=0xDBFF) => match unicode_escape(bytes, i + 6) {
+                            Some(0xDC00..=0xDFFF) => i += 6,
+                            _ => return Err(TextFault::LoneSurrogate),
+                        },
+                        Some(0xDC00..=0xDFFF) => return Err(TextFault::LoneSurrogate),
+                        _ => {}
+                    }
+                    // Skip the escaped byte (for `\u`, the rest is hex digits: harmless).
+                    i += 1;
+                }
+                _ => {}
             }
+            i += 1;
             continue;
         }
         match b {
@@ -139,20 +221,27 @@ pub fn too_deep(text: &str) -> bool {
             b'[' | b'{' => {
                 depth += 1;
                 if depth > MAX_NESTING {
-                    return true;
+                    return Err(TextFault::TooDeep);
                 }
             }
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
-    false
+    Ok(())
+}
+
+/// Whether a topic name is acceptable text: no control characters (C0, DEL, C1). They can only
+/// arrive escaped (`\u0000`), are never meant, and would end up in logs and metrics labels.
+pub fn topic_has_control_char(topic: &str) -> bool {
+    topic.chars().any(char::is_control)
 }
 
 /// Reads the envelope of one client message.
 pub fn parse_envelope(text: &str) -> Parsed<'_> {
-    if too_deep(text) {
-        return Parsed { id: None, envelope: Err(HubError::InvalidFormat { detail: "nested too deeply" }) };
+    if let Err(fault) = scan(text) {
+        return Parsed { id: None, envelope: Err(fault.into_error()) };
     }
     let loose: LooseEnvelope<'_> = match parse_object(text, "not a JSON object") {
         Ok(loose) => loose,
@@ -238,7 +327,7 @@ pub fn push_json_str<S: Sink + ?Sized>(out: &mut S, s: &str) {
 }
 
 /// Appends `n` in decimal, without going through `fmt` (and its `Result`).
-pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+pub fn push_decimal<S: Sink + ?Sized>(out: &mut S, mut n: u64) {
     let mut digits = [0u8; 20]; // u64::MAX has 20 digits
     let mut start = digits.len();
     loop {
@@ -249,14 +338,14 @@ pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
             break;
         }
     }
-    out.extend_from_slice(&digits[start..]);
+    out.put(&digits[start..]);
 }
 
 /// Appends `,"id":<raw>` when the client sent an id.
-fn push_id(out: &mut Vec<u8>, id: Option<&RawValue>) {
+fn push_id<S: Sink + ?Sized>(out: &mut S, id: Option<&RawValue>) {
     if let Some(id) = id {
-        out.extend_from_slice(b",\"id\":");
-        out.extend_from_slice(id.get().as_bytes());
+        out.put(b",\"id\":");
+        out.put(id.get().as_bytes());
     }
 }
 
@@ -278,6 +367,31 @@ pub fn write_topic_reply(out: &mut Vec<u8>, kind: &str, topic: &str, id: Option<
     out.push(b'}');
 }
 
+/// `{"type":"subscribed","payload":{"topic":T,"offset":O,"epoch":E,"recovered":R}}`, with the
+/// id: `offset` and `epoch` when the topic has history, `recovered` when the client sent `since`.
+pub fn write_subscribed<S: Sink + ?Sized>(
+    out: &mut S,
+    topic: &str,
+    position: Option<(u64, &str)>,
+    recovered: Option<bool>,
+    id: Option<&RawValue>,
+) {
+    out.put(b"{\"type\":\"subscribed\",\"payload\":{\"topic\":");
+    push_json_str(out, topic);
+    if let Some((offset, epoch)) = position {
+        out.put(b",\"offset\":");
+        push_decimal(out, offset);
+        out.put(b",\"epoch\":");
+        push_json_str(out, epoch);
+    }
+    if let Some(recovered) = recovered {
+        out.put(if recovered { b",\"recovered\":true" } else { b",\"recovered\":false" });
+    }
+    out.put(b"}");
+    push_id(out, id);
+    out.put(b"}");
+}
+
 /// `{"type":"ack","payload":{"topic":T,"delivered":n},"id":..}`; `topic` is absent for a
 /// broadcast. With a backplane, `"backplane":true|false` says whether the message was handed
 /// to it for the other nodes.
@@ -293,6 +407,15 @@ pub fn write_ack(out: &mut Vec<u8>, topic: Option<&str>, delivered: usize, relay
     push_relay(out, relay);
     out.push(b'}');
     push_id(out, Some(id));
+    out.push(b'}');
+}
+
+/// `{"type":"refreshed","payload":{"exp":E}}`, with the id.
+pub fn write_refreshed(out: &mut Vec<u8>, exp: u64, id: Option<&RawValue>) {
+    out.extend_from_slice(b"{\"type\":\"refreshed\",\"payload\":{\"exp\":");
+    push_decimal(out, exp);
+    out.push(b'}');
+    push_id(out, id);
     out.push(b'}');
 }
 
@@ -317,6 +440,16 @@ pub fn write_error(out: &mut Vec<u8>, message: &str, id: Option<&RawValue>) {
 /// `{"type":"message","payload":{"topic":T,"data":D}}`; without `topic` for a broadcast.
 /// `data` is spliced as the client sent it.
 pub fn write_message<S: Sink + ?Sized>(out: &mut S, topic: Option<&str>, data: &RawValue) {
+    write_message_at(out, topic, data, None);
+}
+
+/// [`write_message`], with `,"offset":O` after `data` when the topic keeps history.
+pub fn write_message_at<S: Sink + ?Sized>(
+    out: &mut S,
+    topic: Option<&str>,
+    data: &RawValue,
+    offset: Option<u64>,
+) {
     out.put(b"{\"type\":\"message\",\"payload\":{");
     if let Some(topic) = topic {
         out.put(b"\"topic\":");
@@ -325,6 +458,10 @@ pub fn write_message<S: Sink + ?Sized>(out: &mut S, topic: Option<&str>, data: &
     }
     out.put(b"\"data\":");
     out.put(data.get().as_bytes());
+    if let Some(offset) = offset {
+        out.put(b",\"offset\":");
+        push_decimal(out, offset);
+    }
     out.put(b"}}");
 }
 
@@ -470,6 +607,48 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["payload"]["topic"], "a\"b\n");
+    }
+
+    #[test]
+    fn subscribed_and_message_carry_history_fields() {
+        let mut out = Vec::new();
+        write_subscribed(&mut out, "t", Some((7, "ab")), Some(true), Some(raw("1")));
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"type":"subscribed","payload":{"topic":"t","offset":7,"epoch":"ab","recovered":true},"id":1}"#
+        );
+        out.clear();
+        write_subscribed(&mut out, "t", None, Some(false), None);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"type":"subscribed","payload":{"topic":"t","recovered":false}}"#
+        );
+        out.clear();
+        write_message_at(&mut out, Some("t"), raw("[1]"), Some(12));
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"type":"message","payload":{"topic":"t","data":[1],"offset":12}}"#
+        );
+    }
+
+    #[test]
+    fn since_must_have_an_offset_and_an_epoch() {
+        let p: SubscribePayload<'_> =
+            parse_object(r#"{"topic":"t","since":{"offset":3,"epoch":"e"}}"#, "x").unwrap();
+        let since = p.since("x").unwrap().unwrap();
+        assert_eq!((since.offset, &*since.epoch), (3, "e"));
+        for bad in [
+            r#"{"topic":"t","since":{"offset":-1,"epoch":"e"}}"#,
+            r#"{"topic":"t","since":{"offset":1}}"#,
+            r#"{"topic":"t","since":{"epoch":"e"}}"#,
+            r#"{"topic":"t","since":{"offset":1.5,"epoch":"e"}}"#,
+            r#"{"topic":"t","since":[1,"e"]}"#,
+        ] {
+            let p = parse_object::<SubscribePayload<'_>>(bad, "x");
+            assert!(p.is_err() || p.unwrap().since("x").is_err(), "{bad}");
+        }
+        let p: SubscribePayload<'_> = parse_object(r#"{"topic":"t","since":null}"#, "x").unwrap();
+        assert!(p.since("x").unwrap().is_none(), "null since is no since");
     }
 
     #[test]

@@ -415,26 +415,18 @@ impl Deflater {
             slot.get_or_insert_with(|| Box::new(Compress::new_with_window_bits(level, false, window_bits)));
         c.reset();
         let start = out.len();
-        // Worth it only if it comes out smaller: give it at most the payload's length (+ tail).
-        let budget = payload.len() + TAIL.len();
+        // Room for the worst case up front (static Huffman codes take up to 9 bits a byte, plus
+        // block overhead): zlib-rs 0.6.8's level-1 path panics if the output fills up mid-call
+        // on incompressible data. compress_vec writes into spare capacity: nothing is zeroed.
+        out.reserve(payload.len() + payload.len() / 4 + 128);
         let mut input = payload;
         loop {
-            let old = out.len();
-            let room = (start + budget + 1).saturating_sub(old);
-            if room == 0 {
-                out.truncate(start);
-                return false;
-            }
-            out.resize(old + room, 0);
-            let (in_before, out_before) = (c.total_in(), c.total_out());
-            let status = c.compress(input, &mut out[old..], FlushCompress::Sync);
-            let consumed = (c.total_in() - in_before) as usize;
-            let produced = (c.total_out() - out_before) as usize;
-            out.truncate(old + produced);
-            input = &input[consumed..];
+            let in_before = c.total_in();
+            let status = c.compress_vec(input, out, FlushCompress::Sync);
+            input = &input[(c.total_in() - in_before) as usize..];
             match status {
-                Ok(_) if input.is_empty() && produced < room => break,
-                Ok(_) => {}
+                Ok(_) if input.is_empty() && out.len() < out.capacity() => break,
+                Ok(_) => out.reserve(out.capacity().max(4096)),
                 Err(_) => {
                     out.truncate(start);
                     return false;

@@ -2,7 +2,10 @@
 //! hand the request to plain HTTP.
 //!
 //! [`accept_all`] takes connections until `WouldBlock` (pausing a moment when out of descriptors,
-//! and still answering 503 past the connection limit, up to `overflow_slots` at once).
+//! and still answering 503 past the connection limit, up to `overflow_slots` at once). Each
+//! connection is first put to `admission`: 429 over the per-address limit, 503 when pending
+//! requests are at their bound and this address holds the most (or another's oldest is pushed
+//! out in its place). The peer address is kept with the connection from here on, for logs.
 //! [`on_request_bytes`] collects the head, re-parsing only when it may be complete;
 //! [`on_request`] then routes it: a valid upgrade on our path opens a session and passes any
 //! bytes after the head to `frames` (they are the client's first frames), a bad one gets its
@@ -10,17 +13,21 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 
 use log::{debug, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
+use super::access;
+use super::admission::{AddrKey, Decision};
 use super::connection::{Connection, Ending, Phase};
 use super::frames::on_frames;
 use super::http_route::on_http;
-use super::lifecycle::{doom, mark, rearm, reject, socket_failed};
+use super::lifecycle::{doom, mark, rearm, reject, reject_http, socket_failed};
 use super::state::{Shared, READ_PREFIX, READ_SIZE};
+use super::transport::Transport;
 use crate::protocol::handshake::{self, Rejection};
 use crate::protocol::session::{Millis, Session};
 
@@ -67,26 +74,88 @@ fn on_accepted(
     mut socket: TcpStream,
     peer: SocketAddr,
 ) {
-    let over_limit = conns.len() >= s.settings.max_connections;
-    if over_limit && conns.len() >= s.settings.max_connections + s.settings.overflow_slots {
-        // Too many even to answer: drop at once.
-        s.metrics.handshake_rejected(503);
-        return;
+    // Connections refused here linger in the overflow slots while their answer drains, so
+    // they never take the slots of the connections we serve.
+    let over_limit = conns.len() - s.refusing >= s.settings.max_connections;
+    let addr = AddrKey::of(peer.ip());
+    let decision = if over_limit { None } else { Some(s.admission.admit(addr)) };
+    let refusal = match decision {
+        None => Some(Rejection::new(503, "Too many connections")),
+        Some(Decision::OverAddressLimit) => {
+            Some(Rejection::new(429, "Too many connections from this address"))
+        }
+        Some(Decision::PendingFull) => Some(Rejection::new(503, "Too many requests in progress")),
+        Some(Decision::Admit { .. }) => None,
+    };
+    if let Some(refusal) = &refusal {
+        if s.refusing >= s.settings.overflow_slots {
+            // Too many even to answer: drop at once.
+            s.metrics.handshake_rejected(refusal.status);
+            return;
+        }
+    }
+    if let Some(Decision::Admit { evict: Some(old) }) = decision {
+        evict_pending(conns, s, old);
     }
     let _ = socket.set_nodelay(true);
+    if s.settings.socket_send_buffer > 0 {
+        if let Err(e) = crate::sys::set_send_buffer(socket.as_raw_fd(), s.settings.socket_send_buffer) {
+            debug!("SO_SNDBUF for {peer}: {e}");
+        }
+    }
     let entry = conns.vacant_entry();
     let key = entry.key();
     if let Err(e) = registry.register(&mut socket, Token(key), Interest::READABLE | Interest::WRITABLE) {
         warn!(peer:% = peer; "register failed: {e}");
         return;
     }
-    let conn = entry.insert(Connection::new(socket, s.now + s.settings.handshake_timeout));
+    let transport = match &s.tls {
+        None => Transport::plain(socket),
+        Some(tls) => match Transport::tls(socket, &tls.config) {
+            Ok(t) => t,
+            Err(e) => {
+                // Not expected (a server config is always usable); the socket closes.
+                warn!(peer:% = peer; "TLS setup failed: {e}");
+                return;
+            }
+        },
+    };
+    let conn = entry.insert(Connection::new(transport, peer, s.now + s.settings.handshake_timeout));
     s.metrics.connection_accepted();
     debug!(conn = key, peer:% = peer; "accepted");
-    if over_limit {
-        reject(conn, s, key, Rejection::new(503, "Too many connections"));
+    match refusal {
+        Some(refusal) => {
+            conn.overflow = true;
+            s.refusing += 1;
+            reject(conn, s, key, refusal);
+        }
+        None => {
+            s.admission.opened(key, addr);
+            conn.admitted = true;
+            conn.pending = true;
+        }
     }
     rearm(conn, s, key);
+}
+
+/// A newcomer takes the place of pending request `key` (see `admission`): it is told 503.
+fn evict_pending(conns: &mut Slab<Connection>, s: &mut Shared, key: usize) {
+    s.admission.head_done(key);
+    let Some(conn) = conns.get_mut(key) else { return };
+    conn.pending = false;
+    if matches!(conn.phase, Phase::Handshake { .. }) && !conn.doomed {
+        debug!(conn = key, peer:% = conn.peer; "pending request pushed out by a newcomer");
+        if s.refusing >= s.settings.overflow_slots {
+            s.metrics.handshake_rejected(503);
+            doom(conn, s, key, Ending::Rejected);
+            return;
+        }
+        // From now on it is a refusal draining in an overflow slot.
+        conn.overflow = true;
+        s.refusing += 1;
+        reject(conn, s, key, Rejection::new(503, "Too many requests in progress"));
+        rearm(conn, s, key);
+    }
 }
 
 /// Bytes of the request head (or HTTP body) arrived in `read_buf[READ_PREFIX..+n]`.
@@ -129,7 +198,8 @@ fn on_request(conns: &mut Slab<Connection>, s: &mut Shared, key: usize) {
             return;
         }
         Err(rejection) => {
-            reject(conn, s, key, rejection);
+            // Not a readable request, so not a handshake either: an HTTP error.
+            reject_http(conn, s, key, rejection);
             return;
         }
     };
@@ -145,10 +215,17 @@ fn on_request(conns: &mut Slab<Connection>, s: &mut Shared, key: usize) {
                 return;
             }
         };
+        let grant = match access::admit(&head, s) {
+            Ok(grant) => grant,
+            Err(refusal) => {
+                access::refuse(conn, s, key, refusal);
+                return;
+            }
+        };
         let head_len = head.head_len;
         s.control.clear();
         accepted.write_response(&s.settings.upgrade, &mut s.control);
-        match conn.out.write_or_queue(&mut conn.socket, &mut s.pool, &s.control) {
+        match conn.transport.write_or_queue(&mut conn.out, &mut s.pool, &s.control) {
             Ok(n) => s.metrics.bytes_out(n as u64),
             Err(e) => {
                 s.control.clear();
@@ -159,6 +236,8 @@ fn on_request(conns: &mut Slab<Connection>, s: &mut Shared, key: usize) {
         s.control.clear();
         conn.phase = Phase::Open(Session::new(&s.settings.session, s.now).with_deflate(accepted.deflate));
         conn.send_window = accepted.deflate.and_then(|a| a.send_window());
+        conn.grant = grant;
+        conn.rate = access::buckets(&s.settings, s.now);
         s.metrics.connection_opened();
         mark(conn, s, key);
         debug!(conn = key; "upgraded");

@@ -4,9 +4,12 @@
 //! Kept small on purpose: an idle open connection is this struct plus one timer entry, with no
 //! heap buffers (uWebSockets' 0.27 KiB per idle connection is the bar).
 
-use mio::net::TcpStream;
+use std::net::SocketAddr;
 
 use super::outbuf::OutQueue;
+use super::transport::Transport;
+use crate::auth::rate::Buckets;
+use crate::auth::Grant;
 use crate::protocol::session::{Millis, Session};
 
 /// Where a connection is in its life.
@@ -52,6 +55,8 @@ pub enum Ending {
     CloseTimeout,
     /// A socket error.
     IoError,
+    /// Bytes that are not TLS, or a TLS record or handshake rustls refused.
+    TlsError,
     /// Refused before the upgrade (4xx/503 sent).
     Rejected,
     /// Server shutting down.
@@ -59,7 +64,11 @@ pub enum Ending {
 }
 
 pub struct Connection {
-    pub socket: TcpStream,
+    /// The socket, plain or under TLS.
+    pub transport: Transport,
+    /// The peer, as accept gave it: for logs (a reset socket no longer knows it) and the
+    /// per-address counts.
+    pub peer: SocketAddr,
     pub phase: Phase,
     pub out: OutQueue,
     /// Bytes read but not yet consumed: the request head during the handshake; afterwards at
@@ -77,6 +86,19 @@ pub struct Connection {
     pub dirty: bool,
     /// Will be removed at the end of this event round; takes no more output.
     pub doomed: bool,
+    /// Counted by the reactor's `Admission` (per address), and still as a pending handshake.
+    pub admitted: bool,
+    pub pending: bool,
+    /// Refused at accept (or pushed out while pending): drains its answer in an overflow slot.
+    pub overflow: bool,
+    /// What the kernel held unsent (`SIOCOUTQ`) when the socket last refused output: counted
+    /// with the queue against `--max-queued-bytes`. 0 after a flush that emptied the queue.
+    pub kernel_queued: u32,
+    /// What the connection's token grants (None: no tokens on this server). Boxed so servers
+    /// without tokens pay one null pointer.
+    pub grant: Option<Box<Grant>>,
+    /// Rate-limit buckets (untouched without `--rate-limit`).
+    pub rate: Buckets,
     /// permessage-deflate window to compress what we send this client with (None: send plain).
     /// Kept here, not only in the session, because fan-out reaches a sender whose session is
     /// out of its slot ([`Phase::Busy`]).
@@ -84,9 +106,10 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(socket: TcpStream, handshake_deadline: Millis) -> Connection {
+    pub fn new(transport: Transport, peer: SocketAddr, handshake_deadline: Millis) -> Connection {
         Connection {
-            socket,
+            transport,
+            peer,
             phase: Phase::Handshake { deadline: handshake_deadline, awaiting_body: false },
             out: OutQueue::default(),
             input: Vec::new(),
@@ -96,6 +119,12 @@ impl Connection {
             ending: Ending::None,
             dirty: false,
             doomed: false,
+            admitted: false,
+            pending: false,
+            overflow: false,
+            kernel_queued: 0,
+            grant: None,
+            rate: Buckets::default(),
             send_window: None,
         }
     }
@@ -111,10 +140,23 @@ impl Connection {
             }
     }
 
+    /// Output waits: queued plaintext, or TLS records not yet written.
+    #[inline]
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty() || self.transport.has_pending()
+    }
+
+    /// Output not yet taken by the socket, for the slow-consumer bound: the plaintext queue plus
+    /// what the TLS layer holds.
+    #[inline]
+    pub fn queued_bytes(&self) -> usize {
+        self.out.queued_bytes() + self.transport.pending_bytes()
+    }
+
     /// Records the outcome of a flush for the write-progress timer.
     #[inline]
     pub fn note_flush(&mut self, written: usize, now: Millis) {
-        if self.out.is_empty() {
+        if !self.has_output() {
             self.last_progress = super::timers::NEVER;
         } else if written > 0 || self.last_progress == super::timers::NEVER {
             // Progress, or the first time output is left waiting: the stall clock (re)starts.
@@ -125,7 +167,14 @@ impl Connection {
     /// Output has waited for `write_wait` with no progress.
     #[inline]
     pub fn write_stalled(&self, now: Millis, write_wait: Millis) -> bool {
-        !self.out.is_empty() && now >= self.last_progress.saturating_add(write_wait)
+        self.has_output() && now >= self.last_progress.saturating_add(write_wait)
+    }
+
+    /// Output not yet taken by the peer: our queue (and TLS records) plus what the kernel held
+    /// unsent when the socket last refused more.
+    #[inline]
+    pub fn unsent_bytes(&self) -> usize {
+        self.queued_bytes() + self.kernel_queued as usize
     }
 
     pub fn is_open(&self) -> bool {

@@ -14,10 +14,12 @@
 use log::debug;
 use slab::Slab;
 
+use super::access::{self, FrameClass};
 use super::connection::{Connection, Ending, Phase};
 use super::fanout::Deliveries;
 use super::lifecycle::{flush, linger, mark};
 use super::state::{Mode, Shared};
+use crate::hub::Access;
 use crate::protocol::close::code;
 use crate::protocol::frame::OpCode;
 use crate::protocol::session::{Event, ProtocolError, Step};
@@ -35,6 +37,18 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
     while pos < end {
         let buf = &mut s.read_buf[pos..end];
         let step = session.advance(buf, &s.settings.session, &mut s.control, s.now);
+        // The rate limit: each message and each control frame takes a token from its bucket.
+        // Over it, the frame is dropped (a ping gets no pong) and the connection closes 1008.
+        let class = match &step {
+            Ok(Step { event: Some(Event::Text(_) | Event::Binary(_)), .. }) => Some(FrameClass::Data),
+            Ok(Step { event: Some(Event::Ping(_) | Event::Pong(_)), .. }) => Some(FrameClass::Control),
+            _ => None,
+        };
+        let over_rate = class
+            .is_some_and(|c| !access::within_rate(&mut conns[key].rate, s.settings.rate_limit, c, s.now));
+        if over_rate {
+            s.control.clear();
+        }
         if !s.control.is_empty() {
             conns[key].out.push_bytes(&mut s.pool, &s.control);
             s.control.clear();
@@ -47,6 +61,10 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
             }
         };
         pos += consumed;
+        if over_rate {
+            access::rate_limited(&mut session, &mut conns[key], s, key);
+            break;
+        }
         let Some(event) = event else {
             break;
         };
@@ -68,17 +86,28 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
                         }
                     }
                     Mode::Hub => {
-                        let mut outbox = Deliveries::new(
-                            conns,
-                            &mut s.pool,
-                            &mut s.dirty,
-                            &mut s.deflater,
-                            &s.settings,
-                            s.now,
-                        )
-                        .relaying(s.backplane.as_mut());
-                        s.hub.handle_text(key, text, &mut s.reply, &mut outbox, &mut s.metrics);
+                        // The grant leaves its slot for the call, as the session does, so the
+                        // hub may deliver to this connection too.
+                        let mut grant = conns[key].grant.take();
+                        let mut outbox = Deliveries::new(conns, &mut s.dirty, &mut s.deflater, &s.settings)
+                            .relaying(s.backplane.as_mut());
+                        match (grant.as_deref_mut(), &s.settings.verifier) {
+                            (Some(grant), Some(verifier)) => {
+                                let now_unix_ms = access::unix_ms(s.settings.wall_start_ms, s.now);
+                                let access = Access::Token { grant, verifier, now_unix_ms };
+                                s.hub.handle_text_as(
+                                    key,
+                                    access,
+                                    text,
+                                    &mut s.reply,
+                                    &mut outbox,
+                                    &mut s.metrics,
+                                );
+                            }
+                            _ => s.hub.handle_text(key, text, &mut s.reply, &mut outbox, &mut s.metrics),
+                        }
                         let cuts = outbox.finish();
+                        conns[key].grant = grant;
                         if !s.reply.is_empty() {
                             s.metrics.message_out();
                             push_reply(&mut conns[key], s);
@@ -116,7 +145,7 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
         }
         // A client that sends faster than it reads what it asks for (pongs, replies,
         // echoes) is judged after each message, not after a whole read budget of them.
-        if conns[key].out.queued_bytes() > s.settings.max_queued_bytes {
+        if conns[key].queued_bytes() > s.settings.max_queued_bytes {
             flush(&mut conns[key], s, key);
         }
         if conns[key].doomed {

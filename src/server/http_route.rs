@@ -9,7 +9,7 @@ use slab::Slab;
 
 use super::connection::{Connection, Ending, Phase};
 use super::fanout::Deliveries;
-use super::lifecycle::{linger, mark, reject};
+use super::lifecycle::{linger, mark, reject_http};
 use super::state::Shared;
 use crate::http::{self, HttpContext, HttpRequest};
 use crate::protocol::handshake::{self, Rejection};
@@ -23,7 +23,7 @@ pub(super) fn on_http(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, 
     let content_length = match head.content_length() {
         Ok(n) => n,
         Err(rejection) => {
-            reject(&mut conns[key], s, key, rejection);
+            reject_http(&mut conns[key], s, key, rejection);
             return;
         }
     };
@@ -35,16 +35,19 @@ pub(super) fn on_http(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, 
         } else {
             Rejection::new(411, "chunked bodies are not accepted")
         };
-        reject(&mut conns[key], s, key, rejection);
+        reject_http(&mut conns[key], s, key, rejection);
         return;
     }
-    let peer_is_loopback = conns[key].socket.peer_addr().map(|a| a.ip().is_loopback()).unwrap_or(false);
+    let peer_is_loopback = conns[key].peer.ip().is_loopback();
     let request = HttpRequest {
         method: head.method,
         path: head.path(),
         authorization: head.header("authorization"),
         content_length,
         peer_is_loopback,
+        content_type: head.header("content-type"),
+        origin: head.header("origin"),
+        host: head.header("host"),
     };
     let body_len = match http::body_plan(&request, &s.settings.http) {
         Ok(n) => n,
@@ -74,8 +77,8 @@ pub(super) fn on_http(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, 
         return;
     }
     let body = &input[head.head_len..head.head_len + body_len];
-    let mut outbox = Deliveries::new(conns, &mut s.pool, &mut s.dirty, &mut s.deflater, &s.settings, s.now)
-        .relaying(s.backplane.as_mut());
+    let mut outbox =
+        Deliveries::new(conns, &mut s.dirty, &mut s.deflater, &s.settings).relaying(s.backplane.as_mut());
     let backplane = outbox.backplane_stats();
     let connections = outbox.conns.len();
     let response = http::respond(

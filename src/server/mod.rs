@@ -13,10 +13,13 @@
 //! * `lifecycle` is the floor every handler stands on: mark dirty, doom, linger, flush, re-arm,
 //!   cut a slow consumer, reap.
 //! * `state` holds the settings and the loop's shared buffers, reachable from every file.
-//! * [`connection`] is one client's state; [`outbuf`] its output queue (shared frames and owned
-//!   bytes, one `writev` per flush); [`timers`] the deadline queue.
+//! * [`connection`] is one client's state; [`transport`] what carries its bytes (the socket, or
+//!   rustls over it); [`outbuf`] its output queue (shared frames and owned bytes, one `writev`
+//!   per flush); [`timers`] the deadline queue.
 
 mod accept;
+mod access;
+mod admission;
 pub mod connection;
 mod fanout;
 mod frames;
@@ -29,5 +32,6 @@ mod shutdown;
 mod state;
 mod timeouts;
 pub mod timers;
+pub mod transport;
 
 pub use reactor::Server;

@@ -172,21 +172,35 @@ impl OutQueue {
     /// Writes as much as the socket takes, several chunks per `writev`, until the queue is
     /// empty or the socket would block.
     pub fn flush<W: Write>(&mut self, sink: &mut W, pool: &mut BufferPool) -> io::Result<Flushed> {
+        self.flush_limited(sink, pool, usize::MAX)
+    }
+
+    /// As [`flush`](Self::flush), but hands the socket at most `limit` bytes in all (the slices
+    /// of the last `writev` are cut to fit), so one connection's big queue costs one turn a
+    /// bounded copy. Stopped by the limit, the result is neither empty nor `blocked`.
+    pub fn flush_limited<W: Write>(
+        &mut self,
+        sink: &mut W,
+        pool: &mut BufferPool,
+        limit: usize,
+    ) -> io::Result<Flushed> {
         let mut written_total = 0;
-        while !self.is_empty() {
+        while !self.is_empty() && written_total < limit {
+            let room = limit - written_total;
             let n = {
                 let head_written = self.head_written as usize;
                 let result = if self.chunks.len() == 1 {
                     // The common case (an echo or a reply batch in one owned buffer): a plain
                     // write, without filling an iovec array (8 KiB of stack) for one entry.
-                    sink.write(&self.chunks[0].bytes()[head_written..])
+                    let bytes = &self.chunks[0].bytes()[head_written..];
+                    sink.write(&bytes[..bytes.len().min(room)])
                 } else if self.chunks.len() <= FEW_IOVECS {
                     let mut slices = [IoSlice::new(&[]); FEW_IOVECS];
-                    let count = self.fill_iovecs(&mut slices);
+                    let count = self.fill_iovecs(&mut slices, room);
                     sink.write_vectored(&slices[..count])
                 } else {
                     let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-                    let count = self.fill_iovecs(&mut slices);
+                    let count = self.fill_iovecs(&mut slices, room);
                     sink.write_vectored(&slices[..count])
                 };
                 match result {
@@ -205,14 +219,21 @@ impl OutQueue {
         Ok(Flushed { written: written_total, blocked: false })
     }
 
-    /// Points `slices` at the queued chunks (the first one past what was written already);
-    /// returns how many it filled.
-    fn fill_iovecs<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
+    /// Points `slices` at the queued chunks (the first one past what was written already), at
+    /// most `room` bytes in all; returns how many it filled.
+    fn fill_iovecs<'a>(&'a self, slices: &mut [IoSlice<'a>], room: usize) -> usize {
         let mut count = 0;
+        let mut offered = 0;
         for (slot, chunk) in slices.iter_mut().zip(&self.chunks) {
             let bytes = chunk.bytes();
-            *slot = IoSlice::new(if count == 0 { &bytes[self.head_written as usize..] } else { bytes });
+            let bytes = if count == 0 { &bytes[self.head_written as usize..] } else { bytes };
+            let bytes = &bytes[..bytes.len().min(room - offered)];
+            *slot = IoSlice::new(bytes);
             count += 1;
+            offered += bytes.len();
+            if offered == room {
+                break;
+            }
         }
         count
     }
@@ -323,6 +344,30 @@ mod tests {
             assert_eq!(q.shared_frames(), 0);
             assert_eq!(Rc::strong_count(&shared), 1, "written shared frames are released");
         }
+    }
+
+    #[test]
+    fn a_limited_flush_stops_at_the_limit_and_resumes_exactly() {
+        let mut pool = BufferPool::default();
+        let mut q = OutQueue::default();
+        let big: Rc<[u8]> = (0..=255u8).cycle().take(10_000).collect::<Vec<u8>>().into();
+        q.push_shared(&big);
+        q.push_bytes(&mut pool, b"tail");
+        q.push_shared(&big);
+        let mut expected = big.to_vec();
+        expected.extend_from_slice(b"tail");
+        expected.extend_from_slice(&big);
+        let mut sink = Trickle { got: Vec::new(), per_call: 3000, budget: usize::MAX, calls: 0 };
+        let mut turns = 0;
+        while !q.is_empty() {
+            let f = q.flush_limited(&mut sink, &mut pool, 4096).unwrap();
+            assert!(!f.blocked);
+            assert!(f.written <= 4096, "wrote {} past the limit", f.written);
+            turns += 1;
+        }
+        assert_eq!(sink.got, expected);
+        assert_eq!(turns, expected.len().div_ceil(4096));
+        assert_eq!(q.shared_frames(), 0);
     }
 
     #[test]

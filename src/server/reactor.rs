@@ -18,35 +18,42 @@
 //! Hot paths: [`Server::on_readable`] -> `frames::on_frames` (parse and unmask in place, in the
 //! loop's one read buffer) and `lifecycle::flush`.
 
-use std::io::{self, Read};
+use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use log::info;
+use log::{info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use super::accept;
+use super::admission::Admission;
 use super::connection::{Connection, Ending, Phase};
 use super::frames::on_frames;
-use super::lifecycle::{doom, flush_dirty, flush_now, mark_dirty, on_eof, reap, rearm_key, socket_failed};
+use super::lifecycle::{
+    doom, flush_dirty, flush_now, mark_dirty, on_eof, reap, rearm_key, socket_failed, TURN_WRITE_BUDGET,
+};
 use super::outbuf::BufferPool;
 use super::relay;
 use super::shutdown;
-use super::state::{Mode, Settings, Shared, StressLogs, READ_PREFIX, READ_SIZE};
+use super::state::{Mode, Settings, Shared, StressLogs, READ_PREFIX, READ_SIZE, TLS_READ_SIZE};
 use super::timeouts::run_timers;
 use super::timers::{DeadlineQueue, NEVER};
+use super::transport::Received;
 use crate::backplane::redis::{RedisBackplane, RedisSettings, PUB, SUB};
 use crate::config::validate::FdBudget;
 use crate::config::{millis, Config};
 use crate::http::HttpConfig;
-use crate::hub::{Hub, HubConfig};
-use crate::metrics::Metrics;
+use crate::hub::history::{random_seed, MemoryHistory};
+use crate::hub::Hub;
+use crate::metrics::{Metrics, TlsFailure};
 use crate::protocol::deflate::Deflater;
+use crate::protocol::handshake::OriginPolicy;
 use crate::protocol::session::Millis;
+use crate::tls::TlsListener;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
@@ -60,6 +67,8 @@ const READS_PER_TURN: usize = 8;
 const BACKPLANE_CONNECT_TIMEOUT: Millis = 3_000;
 /// Most turns a fan-out flush is put off while input keeps arriving.
 const MAX_DEFERRED_TURNS: usize = 8;
+/// Shortest gap between two history expiry wake-ups (TTLs are kept within one).
+const HISTORY_SWEEP: Millis = 1000;
 
 pub struct Server {
     poll: Poll,
@@ -74,6 +83,13 @@ impl Server {
     /// Binds the listener and prepares the loop. `handle_signals`: stop on SIGINT/SIGTERM
     /// (the binary does; in-process tests do not).
     pub fn bind(config: &Config, handle_signals: bool) -> io::Result<Server> {
+        // Certificate problems are reported before the port is taken.
+        let tls = match config.tls_files() {
+            Some(files) => {
+                Some(TlsListener::load(files).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?)
+            }
+            None => None,
+        };
         let poll = Poll::new()?;
         let mut listener = if config.reuse_port {
             TcpListener::from_std(crate::sys::listen_reuse_port(config.listen)?)
@@ -83,7 +99,8 @@ impl Server {
         let local_addr = listener.local_addr()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let signals = if handle_signals {
-            let mut signals = Signals::new([SIGINT, SIGTERM])?;
+            // SIGHUP reloads the TLS pair (and is ignored without TLS rather than fatal).
+            let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
             poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
             Some(signals)
         } else {
@@ -97,13 +114,24 @@ impl Server {
             .max_connections
             .unwrap_or_else(|| FdBudget::fit(open_files).unwrap_or(1))
             .clamp(1, (1 << 24) - overflow_slots - 1);
+        let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
+        let verifier = config.verifier().map_err(invalid)?;
+        let api_key = config.effective_api_key().map_err(invalid)?;
         let settings = Settings {
             mode: if config.echo { Mode::Echo } else { Mode::Hub },
             path: config.path.clone(),
             session: config.session(),
             upgrade: config.upgrade(),
-            http: HttpConfig { api_key: config.api_key.clone(), max_body_bytes: config.max_body_size },
+            http: HttpConfig {
+                api_key,
+                max_body_bytes: config.max_body_size,
+                origins: OriginPolicy::from_allowed(&config.allowed_origins),
+                demo: config.demo,
+            },
             max_connections,
+            max_connections_per_ip: config.max_connections_per_ip,
+            max_pending_handshakes: config.max_pending_handshakes.unwrap_or(max_connections / 4).max(1),
+            socket_send_buffer: config.socket_send_buffer,
             overflow_slots,
             max_head: config.max_head_size.max(64),
             max_queued_bytes: config.max_queued_bytes.max(1),
@@ -111,12 +139,27 @@ impl Server {
             handshake_timeout: millis(config.handshake_timeout).max(1),
             write_wait: millis(config.write_wait).max(1),
             shutdown_timeout: millis(config.shutdown_timeout),
+            verifier,
+            rate_limit: config.rate_limit(),
+            wall_start_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         };
-        let hub = Hub::new(HubConfig {
-            max_topic_length: config.max_topic_length,
-            max_subscriptions: config.max_subscriptions,
-            allow_client_broadcast: config.allow_client_broadcast,
-        });
+        match &settings.verifier {
+            Some(verifier) => info!("connection tokens required ({:?})", verifier.algorithms()),
+            None if !config.listen.ip().is_loopback() => warn!(
+                "listening on {} with no authentication: anyone who can reach it may subscribe and \
+                 publish (see --jwt-secret, --jwt-public-key)",
+                config.listen
+            ),
+            None => {}
+        }
+        let (per_ip, max_pending) = (settings.max_connections_per_ip, settings.max_pending_handshakes);
+        let hub = Hub::new(config.hub());
+        let hub = match config.history() {
+            Some(history) => hub.with_history(Box::new(MemoryHistory::new(history, random_seed()))),
+            None => hub,
+        };
         // Sized for the limit up front: the slab's pages are only touched (and so only count
         // towards RSS) as connections arrive, and it never reallocates and copies under load.
         let conns = Slab::with_capacity((max_connections + overflow_slots).min(1 << 24));
@@ -149,6 +192,11 @@ impl Server {
                 dirty: Vec::new(),
                 doomed: Vec::new(),
                 reread: Vec::new(),
+                backlog: Vec::new(),
+                flush_soon: false,
+                refusing: 0,
+                turn_write_budget: TURN_WRITE_BUDGET,
+                admission: Admission::new(per_ip, max_pending),
                 read_buf,
                 control: Vec::new(),
                 reply: Vec::new(),
@@ -157,6 +205,8 @@ impl Server {
                 now: 0,
                 accept_paused_until: None,
                 shutting_down: None,
+                tls_scratch: if tls.is_some() { vec![0u8; TLS_READ_SIZE] } else { Vec::new() },
+                tls,
                 logs: StressLogs::default(),
             },
         })
@@ -170,8 +220,9 @@ impl Server {
     /// timeout has passed.
     pub fn run(mut self) -> io::Result<()> {
         info!(
-            "wshub listening on {} (path {}, {} mode, max {} connections)",
+            "wshub listening on {} ({}path {}, {} mode, max {} connections)",
             self.local_addr,
+            if self.shared.tls.is_some() { "TLS, " } else { "" },
             self.shared.settings.path,
             if self.shared.settings.mode == Mode::Echo { "echo" } else { "hub" },
             self.shared.settings.max_connections
@@ -189,7 +240,8 @@ impl Server {
                     return Ok(());
                 }
             }
-            let timeout = if self.shared.reread.is_empty() && deferred == 0 {
+            let timeout = if self.shared.reread.is_empty() && self.shared.backlog.is_empty() && deferred == 0
+            {
                 self.next_wakeup().map(|at| {
                     std::time::Duration::from_millis(at.saturating_sub(self.shared.now).min(60_000))
                 })
@@ -203,6 +255,7 @@ impl Server {
                 return Err(e);
             }
             self.shared.now = self.shared.started.elapsed().as_millis() as Millis;
+            self.shared.hub.tick(self.shared.now);
             for key in std::mem::take(&mut self.shared.reread) {
                 self.on_readable(key, true);
             }
@@ -229,7 +282,11 @@ impl Server {
             // Fan-out queued this turn waits while input keeps arriving (checked with a
             // zero-timeout poll), for a few turns at most: publishes that arrive together then
             // leave in one writev per subscriber instead of one each.
-            if !events.is_empty() && !self.shared.dirty.is_empty() && deferred < MAX_DEFERRED_TURNS {
+            if !events.is_empty()
+                && !self.shared.dirty.is_empty()
+                && deferred < MAX_DEFERRED_TURNS
+                && !self.shared.flush_soon
+            {
                 deferred += 1;
                 continue;
             }
@@ -249,11 +306,17 @@ impl Server {
         if let Some(at) = self.shared.shutting_down {
             next = next.min(at);
         }
+        if let Some(at) = self.shared.hub.history_deadline() {
+            // History expiry wakes the loop at most once a second (TTLs are kept within one).
+            next = next.min(at.max(self.shared.now + HISTORY_SWEEP));
+        }
         (next != NEVER).then_some(next)
     }
 
     /// Flush what this turn produced, run due timers, remove what ended.
     fn end_of_turn(&mut self) {
+        self.shared.turn_write_budget = TURN_WRITE_BUDGET;
+        self.shared.flush_soon = false;
         relay::flush(&mut self.shared, self.poll.registry());
         flush_dirty(&mut self.conns, &mut self.shared);
         run_timers(&mut self.conns, &mut self.shared, self.poll.registry());
@@ -281,6 +344,12 @@ impl Server {
             if conn.doomed {
                 return;
             }
+            if s.flush_soon && matches!(conn.phase, Phase::Open(_)) {
+                // A big fan-out is waiting to be written: read this connection next turn, after
+                // the flush, so queues are written as fast as they are filled.
+                s.reread.push(key);
+                return;
+            }
             // Read after any kept bytes so the parser sees one contiguous slice.
             let kept = if matches!(conn.phase, Phase::Open(_)) { conn.input.len() } else { 0 };
             if kept > READ_PREFIX {
@@ -289,18 +358,30 @@ impl Server {
                 return;
             }
             let start = READ_PREFIX - kept;
-            let result = conn.socket.read(&mut s.read_buf[READ_PREFIX..]);
-            let n = match result {
-                Ok(0) => {
+            let result = conn.transport.read(&mut s.read_buf[READ_PREFIX..], &mut s.tls_scratch);
+            if conn.transport.handshake_completed() {
+                s.metrics.tls_handshake_completed();
+            }
+            let (n, more) = match result {
+                Ok(Received { n: 0, .. }) => {
                     on_eof(conn, s, key);
                     return;
                 }
-                Ok(n) => n,
+                Ok(Received { n, more }) => (n, more),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     flush_now(&mut self.conns, &mut self.shared, key);
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::InvalidData && conn.transport.is_tls() => {
+                    log::debug!(conn = key; "TLS error: {e}");
+                    if conn.transport.handshaking() {
+                        s.metrics.tls_handshake_failed(TlsFailure::Error);
+                    }
+                    // The alert, if any, is already written; nothing else is owed.
+                    doom(conn, s, key, Ending::TlsError);
+                    return;
+                }
                 Err(e) => {
                     socket_failed(conn, s, key, "read", &e);
                     return;
@@ -322,7 +403,7 @@ impl Server {
             // A short read drained the socket: with edge-triggered readiness the next arrival
             // raises a new event, so skip the read that would only say WouldBlock. Not when the
             // peer's FIN came in the same event: the read that returns 0 is the only notice.
-            if n < READ_SIZE && !read_to_end {
+            if !more && !read_to_end {
                 flush_now(&mut self.conns, &mut self.shared, key);
                 return;
             }

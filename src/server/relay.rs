@@ -26,8 +26,7 @@ pub(super) fn on_event(conns: &mut Slab<Connection>, s: &mut Shared, registry: &
     let Some(backplane) = s.backplane.as_mut() else { return };
     let mut cuts = Cuts::default();
     backplane.on_event(which, registry, s.now, |inbound| {
-        let mut outbox =
-            Deliveries::new(conns, &mut s.pool, &mut s.dirty, &mut s.deflater, &s.settings, s.now);
+        let mut outbox = Deliveries::new(conns, &mut s.dirty, &mut s.deflater, &s.settings);
         let deliverable = match inbound {
             Inbound::Publish { topic, data } => {
                 s.hub.publish(topic, data, &mut outbox, &mut s.metrics).is_ok()

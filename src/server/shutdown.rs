@@ -6,14 +6,15 @@
 //! usual close handshake, bounded by its close timeout. The loop checks the overall deadline at
 //! the top of each turn.
 
-use log::info;
+use log::{info, warn};
 use mio::net::TcpListener;
 use mio::Registry;
+use signal_hook::consts::SIGHUP;
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use super::connection::{Connection, Ending, Phase};
-use super::lifecycle::{flush_dirty, mark, reap, rearm, reject};
+use super::lifecycle::{doom, flush_dirty, mark, reap, rearm, reject};
 use super::state::Shared;
 use crate::protocol::close::code;
 use crate::protocol::handshake::Rejection;
@@ -26,12 +27,35 @@ pub(super) fn on_signal(
     conns: &mut Slab<Connection>,
     s: &mut Shared,
 ) {
-    let got: Vec<i32> = signals.pending().collect();
+    let mut got: Vec<i32> = signals.pending().collect();
+    if got.contains(&SIGHUP) {
+        got.retain(|&sig| sig != SIGHUP);
+        reload_tls(s);
+    }
     if got.is_empty() || s.shutting_down.is_some() {
         return;
     }
     info!("signal {:?}: closing {} connections", got, conns.len());
     begin_shutdown(listener, registry, conns, s);
+}
+
+/// SIGHUP: load the certificate and key again. New handshakes use the new pair; open
+/// connections keep theirs; a pair that fails to load leaves the current one in place.
+fn reload_tls(s: &mut Shared) {
+    let Some(tls) = s.tls.as_mut() else {
+        info!("SIGHUP: no TLS certificate to reload");
+        return;
+    };
+    match tls.reload() {
+        Ok(()) => {
+            s.metrics.tls_reload(true);
+            info!("SIGHUP: TLS certificate and key reloaded from {}", tls.files.cert.display());
+        }
+        Err(e) => {
+            s.metrics.tls_reload(false);
+            warn!("SIGHUP: TLS reload failed, keeping the current certificate: {e}");
+        }
+    }
 }
 
 /// Stop accepting, send 1001 to every client, and give them `shutdown_timeout` to finish.
@@ -47,6 +71,11 @@ pub(super) fn begin_shutdown(
     }
     for (key, conn) in conns.iter_mut() {
         if conn.doomed {
+            continue;
+        }
+        if conn.transport.handshaking() {
+            // No TLS channel yet to say anything on.
+            doom(conn, s, key, Ending::Shutdown);
             continue;
         }
         if matches!(conn.phase, Phase::Handshake { .. }) {

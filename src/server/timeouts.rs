@@ -11,10 +11,11 @@ use mio::Registry;
 use slab::Slab;
 
 use super::connection::{Connection, Ending, Phase};
-use super::lifecycle::{doom, linger, mark, rearm, reject};
+use super::lifecycle::{doom, linger, mark, rearm, reject_http};
 use super::relay::{self, BACKPLANE_TIMER};
 use super::state::Shared;
 use super::timers::NEVER;
+use crate::metrics::TlsFailure;
 use crate::protocol::close::code;
 use crate::protocol::handshake::Rejection;
 use crate::protocol::session::TimerOutcome;
@@ -40,13 +41,24 @@ pub(super) fn run_timers(conns: &mut Slab<Connection>, s: &mut Shared, registry:
 pub(super) fn on_timer(conn: &mut Connection, s: &mut Shared, key: usize) {
     let now = s.now;
     let stalled = conn.write_stalled(now, s.settings.write_wait);
+    // A token that expired closes the connection with 4001 (the session then times the close).
+    if !stalled && super::access::on_expiry(conn, s, key) {
+        mark(conn, s, key);
+        return;
+    }
     match &mut conn.phase {
+        Phase::Handshake { deadline, .. } if now >= *deadline && conn.transport.handshaking() => {
+            // The TLS handshake did not finish: there is no channel to answer 408 on.
+            debug!(conn = key; "TLS handshake timeout");
+            s.metrics.tls_handshake_failed(TlsFailure::Timeout);
+            doom(conn, s, key, Ending::HandshakeTimeout);
+        }
         Phase::Handshake { deadline, .. } if now >= *deadline => {
             debug!(conn = key; "handshake timeout");
             // Say why (RFC 9110 section 15.5.9) rather than vanish; the answer lingers at most
             // the drain limit.
             conn.ending = Ending::HandshakeTimeout;
-            reject(conn, s, key, Rejection::new(408, "request not received in time"));
+            reject_http(conn, s, key, Rejection::new(408, "request not received in time"));
         }
         Phase::Lingering { deadline } | Phase::Draining { deadline } if now >= *deadline => {
             doom(conn, s, key, Ending::CloseTimeout);

@@ -231,7 +231,9 @@ pub fn subscribe(s: &mut TcpStream, topic: &str) {
 pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
     let mut s = connect(addr);
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{headers}{}Content-Length: {}\r\n\r\n{body}",
+        // The API takes JSON bodies only (415 otherwise).
+        if method == "POST" { "Content-Type: application/json\r\n" } else { "" },
         body.len()
     );
     s.write_all(request.as_bytes()).unwrap();

@@ -10,6 +10,14 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 venv="$root/.ci/venv"
 
+# curl checks /healthz over https (test_tls.py); openssl makes the test certificate.
+for tool in curl openssl; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        timeout 600 apt-get update -qq >/dev/null
+        timeout 600 apt-get install -y -qq "$tool" >/dev/null
+    fi
+done
+
 if [[ ! -x "$venv/bin/python" ]]; then
     timeout 300 python3 -m venv "$venv"
 fi
