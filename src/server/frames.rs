@@ -53,7 +53,7 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
             conns[key].out.push_bytes(&mut s.pool, &s.control);
             s.control.clear();
         }
-        let Step { consumed, event, sender } = match step {
+        let Step { consumed, event, .. } = match step {
             Ok(step) => step,
             Err(e) => {
                 ended_by = Some(on_protocol_error(&mut conns[key], s, key, e));
@@ -71,70 +71,32 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
         match event {
             Event::Text(text) => {
                 s.metrics.message_in();
-                match s.settings.mode {
-                    Mode::Echo => {
-                        // The session's send rule first: after our close (a shutdown's 1001), a
-                        // message still in flight from the peer gets no echo. Then the frame as
-                        // this client takes it (compressed when it negotiated permessage-deflate).
-                        let conn = &mut conns[key];
-                        if sender.can_send() {
-                            let (window, deflater) = (conn.send_window, &mut s.deflater);
-                            conn.out.append_with(&mut s.pool, |out| {
-                                deflater.write_frame(out, OpCode::Text, text.as_bytes(), window)
-                            });
-                            s.metrics.message_out();
-                        }
+                // The grant leaves its slot for the call, as the session does, so the
+                // hub may deliver to this connection too.
+                let mut grant = conns[key].grant.take();
+                let mut outbox = Deliveries::new(conns, &mut s.dirty, &mut s.deflater, &s.settings)
+                    .relaying(s.backplane.as_mut());
+                match (grant.as_deref_mut(), &s.settings.verifier) {
+                    (Some(grant), Some(verifier)) => {
+                        let now_unix_ms = access::unix_ms(s.settings.wall_start_ms, s.now);
+                        let access = Access::Token { grant, verifier, now_unix_ms };
+                        s.hub.handle_text_as(key, access, text, &mut s.reply, &mut outbox, &mut s.metrics);
                     }
-                    Mode::Hub => {
-                        // The grant leaves its slot for the call, as the session does, so the
-                        // hub may deliver to this connection too.
-                        let mut grant = conns[key].grant.take();
-                        let mut outbox = Deliveries::new(conns, &mut s.dirty, &mut s.deflater, &s.settings)
-                            .relaying(s.backplane.as_mut());
-                        match (grant.as_deref_mut(), &s.settings.verifier) {
-                            (Some(grant), Some(verifier)) => {
-                                let now_unix_ms = access::unix_ms(s.settings.wall_start_ms, s.now);
-                                let access = Access::Token { grant, verifier, now_unix_ms };
-                                s.hub.handle_text_as(
-                                    key,
-                                    access,
-                                    text,
-                                    &mut s.reply,
-                                    &mut outbox,
-                                    &mut s.metrics,
-                                );
-                            }
-                            _ => s.hub.handle_text(key, text, &mut s.reply, &mut outbox, &mut s.metrics),
-                        }
-                        let cuts = outbox.finish();
-                        conns[key].grant = grant;
-                        if !s.reply.is_empty() {
-                            s.metrics.message_out();
-                            push_reply(&mut conns[key], s);
-                        }
-                        cuts.apply(conns, s);
-                    }
+                    _ => s.hub.handle_text(key, text, &mut s.reply, &mut outbox, &mut s.metrics),
                 }
+                let cuts = outbox.finish();
+                conns[key].grant = grant;
+                if !s.reply.is_empty() {
+                    s.metrics.message_out();
+                    push_reply(&mut conns[key], s);
+                }
+                cuts.apply(conns, s);
             }
-            Event::Binary(data) => {
+            Event::Binary(_) => {
                 s.metrics.message_in();
-                match s.settings.mode {
-                    Mode::Echo => {
-                        let conn = &mut conns[key];
-                        if sender.can_send() {
-                            let (window, deflater) = (conn.send_window, &mut s.deflater);
-                            conn.out.append_with(&mut s.pool, |out| {
-                                deflater.write_frame(out, OpCode::Binary, data, window)
-                            });
-                            s.metrics.message_out();
-                        }
-                    }
-                    Mode::Hub => {
-                        s.hub.handle_binary(key, &mut s.reply, &mut s.metrics);
-                        s.metrics.message_out();
-                        push_reply(&mut conns[key], s);
-                    }
-                }
+                s.hub.handle_binary(key, &mut s.reply, &mut s.metrics);
+                s.metrics.message_out();
+                push_reply(&mut conns[key], s);
             }
             Event::Ping(_) | Event::Pong(_) => {}
             Event::Closed { code: peer_code, reason } => {
