@@ -34,7 +34,9 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// Server URL (a literal IP and port; ws:// or wss://).
+    /// Server URL (a literal IP and port; ws:// or wss://). `broadcast` takes several,
+    /// comma-separated: the nodes of one hub joined by a backplane, clients spread over them
+    /// round-robin.
     #[arg(long, default_value = "ws://127.0.0.1:9001/ws")]
     url: String,
     /// PEM CA a wss:// server's certificate must chain to (its name must be localhost).
@@ -251,16 +253,33 @@ fn run(cli: Cli) -> Result<(), String> {
             );
         }
         Cmd::Broadcast { common, clients, publishers, size, topic } => {
-            let mut target = net::Target::parse(&common.url, common.ca.as_deref())?;
-            target.offer_deflate = common.deflate;
+            // Several comma-separated URLs: the nodes of one hub, clients spread over them.
+            let mut targets = common
+                .url
+                .split(',')
+                .map(|url| net::Target::parse(url, common.ca.as_deref()))
+                .collect::<Result<Vec<_>, _>>()?;
+            for target in &mut targets {
+                target.offer_deflate = common.deflate;
+            }
             let timing = common.timing()?;
             let clients = check_conns(clients)?;
             let publishers = publishers.unwrap_or(clients).clamp(1, clients);
             let p = broadcast::Broadcast { clients, publishers, size, topic };
-            let r = broadcast::run(&target, &p, &timing)?;
+            let r = broadcast::run(&targets, &p, &timing)?;
+            let cross = if targets.len() > 1 {
+                format!(
+                    " nodes={} cross_p50_us={:.1} cross_p99_us={:.1}",
+                    targets.len(),
+                    r.cross_p50_us,
+                    r.cross_p99_us
+                )
+            } else {
+                String::new()
+            };
             println!(
                 "RESULT scenario=broadcast server={} clients={clients} publishers={publishers} size={size} \
-                 deliveries_per_s={:.0} p50_us={:.1} p99_us={:.1} rounds={} samples={} windows={}",
+                 deliveries_per_s={:.0} p50_us={:.1} p99_us={:.1}{cross} rounds={} samples={} windows={}",
                 common.server,
                 r.deliveries_per_s,
                 r.p50_us,
