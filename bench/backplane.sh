@@ -72,6 +72,7 @@ for port in 9411 9412; do
 done
 
 : >"$raw"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$raw"
 run() {
     echo "backplane.sh: $*" >&2
     nice timeout 120 "$loadgen" broadcast "${timing[@]}" "$@" | tee -a "$raw"
