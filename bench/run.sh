@@ -5,6 +5,9 @@
 #                        bench/soak (no speed asserted; CI calls this)
 #   bench/run.sh quick   every scenario once against every server (about 2 minutes after builds)
 #   bench/run.sh full    every scenario 3 times, servers alternating, longer windows (~12 min)
+#   bench/run.sh instr   user-space instructions per echoed message under callgrind, wshub and
+#                        tokio-tungstenite side by side (about 3 minutes; the figure that does
+#                        not move with the machine's noise)
 #   bench/run.sh tls     the TLS rows: wshub serving wss:// itself against tokio-tungstenite +
 #                        tokio-rustls, same certificate (tests/gencert.sh), ring on both sides:
 #                        echo 16 B and 1 KiB at depth 16, connect+close with a full handshake,
@@ -26,9 +29,9 @@ tmp="$results/tmp"
 mkdir -p "$tmp"
 
 case "$mode" in
-smoke | quick | full | tls) ;;
+smoke | quick | full | instr | tls) ;;
 *)
-    echo "usage: $0 [smoke|quick|full|tls]" >&2
+    echo "usage: $0 [smoke|quick|full|instr|tls]" >&2
     exit 2
     ;;
 esac
@@ -135,6 +138,106 @@ if [ "$mode" = smoke ]; then
     # back to their level afterwards (bench/soak; 30 minutes by default).
     timeout 300 "$here/soak" --duration 20 --sample 1
     log "smoke: ok"
+    exit 0
+fi
+
+# ---- instr -------------------------------------------------------------------------------
+# Each server runs under callgrind twice, for N1 and N2 echoed messages of a fixed-work loadgen
+# run (`--messages`). Instructions per message = (I(N2) - I(N1)) / (N2 - N1): start-up,
+# handshakes and shutdown cancel out, what is left is the steady state. Counts are of the whole
+# server process in user space (the kernel's share is the same syscalls for every server).
+if [ "$mode" = instr ]; then
+    log "building the tokio-tungstenite peer"
+    CARGO_TARGET_DIR="$peers/tokio-tungstenite/cargo" cargo build --quiet --release --locked \
+        --manifest-path "$here/peers/tokio-tungstenite/Cargo.toml" || log "tokio-tungstenite did not build"
+    command -v valgrind >/dev/null || {
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null 2>&1 ||
+            { log "valgrind is needed for instr"; exit 1; }
+    }
+    n1=${INSTR_N1:-32000}
+    n2=${INSTR_N2:-160000}
+    out="$results/instr.md"
+    total_instr() { sed -n 's/^\(summary\|totals\): *\([0-9]*\).*/\2/p' "$1" | head -1; }
+    instr_cases=(
+        "echo 16 B text|--conns 100 --size 16 --depth 16 --text"
+        "echo 1 KiB text|--conns 100 --size 1024 --depth 16 --text"
+        "echo 16 B binary|--conns 100 --size 16 --depth 16"
+    )
+    rows=()
+    port=9500
+    for case in "${instr_cases[@]}"; do
+        IFS='|' read -r label args <<<"$case"
+        for name in wshub tokio-tungstenite; do
+            server_cmd "$name" echo x
+            [ ${#cmd[@]} -gt 0 ] || { log "$name: not built, skipped"; continue; }
+            declare -A total=()
+            for n in "$n1" "$n2"; do
+                port=$((port + 1))
+                server_cmd "$name" echo "127.0.0.1:$port"
+                cg="$tmp/callgrind-$name-${label// /_}-$n.out"
+                rm -f "$cg"
+                # valgrind goes right before the program (after `env VAR=...` if any).
+                if [ "${cmd[0]}" = env ]; then
+                    cmd=("${cmd[@]:0:2}" valgrind --tool=callgrind --callgrind-out-file="$cg" "${cmd[@]:2}")
+                else
+                    cmd=(valgrind --tool=callgrind --callgrind-out-file="$cg" "${cmd[@]}")
+                fi
+                ("${cmd[@]}") >"$tmp/server-$name-instr.log" 2>&1 &
+                server_pid=$!
+                for _ in $(seq 1 300); do
+                    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+                    sleep 0.1
+                done
+                # shellcheck disable=SC2086
+                if ! "$loadgen" echo $args --messages "$n" --stall 30 --server "$name" \
+                    --url "ws://127.0.0.1:$port/ws" >"$tmp/loadgen-instr.txt" 2>&1; then
+                    log "$label against $name failed: $(tail -c 300 "$tmp/loadgen-instr.txt")"
+                fi
+                kill -TERM "$server_pid" 2>/dev/null || true
+                for _ in $(seq 1 300); do
+                    kill -0 "$server_pid" 2>/dev/null || break
+                    sleep 0.1
+                done
+                wait "$server_pid" 2>/dev/null || true
+                server_pid=""
+                got=$(sed -n 's/.* received=\([0-9]*\).*/\1/p' "$tmp/loadgen-instr.txt")
+                [ -f "$cg" ] && [ "$got" = "$n" ] || { log "$label/$name/$n: no profile or short run (got ${got:-0})"; continue 2; }
+                total[$n]=$(total_instr "$cg")
+            done
+            per=$(awk -v a="${total[$n1]}" -v b="${total[$n2]}" -v n1="$n1" -v n2="$n2" \
+                'BEGIN { printf "%.0f", (b - a) / (n2 - n1) }')
+            log "$label $name: $per instructions/message"
+            rows+=("$label|$name|$per")
+            if [ "$name" = wshub ]; then
+                callgrind_annotate --inclusive=no "$tmp/callgrind-$name-${label// /_}-$n2.out" 2>/dev/null |
+                    grep -E '^ *[0-9,]+ ' | head -12 >"$tmp/profile-${label// /_}.txt" || true
+            fi
+            unset total
+        done
+    done
+    {
+        echo "bench/run.sh instr, $(date -u '+%Y-%m-%d %H:%M UTC'): user-space instructions per echoed message"
+        echo "(callgrind, whole server process, (I(N2) - I(N1)) / (N2 - N1) with N1=$n1, N2=$n2; 100 connections, depth 16)"
+        echo
+        echo "| case | wshub | tokio-tungstenite | ratio |"
+        echo "|---|---:|---:|---:|"
+        for case in "${instr_cases[@]}"; do
+            IFS='|' read -r label _ <<<"$case"
+            w=$(printf '%s\n' "${rows[@]}" | awk -F'|' -v l="$label" '$1 == l && $2 == "wshub" { print $3 }')
+            t=$(printf '%s\n' "${rows[@]}" | awk -F'|' -v l="$label" '$1 == l && $2 == "tokio-tungstenite" { print $3 }')
+            r=$(awk -v w="$w" -v t="$t" 'BEGIN { if (w > 0 && t > 0) printf "%.2fx", t / w; else print "-" }')
+            echo "| $label | ${w:--} | ${t:--} | $r |"
+        done
+        for f in "$tmp"/profile-*.txt; do
+            [ -s "$f" ] || continue
+            echo
+            echo "wshub profile, $(basename "$f" .txt | sed 's/^profile-//; s/_/ /g') (N2 run, exclusive):"
+            echo '```'
+            cat "$f"
+            echo '```'
+        done
+    } >"$out"
+    cat "$out"
     exit 0
 fi
 

@@ -132,6 +132,16 @@ impl Metrics {
         bump(&mut self.messages_sent, 1);
     }
 
+    /// `n` messages received at once (echo counts a whole read's worth).
+    pub fn messages_in(&mut self, n: u64) {
+        bump(&mut self.messages_received, n);
+    }
+
+    /// `n` messages sent at once.
+    pub fn messages_out(&mut self, n: u64) {
+        bump(&mut self.messages_sent, n);
+    }
+
     /// `n` bytes read from a socket.
     pub fn bytes_in(&mut self, n: u64) {
         bump(&mut self.bytes_received, n);

@@ -45,22 +45,6 @@ impl Drop for TempFile {
     }
 }
 
-fn send(s: &mut TcpStream, v: &Value) {
-    s.write_all(&masked(OpCode::Text, true, v.to_string().as_bytes())).unwrap();
-}
-
-/// The next text message as JSON (skipping pings); panics on a close.
-fn recv(s: &mut TcpStream) -> Value {
-    loop {
-        let f = read_frame(s).expect("connection open");
-        match f.opcode {
-            0x1 => return serde_json::from_slice(&f.payload).expect("server sends JSON"),
-            0x9 => continue,
-            other => panic!("unexpected opcode {other}: {:?}", String::from_utf8_lossy(&f.payload)),
-        }
-    }
-}
-
 /// Upgrades with `?token=` (query) or an Authorization header; returns the response head and
 /// the stream.
 fn upgrade(addr: SocketAddr, token: Option<&str>, via_header: bool) -> (String, TcpStream) {
@@ -97,8 +81,8 @@ fn claims(sub: &str) -> Value {
 }
 
 fn assert_subscribes(s: &mut TcpStream, topic: &str) {
-    send(s, &json!({"type":"subscribe","payload":{"topic":topic},"id":1}));
-    assert_eq!(recv(s), json!({"type":"subscribed","payload":{"topic":topic},"id":1}));
+    send_json(s, &json!({"type":"subscribe","payload":{"topic":topic},"id":1}));
+    assert_eq!(recv_json(s), json!({"type":"subscribed","payload":{"topic":topic},"id":1}));
 }
 
 #[test]
@@ -205,8 +189,8 @@ fn each_refusal_is_a_401_with_its_cause_and_nothing_of_the_token() {
     assert_eq!(metric(server.addr, "wshub_handshakes_rejected_total{status=\"401\"}"), cases.len() as u64);
     // The good token passes, in the query percent-encoded too.
     let mut s = open(server.addr, &hs(&good).replace('.', "%2E"));
-    send(&mut s, &json!({"type":"ping","id":1}));
-    assert_eq!(recv(&mut s), json!({"type":"pong","id":1}));
+    send_json(&mut s, &json!({"type":"ping","id":1}));
+    assert_eq!(recv_json(&mut s), json!({"type":"pong","id":1}));
     // A bad upgrade gets its own status first (426: no version): the token is checked last.
     let mut raw = connect(server.addr);
     raw.write_all(
@@ -237,15 +221,15 @@ fn permissions_deny_and_keep_the_connection() {
         let id = i as u64 + 10;
         let mut msg = msg;
         msg["id"] = json!(id);
-        send(&mut bob, &msg);
-        assert_eq!(recv(&mut bob), denied(id), "{msg}");
+        send_json(&mut bob, &msg);
+        assert_eq!(recv_json(&mut bob), denied(id), "{msg}");
     }
     // Still connected, and what is granted works.
-    send(&mut bob, &json!({"type":"publish","payload":{"topic":"chat","data":"hi"},"id":20}));
-    assert_eq!(recv(&mut bob), json!({"type":"ack","payload":{"topic":"chat","delivered":0},"id":20}));
+    send_json(&mut bob, &json!({"type":"publish","payload":{"topic":"chat","data":"hi"},"id":20}));
+    assert_eq!(recv_json(&mut bob), json!({"type":"ack","payload":{"topic":"chat","delivered":0},"id":20}));
     // Nothing bob was denied reached alice: her next message is a ping reply.
-    send(&mut alice, &json!({"type":"ping","id":1}));
-    assert_eq!(recv(&mut alice), json!({"type":"pong","id":1}));
+    send_json(&mut alice, &json!({"type":"ping","id":1}));
+    assert_eq!(recv_json(&mut alice), json!({"type":"pong","id":1}));
     assert_eq!(metric(server.addr, "wshub_permission_denied_total"), 4);
 }
 
@@ -282,30 +266,30 @@ fn refresh_extends_the_connection_and_narrows_permissions() {
     assert_subscribes(&mut s, "b.1");
     // Refused refreshes change nothing.
     let refresh = |t: String, id: u64| json!({"type":"refresh","payload":{"token":t},"id":id});
-    send(&mut s, &refresh(hs(&json!({"sub": "other", "exp": exp + 600})), 1));
+    send_json(&mut s, &refresh(hs(&json!({"sub": "other", "exp": exp + 600})), 1));
     assert_eq!(
-        recv(&mut s),
+        recv_json(&mut s),
         json!({"type":"error","payload":{"message":"Token refused: another subject"},"id":1})
     );
-    send(&mut s, &refresh(hs(&json!({"sub": "u", "exp": now() - 10})), 2));
+    send_json(&mut s, &refresh(hs(&json!({"sub": "u", "exp": now() - 10})), 2));
     assert_eq!(
-        recv(&mut s),
+        recv_json(&mut s),
         json!({"type":"error","payload":{"message":"Token refused: token expired"},"id":2})
     );
     // A good one for the same subject, narrower: b.1 is dropped and said so, then refreshed.
     let new_exp = now() + 600;
-    send(&mut s, &refresh(hs(&json!({"sub": "u", "exp": new_exp, "wshub": {"subscribe": ["a"]}})), 3));
-    assert_eq!(recv(&mut s), json!({"type":"unsubscribed","payload":{"topic":"b.1"}}));
-    assert_eq!(recv(&mut s), json!({"type":"refreshed","payload":{"exp":new_exp},"id":3}));
-    send(&mut s, &json!({"type":"subscribe","payload":{"topic":"b.2"},"id":4}));
-    assert_eq!(recv(&mut s), json!({"type":"error","payload":{"message":"Permission denied"},"id":4}));
+    send_json(&mut s, &refresh(hs(&json!({"sub": "u", "exp": new_exp, "wshub": {"subscribe": ["a"]}})), 3));
+    assert_eq!(recv_json(&mut s), json!({"type":"unsubscribed","payload":{"topic":"b.1"}}));
+    assert_eq!(recv_json(&mut s), json!({"type":"refreshed","payload":{"exp":new_exp},"id":3}));
+    send_json(&mut s, &json!({"type":"subscribe","payload":{"topic":"b.2"},"id":4}));
+    assert_eq!(recv_json(&mut s), json!({"type":"error","payload":{"message":"Permission denied"},"id":4}));
     // Past the first token's exp the connection is still open.
     while now() <= exp {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(300));
-    send(&mut s, &json!({"type":"ping","id":5}));
-    assert_eq!(recv(&mut s), json!({"type":"pong","id":5}));
+    send_json(&mut s, &json!({"type":"ping","id":5}));
+    assert_eq!(recv_json(&mut s), json!({"type":"pong","id":5}));
     assert_eq!(metric(server.addr, "wshub_token_refreshes_total"), 1);
     assert_eq!(metric(server.addr, "wshub_token_refreshes_refused_total"), 2);
 }
@@ -332,8 +316,8 @@ fn rate_limit_closes_a_flooder_and_spares_a_polite_client() {
     assert!((10..=15).contains(&pongs), "{pongs} answered before the close (burst 10)");
     // The polite client, at 10/s, is never refused.
     for id in 0..8 {
-        send(&mut polite, &json!({"type":"ping","id":id}));
-        assert_eq!(recv(&mut polite), json!({"type":"pong","id":id}));
+        send_json(&mut polite, &json!({"type":"ping","id":id}));
+        assert_eq!(recv_json(&mut polite), json!({"type":"pong","id":id}));
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(metric(server.addr, "wshub_rate_limited_total"), 1);
@@ -378,7 +362,7 @@ fn secrets_and_keys_can_come_from_files() {
     };
     assert_eq!(publish("file-key"), 200);
     assert_eq!(publish("wrong"), 401);
-    assert_eq!(recv(&mut s), json!({"type":"message","payload":{"topic":"user.f","data":1}}));
+    assert_eq!(recv_json(&mut s), json!({"type":"message","payload":{"topic":"user.f","data":1}}));
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 
 use common::*;
@@ -36,27 +36,10 @@ struct Frame {
 }
 
 fn read_raw(s: &mut TcpStream) -> Option<Frame> {
-    let mut h = [0u8; 2];
-    s.read_exact(&mut h).ok()?;
-    assert_eq!(h[1] & 0x80, 0, "server frames are not masked");
-    assert_eq!(h[0] & 0x30, 0, "RSV2/RSV3 never set");
-    assert_ne!(h[0] & 0x80, 0, "server frames are whole");
-    let len = match h[1] & 0x7f {
-        126 => {
-            let mut b = [0u8; 2];
-            s.read_exact(&mut b).ok()?;
-            u64::from(u16::from_be_bytes(b))
-        }
-        127 => {
-            let mut b = [0u8; 8];
-            s.read_exact(&mut b).ok()?;
-            u64::from_be_bytes(b)
-        }
-        n => u64::from(n),
-    };
-    let mut payload = vec![0u8; len as usize];
-    s.read_exact(&mut payload).ok()?;
-    Some(Frame { rsv1: h[0] & 0x40 != 0, opcode: h[0] & 0x0f, payload })
+    let f = read_frame(s)?;
+    assert_eq!(f.rsv & 0b011, 0, "RSV2/RSV3 never set");
+    assert!(f.fin, "server frames are whole");
+    Some(Frame { rsv1: f.rsv & 0b100 != 0, opcode: f.opcode, payload: f.payload })
 }
 
 fn inflate(data: &[u8]) -> Vec<u8> {

@@ -10,27 +10,11 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
-use wshub::protocol::OpCode;
-
-fn send(s: &mut TcpStream, v: &Value) {
-    s.write_all(&masked(OpCode::Text, true, v.to_string().as_bytes())).unwrap();
-}
-
-fn recv(s: &mut TcpStream) -> Value {
-    loop {
-        let f = read_frame(s).expect("connection open");
-        match f.opcode {
-            0x1 => return serde_json::from_slice(&f.payload).expect("server sends JSON"),
-            0x9 => continue,
-            other => panic!("unexpected opcode {other}"),
-        }
-    }
-}
 
 fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String, String) {
     let mut s = connect(addr);
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(request.as_bytes()).unwrap();
@@ -50,8 +34,8 @@ fn subscribe(s: &mut TcpStream, topic: &str, since: Option<Value>) -> Value {
     if let Some(since) = since {
         payload["since"] = since;
     }
-    send(s, &json!({"type":"subscribe","payload":payload,"id":"sub"}));
-    let reply = recv(s);
+    send_json(s, &json!({"type":"subscribe","payload":payload,"id":"sub"}));
+    let reply = recv_json(s);
     assert_eq!(reply["type"], "subscribed", "{reply}");
     assert_eq!(reply["id"], "sub");
     reply["payload"].clone()
@@ -66,7 +50,7 @@ fn a_client_that_drops_reads_exactly_what_it_missed_then_live() {
     let epoch = first["epoch"].as_str().unwrap().to_string();
     for i in 1..=5 {
         publish(server.addr, "feed", json!(i));
-        let m = recv(&mut a);
+        let m = recv_json(&mut a);
         assert_eq!(m, json!({"type":"message","payload":{"topic":"feed","data":i,"offset":i}}));
     }
     drop(a);
@@ -77,10 +61,10 @@ fn a_client_that_drops_reads_exactly_what_it_missed_then_live() {
     let reply = subscribe(&mut b, "feed", Some(json!({"offset":5,"epoch":epoch})));
     assert_eq!(reply, json!({"topic":"feed","offset":12,"epoch":epoch,"recovered":true}));
     for i in 6..=12 {
-        assert_eq!(recv(&mut b)["payload"], json!({"topic":"feed","data":i,"offset":i}));
+        assert_eq!(recv_json(&mut b)["payload"], json!({"topic":"feed","data":i,"offset":i}));
     }
     publish(server.addr, "feed", json!(13));
-    assert_eq!(recv(&mut b)["payload"]["offset"], 13, "live follows the replay with no gap");
+    assert_eq!(recv_json(&mut b)["payload"]["offset"], 13, "live follows the replay with no gap");
 }
 
 #[test]
@@ -90,7 +74,7 @@ fn too_far_behind_expired_or_restarted_is_not_recovered() {
     let epoch = subscribe(&mut a, "t", None)["epoch"].clone();
     for i in 1..=5 {
         publish(server.addr, "t", json!(i));
-        assert_eq!(recv(&mut a)["payload"]["offset"], i);
+        assert_eq!(recv_json(&mut a)["payload"]["offset"], i);
     }
     // Only 3, 4, 5 are kept: since 1 is a gap.
     let reply = subscribe(&mut a, "t", Some(json!({"offset":1,"epoch":epoch})));
@@ -130,7 +114,7 @@ fn with_history_off_since_is_answered_and_messages_have_no_offset() {
     let reply = subscribe(&mut a, "t", Some(json!({"offset":3,"epoch":"abc"})));
     assert_eq!(reply, json!({"topic":"t","recovered":false}));
     publish(server.addr, "t", json!(1));
-    assert_eq!(recv(&mut a)["payload"], json!({"topic":"t","data":1}));
+    assert_eq!(recv_json(&mut a)["payload"], json!({"topic":"t","data":1}));
 }
 
 #[test]
@@ -162,6 +146,6 @@ fn a_replay_longer_than_the_send_queue_reaches_a_reading_client() {
     let reply = subscribe(&mut b, "long", Some(json!({"offset":0,"epoch":epoch})));
     assert_eq!(reply["recovered"], true);
     for i in 1..=600 {
-        assert_eq!(recv(&mut b)["payload"]["offset"], i);
+        assert_eq!(recv_json(&mut b)["payload"]["offset"], i);
     }
 }

@@ -123,15 +123,29 @@ fn slow_subscriber_is_cut_off_while_others_get_everything() {
     let mut fast = ws_connect(server.addr);
     subscribe(&mut fast, "firehose");
     const MESSAGES: usize = 3000;
+    // The reading subscriber must keep up with the publisher to be "fast": fan-out no longer
+    // slows a publisher down, and a debug-built reader parsing 20 KB of JSON per message on a
+    // loaded machine can fall behind a publisher that never waits. So the publisher stays at
+    // most 32 messages ahead of it; the slow one still reads nothing and must be cut off.
+    let read_so_far = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let progress = std::sync::Arc::clone(&read_so_far);
     let reader = std::thread::spawn(move || {
         for seq in 0..MESSAGES {
             let m = recv_json(&mut fast);
             assert_eq!(m["payload"]["data"]["seq"], json!(seq));
+            progress.store(seq + 1, std::sync::atomic::Ordering::Release);
         }
     });
     let mut publisher = ws_connect(server.addr);
     let blob = "x".repeat(20_000);
+    let paced_until = std::time::Instant::now() + Duration::from_secs(120);
     for seq in 0..MESSAGES {
+        while seq >= read_so_far.load(std::sync::atomic::Ordering::Acquire) + 32
+            && !reader.is_finished()
+            && std::time::Instant::now() < paced_until
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         send_json(
             &mut publisher,
             &json!({"type":"publish","payload":{"topic":"firehose","data":{"seq":seq,"blob":blob}}}),

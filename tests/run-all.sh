@@ -2,8 +2,9 @@
 # Every test suite the project has, each installing what it needs by itself:
 #   1. cargo: unit, property, integration (real binary on loopback; the backplane tests against
 #      private redis-server instances), fuzz-corpus replay
-#   2. Autobahn testsuite (fuzzingclient, sections 1-10) against `wshub --echo`, checked
-#      against autobahn/expected-results.json, over ws:// and again over wss://
+#   2. Autobahn testsuite (fuzzingclient, sections 1-10 and 12-13) against
+#      `wshub --echo --compression`, checked against autobahn/expected-results.json, over ws://
+#      and again over wss:// (sections 1-10 only: compression does not depend on the transport)
 #   3. interop: Python `websockets` client against the echo mode and the hub protocol, and over
 #      wss:// with curl for https:// /healthz
 #   4. browser: headless Chromium runs the JS client (recovery through cuts and a restart)

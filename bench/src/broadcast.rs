@@ -180,6 +180,15 @@ pub fn run(target: &Target, p: &Broadcast, timing: &Timing) -> Result<BroadcastR
                 if f.opcode != ws::OP_TEXT {
                     return Ok(false);
                 }
+                // A compressed delivery (--deflate): inflate it to read its send time. This
+                // costs the load generator an allocation and an inflate per delivery.
+                let inflated;
+                let payload = if f.rsv1 {
+                    inflated = ws::inflate(payload, 1 << 20)?;
+                    &inflated[..]
+                } else {
+                    payload
+                };
                 let Some(sent) = sent_at(payload) else { return Ok(false) };
                 if measuring {
                     let now_ns = t0.elapsed().as_nanos() as u64;

@@ -1,6 +1,11 @@
-//! `echo`: every connection writes `depth` masked binary frames in one write, waits for all of
-//! them to come back, and repeats. The batch is masked once per connection and rewritten from
-//! the same buffer every round.
+//! `echo`: every connection writes `depth` masked frames (binary, or text with `--text`) in one
+//! write, waits for all of them to come back, and repeats. The batch is masked once per
+//! connection and rewritten from the same buffer every round.
+//!
+//! With `--messages N` the run is a fixed amount of work instead of a timed one: connections stop
+//! starting rounds once N echoes are on their way, and the run ends when every echo is back. A
+//! server under `valgrind --tool=callgrind` then executes the same work whatever the machine's
+//! speed, which is what `bench/run.sh instr` needs to count instructions per message.
 
 use std::time::{Duration, Instant};
 
@@ -15,12 +20,43 @@ pub struct Echo {
     pub conns: usize,
     pub size: usize,
     pub depth: u32,
+    /// Send `size` bytes of realistic JSON as text frames (else letters as binary frames).
+    pub json: bool,
+    /// The connections negotiated permessage-deflate: send every frame compressed and accept
+    /// compressed echoes (the first echo of each connection is inflated and checked).
+    pub deflate: bool,
+    /// Letters as text frames (the server validates UTF-8) instead of binary ones.
+    pub text: bool,
+    /// Fixed-work mode: stop after this many echoes in all.
+    pub messages: Option<u64>,
+}
+
+/// `size` bytes of JSON-looking ASCII text: order-book updates, repeated and cut to length.
+pub fn json_payload(size: usize) -> Vec<u8> {
+    let mut text = String::new();
+    let mut i = 0u32;
+    while text.len() < size {
+        text.push_str(&format!(
+            r#"{{"type":"message","payload":{{"topic":"book.BTC-USD","data":{{"seq":{},"side":"{}","price":"{}.{:02}","size":"0.{:04}","orders":{}}}}}}}"#,
+            184_467 + i,
+            if i.is_multiple_of(2) { "bid" } else { "ask" },
+            91_000 + (i * 7) % 40,
+            (i * 37) % 100,
+            1200 + (i * 91) % 8000,
+            i % 5 + 1
+        ));
+        i += 1;
+    }
+    text.truncate(size);
+    text.into_bytes()
 }
 
 pub struct EchoResult {
     pub msgs_per_s: f64,
     pub mb_per_s: f64,
     pub windows: Vec<f64>,
+    /// Echoes received in all (the fixed count in `--messages` mode).
+    pub received: u64,
 }
 
 pub fn run(target: &Target, p: &Echo, timing: &Timing) -> Result<EchoResult, String> {
@@ -30,13 +66,27 @@ pub fn run(target: &Target, p: &Echo, timing: &Timing) -> Result<EchoResult, Str
     let deadline = Instant::now() + timing.setup_limit;
     let mut conns = net::open_all(&mut poll, target, p.conns, 256, rbuf, deadline)?;
 
-    let payload: Vec<u8> = (0..p.size).map(|i| b'a' + (i % 26) as u8).collect();
+    let (opcode, payload) = if p.json {
+        (ws::OP_TEXT, json_payload(p.size))
+    } else {
+        let letters = (0..p.size).map(|i| b'a' + (i % 26) as u8).collect();
+        (if p.text { ws::OP_TEXT } else { ws::OP_BINARY }, letters)
+    };
     let mut batch = Vec::with_capacity(batch_len);
     for _ in 0..p.depth {
-        ws::push_frame(&mut batch, ws::OP_BINARY, &payload);
+        if p.deflate {
+            // Compressed once: with no context takeover every message compresses the same.
+            ws::push_compressed_frame(&mut batch, opcode, &payload);
+        } else {
+            ws::push_frame(&mut batch, opcode, &payload);
+        }
     }
+    let mut checked = vec![false; conns.len()];
 
     let mut received: u64 = 0;
+    // Echoes asked for so far (fixed-work mode stops asking at `messages`).
+    let mut requested: u64 = conns.len() as u64 * u64::from(p.depth);
+    let started = Instant::now();
     let mut meter = Meter::new(timing.warmup, timing.window, timing.windows);
     for (i, c) in conns.iter_mut().enumerate() {
         c.wbuf.clone_from(&batch);
@@ -47,18 +97,28 @@ pub fn run(target: &Target, p: &Echo, timing: &Timing) -> Result<EchoResult, Str
     let mut last_progress = (Instant::now(), 0u64);
     let size = p.size;
     let depth = p.depth;
+    let deflate = p.deflate;
     loop {
         let now = Instant::now();
-        if meter.observe(now, received) {
-            break;
+        match p.messages {
+            Some(n) if requested >= n && received == requested => break,
+            Some(_) => {}
+            None if meter.observe(now, received) => break,
+            None => {}
         }
         if received != last_progress.1 {
             last_progress = (now, received);
         } else if now.duration_since(last_progress.0) > timing.stall {
             return Err(format!("stalled: no echo for {:?}", timing.stall));
         }
-        poll.poll(&mut events, Some(if timing.spin { Duration::ZERO } else { meter.timeout(now) }))
-            .map_err(|e| e.to_string())?;
+        let timeout = if timing.spin {
+            Duration::ZERO
+        } else if p.messages.is_some() {
+            Duration::from_millis(100)
+        } else {
+            meter.timeout(now)
+        };
+        poll.poll(&mut events, Some(timeout)).map_err(|e| e.to_string())?;
         for ev in events.iter() {
             let i = ev.token().0;
             let c = &mut conns[i];
@@ -70,9 +130,22 @@ pub fn run(target: &Target, p: &Echo, timing: &Timing) -> Result<EchoResult, Str
                     match c.fill().map_err(|e| format!("read #{i}: {e}"))? {
                         Fill::Data => {
                             let mut got = c.got;
-                            c.frames(|f, _payload| {
+                            let check = &mut checked[i];
+                            c.frames(|f, data| {
                                 match f.opcode {
-                                    ws::OP_BINARY if f.fin && f.payload_len == size => {
+                                    op if op == opcode && f.fin && !f.rsv1 && f.payload_len == size => {
+                                        got += 1;
+                                        received += 1;
+                                    }
+                                    op if op == opcode && f.fin && f.rsv1 && deflate => {
+                                        if !*check {
+                                            if ws::inflate(data, size)? != payload {
+                                                return Err(
+                                                    "compressed echo differs from what was sent".into()
+                                                );
+                                            }
+                                            *check = true;
+                                        }
                                         got += 1;
                                         received += 1;
                                     }
@@ -100,13 +173,20 @@ pub fn run(target: &Target, p: &Echo, timing: &Timing) -> Result<EchoResult, Str
                     return Err(format!("#{i}: more echoes than frames sent"));
                 }
                 c.got = 0;
+                if p.messages.is_some_and(|n| requested >= n) {
+                    continue;
+                }
+                requested += u64::from(depth);
                 c.wpos = 0;
                 c.flush().map_err(|e| format!("write #{i}: {e}"))?;
             }
         }
     }
-    let msgs = meter.median();
+    let msgs = match p.messages {
+        Some(_) => received as f64 / started.elapsed().as_secs_f64(),
+        None => meter.median(),
+    };
     drop(conns);
     std::thread::sleep(Duration::from_millis(50));
-    Ok(EchoResult { msgs_per_s: msgs, mb_per_s: msgs * p.size as f64 / 1e6, windows: meter.rates })
+    Ok(EchoResult { msgs_per_s: msgs, mb_per_s: msgs * p.size as f64 / 1e6, windows: meter.rates, received })
 }

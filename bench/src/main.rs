@@ -59,8 +59,8 @@ struct Common {
     /// 2-vCPU bench machine it costs throughput (0.28M vs 0.80M msgs/s echo), so it is off.
     #[arg(long)]
     spin: bool,
-    /// Offer permessage-deflate in every handshake. Only `idle` and `connrate` take it for now:
-    /// echo and broadcast do not inflate compressed replies yet.
+    /// Offer permessage-deflate in every handshake. Echo then sends compressed frames;
+    /// broadcast publishes plain and inflates every compressed delivery (a cost on this side).
     #[arg(long)]
     deflate: bool,
 }
@@ -77,6 +77,15 @@ enum Cmd {
         size: usize,
         #[arg(long, default_value_t = 16)]
         depth: u32,
+        /// Send text frames (the server validates UTF-8) instead of binary ones.
+        #[arg(long)]
+        text: bool,
+        /// Fixed work instead of timed windows: stop once this many echoes came back.
+        #[arg(long)]
+        messages: Option<u64>,
+        /// Send realistic JSON text (order-book updates) instead of letters as binary.
+        #[arg(long)]
+        json: bool,
     },
     /// N subscribers of one topic; per round P of them publish and all must receive all P.
     Broadcast {
@@ -219,36 +228,31 @@ fn check_conns(n: usize) -> Result<usize, String> {
     Ok(n)
 }
 
-/// Echo and broadcast read replies as plain frames; refuse rather than measure nonsense.
-fn no_deflate(common: &Common, scenario: &str) -> Result<(), String> {
-    if common.deflate {
-        return Err(format!("--deflate is not supported by `{scenario}` yet (it cannot inflate replies)"));
-    }
-    Ok(())
-}
-
 fn run(cli: Cli) -> Result<(), String> {
     let nofile = stats::raise_nofile();
     match cli.cmd {
-        Cmd::Echo { common, conns, size, depth } => {
-            no_deflate(&common, "echo")?;
-            let target = net::Target::parse(&common.url, common.ca.as_deref())?;
+        Cmd::Echo { common, conns, size, depth, json, text, messages } => {
+            let mut target = net::Target::parse(&common.url, common.ca.as_deref())?;
+            target.offer_deflate = common.deflate;
             let timing = common.timing()?;
             let conns = check_conns(conns)?;
             let depth = depth.clamp(1, 100_000);
-            let r = echo::run(&target, &echo::Echo { conns, size, depth }, &timing)?;
+            let p = echo::Echo { conns, size, depth, json, deflate: common.deflate, text, messages };
+            let r = echo::run(&target, &p, &timing)?;
             println!(
-                "RESULT scenario=echo server={} size={size} depth={depth} conns={conns} msgs_per_s={:.0} \
-                 mb_per_s={:.2} windows={}",
+                "RESULT scenario=echo server={} size={size} depth={depth} conns={conns} json={json} \
+                 text={text} deflate={} msgs_per_s={:.0} mb_per_s={:.2} received={} windows={}",
                 common.server,
+                common.deflate,
                 r.msgs_per_s,
                 r.mb_per_s,
+                r.received,
                 join(&r.windows)
             );
         }
         Cmd::Broadcast { common, clients, publishers, size, topic } => {
-            no_deflate(&common, "broadcast")?;
-            let target = net::Target::parse(&common.url, common.ca.as_deref())?;
+            let mut target = net::Target::parse(&common.url, common.ca.as_deref())?;
+            target.offer_deflate = common.deflate;
             let timing = common.timing()?;
             let clients = check_conns(clients)?;
             let publishers = publishers.unwrap_or(clients).clamp(1, clients);

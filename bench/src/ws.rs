@@ -142,6 +142,46 @@ pub fn push_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
     apply_mask(&mut out[start..], 0);
 }
 
+/// A masked frame with RSV1 set whose payload is `payload` compressed with permessage-deflate
+/// (raw DEFLATE, sync flush, the 00 00 ff ff tail stripped; RFC 7692 section 7.2.1). Each call
+/// compresses on its own: no context is carried between messages.
+pub fn push_compressed_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    let start = out.len();
+    push_frame(out, opcode, &deflate(payload));
+    out[start] |= 0x40;
+}
+
+/// `payload` compressed as one permessage-deflate message (level 6, 15-bit window).
+pub fn deflate(payload: &[u8]) -> Vec<u8> {
+    let mut c = flate2::Compress::new(flate2::Compression::new(6), false);
+    let mut out = Vec::with_capacity(payload.len() + payload.len() / 4 + 128);
+    loop {
+        let consumed = c.total_in() as usize;
+        c.compress_vec(&payload[consumed..], &mut out, flate2::FlushCompress::Sync).expect("deflate");
+        if c.total_in() as usize == payload.len() && out.len() < out.capacity() {
+            break;
+        }
+        out.reserve(out.capacity());
+    }
+    if out.ends_with(&[0, 0, 0xff, 0xff]) {
+        out.truncate(out.len() - 4);
+    }
+    out
+}
+
+/// Inflates one permessage-deflate message (adds back the stripped tail).
+pub fn inflate(data: &[u8], max: usize) -> Result<Vec<u8>, String> {
+    let mut d = flate2::Decompress::new(false);
+    let mut input = data.to_vec();
+    input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut out = Vec::with_capacity(max + 1);
+    d.decompress_vec(&input, &mut out, flate2::FlushDecompress::Sync).map_err(|e| e.to_string())?;
+    if out.len() > max {
+        return Err(format!("inflates past {max} bytes"));
+    }
+    Ok(out)
+}
+
 /// A masked close frame with status 1000.
 pub fn push_close(out: &mut Vec<u8>) {
     push_frame(out, OP_CLOSE, &1000u16.to_be_bytes());
@@ -151,6 +191,8 @@ pub fn push_close(out: &mut Vec<u8>) {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Frame {
     pub fin: bool,
+    /// RSV1: a permessage-deflate compressed message.
+    pub rsv1: bool,
     pub opcode: u8,
     /// Where the payload starts, relative to the start of the frame.
     pub payload_at: usize,
@@ -201,7 +243,8 @@ pub fn parse_frame(buf: &[u8]) -> Parse {
         }
         n => (2, n as usize),
     };
-    let frame = Frame { fin: b0 & 0x80 != 0, opcode: b0 & 0x0f, payload_at, payload_len };
+    let frame =
+        Frame { fin: b0 & 0x80 != 0, rsv1: b0 & 0x40 != 0, opcode: b0 & 0x0f, payload_at, payload_len };
     if buf.len() < frame.total() {
         return Parse::Need(frame.total());
     }

@@ -415,26 +415,18 @@ impl Deflater {
             slot.get_or_insert_with(|| Box::new(Compress::new_with_window_bits(level, false, window_bits)));
         c.reset();
         let start = out.len();
-        // Worth it only if it comes out smaller: give it at most the payload's length (+ tail).
-        let budget = payload.len() + TAIL.len();
+        // Room for the worst case up front (static Huffman codes take up to 9 bits a byte, plus
+        // block overhead): zlib-rs 0.6.8's level-1 path panics if the output fills up mid-call
+        // on incompressible data. compress_vec writes into spare capacity: nothing is zeroed.
+        out.reserve(payload.len() + payload.len() / 4 + 128);
         let mut input = payload;
         loop {
-            let old = out.len();
-            let room = (start + budget + 1).saturating_sub(old);
-            if room == 0 {
-                out.truncate(start);
-                return false;
-            }
-            out.resize(old + room, 0);
-            let (in_before, out_before) = (c.total_in(), c.total_out());
-            let status = c.compress(input, &mut out[old..], FlushCompress::Sync);
-            let consumed = (c.total_in() - in_before) as usize;
-            let produced = (c.total_out() - out_before) as usize;
-            out.truncate(old + produced);
-            input = &input[consumed..];
+            let in_before = c.total_in();
+            let status = c.compress_vec(input, out, FlushCompress::Sync);
+            input = &input[(c.total_in() - in_before) as usize..];
             match status {
-                Ok(_) if input.is_empty() && produced < room => break,
-                Ok(_) => {}
+                Ok(_) if input.is_empty() && out.len() < out.capacity() => break,
+                Ok(_) => out.reserve(out.capacity().max(4096)),
                 Err(_) => {
                     out.truncate(start);
                     return false;
@@ -454,23 +446,43 @@ impl Deflater {
 
     /// Appends one whole server frame for `payload`: compressed (RSV1 set) when `window` is
     /// `Some`, the payload reaches the threshold and compression pays; plain otherwise.
+    /// Inline so the plain case (no extension, or a small message) costs the caller one
+    /// comparison on the echo hot path; compression lives out of line.
+    #[inline]
     pub fn write_frame(&mut self, out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], window: Option<u8>) {
-        if let Some(bits) = window.filter(|_| payload.len() >= self.config.threshold) {
-            // Compress right after a maximal header gap, then write the real header in front.
-            let start = out.len();
-            out.resize(start + MAX_SERVER_HEADER_LEN, 0);
-            if self.compress(payload, bits, out) {
-                let len = out.len() - start - MAX_SERVER_HEADER_LEN;
-                let header = ServerHeader::new_compressed(opcode, len);
-                let h = header.as_bytes();
-                let gap = MAX_SERVER_HEADER_LEN - h.len();
-                out[start + gap..start + MAX_SERVER_HEADER_LEN].copy_from_slice(h);
-                out.drain(start..start + gap);
-                return;
+        match window {
+            Some(bits) if payload.len() >= self.config.threshold => {
+                if !self.write_compressed_frame(out, opcode, payload, bits) {
+                    super::frame::write_frame(out, opcode, payload);
+                }
             }
-            out.truncate(start);
+            _ => super::frame::write_frame(out, opcode, payload),
         }
-        super::frame::write_frame(out, opcode, payload);
+    }
+
+    /// The compressed half of [`Deflater::write_frame`]; false (and nothing written) when
+    /// compression does not pay.
+    fn write_compressed_frame(
+        &mut self,
+        out: &mut Vec<u8>,
+        opcode: OpCode,
+        payload: &[u8],
+        bits: u8,
+    ) -> bool {
+        // Compress right after a maximal header gap, then write the real header in front.
+        let start = out.len();
+        out.resize(start + MAX_SERVER_HEADER_LEN, 0);
+        if self.compress(payload, bits, out) {
+            let len = out.len() - start - MAX_SERVER_HEADER_LEN;
+            let header = ServerHeader::new_compressed(opcode, len);
+            let h = header.as_bytes();
+            let gap = MAX_SERVER_HEADER_LEN - h.len();
+            out[start + gap..start + MAX_SERVER_HEADER_LEN].copy_from_slice(h);
+            out.drain(start..start + gap);
+            return true;
+        }
+        out.truncate(start);
+        false
     }
 
     /// Appends whole plain server frames (as the hub writes its replies) to `out`, each data

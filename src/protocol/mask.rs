@@ -1,31 +1,59 @@
 //! Unmasking of client payloads (RFC 6455 section 5.3), in place.
 //!
-//! Hot path: every byte a client sends passes through here. We XOR a word at a time and handle
-//! the unaligned head and tail byte by byte; the compiler vectorises the word loop.
+//! Hot path: every byte a client sends passes through here. We XOR eight bytes at a time with
+//! unaligned word loads and stores (cheap on every target we build for) and finish with at most
+//! one four-byte step and three single bytes. Earlier versions aligned the buffer first; on the
+//! small payloads that dominate chat and pub/sub traffic that prologue cost more than the XOR
+//! itself (callgrind: about 130 instructions for a 16-byte payload, now about 20).
+//!
+//! [`unmask_is_ascii`] also ORs the unmasked words together on the way, so the caller learns for
+//! free whether a text payload is pure ASCII, and can skip UTF-8 validation (ASCII is always
+//! valid UTF-8): one pass over the payload instead of two.
 
 /// XORs `buf` with the 4-byte `key`, as if `buf` started at byte `offset` of the payload
 /// (so a payload that arrives in pieces can be unmasked piece by piece).
 /// Masking is its own inverse: applying it twice gives the input back.
 #[inline]
 pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
-    let key = rotate_key(key, offset);
-    let (head, words, tail) = unsafe_free_align(buf);
-    // Head bytes: keep the key rotating so the word loop starts at key phase `head.len()`.
-    for (i, b) in head.iter_mut().enumerate() {
-        *b ^= key[i & 3];
-    }
-    let phased = rotate_key(key, head.len());
-    let word = u64::from_ne_bytes([
-        phased[0], phased[1], phased[2], phased[3], phased[0], phased[1], phased[2], phased[3],
-    ]);
-    for chunk in words.chunks_exact_mut(8) {
-        let v = u64::from_ne_bytes(chunk.try_into().expect("chunk of 8")) ^ word;
+    xor_words(buf, rotate_key(key, offset));
+}
+
+/// [`apply_mask`] from payload offset 0 that also tells whether every unmasked byte is ASCII
+/// (below 0x80), in the same pass.
+#[inline]
+pub fn unmask_is_ascii(buf: &mut [u8], key: [u8; 4]) -> bool {
+    xor_words(buf, key) & 0x8080_8080_8080_8080 == 0
+}
+
+/// XORs `buf` with `key` repeated (key phase 0 at `buf[0]`) and returns the OR of every output
+/// byte, spread over the lanes of a word (only its high bits per byte are meaningful).
+#[inline]
+fn xor_words(buf: &mut [u8], key: [u8; 4]) -> u64 {
+    let key32 = u32::from_ne_bytes(key);
+    // Both halves hold the same four key bytes in native order, and native-endian loads keep
+    // byte i of a word at byte i of the buffer, so this lines up on either endianness.
+    let key64 = u64::from(key32) | (u64::from(key32) << 32);
+    let mut seen = 0u64;
+    let mut words = buf.chunks_exact_mut(8);
+    for chunk in &mut words {
+        let v = u64::from_ne_bytes((&*chunk).try_into().expect("chunk of 8")) ^ key64;
+        seen |= v;
         chunk.copy_from_slice(&v.to_ne_bytes());
     }
-    let done = head.len() + words.len();
-    for (i, b) in tail.iter_mut().enumerate() {
-        *b ^= key[(done + i) & 3];
+    // Whole words keep the key phase at 0, so the remainder starts at key byte 0 too.
+    let mut rest = words.into_remainder();
+    if rest.len() >= 4 {
+        let (four, tail) = rest.split_at_mut(4);
+        let v = u32::from_ne_bytes((&*four).try_into().expect("four bytes")) ^ key32;
+        seen |= u64::from(v);
+        four.copy_from_slice(&v.to_ne_bytes());
+        rest = tail;
     }
+    for (b, k) in rest.iter_mut().zip(key) {
+        *b ^= k;
+        seen |= u64::from(*b);
+    }
+    seen
 }
 
 /// The key as seen from payload byte `offset`.
@@ -34,18 +62,6 @@ fn rotate_key(key: [u8; 4], offset: usize) -> [u8; 4] {
     let mut k = key;
     k.rotate_left(offset & 3);
     k
-}
-
-/// Splits `buf` into a head that brings us to 8-byte alignment, a run of whole 8-byte words,
-/// and a tail. Pure slice arithmetic: no `unsafe` needed for a simple XOR.
-#[inline]
-fn unsafe_free_align(buf: &mut [u8]) -> (&mut [u8], &mut [u8], &mut [u8]) {
-    let misalign = buf.as_ptr() as usize & 7;
-    let head_len = if misalign == 0 { 0 } else { (8 - misalign).min(buf.len()) };
-    let (head, rest) = buf.split_at_mut(head_len);
-    let words_len = rest.len() & !7;
-    let (words, tail) = rest.split_at_mut(words_len);
-    (head, words, tail)
 }
 
 #[cfg(test)]
@@ -76,6 +92,22 @@ mod tests {
     }
 
     #[test]
+    fn ascii_verdict_matches_the_bytes() {
+        let key = [0x37, 0xfa, 0x21, 0x3d];
+        for len in 0..40 {
+            for high in std::iter::once(None).chain((0..len).map(Some)) {
+                let plain: Vec<u8> =
+                    (0..len).map(|i| if Some(i) == high { 0xc3 } else { b'a' + (i % 26) as u8 }).collect();
+                let mut masked = plain.clone();
+                naive(&mut masked, key, 0);
+                let ascii = unmask_is_ascii(&mut masked, key);
+                assert_eq!(masked, plain, "len {len}");
+                assert_eq!(ascii, high.is_none(), "len {len} high byte at {high:?}");
+            }
+        }
+    }
+
+    #[test]
     fn rfc_example_hello() {
         // RFC 6455 section 5.7: a masked "Hello".
         let mut payload = [0x7f, 0x9f, 0x4d, 0x51, 0x58];
@@ -93,5 +125,33 @@ mod tests {
         apply_mask(a, key, 0);
         apply_mask(b, key, 13);
         assert_eq!(whole, pieces);
+    }
+
+    proptest::proptest! {
+        /// The word-at-a-time paths agree with the byte-by-byte definition on every input, and
+        /// the ASCII verdict is exactly "no byte >= 0x80" (so skipping UTF-8 validation on it
+        /// never lets invalid text through).
+        #[test]
+        fn fast_paths_agree_with_the_definition(
+            payload in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            key in proptest::array::uniform4(proptest::num::u8::ANY),
+            offset in 0usize..4,
+            start in 0usize..8,
+        ) {
+            let mut padded = vec![0u8; start];
+            padded.extend_from_slice(&payload);
+            let mut expected = payload.clone();
+            naive(&mut expected, key, offset);
+            let mut got = padded.clone();
+            apply_mask(&mut got[start..], key, offset);
+            proptest::prop_assert_eq!(&got[start..], &expected[..]);
+
+            let mut zero_offset = payload.clone();
+            naive(&mut zero_offset, key, 0);
+            let mut fused = padded;
+            let ascii = unmask_is_ascii(&mut fused[start..], key);
+            proptest::prop_assert_eq!(&fused[start..], &zero_offset[..]);
+            proptest::prop_assert_eq!(ascii, zero_offset.iter().all(|b| *b < 0x80));
+        }
     }
 }

@@ -14,6 +14,9 @@ use std::rc::Rc;
 
 /// Most iovecs handed to one `writev`.
 const MAX_IOVECS: usize = 512;
+/// Queues this short are gathered in a small array: a fan-out of a few frames should not pay for
+/// initialising all of [`MAX_IOVECS`].
+const FEW_IOVECS: usize = 16;
 /// Chunk-list capacity an emptied queue keeps (32 bytes each).
 const MAX_KEPT_CHUNKS: usize = 1024;
 /// Pool entries larger than this are freed instead of kept.
@@ -185,22 +188,21 @@ impl OutQueue {
         while !self.is_empty() && written_total < limit {
             let room = limit - written_total;
             let n = {
-                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-                let mut count = 0;
-                let mut offered = 0;
-                for (i, chunk) in self.chunks.iter().take(MAX_IOVECS).enumerate() {
-                    let bytes = chunk.bytes();
-                    let bytes = if i == 0 { &bytes[self.head_written as usize..] } else { bytes };
-                    let bytes = &bytes[..bytes.len().min(room - offered)];
-                    slices[i] = IoSlice::new(bytes);
-                    count += 1;
-                    offered += bytes.len();
-                    if offered == room {
-                        break;
-                    }
-                }
-                let result =
-                    if count == 1 { sink.write(&slices[0]) } else { sink.write_vectored(&slices[..count]) };
+                let head_written = self.head_written as usize;
+                let result = if self.chunks.len() == 1 {
+                    // The common case (an echo or a reply batch in one owned buffer): a plain
+                    // write, without filling an iovec array (8 KiB of stack) for one entry.
+                    let bytes = &self.chunks[0].bytes()[head_written..];
+                    sink.write(&bytes[..bytes.len().min(room)])
+                } else if self.chunks.len() <= FEW_IOVECS {
+                    let mut slices = [IoSlice::new(&[]); FEW_IOVECS];
+                    let count = self.fill_iovecs(&mut slices, room);
+                    sink.write_vectored(&slices[..count])
+                } else {
+                    let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                    let count = self.fill_iovecs(&mut slices, room);
+                    sink.write_vectored(&slices[..count])
+                };
                 match result {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                     Ok(n) => n,
@@ -215,6 +217,25 @@ impl OutQueue {
             self.consume(n, pool);
         }
         Ok(Flushed { written: written_total, blocked: false })
+    }
+
+    /// Points `slices` at the queued chunks (the first one past what was written already), at
+    /// most `room` bytes in all; returns how many it filled.
+    fn fill_iovecs<'a>(&'a self, slices: &mut [IoSlice<'a>], room: usize) -> usize {
+        let mut count = 0;
+        let mut offered = 0;
+        for (slot, chunk) in slices.iter_mut().zip(&self.chunks) {
+            let bytes = chunk.bytes();
+            let bytes = if count == 0 { &bytes[self.head_written as usize..] } else { bytes };
+            let bytes = &bytes[..bytes.len().min(room - offered)];
+            *slot = IoSlice::new(bytes);
+            count += 1;
+            offered += bytes.len();
+            if offered == room {
+                break;
+            }
+        }
+        count
     }
 
     /// Drops `n` written bytes from the front.

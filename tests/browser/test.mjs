@@ -78,6 +78,7 @@ function stopServer(child) {
 async function publish(port, topic, data) {
   const r = await fetch(`http://127.0.0.1:${port}/publish`, {
     method: "POST",
+    headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ topic, data }),
   });
   assert(r.status === 200, `publish answered ${r.status}`);

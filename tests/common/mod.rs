@@ -127,6 +127,8 @@ pub fn masked(opcode: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
 #[derive(Debug, PartialEq, Eq)]
 pub struct ServerFrame {
     pub fin: bool,
+    /// RSV1..RSV3 as the low three bits (RSV1 = 0b100: a permessage-deflate frame).
+    pub rsv: u8,
     pub opcode: u8,
     pub payload: Vec<u8>,
 }
@@ -158,7 +160,7 @@ pub fn read_frame(s: &mut TcpStream) -> Option<ServerFrame> {
     };
     let mut payload = vec![0u8; len as usize];
     s.read_exact(&mut payload).ok()?;
-    Some(ServerFrame { fin: h[0] & 0x80 != 0, opcode: h[0] & 0x0f, payload })
+    Some(ServerFrame { fin: h[0] & 0x80 != 0, rsv: (h[0] >> 4) & 0x7, opcode: h[0] & 0x0f, payload })
 }
 
 /// Reads frames until a close frame; returns its code (None if the connection ended first).
