@@ -124,11 +124,14 @@ pub fn run(target: &Target, p: &Ceiling) -> Result<CeilingResult, String> {
     let mut poll = Poll::new().map_err(|e| e.to_string())?;
     let rss_before = vm_rss_kib(p.pid)?;
     let started = Instant::now();
+    // At most an eighth of the limit in flight: the server keeps a quarter of it for request heads
+    // in progress (--max-pending-handshakes) and answers 503 past that.
+    let in_flight = (p.conns / 8).clamp(1, 256);
     let mut conns = net::open_all(
         &mut poll,
         std::slice::from_ref(target),
         p.conns,
-        256,
+        in_flight,
         512,
         started + Duration::from_secs(300),
     )?;
