@@ -27,6 +27,10 @@ pub struct BroadcastResult {
     pub deliveries_per_s: f64,
     pub p50_us: f64,
     pub p99_us: f64,
+    /// Latency of deliveries whose publisher is connected to another node (several targets
+    /// only; 0 otherwise): what crossing the backplane costs.
+    pub cross_p50_us: f64,
+    pub cross_p99_us: f64,
     pub rounds: u64,
     pub samples: u64,
     pub windows: Vec<f64>,
@@ -102,11 +106,18 @@ fn sent_at(payload: &[u8]) -> Option<u64> {
     parse_u64(&payload[at + DATA_MARK.len()..])
 }
 
-pub fn run(target: &Target, p: &Broadcast, timing: &Timing) -> Result<BroadcastResult, String> {
+/// The index of the client that published a `message` (after `t<15>s<10>c`).
+fn publisher_of(payload: &[u8]) -> Option<usize> {
+    let at = ws::find(payload, DATA_MARK)? + DATA_MARK.len() + 15 + 1 + 10 + 1;
+    parse_u64(payload.get(at..)?).map(|c| c as usize)
+}
+
+/// Clients are spread over `targets` round-robin (client `i` on `targets[i % n]`).
+pub fn run(targets: &[Target], p: &Broadcast, timing: &Timing) -> Result<BroadcastResult, String> {
     let mut poll = Poll::new().map_err(|e| e.to_string())?;
     let rbuf = if p.clients <= 2000 { 64 * 1024 } else { 8 * 1024 };
     let deadline = Instant::now() + timing.setup_limit;
-    let mut conns = net::open_all(&mut poll, target, p.clients, 256, rbuf, deadline)?;
+    let mut conns = net::open_all(&mut poll, targets, p.clients, 256, rbuf, deadline)?;
     let mut events = Events::with_capacity(4096);
 
     // Subscribe everyone and wait for every `subscribed`.
@@ -150,6 +161,8 @@ pub fn run(target: &Target, p: &Broadcast, timing: &Timing) -> Result<BroadcastR
     let publishers = p.publishers.min(conns.len());
     let want = publishers as u32;
     let mut hist = Histogram::new();
+    let mut cross = Histogram::new();
+    let nodes = targets.len();
     let mut delivered: u64 = 0;
     let mut finished = 0usize;
     let mut round: u64 = 0;
@@ -218,6 +231,9 @@ pub fn run(target: &Target, p: &Broadcast, timing: &Timing) -> Result<BroadcastR
                 if measuring {
                     let now_ns = t0.elapsed().as_nanos() as u64;
                     hist.record(now_ns.saturating_sub(sent));
+                    if nodes > 1 && publisher_of(payload).is_some_and(|from| from % nodes != i % nodes) {
+                        cross.record(now_ns.saturating_sub(sent));
+                    }
                 }
                 wire_bytes += f.total() as u64;
                 got += 1;
@@ -245,6 +261,8 @@ pub fn run(target: &Target, p: &Broadcast, timing: &Timing) -> Result<BroadcastR
         deliveries_per_s: meter.median(),
         p50_us: hist.quantile(0.5) as f64 / 1000.0,
         p99_us: hist.quantile(0.99) as f64 / 1000.0,
+        cross_p50_us: if cross.count() > 0 { cross.quantile(0.5) as f64 / 1000.0 } else { 0.0 },
+        cross_p99_us: if cross.count() > 0 { cross.quantile(0.99) as f64 / 1000.0 } else { 0.0 },
         rounds: round,
         samples: hist.count(),
         windows: meter.rates,
@@ -309,5 +327,6 @@ mod tests {
              \"t000000123456789s0000000042c00007-xxxxxxxxxxxxxxxxxxxx\"}}"
         );
         assert_eq!(sent_at(&payload), Some(123_456_789));
+        assert_eq!(publisher_of(&payload), Some(7));
     }
 }

@@ -67,7 +67,7 @@ pub fn run(target: &Target, p: &Echo, timing: &Timing) -> Result<EchoResult, Str
     let batch_len = p.depth as usize * (p.size + 14);
     let rbuf = (2 * batch_len).max(64 * 1024);
     let deadline = Instant::now() + timing.setup_limit;
-    let mut conns = net::open_all(&mut poll, target, p.conns, 256, rbuf, deadline)?;
+    let mut conns = net::open_all(&mut poll, std::slice::from_ref(target), p.conns, 256, rbuf, deadline)?;
 
     let (opcode, payload) = if p.json {
         (ws::OP_TEXT, json_payload(p.size))

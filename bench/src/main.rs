@@ -34,7 +34,9 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// Server URL (a literal IP and port; ws:// or wss://).
+    /// Server URL (a literal IP and port; ws:// or wss://). `broadcast` takes several,
+    /// comma-separated: the nodes of one hub joined by a backplane, clients spread over them
+    /// round-robin.
     #[arg(long, default_value = "ws://127.0.0.1:9001/ws")]
     url: String,
     /// PEM CA a wss:// server's certificate must chain to (its name must be localhost).
@@ -262,18 +264,35 @@ fn run(cli: Cli) -> Result<(), String> {
             );
         }
         Cmd::Broadcast { common, clients, publishers, size, topic, json, inflate_one_in } => {
-            let mut target = net::Target::parse(&common.url, common.ca.as_deref())?;
-            target.offer_deflate = common.deflate;
+            // Several comma-separated URLs: the nodes of one hub, clients spread over them.
+            let mut targets = common
+                .url
+                .split(',')
+                .map(|url| net::Target::parse(url, common.ca.as_deref()))
+                .collect::<Result<Vec<_>, _>>()?;
+            for target in &mut targets {
+                target.offer_deflate = common.deflate;
+            }
             let timing = common.timing()?;
             let clients = check_conns(clients)?;
             let publishers = publishers.unwrap_or(clients).clamp(1, clients);
             let inflate_one_in = inflate_one_in.max(1);
             let p = broadcast::Broadcast { clients, publishers, size, topic, json, inflate_one_in };
-            let r = broadcast::run(&target, &p, &timing)?;
+            let r = broadcast::run(&targets, &p, &timing)?;
+            let cross = if targets.len() > 1 {
+                format!(
+                    " nodes={} cross_p50_us={:.1} cross_p99_us={:.1}",
+                    targets.len(),
+                    r.cross_p50_us,
+                    r.cross_p99_us
+                )
+            } else {
+                String::new()
+            };
             println!(
                 "RESULT scenario=broadcast server={} clients={clients} publishers={publishers} size={size} \
                  json={json} deflate={} inflate_one_in={inflate_one_in} deliveries_per_s={:.0} p50_us={:.1} \
-                 p99_us={:.1} rounds={} samples={} delivered={} compressed={} wire_bytes_per_msg={:.1} \
+                 p99_us={:.1}{cross} rounds={} samples={} delivered={} compressed={} wire_bytes_per_msg={:.1} \
                  windows={}",
                 common.server,
                 common.deflate,
