@@ -103,6 +103,15 @@ enum Cmd {
         size: usize,
         #[arg(long, default_value = "bench")]
         topic: String,
+        /// Filler of realistic JSON text (order-book updates, `"` written as `'` to stay one
+        /// JSON string) instead of repeated letters, which compress far better than real data.
+        #[arg(long)]
+        json: bool,
+        /// With --deflate: inflate (check, and take a latency sample from) one compressed
+        /// delivery in N and count the others by their frame, so the generator's inflate cost
+        /// does not cap what it can receive. 1: inflate every one.
+        #[arg(long, default_value_t = 1)]
+        inflate_one_in: u64,
     },
     /// N idle connections; server RSS growth per connection.
     Idle {
@@ -243,16 +252,18 @@ fn run(cli: Cli) -> Result<(), String> {
             let r = echo::run(&target, &p, &timing)?;
             println!(
                 "RESULT scenario=echo server={} size={size} depth={depth} conns={conns} json={json} \
-                 text={text} deflate={} msgs_per_s={:.0} mb_per_s={:.2} received={} windows={}",
+                 text={text} deflate={} msgs_per_s={:.0} mb_per_s={:.2} received={} wire_bytes_per_msg={:.1} \
+                 windows={}",
                 common.server,
                 common.deflate,
                 r.msgs_per_s,
                 r.mb_per_s,
                 r.received,
+                r.wire_bytes_per_msg,
                 join(&r.windows)
             );
         }
-        Cmd::Broadcast { common, clients, publishers, size, topic } => {
+        Cmd::Broadcast { common, clients, publishers, size, topic, json, inflate_one_in } => {
             // Several comma-separated URLs: the nodes of one hub, clients spread over them.
             let mut targets = common
                 .url
@@ -265,7 +276,8 @@ fn run(cli: Cli) -> Result<(), String> {
             let timing = common.timing()?;
             let clients = check_conns(clients)?;
             let publishers = publishers.unwrap_or(clients).clamp(1, clients);
-            let p = broadcast::Broadcast { clients, publishers, size, topic };
+            let inflate_one_in = inflate_one_in.max(1);
+            let p = broadcast::Broadcast { clients, publishers, size, topic, json, inflate_one_in };
             let r = broadcast::run(&targets, &p, &timing)?;
             let cross = if targets.len() > 1 {
                 format!(
@@ -279,13 +291,19 @@ fn run(cli: Cli) -> Result<(), String> {
             };
             println!(
                 "RESULT scenario=broadcast server={} clients={clients} publishers={publishers} size={size} \
-                 deliveries_per_s={:.0} p50_us={:.1} p99_us={:.1}{cross} rounds={} samples={} windows={}",
+                 json={json} deflate={} inflate_one_in={inflate_one_in} deliveries_per_s={:.0} p50_us={:.1} \
+                 p99_us={:.1}{cross} rounds={} samples={} delivered={} compressed={} wire_bytes_per_msg={:.1} \
+                 windows={}",
                 common.server,
+                common.deflate,
                 r.deliveries_per_s,
                 r.p50_us,
                 r.p99_us,
                 r.rounds,
                 r.samples,
+                r.delivered,
+                r.compressed,
+                r.wire_bytes_per_msg,
                 join(&r.windows)
             );
         }

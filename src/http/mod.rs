@@ -30,6 +30,7 @@ use std::borrow::Cow;
 use crate::backplane::redis::BackplaneStats;
 use crate::hub::{self, Hub, HubError, Outbox};
 use crate::metrics::{Gauges, Metrics};
+use crate::protocol::deflate::DeflateStats;
 use crate::protocol::handshake::{status_text, OriginPolicy};
 
 const CONTENT_TYPE_JSON: &str = "application/json";
@@ -100,6 +101,8 @@ pub struct HttpContext<'a, O: Outbox> {
     pub connections: usize,
     /// The backplane's state and counters; `None` without `--redis`.
     pub backplane: Option<BackplaneStats>,
+    /// The reactor's compressor's counters (permessage-deflate).
+    pub deflate: DeflateStats,
 }
 
 /// A complete response, written once before the connection closes.
@@ -391,6 +394,9 @@ fn answer<O: Outbox>(
                 uptime_seconds: ctx.uptime_seconds,
                 history: ctx.hub.history_stats(),
                 backplane: ctx.backplane,
+                deflate: ctx.deflate,
+                // The inflaters count per thread: this one, the reactor's.
+                inflate: crate::protocol::deflate::inflate_stats(),
             };
             let mut text = String::with_capacity(4096);
             ctx.metrics.render_prometheus(&gauges, &mut text);
