@@ -34,6 +34,7 @@ max_len() {
     connection) echo 768 ;;
     handshake) echo 1536 ;;
     config) echo 2048 ;;
+    tls_pem) echo 4096 ;; # a PEM chain with a key
     *) echo 1024 ;;
     esac
 }

@@ -279,7 +279,14 @@ impl Hub {
         self
     }
 
-    /// The reactor's clock, once per turn: history stamps and expires messages by it.
+    /// The reactor's clock, once per turn: history stamps messages by it, and publishes and
+    /// subscribes expire what is due by it.
+    pub fn set_clock(&mut self, now: Millis) {
+        self.now = now;
+    }
+
+    /// The clock, and a sweep of the history: drops what is due at `now` (the reactor calls
+    /// it when [`Hub::history_deadline`] comes up in its timer queue).
     pub fn tick(&mut self, now: Millis) {
         self.now = now;
         self.expire_history();
