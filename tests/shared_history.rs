@@ -221,6 +221,14 @@ fn with_redis_down_history_publishes_are_refused_and_subscribes_do_not_recover()
     let (status, _) = publish(a.addr, "t", json!(4));
     assert_eq!(status, 200);
     assert_eq!(recv_json(&mut fresh), message("t", json!(4), 1));
+    // The subscriber that stayed through it is told its history could not continue, then
+    // gets the new epoch's messages (a client would otherwise take offset 1 for an old one).
+    let new_epoch = reply["epoch"].clone();
+    assert_eq!(
+        recv_json(&mut client),
+        json!({"type":"subscribed","payload":{"topic":"t","offset":0,"epoch":new_epoch,"recovered":false}})
+    );
+    assert_eq!(recv_json(&mut client), message("t", json!(4), 1));
 }
 
 #[test]

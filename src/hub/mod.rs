@@ -372,14 +372,19 @@ impl Hub {
     pub fn remove_client(&mut self, client: ClientId) {
         self.forget_waits(client);
         self.touch_topics_of(client);
-        self.registry.remove_client(client);
+        let waits = &mut self.waits;
+        self.registry.remove_client_with(client, |topic| waits.topic_left(topic));
     }
 
     /// [`Hub::remove_client`], telling `backplane` about every topic left without a subscriber.
     pub fn remove_client_relayed(&mut self, client: ClientId, backplane: &mut dyn Backplane) {
         self.forget_waits(client);
         self.touch_topics_of(client);
-        self.registry.remove_client_with(client, |topic| backplane.topic_unwanted(topic));
+        let waits = &mut self.waits;
+        self.registry.remove_client_with(client, |topic| {
+            waits.topic_left(topic);
+            backplane.topic_unwanted(topic);
+        });
     }
 
     /// What the last [`Hub::publish`] or [`Hub::broadcast`] did on the backplane
@@ -617,6 +622,7 @@ impl Hub {
             history.touch(topic, self.now);
         }
         if self.registry.subscribers(topic).is_empty() {
+            self.waits.topic_left(topic);
             if let Some(backplane) = outbox.backplane() {
                 backplane.topic_unwanted(topic);
             }

@@ -76,6 +76,27 @@ pub(super) struct Waits {
     holds: HashMap<Box<str>, Vec<Hold>>,
     acks: HashMap<Ticket, AckWait>,
     next_ticket: Ticket,
+    /// The last history message delivered here per topic with local subscribers: a message
+    /// that does not follow it (a new epoch, or a gap after the connection to Redis was lost)
+    /// is announced to the subscribers as not recovered.
+    pub(super) streams: HashMap<Box<str>, Stream>,
+}
+
+/// Where a topic's history messages delivered on this node stand.
+pub(super) struct Stream {
+    epoch: Rc<str>,
+    last: Offset,
+    /// Clients answered since with a position after a break (a newer epoch or offset than
+    /// `last`): already in step with the next message, they need no notice.
+    synced: Vec<ClientId>,
+}
+
+/// Whether a history message follows the last one delivered on its topic.
+#[derive(Debug, PartialEq, Eq)]
+enum Continuity {
+    Follows,
+    /// A new epoch, or offsets missed: the subscribers cannot have what came in between.
+    Breaks,
 }
 
 impl Waits {
@@ -96,6 +117,49 @@ impl Waits {
 
     fn joining(&self, topic: &str) -> bool {
         self.holds.get(topic).is_some_and(|h| h.iter().any(|h| matches!(h.stage, Stage::Joining)))
+    }
+
+    /// Records `offset` as `topic`'s last delivered message and says whether it follows the one
+    /// before (the first one seen follows: the subscribers got their position from Redis), with
+    /// the clients that need no notice either way.
+    fn follow(&mut self, topic: &str, epoch: &str, offset: Offset) -> (Continuity, Vec<ClientId>) {
+        let Some(stream) = self.streams.get_mut(topic) else {
+            self.streams
+                .insert(topic.into(), Stream { epoch: Rc::from(epoch), last: offset, synced: Vec::new() });
+            return (Continuity::Follows, Vec::new());
+        };
+        let follows = *stream.epoch == *epoch && offset <= stream.last + 1;
+        if *stream.epoch != *epoch {
+            stream.epoch = Rc::from(epoch);
+            stream.last = offset;
+        } else {
+            stream.last = stream.last.max(offset);
+        }
+        let synced = std::mem::take(&mut stream.synced);
+        (if follows { Continuity::Follows } else { Continuity::Breaks }, synced)
+    }
+
+    /// `client` was answered with `topic`'s position (`epoch`, `offset`).
+    fn synced(&mut self, topic: &str, client: ClientId, epoch: &str, offset: Offset) {
+        match self.streams.get_mut(topic) {
+            None => {
+                let stream = Stream { epoch: Rc::from(epoch), last: offset, synced: Vec::new() };
+                self.streams.insert(topic.into(), stream);
+            }
+            Some(stream) if *stream.epoch == *epoch && stream.last == offset => {}
+            Some(stream) => {
+                if !stream.synced.contains(&client) {
+                    stream.synced.push(client);
+                }
+            }
+        }
+    }
+
+    /// `topic` has no local subscriber left.
+    pub(super) fn topic_left(&mut self, topic: &str) {
+        if !self.streams.is_empty() {
+            self.streams.remove(topic);
+        }
     }
 
     /// Holds and acks (tests, diagnostics).
@@ -218,6 +282,7 @@ impl Hub {
             });
             return;
         }
+        self.waits.synced(topic, client, fetched.epoch, fetched.offset);
         let position = Some((fetched.offset, fetched.epoch));
         if !send(outbox, client, |out| wire::write_subscribed(out, topic, position, fetched.recovered, id)) {
             return;
@@ -274,6 +339,17 @@ impl Hub {
                 wire::write_message_at(out, Some(topic), message.data, Some(message.offset));
             });
             let shared = SharedMessage::from_frame(OpCode::Text, frame);
+            // Not the next offset: tell each subscriber it could not recover (as a `subscribed`
+            // with `recovered:false` and the position just before this message), so a client
+            // never takes a new epoch's offsets for old ones or silently skips a gap.
+            let (continuity, synced) = self.waits.follow(topic, message.epoch, message.offset);
+            let notice = (continuity == Continuity::Breaks).then(|| {
+                let before = Some((message.offset - 1, message.epoch));
+                let frame = wire::build_shared_text_frame(|out| {
+                    wire::write_subscribed(out, topic, before, Some(false), None);
+                });
+                SharedMessage::from_frame(OpCode::Text, frame)
+            });
             let held = self.waits.holds_topic(topic);
             let mut epoch: Option<Rc<str>> = None;
             for &client in subscribers {
@@ -293,6 +369,11 @@ impl Hub {
                                 buffered.push((message.offset, epoch, Rc::clone(shared.plain())));
                             }
                         }
+                        continue;
+                    }
+                }
+                if let Some(notice) = notice.as_ref().filter(|_| !synced.contains(&client)) {
+                    if !outbox.deliver(client, notice) {
                         continue;
                     }
                 }

@@ -302,3 +302,37 @@ fn a_full_buffer_answers_from_the_newest_message_seen() {
     node.numbered("t", newest + 1, "1");
     assert_eq!(node.take(1), [message("t", json!(1), newest + 1)]);
 }
+
+#[test]
+fn a_new_epoch_or_a_gap_is_announced_as_not_recovered() {
+    let mut node = Node::new(true, [1]);
+    node.send(1, json!({"type":"subscribe","payload":{"topic":"t"}}));
+    node.hub.topic_confirmed("t", &mut node.net);
+    let ticket = node.net.backplane.fetches[0].2;
+    node.position("t", ticket, 4, None, &[]);
+    node.take(1);
+    node.numbered("t", 5, "5");
+    assert_eq!(node.take(1), [message("t", json!(5), 5)], "follows the position");
+    // Offsets 6 and 7 never came (the connection to Redis was lost meanwhile).
+    node.numbered("t", 8, "8");
+    assert_eq!(
+        node.take(1),
+        [
+            subscribed(json!({"topic":"t","offset":7,"epoch":EPOCH,"recovered":false})),
+            message("t", json!(8), 8)
+        ]
+    );
+    // The topic's history started afresh (its keys expired): offsets restart in a new epoch.
+    let data: &RawValue = serde_json::from_str("1").unwrap();
+    let fresh = Numbered { epoch: "fedcba9876543210", offset: 1, data };
+    node.hub.deliver_numbered("t", fresh, &mut node.net.outbox, &mut node.metrics);
+    assert_eq!(
+        node.take(1),
+        [
+            subscribed(json!({"topic":"t","offset":0,"epoch":"fedcba9876543210","recovered":false})),
+            json!({"type":"message","payload":{"topic":"t","data":1,"offset":1}}),
+        ]
+    );
+    node.hub.remove_client(1);
+    assert!(node.hub.waits.streams.is_empty(), "no subscriber left: nothing kept");
+}
