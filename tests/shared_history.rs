@@ -262,3 +262,30 @@ fn redis_list_len(redis: &RedisProc, key: &str) -> i64 {
         other => panic!("LLEN answered {other:?}"),
     }
 }
+
+#[test]
+fn a_quiet_topic_keeps_its_epoch_while_subscribed_and_expires_after() {
+    let redis = RedisProc::start();
+    let a = ServerProc::start(&["--redis", &redis.url(), "--history-size", "10", "--history-ttl", "2"]);
+    wait_health(&a, 200);
+    let mut client = ws_connect(a.addr);
+    let epoch = subscribe_since(&mut client, "quiet", None)["epoch"].as_str().unwrap().to_string();
+    publish(a.addr, "quiet", json!(1));
+    assert_eq!(recv_json(&mut client), message("quiet", json!(1), 1));
+    // Twice the TTL with a subscriber and no traffic: the node refreshes the keys' TTL.
+    std::thread::sleep(Duration::from_millis(4_500));
+    publish(a.addr, "quiet", json!(2));
+    assert_eq!(recv_json(&mut client), message("quiet", json!(2), 2), "same epoch, next offset");
+    let mut other = ws_connect(a.addr);
+    let reply = subscribe_since(&mut other, "quiet", Some(json!({"offset":2,"epoch":epoch})));
+    assert_eq!(reply, json!({"topic":"quiet","offset":2,"epoch":epoch,"recovered":true}));
+    // Nobody subscribed any more: the keys go at the TTL.
+    drop(client);
+    drop(other);
+    let key = "wshub:epoch:quiet";
+    let deadline = Instant::now() + SETTLE;
+    while common::redis::command(redis.addr(), &["EXISTS", key]) != common::redis::Resp::Int(0) {
+        assert!(Instant::now() < deadline, "{key} never expired");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

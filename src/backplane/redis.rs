@@ -160,6 +160,8 @@ enum Expect {
         since: Option<(Offset, Box<str>)>,
     },
     ScriptLoad,
+    /// A `PEXPIRE` keeping a wanted topic's history alive.
+    Touch,
 }
 
 /// Why a message from Redis was dropped.
@@ -225,6 +227,8 @@ pub struct RedisCore {
     keys: Vec<u8>,
     /// Redis answered NOSCRIPT: load the scripts again after this input.
     reload_scripts: bool,
+    /// When the TTLs of wanted topics' history keys are next refreshed (NEVER without history).
+    touch_at: Millis,
     backoff: Millis,
     attempts: u64,
     /// `N<16 hex> `: the start of every payload this node sends.
@@ -271,6 +275,7 @@ impl RedisCore {
             ttl_arg,
             keys: Vec::new(),
             reload_scripts: false,
+            touch_at: NEVER,
             backoff: FIRST_BACKOFF,
             attempts: 0,
             tag,
@@ -297,7 +302,29 @@ impl RedisCore {
         match self.state {
             State::Down { retry_at } => retry_at,
             State::Connecting { deadline } => deadline,
-            State::Up => NEVER,
+            State::Up => self.touch_at,
+        }
+    }
+
+    /// How often the TTL of wanted topics' history keys is refreshed: a third of the TTL, so a
+    /// topic with subscribers keeps its epoch however quiet it is (as in the in-memory store).
+    fn touch_interval(&self) -> Option<Millis> {
+        self.settings.history.map(|h| (h.ttl / 3).max(1_000))
+    }
+
+    /// Refreshes the TTL of every wanted topic's history keys (`PEXPIRE`), as far as the output
+    /// bound allows (the rest waits for the next round).
+    fn touch_wanted(&mut self) {
+        let ttl = self.ttl_arg.clone();
+        let topics: Vec<Box<str>> = self.wanted.iter().cloned().collect();
+        'topics: for topic in topics {
+            let [a, b, c] = self.history_keys(&topic);
+            for range in [0..a, a..b, b..c] {
+                if !self.links[PUB].command_bounded(&[b"PEXPIRE", &self.keys[range], &ttl]) {
+                    break 'topics;
+                }
+                self.inflight.push_back(Expect::Touch);
+            }
         }
     }
 
@@ -310,6 +337,11 @@ impl RedisCore {
             State::Connecting { deadline } if now >= deadline => {
                 self.fail(now, "connect timeout");
                 TimerAction::Disconnect
+            }
+            State::Up if now >= self.touch_at => {
+                self.touch_wanted();
+                self.touch_at = self.touch_interval().map_or(NEVER, |every| now + every);
+                TimerAction::Nothing
             }
             _ => TimerAction::Nothing,
         }
@@ -440,6 +472,7 @@ impl RedisCore {
             (Ok(()), None) => {
                 if self.ready == [true; 2] && matches!(self.state, State::Connecting { .. }) {
                     self.state = State::Up;
+                    self.touch_at = self.touch_interval().map_or(NEVER, |every| now + every);
                     self.backoff = FIRST_BACKOFF;
                     info!("backplane {} up ({} topics subscribed)", self.settings.url, self.wanted.len());
                 }
@@ -621,7 +654,7 @@ impl RedisCore {
                     self.stats.publish_failed += 1;
                 }
             }
-            Expect::ScriptLoad => {}
+            Expect::ScriptLoad | Expect::Touch => {}
             Expect::Append { ticket } => {
                 let result = if failed { None } else { shared::parse_appended(&reply).ok() };
                 if result.is_none() {
@@ -889,7 +922,13 @@ impl RedisBackplane {
 
     pub fn on_timer(&mut self, registry: &Registry, now: Millis) {
         match self.core.on_timer(now) {
-            TimerAction::Nothing => {}
+            TimerAction::Nothing => {
+                // A refresh of history TTLs may have been queued: nothing else writes it soon.
+                if let Err(why) = self.write(PUB) {
+                    self.core.fail(now, &why);
+                    self.close(registry);
+                }
+            }
             TimerAction::Disconnect => self.close(registry),
             TimerAction::Connect => {
                 if let Err(e) = self.open(registry) {

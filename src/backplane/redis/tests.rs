@@ -414,3 +414,24 @@ fn noscript_reloads_the_scripts_and_fails_only_that_call() {
     assert!(core.is_up());
     assert_eq!(core.append("t", data, Some(2)), Relay::Sent);
 }
+
+#[test]
+fn wanted_topics_keep_their_history_alive() {
+    let mut core = history_core();
+    assert!(core.topic_wanted("quiet"));
+    take_output(&mut core, SUB);
+    let due = core.next_deadline();
+    assert_eq!(due, 10 + 20_000, "a third of the TTL after coming up");
+    assert_eq!(core.on_timer(due - 1), TimerAction::Nothing);
+    assert_eq!(take_output(&mut core, PUB), "");
+    assert_eq!(core.on_timer(due), TimerAction::Nothing);
+    let out = take_output(&mut core, PUB);
+    assert_eq!(out.matches("PEXPIRE").count(), 3, "{out}");
+    assert!(out.contains("wshub:epoch:quiet") && out.contains("wshub:history:quiet"));
+    assert!(out.contains("60000"));
+    assert_eq!(core.next_deadline(), due + 20_000);
+    feed(&mut core, PUB, b":1\r\n:1\r\n:0\r\n").1.unwrap();
+    assert!(core.is_up(), "the replies are consumed in order");
+    let plain = up_core();
+    assert_eq!(plain.next_deadline(), NEVER, "no history: nothing to refresh");
+}
