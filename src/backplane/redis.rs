@@ -63,6 +63,9 @@ const MAX_BACKOFF: Millis = 5_000;
 /// Channels per SUBSCRIBE when re-subscribing everything after a reconnect.
 const SUBSCRIBE_BATCH: usize = 256;
 const NEVER: Millis = Millis::MAX;
+/// Reads one connection may do per readiness event (64 KiB each): a flood from Redis is taken a
+/// megabyte at a time, the rest on the next turns, so clients are served in between.
+const READS_PER_EVENT: usize = 16;
 /// Most bytes of entries one position reply may carry (a longer gap is not recovered): also
 /// what the PUBLISH connection's input bound grows by when history is kept in Redis.
 const POSITION_REPLY_BUDGET: usize = 8 << 20;
@@ -878,6 +881,9 @@ pub struct RedisBackplane {
     sockets: [Option<TcpStream>; 2],
     /// Whether each socket finished connecting (writes wait for it).
     connected: [bool; 2],
+    /// A connection stopped reading at its per-event budget with input maybe left: read it
+    /// again next turn (no new readiness edge will come for it).
+    reread: [bool; 2],
     /// The deadline this backplane has in the reactor's queue (see `server::timers`).
     pub timer_armed: Millis,
 }
@@ -890,6 +896,7 @@ impl RedisBackplane {
             tokens,
             sockets: [None, None],
             connected: [false; 2],
+            reread: [false; 2],
             timer_armed: NEVER,
         }
     }
@@ -913,6 +920,16 @@ impl RedisBackplane {
 
     pub fn next_deadline(&self) -> Millis {
         self.core.next_deadline()
+    }
+
+    /// Whether a connection has input left from its last read budget.
+    pub fn wants_reread(&self) -> bool {
+        self.reread != [false; 2]
+    }
+
+    /// The connections to read again this turn (and forgets them).
+    pub fn take_reread(&mut self) -> [bool; 2] {
+        std::mem::take(&mut self.reread)
     }
 
     /// Which link `token` is, if it is one of ours.
@@ -958,6 +975,7 @@ impl RedisBackplane {
     }
 
     fn close(&mut self, registry: &Registry) {
+        self.reread = [false; 2];
         for which in [SUB, PUB] {
             if let Some(mut socket) = self.sockets[which].take() {
                 let _ = registry.deregister(&mut socket);
@@ -1000,7 +1018,13 @@ impl RedisBackplane {
                 Err(e) => return Err(format!("connect: {e}")),
             }
         }
+        let mut reads = 0;
         loop {
+            if reads == READS_PER_EVENT {
+                self.reread[which] = true;
+                break;
+            }
+            reads += 1;
             match self.core.link(which).read_from(socket) {
                 Ok(0) => return Err("connection closed by Redis".into()),
                 Ok(_) => {

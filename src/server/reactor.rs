@@ -246,7 +246,11 @@ impl Server {
                     return Ok(());
                 }
             }
-            let timeout = if self.shared.reread.is_empty() && self.shared.backlog.is_empty() && deferred == 0
+            let backplane_reread = self.shared.backplane.as_ref().is_some_and(|b| b.wants_reread());
+            let timeout = if self.shared.reread.is_empty()
+                && self.shared.backlog.is_empty()
+                && deferred == 0
+                && !backplane_reread
             {
                 self.next_wakeup().map(|at| {
                     std::time::Duration::from_millis(at.saturating_sub(self.shared.now).min(60_000))
@@ -265,6 +269,7 @@ impl Server {
             for key in std::mem::take(&mut self.shared.reread) {
                 self.on_readable(key, true);
             }
+            relay::reread(&mut self.conns, &mut self.shared, self.poll.registry());
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),

@@ -70,6 +70,16 @@ pub(super) fn on_event(conns: &mut Slab<Connection>, s: &mut Shared, registry: &
     after(conns, s, cuts);
 }
 
+/// At the start of a turn: reads again the connections that stopped at their read budget.
+pub(super) fn reread(conns: &mut Slab<Connection>, s: &mut Shared, registry: &Registry) {
+    let Some(links) = s.backplane.as_mut().map(|b| b.take_reread()) else { return };
+    for (which, again) in links.into_iter().enumerate() {
+        if again {
+            on_event(conns, s, registry, which);
+        }
+    }
+}
+
 /// The backplane's deadline came due at `deadline` (ignored when superseded).
 pub(super) fn on_timer(conns: &mut Slab<Connection>, s: &mut Shared, registry: &Registry, deadline: Millis) {
     let Some(backplane) = s.backplane.as_mut() else { return };
