@@ -44,8 +44,8 @@ pub const DEMO_HTML: &str = include_str!("../../clients/js/demo.html");
 /// The Prometheus text exposition format.
 const CONTENT_TYPE_PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Settings of the HTTP API.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Settings of the HTTP API. `Debug` masks the API key.
+#[derive(Clone, PartialEq, Eq)]
 pub struct HttpConfig {
     /// Bearer token required by the POST routes. `None` (or an empty key, which would be
     /// trivially guessable) means loopback peers only.
@@ -56,6 +56,17 @@ pub struct HttpConfig {
     pub origins: OriginPolicy,
     /// Serve the demo page at `/`.
     pub demo: bool,
+}
+
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("origins", &self.origins)
+            .field("demo", &self.demo)
+            .finish()
+    }
 }
 
 impl Default for HttpConfig {
@@ -439,6 +450,11 @@ fn answer<O: Outbox>(
                 Err(HubError::InvalidFormat { detail }) => {
                     Response::error(400, "Invalid JSON body", Some(detail))
                 }
+                Err(HubError::Unavailable) => Response::error(
+                    503,
+                    "unavailable",
+                    Some("history is kept in Redis, which cannot number the message now"),
+                ),
                 Err(other) => Response::error(400, &other.to_string(), None),
             }
         }
