@@ -17,15 +17,29 @@ pub struct Broadcast {
     /// Bytes of filler in each message's `data`, on top of the timestamp and sequence.
     pub size: usize,
     pub topic: String,
+    /// Filler of realistic JSON text instead of repeated letters.
+    pub json: bool,
+    /// Inflate one compressed delivery in this many (at least 1); count the others by frame.
+    pub inflate_one_in: u64,
 }
 
 pub struct BroadcastResult {
     pub deliveries_per_s: f64,
     pub p50_us: f64,
     pub p99_us: f64,
+    /// Latency of deliveries whose publisher is connected to another node (several targets
+    /// only; 0 otherwise): what crossing the backplane costs.
+    pub cross_p50_us: f64,
+    pub cross_p99_us: f64,
     pub rounds: u64,
     pub samples: u64,
     pub windows: Vec<f64>,
+    /// Deliveries in all, warm-up included (for per-delivery costs measured over the run).
+    pub delivered: u64,
+    /// Of which compressed (RSV1).
+    pub compressed: u64,
+    /// Bytes on the wire per delivery (frame header and payload).
+    pub wire_bytes_per_msg: f64,
 }
 
 /// Marker that starts `data`: `"data":"t` then the send time in nanoseconds.
@@ -92,11 +106,18 @@ fn sent_at(payload: &[u8]) -> Option<u64> {
     parse_u64(&payload[at + DATA_MARK.len()..])
 }
 
-pub fn run(target: &Target, p: &Broadcast, timing: &Timing) -> Result<BroadcastResult, String> {
+/// The index of the client that published a `message` (after `t<15>s<10>c`).
+fn publisher_of(payload: &[u8]) -> Option<usize> {
+    let at = ws::find(payload, DATA_MARK)? + DATA_MARK.len() + 15 + 1 + 10 + 1;
+    parse_u64(payload.get(at..)?).map(|c| c as usize)
+}
+
+/// Clients are spread over `targets` round-robin (client `i` on `targets[i % n]`).
+pub fn run(targets: &[Target], p: &Broadcast, timing: &Timing) -> Result<BroadcastResult, String> {
     let mut poll = Poll::new().map_err(|e| e.to_string())?;
     let rbuf = if p.clients <= 2000 { 64 * 1024 } else { 8 * 1024 };
     let deadline = Instant::now() + timing.setup_limit;
-    let mut conns = net::open_all(&mut poll, target, p.clients, 256, rbuf, deadline)?;
+    let mut conns = net::open_all(&mut poll, targets, p.clients, 256, rbuf, deadline)?;
     let mut events = Events::with_capacity(4096);
 
     // Subscribe everyone and wait for every `subscribed`.
@@ -130,10 +151,18 @@ pub fn run(target: &Target, p: &Broadcast, timing: &Timing) -> Result<BroadcastR
 
     // Rounds.
     let t0 = Instant::now();
-    let filler: Vec<u8> = (0..p.size).map(|i| b'a' + (i % 26) as u8).collect();
+    let filler: Vec<u8> = if p.json {
+        crate::echo::json_payload(p.size).into_iter().map(|b| if b == b'"' { b'\'' } else { b }).collect()
+    } else {
+        (0..p.size).map(|i| b'a' + (i % 26) as u8).collect()
+    };
+    let mut compressed: u64 = 0;
+    let mut wire_bytes: u64 = 0;
     let publishers = p.publishers.min(conns.len());
     let want = publishers as u32;
     let mut hist = Histogram::new();
+    let mut cross = Histogram::new();
+    let nodes = targets.len();
     let mut delivered: u64 = 0;
     let mut finished = 0usize;
     let mut round: u64 = 0;
@@ -181,9 +210,18 @@ pub fn run(target: &Target, p: &Broadcast, timing: &Timing) -> Result<BroadcastR
                     return Ok(false);
                 }
                 // A compressed delivery (--deflate): inflate it to read its send time. This
-                // costs the load generator an allocation and an inflate per delivery.
+                // costs the load generator an allocation and an inflate per delivery, so with
+                // --inflate-one-in N only one in N is inflated; the others are counted by their
+                // frame (during rounds a compressed text frame can only be a delivery: replies
+                // are below any compression threshold), without a latency sample.
                 let inflated;
                 let payload = if f.rsv1 {
+                    compressed += 1;
+                    if !compressed.is_multiple_of(p.inflate_one_in) {
+                        wire_bytes += f.total() as u64;
+                        got += 1;
+                        return Ok(true);
+                    }
                     inflated = ws::inflate(payload, 1 << 20)?;
                     &inflated[..]
                 } else {
@@ -193,7 +231,11 @@ pub fn run(target: &Target, p: &Broadcast, timing: &Timing) -> Result<BroadcastR
                 if measuring {
                     let now_ns = t0.elapsed().as_nanos() as u64;
                     hist.record(now_ns.saturating_sub(sent));
+                    if nodes > 1 && publisher_of(payload).is_some_and(|from| from % nodes != i % nodes) {
+                        cross.record(now_ns.saturating_sub(sent));
+                    }
                 }
+                wire_bytes += f.total() as u64;
                 got += 1;
                 Ok(true)
             })?;
@@ -219,9 +261,14 @@ pub fn run(target: &Target, p: &Broadcast, timing: &Timing) -> Result<BroadcastR
         deliveries_per_s: meter.median(),
         p50_us: hist.quantile(0.5) as f64 / 1000.0,
         p99_us: hist.quantile(0.99) as f64 / 1000.0,
+        cross_p50_us: if cross.count() > 0 { cross.quantile(0.5) as f64 / 1000.0 } else { 0.0 },
+        cross_p99_us: if cross.count() > 0 { cross.quantile(0.99) as f64 / 1000.0 } else { 0.0 },
         rounds: round,
         samples: hist.count(),
         windows: meter.rates,
+        delivered,
+        compressed,
+        wire_bytes_per_msg: wire_bytes as f64 / delivered.max(1) as f64,
     })
 }
 
@@ -280,5 +327,6 @@ mod tests {
              \"t000000123456789s0000000042c00007-xxxxxxxxxxxxxxxxxxxx\"}}"
         );
         assert_eq!(sent_at(&payload), Some(123_456_789));
+        assert_eq!(publisher_of(&payload), Some(7));
     }
 }

@@ -127,8 +127,14 @@ pub fn run(target: &Target, p: &Ceiling) -> Result<CeilingResult, String> {
     // At most an eighth of the limit in flight: the server keeps a quarter of it for request heads
     // in progress (--max-pending-handshakes) and answers 503 past that.
     let in_flight = (p.conns / 8).clamp(1, 256);
-    let mut conns =
-        net::open_all(&mut poll, target, p.conns, in_flight, 512, started + Duration::from_secs(300))?;
+    let mut conns = net::open_all(
+        &mut poll,
+        std::slice::from_ref(target),
+        p.conns,
+        in_flight,
+        512,
+        started + Duration::from_secs(300),
+    )?;
     let open_secs = started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(1));
     let rss_idle = vm_rss_kib(p.pid)?;

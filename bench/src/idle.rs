@@ -30,7 +30,7 @@ pub fn run(target: &Target, p: &Idle, timing: &Timing) -> Result<IdleResult, Str
     let rss_before = vm_rss_kib(p.pid)?;
     let started = Instant::now();
     let deadline = started + timing.setup_limit;
-    let mut conns = net::open_all(&mut poll, target, p.conns, 256, 1024, deadline)?;
+    let mut conns = net::open_all(&mut poll, std::slice::from_ref(target), p.conns, 256, 1024, deadline)?;
     let open_secs = started.elapsed().as_secs_f64();
 
     // Let the server settle (deferred frees, lazily grown buffers), then measure.

@@ -34,7 +34,9 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// Server URL (a literal IP and port; ws:// or wss://).
+    /// Server URL (a literal IP and port; ws:// or wss://). `broadcast` takes several,
+    /// comma-separated: the nodes of one hub joined by a backplane, clients spread over them
+    /// round-robin.
     #[arg(long, default_value = "ws://127.0.0.1:9001/ws")]
     url: String,
     /// PEM CA a wss:// server's certificate must chain to (its name must be localhost).
@@ -101,6 +103,15 @@ enum Cmd {
         size: usize,
         #[arg(long, default_value = "bench")]
         topic: String,
+        /// Filler of realistic JSON text (order-book updates, `"` written as `'` to stay one
+        /// JSON string) instead of repeated letters, which compress far better than real data.
+        #[arg(long)]
+        json: bool,
+        /// With --deflate: inflate (check, and take a latency sample from) one compressed
+        /// delivery in N and count the others by their frame, so the generator's inflate cost
+        /// does not cap what it can receive. 1: inflate every one.
+        #[arg(long, default_value_t = 1)]
+        inflate_one_in: u64,
     },
     /// N idle connections; server RSS growth per connection.
     Idle {
@@ -241,32 +252,58 @@ fn run(cli: Cli) -> Result<(), String> {
             let r = echo::run(&target, &p, &timing)?;
             println!(
                 "RESULT scenario=echo server={} size={size} depth={depth} conns={conns} json={json} \
-                 text={text} deflate={} msgs_per_s={:.0} mb_per_s={:.2} received={} windows={}",
+                 text={text} deflate={} msgs_per_s={:.0} mb_per_s={:.2} received={} wire_bytes_per_msg={:.1} \
+                 windows={}",
                 common.server,
                 common.deflate,
                 r.msgs_per_s,
                 r.mb_per_s,
                 r.received,
+                r.wire_bytes_per_msg,
                 join(&r.windows)
             );
         }
-        Cmd::Broadcast { common, clients, publishers, size, topic } => {
-            let mut target = net::Target::parse(&common.url, common.ca.as_deref())?;
-            target.offer_deflate = common.deflate;
+        Cmd::Broadcast { common, clients, publishers, size, topic, json, inflate_one_in } => {
+            // Several comma-separated URLs: the nodes of one hub, clients spread over them.
+            let mut targets = common
+                .url
+                .split(',')
+                .map(|url| net::Target::parse(url, common.ca.as_deref()))
+                .collect::<Result<Vec<_>, _>>()?;
+            for target in &mut targets {
+                target.offer_deflate = common.deflate;
+            }
             let timing = common.timing()?;
             let clients = check_conns(clients)?;
             let publishers = publishers.unwrap_or(clients).clamp(1, clients);
-            let p = broadcast::Broadcast { clients, publishers, size, topic };
-            let r = broadcast::run(&target, &p, &timing)?;
+            let inflate_one_in = inflate_one_in.max(1);
+            let p = broadcast::Broadcast { clients, publishers, size, topic, json, inflate_one_in };
+            let r = broadcast::run(&targets, &p, &timing)?;
+            let cross = if targets.len() > 1 {
+                format!(
+                    " nodes={} cross_p50_us={:.1} cross_p99_us={:.1}",
+                    targets.len(),
+                    r.cross_p50_us,
+                    r.cross_p99_us
+                )
+            } else {
+                String::new()
+            };
             println!(
                 "RESULT scenario=broadcast server={} clients={clients} publishers={publishers} size={size} \
-                 deliveries_per_s={:.0} p50_us={:.1} p99_us={:.1} rounds={} samples={} windows={}",
+                 json={json} deflate={} inflate_one_in={inflate_one_in} deliveries_per_s={:.0} p50_us={:.1} \
+                 p99_us={:.1}{cross} rounds={} samples={} delivered={} compressed={} wire_bytes_per_msg={:.1} \
+                 windows={}",
                 common.server,
+                common.deflate,
                 r.deliveries_per_s,
                 r.p50_us,
                 r.p99_us,
                 r.rounds,
                 r.samples,
+                r.delivered,
+                r.compressed,
+                r.wire_bytes_per_msg,
                 join(&r.windows)
             );
         }

@@ -305,25 +305,28 @@ fn fill_tls(
     }
 }
 
-/// Opens `n` connections to `target` (at most `concurrency` handshakes in flight), each
-/// registered with its index as token. Fails if any connection fails or `deadline` passes.
+/// Opens `n` WebSocket connections, connection `i` to `targets[i % targets.len()]` (several
+/// targets: the nodes of one hub joined by a backplane), at most `concurrency` handshakes in
+/// flight, each registered with its index as token. Fails if any connection fails or `deadline`
+/// passes.
 pub fn open_all(
     poll: &mut Poll,
-    target: &Target,
+    targets: &[Target],
     n: usize,
     concurrency: usize,
     rbuf_size: usize,
     deadline: Instant,
 ) -> Result<Vec<Conn>, String> {
     let accept = ws::expected_accept();
-    let request = ws::upgrade_request(&target.host, &target.path, target.offer_deflate);
+    let requests: Vec<Vec<u8>> =
+        targets.iter().map(|t| ws::upgrade_request(&t.host, &t.path, t.offer_deflate)).collect();
     let mut conns: Vec<Conn> = Vec::with_capacity(n);
     let mut events = Events::with_capacity(1024);
     let mut open = 0;
     while open < n {
         while conns.len() < n && conns.len() - open < concurrency {
             let token = Token(conns.len());
-            let conn = Conn::connect(poll, target, token, rbuf_size)
+            let conn = Conn::connect(poll, &targets[conns.len() % targets.len()], token, rbuf_size)
                 .map_err(|e| format!("connect #{}: {e}", conns.len()))?;
             conns.push(conn);
         }
@@ -341,7 +344,7 @@ pub fn open_all(
                     Ok(true) => {
                         c.state = State::Handshaking;
                         c.wbuf.clear();
-                        c.wbuf.extend_from_slice(&request);
+                        c.wbuf.extend_from_slice(&requests[i % targets.len()]);
                         c.wpos = 0;
                     }
                     Ok(false) => continue,

@@ -161,7 +161,7 @@ pub struct Config {
     /// Bearer token required by POST /publish and /broadcast. Without it, those accept
     /// loopback peers only.
     #[arg(long, env = "WSHUB_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
 
     /// File holding the API key (keeps it out of `ps` and the environment).
     #[arg(long, env = "WSHUB_API_KEY_FILE", conflicts_with = "api_key", value_hint = clap::ValueHint::FilePath)]
@@ -362,7 +362,7 @@ impl Config {
 
     pub fn http(&self) -> HttpConfig {
         HttpConfig {
-            api_key: self.api_key.clone(),
+            api_key: self.api_key.as_ref().map(|Secret(key)| key.clone()),
             max_body_bytes: self.max_body_size,
             origins: OriginPolicy::from_allowed(&self.allowed_origins),
             demo: self.demo,
@@ -436,7 +436,7 @@ impl Config {
     /// The API key for POST /publish and /broadcast, from `--api-key` or `--api-key-file`.
     pub fn effective_api_key(&self) -> Result<Option<String>, String> {
         match (&self.api_key, &self.api_key_file) {
-            (Some(key), _) => Ok(Some(key.clone())),
+            (Some(Secret(key)), _) => Ok(Some(key.clone())),
             (None, Some(path)) => read_secret_file(path, "api-key-file").map(Some),
             (None, None) => Ok(None),
         }

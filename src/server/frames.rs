@@ -195,20 +195,29 @@ enum EchoEnd {
     PeerClosed(Option<u16>),
 }
 
-/// The peer broke the protocol: the session has written its close; remember the code.
+/// The peer broke the protocol: the session has written its close, unless it had sent one.
 fn on_protocol_error(conn: &mut Connection, s: &mut Shared, key: usize, e: ProtocolError) -> Ending {
     debug!(conn = key; "protocol error: {e}");
-    conn.close_code = e.close_code();
-    s.metrics.close_code_sent(e.close_code());
+    session_closed_with(conn, s, e.close_code());
     Ending::ProtocolError
 }
 
-/// The peer closed: the session has answered with its close; remember the code.
+/// The peer closed: the session has answered with its close, unless it had sent one (the
+/// peer is then answering ours).
 fn on_peer_close(conn: &mut Connection, s: &mut Shared, peer_code: Option<u16>) -> Ending {
-    let c = peer_code.unwrap_or(code::NORMAL);
-    conn.close_code = c;
-    s.metrics.close_code_sent(c);
+    session_closed_with(conn, s, peer_code.unwrap_or(code::NORMAL));
     Ending::Normal
+}
+
+/// Remembers and counts the close the session just wrote with `close_code`. A session writes
+/// at most one close, and every close we start (token expiry, rate limit, shutdown, timeouts)
+/// records its code when it is sent: a code already there means the session wrote nothing now
+/// (the peer's close or error came after ours), and that close was counted when it went out.
+fn session_closed_with(conn: &mut Connection, s: &mut Shared, close_code: u16) {
+    if conn.close_code == 0 {
+        conn.close_code = close_code;
+        s.metrics.close_code_sent(close_code);
+    }
 }
 
 /// After a read's frames: keep an unfinished header or control frame (`read_buf[rest]`) for
