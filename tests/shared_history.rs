@@ -85,6 +85,15 @@ fn a_client_recovers_on_another_node() {
     let mut other = ws_connect(a.addr);
     let reply = subscribe_since(&mut other, "feed", None);
     assert_eq!((reply["offset"].as_u64(), reply["epoch"].as_str()), (Some(13), Some(epoch.as_str())));
+    // A subscriber publishing to its own topic reads its message, then the ack with the offset.
+    for round in 0..20u64 {
+        send_json(&mut other, &json!({"type":"publish","payload":{"topic":"feed","data":"mine"},"id":round}));
+        assert_eq!(recv_json(&mut other), message("feed", json!("mine"), 14 + round));
+        assert_eq!(
+            recv_json(&mut other),
+            json!({"type":"ack","payload":{"topic":"feed","offset":14 + round,"epoch":epoch,"backplane":true},"id":round})
+        );
+    }
 }
 
 #[test]

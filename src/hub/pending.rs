@@ -80,6 +80,18 @@ pub(super) struct Waits {
     /// that does not follow it (a new epoch, or a gap after the connection to Redis was lost)
     /// is announced to the subscribers as not recovered.
     pub(super) streams: HashMap<Box<str>, Stream>,
+    /// Acks held back until the publisher, subscribed to its own topic here, has been sent its
+    /// copy of the message (which comes on the other Redis connection, maybe later): a
+    /// subscriber reads its own message before the ack, with or without shared history.
+    deferred: Vec<DeferredAck>,
+}
+
+pub(super) struct DeferredAck {
+    client: ClientId,
+    topic: Box<str>,
+    epoch: Box<str>,
+    offset: Offset,
+    frame: Rc<[u8]>,
 }
 
 /// Where a topic's history messages delivered on this node stand.
@@ -164,7 +176,7 @@ impl Waits {
 
     /// Holds and acks (tests, diagnostics).
     pub(super) fn counts(&self) -> (usize, usize) {
-        (self.holds.values().map(Vec::len).sum(), self.acks.len())
+        (self.holds.values().map(Vec::len).sum(), self.acks.len() + self.deferred.len())
     }
 }
 
@@ -383,7 +395,26 @@ impl Hub {
             }
         }
         metrics.record_publish(delivered);
+        if !self.waits.deferred.is_empty() {
+            self.release_acks(
+                |a| *a.topic == *topic && (*a.epoch != *message.epoch || a.offset <= message.offset),
+                outbox,
+            );
+        }
         true
+    }
+
+    /// Sends the deferred acks `due` picks, in the order they were numbered.
+    fn release_acks(&mut self, due: impl Fn(&DeferredAck) -> bool, outbox: &mut impl Outbox) {
+        let mut at = 0;
+        while at < self.waits.deferred.len() {
+            if due(&self.waits.deferred[at]) {
+                let ack = self.waits.deferred.remove(at);
+                outbox.deliver(ack.client, &SharedMessage::from_frame(OpCode::Text, ack.frame));
+            } else {
+                at += 1;
+            }
+        }
     }
 
     /// A publish on a topic whose history the backplane keeps: sent to Redis, delivered when it
@@ -399,7 +430,7 @@ impl Hub {
     ) -> Result<(), HubError> {
         let Some(backplane) = outbox.backplane() else { return Err(HubError::Unavailable) };
         let ticket = match ack {
-            Some(_) if self.waits.acks.len() >= MAX_PENDING_ACKS => None,
+            Some(_) if self.waits.acks.len() + self.waits.deferred.len() >= MAX_PENDING_ACKS => None,
             Some(_) => Some(self.waits.ticket()),
             None => None,
         };
@@ -437,9 +468,25 @@ impl Hub {
         let Some(wait) = self.waits.acks.remove(&ticket) else { return };
         match result {
             Some((epoch, offset)) => {
-                send(outbox, wait.client, |out| {
+                let frame = wire::build_shared_text_frame(|out| {
                     wire::write_offset_ack(out, &wait.topic, offset, epoch, &wait.id)
                 });
+                // Subscribed here (and live) to what it published, the publisher gets its copy
+                // first: the ack waits for it unless it went out already.
+                let subscribed = self.registry.topics_of(wait.client).any(|t| t == &*wait.topic)
+                    && !self.waits.is_held(&wait.topic, wait.client);
+                let copy_sent = self
+                    .waits
+                    .streams
+                    .get(&*wait.topic)
+                    .is_some_and(|s| *s.epoch == *epoch && s.last >= offset);
+                if subscribed && !copy_sent {
+                    let AckWait { client, topic, .. } = wait;
+                    let epoch = epoch.into();
+                    self.waits.deferred.push(DeferredAck { client, topic, epoch, offset, frame });
+                } else {
+                    outbox.deliver(wait.client, &SharedMessage::from_frame(OpCode::Text, frame));
+                }
             }
             None => {
                 metrics.record_error_reply();
@@ -458,6 +505,8 @@ impl Hub {
                 self.answer_local(&topic, hold, outbox);
             }
         }
+        // Their copies may never come now: the acks go at once.
+        self.release_acks(|_| true, outbox);
         let acks: Vec<Ticket> = self.waits.acks.keys().copied().collect();
         for ticket in acks {
             self.append_done(ticket, None, outbox, metrics);
@@ -491,6 +540,9 @@ impl Hub {
         }
         if !self.waits.acks.is_empty() {
             self.waits.acks.retain(|_, a| a.client != client);
+        }
+        if !self.waits.deferred.is_empty() {
+            self.waits.deferred.retain(|a| a.client != client);
         }
     }
 

@@ -336,3 +336,34 @@ fn a_new_epoch_or_a_gap_is_announced_as_not_recovered() {
     node.hub.remove_client(1);
     assert!(node.hub.waits.streams.is_empty(), "no subscriber left: nothing kept");
 }
+
+#[test]
+fn a_subscribed_publisher_reads_its_message_before_its_ack() {
+    let mut node = Node::new(true, [1]);
+    node.send(1, json!({"type":"subscribe","payload":{"topic":"t"}}));
+    node.hub.topic_confirmed("t", &mut node.net);
+    let fetch = node.net.backplane.fetches[0].2;
+    node.position("t", fetch, 0, None, &[]);
+    node.take(1);
+    node.send(1, json!({"type":"publish","payload":{"topic":"t","data":1},"id":"p"}));
+    let ticket = node.net.backplane.appends[0].2.unwrap();
+    // The offset comes back before the copy (two Redis connections): the ack waits.
+    node.hub.append_done(ticket, Some((EPOCH, 1)), &mut node.net.outbox, &mut node.metrics);
+    assert!(node.take(1).is_empty());
+    assert_eq!(node.hub.waiting(), (0, 1));
+    node.numbered("t", 1, "1");
+    assert_eq!(
+        node.take(1),
+        [
+            message("t", json!(1), 1),
+            json!({"type":"ack","payload":{"topic":"t","offset":1,"epoch":EPOCH,"backplane":true},"id":"p"}),
+        ]
+    );
+    // The copy first this time: the ack goes at once.
+    node.send(1, json!({"type":"publish","payload":{"topic":"t","data":2},"id":"q"}));
+    node.numbered("t", 2, "2");
+    let ticket = node.net.backplane.appends[1].2.unwrap();
+    node.hub.append_done(ticket, Some((EPOCH, 2)), &mut node.net.outbox, &mut node.metrics);
+    assert_eq!(node.take(1).len(), 2);
+    assert_eq!(node.hub.waiting(), (0, 0));
+}
