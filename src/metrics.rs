@@ -85,6 +85,9 @@ pub struct Metrics {
     pub error_replies: u64,
     /// Subscriptions to a new topic refused because the server held `--max-topics`.
     pub topic_limit_refusals: u64,
+    /// Publishes on history kept in Redis refused because Redis could not number them (down,
+    /// output full, or the offset never came back).
+    pub history_unavailable: u64,
     /// Indexed like `CLOSE_CODES`, then "other".
     close_codes_sent: [u64; CLOSE_CODES.len() + 1],
     /// Indexed like `HTTP_STATUSES`, then "other".
@@ -181,6 +184,10 @@ impl Metrics {
 
     pub fn record_topic_limit_refusal(&mut self) {
         bump(&mut self.topic_limit_refusals, 1);
+    }
+
+    pub fn record_history_unavailable(&mut self) {
+        bump(&mut self.history_unavailable, 1);
     }
 
     pub fn slow_consumer_dropped(&mut self) {
@@ -313,6 +320,12 @@ impl Metrics {
             "topic_limit_refusals_total",
             "Subscriptions to a new topic refused at --max-topics.",
             self.topic_limit_refusals,
+        )?;
+        counter(
+            out,
+            "history_unavailable_total",
+            "Publishes refused because the history kept in Redis could not number them.",
+            self.history_unavailable,
         )?;
         table(
             out,

@@ -450,6 +450,11 @@ fn answer<O: Outbox>(
                 Err(HubError::InvalidFormat { detail }) => {
                     Response::error(400, "Invalid JSON body", Some(detail))
                 }
+                Err(HubError::Unavailable) => Response::error(
+                    503,
+                    "unavailable",
+                    Some("history is kept in Redis, which cannot number the message now"),
+                ),
                 Err(other) => Response::error(400, &other.to_string(), None),
             }
         }

@@ -44,7 +44,7 @@ use super::state::{Mode, Settings, Shared, StressLogs, READ_PREFIX, READ_SIZE, T
 use super::timeouts::run_timers;
 use super::timers::{DeadlineQueue, FIRST_RESERVED_TOKEN, NEVER};
 use super::transport::Received;
-use crate::backplane::redis::{RedisBackplane, RedisSettings, PUB, SUB};
+use crate::backplane::redis::{RedisBackplane, RedisSettings, SharedHistory, PUB, SUB};
 use crate::config::validate::FdBudget;
 use crate::config::{millis, Config};
 use crate::http::HttpConfig;
@@ -155,9 +155,14 @@ impl Server {
         }
         let (per_ip, max_pending) = (settings.max_connections_per_ip, settings.max_pending_handshakes);
         let hub = Hub::new(config.hub());
+        // With Redis, history is kept there and shared by every node (see `backplane::shared`);
+        // the in-memory store is the single-node history.
+        let keep_in_redis = config.redis.is_some() && !config.echo;
         let hub = match config.history() {
-            Some(history) => hub.with_history(Box::new(MemoryHistory::new(history, random_seed()))),
-            None => hub,
+            Some(history) if !keep_in_redis => {
+                hub.with_history(Box::new(MemoryHistory::new(history, random_seed())))
+            }
+            _ => hub,
         };
         // Sized for the limit up front: the slab's pages are only touched (and so only count
         // towards RSS) as connections arrive, and it never reallocates and copies under load.
@@ -170,6 +175,7 @@ impl Server {
                 max_output: config.redis_max_queued_bytes.max(1),
                 max_data: config.max_message_size,
                 connect_timeout: BACKPLANE_CONNECT_TIMEOUT,
+                history: config.history().map(|h| SharedHistory { size: h.size, ttl: h.ttl }),
             };
             RedisBackplane::new(settings, [BACKPLANE_SUB, BACKPLANE_PUB], 0)
         });
@@ -240,7 +246,11 @@ impl Server {
                     return Ok(());
                 }
             }
-            let timeout = if self.shared.reread.is_empty() && self.shared.backlog.is_empty() && deferred == 0
+            let backplane_reread = self.shared.backplane.as_ref().is_some_and(|b| b.wants_reread());
+            let timeout = if self.shared.reread.is_empty()
+                && self.shared.backlog.is_empty()
+                && deferred == 0
+                && !backplane_reread
             {
                 self.next_wakeup().map(|at| {
                     std::time::Duration::from_millis(at.saturating_sub(self.shared.now).min(60_000))
@@ -259,6 +269,7 @@ impl Server {
             for key in std::mem::take(&mut self.shared.reread) {
                 self.on_readable(key, true);
             }
+            relay::reread(&mut self.conns, &mut self.shared, self.poll.registry());
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),
@@ -313,7 +324,7 @@ impl Server {
     fn end_of_turn(&mut self) {
         self.shared.turn_write_budget = TURN_WRITE_BUDGET;
         self.shared.flush_soon = false;
-        relay::flush(&mut self.shared, self.poll.registry());
+        relay::flush(&mut self.conns, &mut self.shared, self.poll.registry());
         flush_dirty(&mut self.conns, &mut self.shared);
         run_timers(&mut self.conns, &mut self.shared, self.poll.registry());
         // This turn's publishes may have given the history its first deadline.

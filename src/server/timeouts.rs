@@ -26,7 +26,7 @@ use crate::protocol::session::TimerOutcome;
 pub(super) fn run_timers(conns: &mut Slab<Connection>, s: &mut Shared, registry: &Registry) {
     while let Some((deadline, key)) = s.timers.pop_due(s.now) {
         if key == BACKPLANE_TIMER {
-            relay::on_timer(s, registry, deadline);
+            relay::on_timer(conns, s, registry, deadline);
             continue;
         }
         if key == HISTORY_TIMER {
