@@ -22,7 +22,9 @@
 //! `--max-subscriptions` per client); an id is kept as the client sent it (bounded by the
 //! message size); `since.epoch` is kept only when epoch-shaped (16 bytes); a held client buffers
 //! at most [`MAX_BUFFERED`] live messages (shared frames), after which it is answered from the
-//! newest message seen instead of a replay; acks in flight are at most [`MAX_PENDING_ACKS`].
+//! newest message seen instead of a replay; acks in flight are at most [`MAX_PENDING_ACKS`]
+//! holding at most [`MAX_PENDING_ACK_BYTES`] (over either, a publish with an id is refused as
+//! unavailable).
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -39,8 +41,10 @@ use crate::protocol::OpCode;
 
 /// Live messages a client waiting for its position may buffer.
 pub const MAX_BUFFERED: usize = 4096;
-/// Publishes waiting for their offset (with an `id` to ack).
-pub const MAX_PENDING_ACKS: usize = 4096;
+/// Publishes waiting for their offset (with an `id` to ack), and the bytes their ids and topics
+/// (or built acks) take: a client's ids are as large as it likes, so both are bounded.
+pub const MAX_PENDING_ACKS: usize = 16_384;
+pub const MAX_PENDING_ACK_BYTES: usize = 8 << 20;
 
 /// A subscriber whose `subscribed` waits on the backplane.
 pub(super) struct Hold {
@@ -84,6 +88,14 @@ pub(super) struct Waits {
     /// copy of the message (which comes on the other Redis connection, maybe later): a
     /// subscriber reads its own message before the ack, with or without shared history.
     deferred: Vec<DeferredAck>,
+    /// What `acks` and `deferred` hold in ids, topics and frames (see [`MAX_PENDING_ACK_BYTES`]).
+    ack_bytes: usize,
+}
+
+impl AckWait {
+    fn cost(&self) -> usize {
+        self.id.get().len() + self.topic.len()
+    }
 }
 
 pub(super) struct DeferredAck {
@@ -176,6 +188,8 @@ impl Waits {
 
     /// Holds and acks (tests, diagnostics).
     pub(super) fn counts(&self) -> (usize, usize) {
+        debug_assert!(self.acks.is_empty() && self.deferred.is_empty() || self.ack_bytes > 0);
+        debug_assert!(!(self.acks.is_empty() && self.deferred.is_empty()) || self.ack_bytes == 0);
         (self.holds.values().map(Vec::len).sum(), self.acks.len() + self.deferred.len())
     }
 }
@@ -410,6 +424,7 @@ impl Hub {
         while at < self.waits.deferred.len() {
             if due(&self.waits.deferred[at]) {
                 let ack = self.waits.deferred.remove(at);
+                self.waits.ack_bytes -= ack.frame.len();
                 outbox.deliver(ack.client, &SharedMessage::from_frame(OpCode::Text, ack.frame));
             } else {
                 at += 1;
@@ -430,7 +445,12 @@ impl Hub {
     ) -> Result<(), HubError> {
         let Some(backplane) = outbox.backplane() else { return Err(HubError::Unavailable) };
         let ticket = match ack {
-            Some(_) if self.waits.acks.len() + self.waits.deferred.len() >= MAX_PENDING_ACKS => None,
+            Some((_, id))
+                if self.waits.acks.len() + self.waits.deferred.len() >= MAX_PENDING_ACKS
+                    || self.waits.ack_bytes + id.get().len() + topic.len() > MAX_PENDING_ACK_BYTES =>
+            {
+                None
+            }
             Some(_) => Some(self.waits.ticket()),
             None => None,
         };
@@ -442,9 +462,9 @@ impl Hub {
             crate::backplane::Relay::Sent => {
                 self.last_relay = crate::backplane::Relay::Sent;
                 if let (Some(ticket), Some((client, id))) = (ticket, ack) {
-                    self.waits
-                        .acks
-                        .insert(ticket, AckWait { client, id: id.to_owned(), topic: topic.into() });
+                    let wait = AckWait { client, id: id.to_owned(), topic: topic.into() };
+                    self.waits.ack_bytes += wait.cost();
+                    self.waits.acks.insert(ticket, wait);
                 }
                 Ok(())
             }
@@ -466,6 +486,7 @@ impl Hub {
         metrics: &mut Metrics,
     ) {
         let Some(wait) = self.waits.acks.remove(&ticket) else { return };
+        self.waits.ack_bytes -= wait.cost();
         match result {
             Some((epoch, offset)) => {
                 let frame = wire::build_shared_text_frame(|out| {
@@ -483,6 +504,7 @@ impl Hub {
                 if subscribed && !copy_sent {
                     let AckWait { client, topic, .. } = wait;
                     let epoch = epoch.into();
+                    self.waits.ack_bytes += frame.len();
                     self.waits.deferred.push(DeferredAck { client, topic, epoch, offset, frame });
                 } else {
                     outbox.deliver(wait.client, &SharedMessage::from_frame(OpCode::Text, frame));
@@ -538,11 +560,24 @@ impl Hub {
                 }
             }
         }
+        let bytes = &mut self.waits.ack_bytes;
         if !self.waits.acks.is_empty() {
-            self.waits.acks.retain(|_, a| a.client != client);
+            self.waits.acks.retain(|_, a| {
+                let keep = a.client != client;
+                if !keep {
+                    *bytes -= a.cost();
+                }
+                keep
+            });
         }
         if !self.waits.deferred.is_empty() {
-            self.waits.deferred.retain(|a| a.client != client);
+            self.waits.deferred.retain(|a| {
+                let keep = a.client != client;
+                if !keep {
+                    *bytes -= a.frame.len();
+                }
+                keep
+            });
         }
     }
 

@@ -367,3 +367,20 @@ fn a_subscribed_publisher_reads_its_message_before_its_ack() {
     assert_eq!(node.take(1).len(), 2);
     assert_eq!(node.hub.waiting(), (0, 0));
 }
+
+#[test]
+fn ids_waiting_for_their_ack_are_bounded_in_bytes() {
+    let mut node = Node::new(true, [1]);
+    let id = "x".repeat(60_000);
+    let fits = pending::MAX_PENDING_ACK_BYTES / (id.len() + 3);
+    for _ in 0..fits {
+        assert!(node.send(1, json!({"type":"publish","payload":{"topic":"t","data":1},"id":id})).is_empty());
+    }
+    let refused = node.send(1, json!({"type":"publish","payload":{"topic":"t","data":1},"id":id}));
+    assert_eq!(refused[0]["payload"]["message"], "History unavailable: Redis is down");
+    assert_eq!(node.hub.waiting(), (0, fits));
+    // Small ids still fit; a client that leaves gives its bytes back.
+    assert!(node.send(1, json!({"type":"publish","payload":{"topic":"t","data":1},"id":1})).is_empty());
+    node.hub.remove_client(1);
+    assert_eq!(node.hub.waiting(), (0, 0));
+}
