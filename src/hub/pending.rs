@@ -45,6 +45,9 @@ pub const MAX_BUFFERED: usize = 4096;
 /// (or built acks) take: a client's ids are as large as it likes, so both are bounded.
 pub const MAX_PENDING_ACKS: usize = 16_384;
 pub const MAX_PENDING_ACK_BYTES: usize = 8 << 20;
+/// Bytes of ids the held subscribes may keep: over it, a subscribe is answered at once (local
+/// only, as while Redis is down) rather than held with a client-sized id.
+pub const MAX_HELD_ID_BYTES: usize = 8 << 20;
 
 /// A subscriber whose `subscribed` waits on the backplane.
 pub(super) struct Hold {
@@ -90,6 +93,14 @@ pub(super) struct Waits {
     deferred: Vec<DeferredAck>,
     /// What `acks` and `deferred` hold in ids, topics and frames (see [`MAX_PENDING_ACK_BYTES`]).
     ack_bytes: usize,
+    /// What the holds keep in ids (see [`MAX_HELD_ID_BYTES`]).
+    held_bytes: usize,
+}
+
+impl Hold {
+    fn cost(&self) -> usize {
+        self.id.as_ref().map_or(0, |id| id.get().len())
+    }
 }
 
 impl AckWait {
@@ -190,6 +201,7 @@ impl Waits {
     pub(super) fn counts(&self) -> (usize, usize) {
         debug_assert!(self.acks.is_empty() && self.deferred.is_empty() || self.ack_bytes > 0);
         debug_assert!(!(self.acks.is_empty() && self.deferred.is_empty()) || self.ack_bytes == 0);
+        debug_assert!(!self.holds.is_empty() || self.held_bytes == 0);
         (self.holds.values().map(Vec::len).sum(), self.acks.len() + self.deferred.len())
     }
 }
@@ -224,6 +236,9 @@ impl Hub {
     ) -> bool {
         let Some(backplane) = outbox.backplane() else { return false };
         let shared = backplane.keeps_history();
+        if self.waits.held_bytes + id.map_or(0, |id| id.get().len()) > MAX_HELD_ID_BYTES {
+            return false;
+        }
         if self.waits.is_held(topic, from) {
             // Already waiting on this topic (a repeated subscribe): answered at once below.
             return false;
@@ -240,6 +255,7 @@ impl Hub {
             return false;
         };
         let hold = Hold { client: from, id: id.map(ToOwned::to_owned), since: owned_since(since), stage };
+        self.waits.held_bytes += hold.cost();
         self.waits.holds.entry(topic.into()).or_default().push(hold);
         true
     }
@@ -251,6 +267,8 @@ impl Hub {
         let shared = outbox.backplane().is_some_and(|b| b.keeps_history());
         let mut kept = Vec::with_capacity(holds.len());
         for mut hold in holds.drain(..) {
+            // Counted again below for those that stay.
+            self.waits.held_bytes -= hold.cost();
             if !matches!(hold.stage, Stage::Joining) {
                 kept.push(hold);
                 continue;
@@ -269,6 +287,7 @@ impl Hub {
             self.answer_local(topic, hold, outbox);
         }
         if !kept.is_empty() {
+            self.waits.held_bytes += kept.iter().map(Hold::cost).sum::<usize>();
             self.waits.holds.insert(topic.into(), kept);
         }
     }
@@ -292,6 +311,7 @@ impl Hub {
         if holds.is_empty() {
             self.waits.holds.remove(topic);
         }
+        self.waits.held_bytes -= hold.cost();
         let Some(fetched) = fetched else {
             self.answer_local(topic, hold, outbox);
             return;
@@ -522,6 +542,7 @@ impl Hub {
     /// publishes waiting for their offset with an error: they may or may not have been kept).
     pub fn backplane_down(&mut self, outbox: &mut impl Outbox, metrics: &mut Metrics) {
         let holds = std::mem::take(&mut self.waits.holds);
+        self.waits.held_bytes = 0;
         for (topic, holds) in holds {
             for hold in holds {
                 self.answer_local(&topic, hold, outbox);
@@ -544,6 +565,7 @@ impl Hub {
         if holds.is_empty() {
             self.waits.holds.remove(topic);
         }
+        self.waits.held_bytes -= hold.cost();
         self.answer_local(topic, hold, outbox);
     }
 
@@ -553,7 +575,14 @@ impl Hub {
             let topics: Vec<Box<str>> = self.registry.topics_of(client).map(Box::from).collect();
             for topic in topics {
                 if let Some(holds) = self.waits.holds.get_mut(&*topic) {
-                    holds.retain(|h| h.client != client);
+                    let bytes = &mut self.waits.held_bytes;
+                    holds.retain(|h| {
+                        let keep = h.client != client;
+                        if !keep {
+                            *bytes -= h.cost();
+                        }
+                        keep
+                    });
                     if holds.is_empty() {
                         self.waits.holds.remove(&*topic);
                     }

@@ -384,3 +384,22 @@ fn ids_waiting_for_their_ack_are_bounded_in_bytes() {
     node.hub.remove_client(1);
     assert_eq!(node.hub.waiting(), (0, 0));
 }
+
+#[test]
+fn ids_of_held_subscribes_are_bounded_in_bytes() {
+    let clients: Vec<ClientId> = (1..=200).collect();
+    let mut node = Node::new(false, clients.clone());
+    let id = "x".repeat(60_000);
+    let fits = pending::MAX_HELD_ID_BYTES / (id.len() + 2);
+    for &c in &clients[..fits] {
+        assert!(node.send(c, json!({"type":"subscribe","payload":{"topic":"t"},"id":id})).is_empty(), "held");
+    }
+    // Over the bound: answered at once, local only, rather than held.
+    let now = node.send(clients[fits], json!({"type":"subscribe","payload":{"topic":"t"},"id":id}));
+    assert_eq!(now[0]["type"], "subscribed");
+    assert_eq!(node.hub.waiting(), (fits, 0));
+    node.hub.remove_client(clients[0]);
+    node.hub.topic_confirmed("t", &mut node.net);
+    assert_eq!(node.hub.waiting(), (0, 0));
+    assert_eq!(node.take(clients[1])[0]["type"], "subscribed");
+}
