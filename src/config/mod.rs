@@ -249,6 +249,7 @@ pub struct Config {
     pub reuse_port: bool,
 
     /// Messages kept per topic for clients that reconnect (`subscribe` with `since`); 0 = off.
+    /// With --redis, kept in Redis and shared by every node.
     #[arg(long, env = "WSHUB_HISTORY_SIZE", default_value_t = 0)]
     pub history_size: usize,
 
@@ -256,7 +257,8 @@ pub struct Config {
     #[arg(long, env = "WSHUB_HISTORY_TTL", default_value_t = 300.0, value_parser = parse_secs)]
     pub history_ttl: f64,
 
-    /// Bound on the memory all kept messages take, in bytes (oldest evicted first).
+    /// Bound on the memory all kept messages take, in bytes (oldest evicted first). In-memory
+    /// history only: with --redis, Redis's own maxmemory bounds it.
     #[arg(long, env = "WSHUB_HISTORY_MAX_BYTES", default_value_t = 64 << 20)]
     pub history_max_bytes: usize,
 
