@@ -34,6 +34,16 @@ fn wait_health(node: &ServerProc, status: u16) {
     }
 }
 
+/// Publishes over WebSocket and waits for the ack: the message is then numbered and kept in
+/// Redis (an HTTP 200 only says it was handed over), so a subscribe that follows sees it.
+fn publish_acked(addr: SocketAddr, topic: &str, data: Value) -> u64 {
+    let mut p = ws_connect(addr);
+    send_json(&mut p, &json!({"type":"publish","payload":{"topic":topic,"data":data},"id":"p"}));
+    let ack = recv_json(&mut p);
+    assert_eq!(ack["type"], "ack", "{ack}");
+    ack["payload"]["offset"].as_u64().expect("an offset")
+}
+
 fn publish(addr: SocketAddr, topic: &str, data: Value) -> (u16, Value) {
     let (status, body) = http(addr, "POST", "/publish", "", &json!({"topic":topic,"data":data}).to_string());
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
@@ -70,7 +80,7 @@ fn a_client_recovers_on_another_node() {
     }
     drop(client);
     for i in 6..=12u64 {
-        publish(a.addr, "feed", json!(i));
+        assert_eq!(publish_acked(a.addr, "feed", json!(i)), i);
     }
     // Back on the other node, from offset 5: exactly 6..=12, then live ones.
     let mut client = ws_connect(b.addr);
@@ -85,6 +95,15 @@ fn a_client_recovers_on_another_node() {
     let mut other = ws_connect(a.addr);
     let reply = subscribe_since(&mut other, "feed", None);
     assert_eq!((reply["offset"].as_u64(), reply["epoch"].as_str()), (Some(13), Some(epoch.as_str())));
+    // A subscriber publishing to its own topic reads its message, then the ack with the offset.
+    for round in 0..20u64 {
+        send_json(&mut other, &json!({"type":"publish","payload":{"topic":"feed","data":"mine"},"id":round}));
+        assert_eq!(recv_json(&mut other), message("feed", json!("mine"), 14 + round));
+        assert_eq!(
+            recv_json(&mut other),
+            json!({"type":"ack","payload":{"topic":"feed","offset":14 + round,"epoch":epoch,"backplane":true},"id":round})
+        );
+    }
 }
 
 #[test]
@@ -102,7 +121,7 @@ fn a_node_restart_loses_nothing() {
     // A new process (a deploy): the history is in Redis, not in the process.
     let a = node(&redis, 100);
     for i in 4..=6u64 {
-        publish(a.addr, "t", json!(i));
+        assert_eq!(publish_acked(a.addr, "t", json!(i)), i);
     }
     let mut client = ws_connect(a.addr);
     let reply = subscribe_since(&mut client, "t", Some(json!({"offset":3,"epoch":epoch})));
@@ -239,7 +258,7 @@ fn a_trimmed_history_is_not_recovered() {
     let epoch = subscribe_since(&mut client, "t", None)["epoch"].as_str().unwrap().to_string();
     drop(client);
     for i in 1..=10u64 {
-        publish(a.addr, "t", json!(i));
+        assert_eq!(publish_acked(a.addr, "t", json!(i)), i);
     }
     let mut client = ws_connect(a.addr);
     // Only 8, 9 and 10 are kept: from 7 is whole, from 6 is not.

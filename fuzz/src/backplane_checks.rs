@@ -40,7 +40,8 @@ pub fn run_backplane(data: &[u8]) -> u64 {
         url: RedisUrl::parse("redis://127.0.0.1:6379").expect("a plain URL parses"),
         prefix: prefix.into(),
         node_id: NODE,
-        max_output: 256,
+        // Room for a history script call (eleven arguments) when history is on.
+        max_output: if settings_byte & 8 != 0 { 4096 } else { 256 },
         max_data,
         connect_timeout: 3_000,
         history: (settings_byte & 8 != 0).then_some(SharedHistory { size: 4, ttl: 60_000 }),

@@ -232,6 +232,9 @@ pub struct RedisCore {
     reload_scripts: bool,
     /// When the TTLs of wanted topics' history keys are next refreshed (NEVER without history).
     touch_at: Millis,
+    /// Channel confirmations still awaited before the subscribe connection is ready (the
+    /// broadcast channel and every topic wanted, resubscribed in batches).
+    handshake_channels: usize,
     backoff: Millis,
     attempts: u64,
     /// `N<16 hex> `: the start of every payload this node sends.
@@ -279,6 +282,7 @@ impl RedisCore {
             keys: Vec::new(),
             reload_scripts: false,
             touch_at: NEVER,
+            handshake_channels: 0,
             backoff: FIRST_BACKOFF,
             attempts: 0,
             tag,
@@ -388,6 +392,7 @@ impl RedisCore {
         // The broadcast channel first: its confirmation is what makes SUB ready.
         let broadcast = [self.settings.prefix.as_bytes(), b"broadcast"].concat();
         let wanted: Vec<Vec<u8>> = self.wanted.iter().map(|t| self.topic_channel(t)).collect();
+        self.handshake_channels = 1 + wanted.len();
         let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE", &broadcast];
         for channel in &wanted {
             args.push(channel);
@@ -541,13 +546,12 @@ impl RedisCore {
                 }
             }
             b"subscribe" => {
-                let broadcast = self.settings.prefix.len() + b"broadcast".len();
                 let channel = reply.item(1).and_then(|r| r.bulk()).unwrap_or(b"");
-                if channel.len() == broadcast
-                    && channel.starts_with(self.settings.prefix.as_bytes())
-                    && channel.ends_with(b"broadcast")
-                {
-                    self.ready[SUB] = true;
+                if !self.ready[SUB] {
+                    // Up only once every channel of the handshake is confirmed: a subscriber
+                    // answered after that cannot miss a message on any of them.
+                    self.handshake_channels = self.handshake_channels.saturating_sub(1);
+                    self.ready[SUB] = self.handshake_channels == 0;
                 } else if let Some(topic) = self.topic_of(channel) {
                     self.on_confirmed(topic, deliver);
                 }
@@ -852,7 +856,9 @@ impl Backplane for RedisCore {
         let channel = self.topic_channel(topic);
         self.links[SUB].command(&[b"SUBSCRIBE", &channel]);
         if self.state != State::Up {
-            // Confirmed with the handshake's; the hub answers at once, as while down.
+            // Confirmed with the handshake's (and awaited with them); the hub answers at once,
+            // as while down.
+            self.handshake_channels += 1;
             return false;
         }
         *self.confirming.entry(topic.into()).or_insert(0) += 1;

@@ -22,7 +22,9 @@
 //! `--max-subscriptions` per client); an id is kept as the client sent it (bounded by the
 //! message size); `since.epoch` is kept only when epoch-shaped (16 bytes); a held client buffers
 //! at most [`MAX_BUFFERED`] live messages (shared frames), after which it is answered from the
-//! newest message seen instead of a replay; acks in flight are at most [`MAX_PENDING_ACKS`].
+//! newest message seen instead of a replay; acks in flight are at most [`MAX_PENDING_ACKS`]
+//! holding at most [`MAX_PENDING_ACK_BYTES`] (over either, a publish with an id is refused as
+//! unavailable).
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -39,8 +41,13 @@ use crate::protocol::OpCode;
 
 /// Live messages a client waiting for its position may buffer.
 pub const MAX_BUFFERED: usize = 4096;
-/// Publishes waiting for their offset (with an `id` to ack).
-pub const MAX_PENDING_ACKS: usize = 4096;
+/// Publishes waiting for their offset (with an `id` to ack), and the bytes their ids and topics
+/// (or built acks) take: a client's ids are as large as it likes, so both are bounded.
+pub const MAX_PENDING_ACKS: usize = 16_384;
+pub const MAX_PENDING_ACK_BYTES: usize = 8 << 20;
+/// Bytes of ids the held subscribes may keep: over it, a subscribe is answered at once (local
+/// only, as while Redis is down) rather than held with a client-sized id.
+pub const MAX_HELD_ID_BYTES: usize = 8 << 20;
 
 /// A subscriber whose `subscribed` waits on the backplane.
 pub(super) struct Hold {
@@ -80,6 +87,34 @@ pub(super) struct Waits {
     /// that does not follow it (a new epoch, or a gap after the connection to Redis was lost)
     /// is announced to the subscribers as not recovered.
     pub(super) streams: HashMap<Box<str>, Stream>,
+    /// Acks held back until the publisher, subscribed to its own topic here, has been sent its
+    /// copy of the message (which comes on the other Redis connection, maybe later): a
+    /// subscriber reads its own message before the ack, with or without shared history.
+    deferred: Vec<DeferredAck>,
+    /// What `acks` and `deferred` hold in ids, topics and frames (see [`MAX_PENDING_ACK_BYTES`]).
+    ack_bytes: usize,
+    /// What the holds keep in ids (see [`MAX_HELD_ID_BYTES`]).
+    held_bytes: usize,
+}
+
+impl Hold {
+    fn cost(&self) -> usize {
+        self.id.as_ref().map_or(0, |id| id.get().len())
+    }
+}
+
+impl AckWait {
+    fn cost(&self) -> usize {
+        self.id.get().len() + self.topic.len()
+    }
+}
+
+pub(super) struct DeferredAck {
+    client: ClientId,
+    topic: Box<str>,
+    epoch: Box<str>,
+    offset: Offset,
+    frame: Rc<[u8]>,
 }
 
 /// Where a topic's history messages delivered on this node stand.
@@ -164,7 +199,10 @@ impl Waits {
 
     /// Holds and acks (tests, diagnostics).
     pub(super) fn counts(&self) -> (usize, usize) {
-        (self.holds.values().map(Vec::len).sum(), self.acks.len())
+        debug_assert!(self.acks.is_empty() && self.deferred.is_empty() || self.ack_bytes > 0);
+        debug_assert!(!(self.acks.is_empty() && self.deferred.is_empty()) || self.ack_bytes == 0);
+        debug_assert!(!self.holds.is_empty() || self.held_bytes == 0);
+        (self.holds.values().map(Vec::len).sum(), self.acks.len() + self.deferred.len())
     }
 }
 
@@ -198,6 +236,9 @@ impl Hub {
     ) -> bool {
         let Some(backplane) = outbox.backplane() else { return false };
         let shared = backplane.keeps_history();
+        if self.waits.held_bytes + id.map_or(0, |id| id.get().len()) > MAX_HELD_ID_BYTES {
+            return false;
+        }
         if self.waits.is_held(topic, from) {
             // Already waiting on this topic (a repeated subscribe): answered at once below.
             return false;
@@ -214,6 +255,7 @@ impl Hub {
             return false;
         };
         let hold = Hold { client: from, id: id.map(ToOwned::to_owned), since: owned_since(since), stage };
+        self.waits.held_bytes += hold.cost();
         self.waits.holds.entry(topic.into()).or_default().push(hold);
         true
     }
@@ -225,6 +267,8 @@ impl Hub {
         let shared = outbox.backplane().is_some_and(|b| b.keeps_history());
         let mut kept = Vec::with_capacity(holds.len());
         for mut hold in holds.drain(..) {
+            // Counted again below for those that stay.
+            self.waits.held_bytes -= hold.cost();
             if !matches!(hold.stage, Stage::Joining) {
                 kept.push(hold);
                 continue;
@@ -243,6 +287,7 @@ impl Hub {
             self.answer_local(topic, hold, outbox);
         }
         if !kept.is_empty() {
+            self.waits.held_bytes += kept.iter().map(Hold::cost).sum::<usize>();
             self.waits.holds.insert(topic.into(), kept);
         }
     }
@@ -266,6 +311,7 @@ impl Hub {
         if holds.is_empty() {
             self.waits.holds.remove(topic);
         }
+        self.waits.held_bytes -= hold.cost();
         let Some(fetched) = fetched else {
             self.answer_local(topic, hold, outbox);
             return;
@@ -383,7 +429,27 @@ impl Hub {
             }
         }
         metrics.record_publish(delivered);
+        if !self.waits.deferred.is_empty() {
+            self.release_acks(
+                |a| *a.topic == *topic && (*a.epoch != *message.epoch || a.offset <= message.offset),
+                outbox,
+            );
+        }
         true
+    }
+
+    /// Sends the deferred acks `due` picks, in the order they were numbered.
+    fn release_acks(&mut self, due: impl Fn(&DeferredAck) -> bool, outbox: &mut impl Outbox) {
+        let mut at = 0;
+        while at < self.waits.deferred.len() {
+            if due(&self.waits.deferred[at]) {
+                let ack = self.waits.deferred.remove(at);
+                self.waits.ack_bytes -= ack.frame.len();
+                outbox.deliver(ack.client, &SharedMessage::from_frame(OpCode::Text, ack.frame));
+            } else {
+                at += 1;
+            }
+        }
     }
 
     /// A publish on a topic whose history the backplane keeps: sent to Redis, delivered when it
@@ -399,7 +465,12 @@ impl Hub {
     ) -> Result<(), HubError> {
         let Some(backplane) = outbox.backplane() else { return Err(HubError::Unavailable) };
         let ticket = match ack {
-            Some(_) if self.waits.acks.len() >= MAX_PENDING_ACKS => None,
+            Some((_, id))
+                if self.waits.acks.len() + self.waits.deferred.len() >= MAX_PENDING_ACKS
+                    || self.waits.ack_bytes + id.get().len() + topic.len() > MAX_PENDING_ACK_BYTES =>
+            {
+                None
+            }
             Some(_) => Some(self.waits.ticket()),
             None => None,
         };
@@ -411,9 +482,9 @@ impl Hub {
             crate::backplane::Relay::Sent => {
                 self.last_relay = crate::backplane::Relay::Sent;
                 if let (Some(ticket), Some((client, id))) = (ticket, ack) {
-                    self.waits
-                        .acks
-                        .insert(ticket, AckWait { client, id: id.to_owned(), topic: topic.into() });
+                    let wait = AckWait { client, id: id.to_owned(), topic: topic.into() };
+                    self.waits.ack_bytes += wait.cost();
+                    self.waits.acks.insert(ticket, wait);
                 }
                 Ok(())
             }
@@ -435,11 +506,29 @@ impl Hub {
         metrics: &mut Metrics,
     ) {
         let Some(wait) = self.waits.acks.remove(&ticket) else { return };
+        self.waits.ack_bytes -= wait.cost();
         match result {
             Some((epoch, offset)) => {
-                send(outbox, wait.client, |out| {
+                let frame = wire::build_shared_text_frame(|out| {
                     wire::write_offset_ack(out, &wait.topic, offset, epoch, &wait.id)
                 });
+                // Subscribed here (and live) to what it published, the publisher gets its copy
+                // first: the ack waits for it unless it went out already.
+                let subscribed = self.registry.topics_of(wait.client).any(|t| t == &*wait.topic)
+                    && !self.waits.is_held(&wait.topic, wait.client);
+                let copy_sent = self
+                    .waits
+                    .streams
+                    .get(&*wait.topic)
+                    .is_some_and(|s| *s.epoch == *epoch && s.last >= offset);
+                if subscribed && !copy_sent {
+                    let AckWait { client, topic, .. } = wait;
+                    let epoch = epoch.into();
+                    self.waits.ack_bytes += frame.len();
+                    self.waits.deferred.push(DeferredAck { client, topic, epoch, offset, frame });
+                } else {
+                    outbox.deliver(wait.client, &SharedMessage::from_frame(OpCode::Text, frame));
+                }
             }
             None => {
                 metrics.record_error_reply();
@@ -453,11 +542,14 @@ impl Hub {
     /// publishes waiting for their offset with an error: they may or may not have been kept).
     pub fn backplane_down(&mut self, outbox: &mut impl Outbox, metrics: &mut Metrics) {
         let holds = std::mem::take(&mut self.waits.holds);
+        self.waits.held_bytes = 0;
         for (topic, holds) in holds {
             for hold in holds {
                 self.answer_local(&topic, hold, outbox);
             }
         }
+        // Their copies may never come now: the acks go at once.
+        self.release_acks(|_| true, outbox);
         let acks: Vec<Ticket> = self.waits.acks.keys().copied().collect();
         for ticket in acks {
             self.append_done(ticket, None, outbox, metrics);
@@ -473,6 +565,7 @@ impl Hub {
         if holds.is_empty() {
             self.waits.holds.remove(topic);
         }
+        self.waits.held_bytes -= hold.cost();
         self.answer_local(topic, hold, outbox);
     }
 
@@ -482,15 +575,38 @@ impl Hub {
             let topics: Vec<Box<str>> = self.registry.topics_of(client).map(Box::from).collect();
             for topic in topics {
                 if let Some(holds) = self.waits.holds.get_mut(&*topic) {
-                    holds.retain(|h| h.client != client);
+                    let bytes = &mut self.waits.held_bytes;
+                    holds.retain(|h| {
+                        let keep = h.client != client;
+                        if !keep {
+                            *bytes -= h.cost();
+                        }
+                        keep
+                    });
                     if holds.is_empty() {
                         self.waits.holds.remove(&*topic);
                     }
                 }
             }
         }
+        let bytes = &mut self.waits.ack_bytes;
         if !self.waits.acks.is_empty() {
-            self.waits.acks.retain(|_, a| a.client != client);
+            self.waits.acks.retain(|_, a| {
+                let keep = a.client != client;
+                if !keep {
+                    *bytes -= a.cost();
+                }
+                keep
+            });
+        }
+        if !self.waits.deferred.is_empty() {
+            self.waits.deferred.retain(|a| {
+                let keep = a.client != client;
+                if !keep {
+                    *bytes -= a.frame.len();
+                }
+                keep
+            });
         }
     }
 

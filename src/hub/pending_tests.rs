@@ -336,3 +336,70 @@ fn a_new_epoch_or_a_gap_is_announced_as_not_recovered() {
     node.hub.remove_client(1);
     assert!(node.hub.waits.streams.is_empty(), "no subscriber left: nothing kept");
 }
+
+#[test]
+fn a_subscribed_publisher_reads_its_message_before_its_ack() {
+    let mut node = Node::new(true, [1]);
+    node.send(1, json!({"type":"subscribe","payload":{"topic":"t"}}));
+    node.hub.topic_confirmed("t", &mut node.net);
+    let fetch = node.net.backplane.fetches[0].2;
+    node.position("t", fetch, 0, None, &[]);
+    node.take(1);
+    node.send(1, json!({"type":"publish","payload":{"topic":"t","data":1},"id":"p"}));
+    let ticket = node.net.backplane.appends[0].2.unwrap();
+    // The offset comes back before the copy (two Redis connections): the ack waits.
+    node.hub.append_done(ticket, Some((EPOCH, 1)), &mut node.net.outbox, &mut node.metrics);
+    assert!(node.take(1).is_empty());
+    assert_eq!(node.hub.waiting(), (0, 1));
+    node.numbered("t", 1, "1");
+    assert_eq!(
+        node.take(1),
+        [
+            message("t", json!(1), 1),
+            json!({"type":"ack","payload":{"topic":"t","offset":1,"epoch":EPOCH,"backplane":true},"id":"p"}),
+        ]
+    );
+    // The copy first this time: the ack goes at once.
+    node.send(1, json!({"type":"publish","payload":{"topic":"t","data":2},"id":"q"}));
+    node.numbered("t", 2, "2");
+    let ticket = node.net.backplane.appends[1].2.unwrap();
+    node.hub.append_done(ticket, Some((EPOCH, 2)), &mut node.net.outbox, &mut node.metrics);
+    assert_eq!(node.take(1).len(), 2);
+    assert_eq!(node.hub.waiting(), (0, 0));
+}
+
+#[test]
+fn ids_waiting_for_their_ack_are_bounded_in_bytes() {
+    let mut node = Node::new(true, [1]);
+    let id = "x".repeat(60_000);
+    let fits = pending::MAX_PENDING_ACK_BYTES / (id.len() + 3);
+    for _ in 0..fits {
+        assert!(node.send(1, json!({"type":"publish","payload":{"topic":"t","data":1},"id":id})).is_empty());
+    }
+    let refused = node.send(1, json!({"type":"publish","payload":{"topic":"t","data":1},"id":id}));
+    assert_eq!(refused[0]["payload"]["message"], "History unavailable: Redis is down");
+    assert_eq!(node.hub.waiting(), (0, fits));
+    // Small ids still fit; a client that leaves gives its bytes back.
+    assert!(node.send(1, json!({"type":"publish","payload":{"topic":"t","data":1},"id":1})).is_empty());
+    node.hub.remove_client(1);
+    assert_eq!(node.hub.waiting(), (0, 0));
+}
+
+#[test]
+fn ids_of_held_subscribes_are_bounded_in_bytes() {
+    let clients: Vec<ClientId> = (1..=200).collect();
+    let mut node = Node::new(false, clients.clone());
+    let id = "x".repeat(60_000);
+    let fits = pending::MAX_HELD_ID_BYTES / (id.len() + 2);
+    for &c in &clients[..fits] {
+        assert!(node.send(c, json!({"type":"subscribe","payload":{"topic":"t"},"id":id})).is_empty(), "held");
+    }
+    // Over the bound: answered at once, local only, rather than held.
+    let now = node.send(clients[fits], json!({"type":"subscribe","payload":{"topic":"t"},"id":id}));
+    assert_eq!(now[0]["type"], "subscribed");
+    assert_eq!(node.hub.waiting(), (fits, 0));
+    node.hub.remove_client(clients[0]);
+    node.hub.topic_confirmed("t", &mut node.net);
+    assert_eq!(node.hub.waiting(), (0, 0));
+    assert_eq!(node.take(clients[1])[0]["type"], "subscribed");
+}

@@ -435,3 +435,23 @@ fn wanted_topics_keep_their_history_alive() {
     let plain = up_core();
     assert_eq!(plain.next_deadline(), NEVER, "no history: nothing to refresh");
 }
+
+#[test]
+fn up_only_once_every_resubscribed_channel_is_confirmed() {
+    let mut core = RedisCore::new(settings(), 0);
+    for i in 0..300 {
+        core.topic_wanted(&format!("t{i}"));
+    }
+    core.on_timer(0);
+    core.topic_wanted("late");
+    feed(&mut core, PUB, b"+PONG\r\n").1.unwrap();
+    feed(&mut core, SUB, b"*3\r\n$9\r\nsubscribe\r\n$15\r\nwshub:broadcast\r\n:1\r\n").1.unwrap();
+    let mut confirmations = Vec::new();
+    for i in 0..300 {
+        confirmations.extend(confirmation(&format!("wshub:topic:t{i}")));
+    }
+    feed(&mut core, SUB, &confirmations).1.unwrap();
+    assert!(!core.is_up(), "the channel wanted while connecting is not confirmed yet");
+    feed(&mut core, SUB, &confirmation("wshub:topic:late")).1.unwrap();
+    assert!(core.is_up());
+}
