@@ -390,7 +390,7 @@ impl Hub {
             // never takes a new epoch's offsets for old ones or silently skips a gap.
             let (continuity, synced) = self.waits.follow(topic, message.epoch, message.offset);
             let notice = (continuity == Continuity::Breaks).then(|| {
-                let before = Some((message.offset - 1, message.epoch));
+                let before = Some((message.offset.saturating_sub(1), message.epoch));
                 let frame = wire::build_shared_text_frame(|out| {
                     wire::write_subscribed(out, topic, before, Some(false), None);
                 });
