@@ -15,11 +15,20 @@
 #                        tokio-rustls, same certificate (tests/gencert.sh), ring on both sides:
 #                        echo 16 B and 1 KiB at depth 16, connect+close with a full handshake,
 #                        idle RSS at 10k; results in bench/results/tls-latest.* (~2 min)
+#   bench/run.sh deflate the permessage-deflate rows: wshub --compression against Node `ws`
+#                        (perMessageDeflate) and gorilla (EnableCompression), each next to its own
+#                        uncompressed run: echo of 1 KiB JSON, broadcast 100x100 of ~1 KiB JSON,
+#                        bytes on the wire per message, server CPU per message, idle RSS at 10k;
+#                        results in bench/results/deflate-latest.* (~1.5 min a repetition;
+#                        REPS=3 for medians of three)
 #
 # Each server runs pinned to core 0 and the load generator to core 1 (when there are two
 # cores), a fresh server process per run. Results: RESULT lines in bench/results/latest-raw.txt,
 # medians in bench/results/latest.csv, a Markdown table on stdout and in
-# bench/results/latest.md, and a chart in bench/results/latest.svg.
+# bench/results/latest.md, and a chart in bench/results/latest.svg. Every RESULT line also gets
+# server_cpu_ns_per_msg: the server process's CPU time (user + system, all its threads, from
+# /proc/PID/stat) over the whole loadgen run divided by the messages it echoed or delivered, a
+# cost that other load on the machine slows down but does not inflate.
 set -euo pipefail
 mode="${1:-quick}"
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -32,9 +41,9 @@ tmp="$results/tmp"
 mkdir -p "$tmp"
 
 case "$mode" in
-smoke | quick | full | instr | tls) ;;
+smoke | quick | full | instr | tls | deflate) ;;
 *)
-    echo "usage: $0 [smoke|quick|full|instr|tls]" >&2
+    echo "usage: $0 [smoke|quick|full|instr|tls|deflate]" >&2
     exit 2
     ;;
 esac
@@ -69,6 +78,10 @@ server_cmd() {
     wshub/echo-tls) cmd=(env RUST_LOG=warn "$wshub_bin" --echo --listen "$addr" --max-connections 19000
         --tls-cert "$certs/cert.pem" --tls-key "$certs/key.pem") ;;
     wshub/hub) cmd=(env RUST_LOG=warn "$wshub_bin" --listen "$addr" --max-connections 19000 --send-queue 4096) ;;
+    wshub/echo-deflate) cmd=(env RUST_LOG=warn "$wshub_bin" --echo --compression --listen "$addr"
+        --max-connections 19000) ;;
+    wshub/hub-deflate) cmd=(env RUST_LOG=warn "$wshub_bin" --compression --listen "$addr"
+        --max-connections 19000 --send-queue 4096) ;;
     tokio-tungstenite/echo) cmd=("$peers/tokio-tungstenite/cargo/release/echo" "$addr") ;;
     tokio-tungstenite/echo-tls) cmd=("$peers/tokio-tungstenite/cargo/release/echo_tls" "$addr"
         "$certs/cert.pem" "$certs/key.pem") ;;
@@ -76,12 +89,18 @@ server_cmd() {
     fastwebsockets/echo) cmd=("$peers/fastwebsockets/cargo/release/echo" "$addr") ;;
     gorilla/echo) cmd=(env GOMAXPROCS=1 "$peers/gorilla/echo" "$addr") ;;
     gorilla/hub) cmd=(env GOMAXPROCS=1 "$peers/gorilla/hub" "$addr") ;;
+    gorilla/echo-deflate) cmd=(env GOMAXPROCS=1 PEER_DEFLATE=1 "$peers/gorilla/echo" "$addr") ;;
+    gorilla/hub-deflate) cmd=(env GOMAXPROCS=1 PEER_DEFLATE=1 "$peers/gorilla/hub" "$addr") ;;
     node-ws/echo) cmd=(node "$here/peers/node-ws/server.js" "$addr") ;;
+    node-ws/echo-deflate) cmd=(env PEER_DEFLATE=1 node "$here/peers/node-ws/server.js" "$addr") ;;
     *) return 0 ;;
     esac
-    # Only if the program exists.
-    local prog=${cmd[0]}
-    [ "$prog" = env ] && prog=${cmd[2]}
+    # Only if the program exists (the first word after `env` and its VAR=value words).
+    local prog=${cmd[0]} i=1
+    if [ "$prog" = env ]; then
+        while [[ ${cmd[i]} == *=* ]]; do i=$((i + 1)); done
+        prog=${cmd[i]}
+    fi
     if [ "$prog" = node ]; then
         command -v node >/dev/null && [ -d "$here/peers/node-ws/node_modules/ws" ] || cmd=()
     elif [ ! -x "$prog" ]; then
@@ -316,6 +335,10 @@ if [ "$mode" = tls ]; then
     log "building the tokio-tungstenite peer"
     CARGO_TARGET_DIR="$peers/tokio-tungstenite/cargo" cargo build --quiet --release --locked \
         --manifest-path "$here/peers/tokio-tungstenite/Cargo.toml" || log "tokio-tungstenite peer build failed"
+elif [ "$mode" = deflate ]; then
+    log "building the peers with permessage-deflate (Node ws, gorilla)"
+    "$here/peers/build.sh" node-ws gorilla
+    out=deflate-latest
 elif [ -n "${BENCH_SERVERS:-}" ]; then
     # A subset of servers (e.g. BENCH_SERVERS="wshub tokio-tungstenite"): build only the
     # tokio-tungstenite peer if it is asked for; others must have been built before.
@@ -363,6 +386,44 @@ if [ "$mode" = tls ]; then
     )
 fi
 
+ratios=()
+if [ "$mode" = deflate ]; then
+    reps=${REPS:-1}
+    timing=(--warmup 0.5 --duration 3 --windows 3)
+    servers=(wshub gorilla node-ws)
+    # Broadcast: 1,000 bytes of JSON-like filler, about 1.1 KiB per delivered message. The
+    # compressed runs inflate one delivery in 100 (checked, and the latency sample) and count
+    # the others by frame: the generator shares the machine and must not be what is measured.
+    # bcast-100-z-all inflates every delivery, as the first measurement of this row did.
+    jb="broadcast --clients 100 --size 1000 --json"
+    cpu="server_cpu_ns_per_msg"
+    cases=(
+        "echo-json|echo|echo --conns 100 --size 1024 --depth 16 --json|msgs_per_s:echo 1 KiB JSON plain msgs/s,$cpu:echo 1 KiB JSON plain server CPU ns/msg,wire_bytes_per_msg:echo 1 KiB JSON plain wire B/msg"
+        "echo-json-z|echo-deflate|echo --conns 100 --size 1024 --depth 16 --json --deflate|msgs_per_s:echo 1 KiB JSON compressed msgs/s,$cpu:echo 1 KiB JSON compressed server CPU ns/msg,wire_bytes_per_msg:echo 1 KiB JSON compressed wire B/msg"
+        "bcast-100|hub|$jb|deliveries_per_s:broadcast 100x100 JSON plain deliveries/s,$cpu:broadcast 100x100 JSON plain server CPU ns/delivery,wire_bytes_per_msg:broadcast 100x100 JSON plain wire B/msg,p99_us:broadcast 100x100 JSON plain p99 us"
+        "bcast-100-z|hub-deflate|$jb --deflate --inflate-one-in 100|deliveries_per_s:broadcast 100x100 JSON compressed deliveries/s,$cpu:broadcast 100x100 JSON compressed server CPU ns/delivery,wire_bytes_per_msg:broadcast 100x100 JSON compressed wire B/msg,p99_us:broadcast 100x100 JSON compressed p99 us"
+        "bcast-100-z-all|hub-deflate|$jb --deflate|deliveries_per_s:broadcast 100x100 JSON compressed (loadgen inflates all) deliveries/s"
+        "idle-10k|echo|idle --conns 10000 --hold 1|kib_per_conn:idle 10k plain RSS KiB/conn"
+        "idle-10k-z|echo-deflate|idle --conns 10000 --hold 1 --deflate|kib_per_conn:idle 10k compression negotiated RSS KiB/conn"
+    )
+    # Derived rows: compressed ÷ plain, each server against its own plain run of the same round.
+    ratios=(
+        "echo 1 KiB JSON msgs/s compressed/plain|echo 1 KiB JSON plain|echo 1 KiB JSON compressed"
+        "echo 1 KiB JSON server CPU per msg compressed/plain|echo 1 KiB JSON plain server CPU|echo 1 KiB JSON compressed server CPU"
+        "echo 1 KiB JSON wire bytes compressed/plain|echo 1 KiB JSON plain wire|echo 1 KiB JSON compressed wire"
+        "broadcast 100x100 deliveries/s compressed/plain|broadcast 100x100 JSON plain|broadcast 100x100 JSON compressed"
+        "broadcast 100x100 server CPU per delivery compressed/plain|broadcast 100x100 JSON plain server CPU|broadcast 100x100 JSON compressed server CPU"
+        "broadcast 100x100 wire bytes compressed/plain|broadcast 100x100 JSON plain wire|broadcast 100x100 JSON compressed wire"
+        "idle 10k RSS per conn compression negotiated/plain|idle 10k plain RSS|idle 10k compression negotiated RSS"
+    )
+fi
+
+# The server's CPU time so far (user + system, every thread), in nanoseconds.
+clk_tck=$(getconf CLK_TCK)
+cpu_ns() {
+    awk -v hz="$clk_tck" '{ sub(/.*\) /, ""); printf "%.0f", ($12 + $13) * 1e9 / hz }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+
 # Subsets, for a re-run of some rows: BENCH_SERVERS="wshub tokio-tungstenite",
 # BENCH_CASES="echo-16 echo-1k" (case ids as above).
 if [ -n "${BENCH_SERVERS:-}" ]; then
@@ -404,9 +465,16 @@ for rep in $(seq 1 "$reps"); do
             fi
             extra=()
             case "$args" in idle*) extra=(--pid "$server_pid") ;; esac
+            cpu_before=$(cpu_ns "$server_pid")
             # shellcheck disable=SC2086
             if line=$("${pin_load[@]}" "$loadgen" $args "${timing[@]}" "${extra[@]}" \
                 --server "$name" --url "$scheme://127.0.0.1:$port/ws" "${url_args[@]}" 2>"$tmp/loadgen-err.txt" | grep '^RESULT'); then
+                cpu_after=$(cpu_ns "$server_pid")
+                msgs=$(echo "$line" | sed -n 's/.* \(received\|delivered\)=\([0-9]*\).*/\2/p')
+                if [ -n "$msgs" ] && [ "$msgs" -gt 0 ]; then
+                    line="$line server_cpu_ns_per_msg=$(awk -v a="$cpu_before" -v b="$cpu_after" -v n="$msgs" \
+                        'BEGIN { printf "%.0f", (b - a) / n }')"
+                fi
                 echo "$line"
                 echo "rep=$rep case=$id $line" >>"$raw"
             else
@@ -444,6 +512,16 @@ csv="$results/$out.csv"
         done
     done
 } >"$csv"
+# Ratio rows (deflate): the second metric ÷ the first, per server, both from this run.
+for r in "${ratios[@]}"; do
+    IFS='|' read -r label a b <<<"$r"
+    for name in "${servers[@]}"; do
+        va=$(awk -F, -v m="$a" -v s="$name" '$1 == m && $3 == s { print $4; exit }' "$csv")
+        vb=$(awk -F, -v m="$b" -v s="$name" '$1 == m && $3 == s { print $4; exit }' "$csv")
+        [ -n "$va" ] && [ -n "$vb" ] || continue
+        echo "$label,x,$name,$(awk -v a="$va" -v b="$vb" 'BEGIN { if (a > 0) printf "%.3f", b / a }')" >>"$csv"
+    done
+done
 
 md="$results/$out.md"
 {

@@ -5,6 +5,7 @@ The input formats are the ones decoded in fuzz/src/checks.rs (see each check_* f
 Run from anywhere: python3 fuzz/gen_seeds.py
 """
 import base64
+import hashlib
 import os
 import struct
 
@@ -270,3 +271,28 @@ cf("flat", 'listen = "127.0.0.1:9000"\nmax-connections = 100\nsend-queue = 64\n'
 cf("tables", '[limits]\nmax-message-size = 1024\n[redis]\nurl = "redis://127.0.0.1"\n')
 cf("bad_values", 'send-queue = 0\nmax-message-size = -1\nunknown = true\nlisten = 5\n')
 cf("syntax_error", 'listen = "127.0.0.1\nsend-queue = [1,\n')
+
+
+# History kept in Redis (settings bit 3): ops 4 and 5 ask for an append and a position, so
+# feeds use 6 (SUB) and 7 (PUB). The handshake loads both scripts (their SHAs, as Redis answers).
+def script(name):
+    src = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "../src/backplane/shared.rs")).read()
+    start = src.index("pub const %s: &str = \"\\\n" % name) + len("pub const %s: &str = \"\\\n" % name)
+    return src[start:src.index("\";", start)].encode()
+
+
+def hfeed(which, data):
+    op = 0x16 if which == "sub" else 0x17
+    return bytes([op]) + struct.pack("<H", len(data)) + data
+
+
+SHAS = b"".join(bulk(hashlib.sha1(script(n)).hexdigest().encode()) for n in ("APPEND_SCRIPT", "POSITION_SCRIPT"))
+EPOCH = b"0123456789abcdef"
+bp("history_in_redis", b"redis://127.0.0.1:6379",
+   [hfeed("pub", SHAS + b"+PONG\r\n"), hfeed("sub", SUBOK), bytes([0x01, 1]) + b"t",
+    hfeed("sub", b"*3\r\n" + bulk(b"subscribe") + bulk(b"wshub:topic:t") + b":2\r\n"),
+    bytes([0x04, 0, 0]), bytes([0x05, 6, 16]) + EPOCH,
+    hfeed("pub", b"*2\r\n" + bulk(EPOCH) + b":4\r\n" + b"*5\r\n" + bulk(EPOCH) + b":5\r\n:1000\r\n"
+          + bulk(b"4 999 1") + bulk(b"5 999 [2]")),
+    hfeed("sub", resp_msg(b"wshub:topic:t", b"E" + EPOCH + b" 6 [6]")),
+    hfeed("sub", resp_msg(b"wshub:topic:t", b"E" + EPOCH + b" x [6]"))], settings=0x0a)

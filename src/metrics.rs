@@ -11,6 +11,7 @@
 use std::fmt::{self, Write as _};
 
 use crate::backplane::redis::BackplaneStats;
+use crate::protocol::deflate::{DeflateStats, InflateStats};
 
 /// Statuses a refused upgrade request can get; anything else is counted as "other".
 pub const HANDSHAKE_REJECT_STATUSES: [u16; 8] = [400, 401, 403, 404, 426, 429, 431, 503];
@@ -44,6 +45,9 @@ pub struct Gauges {
     pub history: crate::hub::history::HistoryStats,
     /// The backplane's counters, kept by the backplane itself; `None` without `--redis`.
     pub backplane: Option<BackplaneStats>,
+    /// permessage-deflate: the reactor's compressor's counters, and its inflaters'.
+    pub deflate: DeflateStats,
+    pub inflate: InflateStats,
 }
 
 /// Every counter of the server. Fields are readable; count through the methods.
@@ -54,6 +58,8 @@ pub struct Metrics {
     pub connections_opened: u64,
     /// Connections closed, for any reason (HTTP ones included).
     pub connections_closed: u64,
+    /// Connections upgraded with permessage-deflate negotiated.
+    pub connections_deflate: u64,
     /// Indexed like `HANDSHAKE_REJECT_STATUSES`, then "other".
     handshakes_rejected: [u64; HANDSHAKE_REJECT_STATUSES.len() + 1],
     /// Whole WebSocket data messages received from clients.
@@ -79,6 +85,9 @@ pub struct Metrics {
     pub error_replies: u64,
     /// Subscriptions to a new topic refused because the server held `--max-topics`.
     pub topic_limit_refusals: u64,
+    /// Publishes on history kept in Redis refused because Redis could not number them (down,
+    /// output full, or the offset never came back).
+    pub history_unavailable: u64,
     /// Indexed like `CLOSE_CODES`, then "other".
     close_codes_sent: [u64; CLOSE_CODES.len() + 1],
     /// Indexed like `HTTP_STATUSES`, then "other".
@@ -113,6 +122,11 @@ impl Metrics {
     /// A connection completed the WebSocket upgrade.
     pub fn connection_opened(&mut self) {
         bump(&mut self.connections_opened, 1);
+    }
+
+    /// The connection just opened negotiated permessage-deflate.
+    pub fn deflate_negotiated(&mut self) {
+        bump(&mut self.connections_deflate, 1);
     }
 
     /// A connection (WebSocket or HTTP) was closed.
@@ -170,6 +184,10 @@ impl Metrics {
 
     pub fn record_topic_limit_refusal(&mut self) {
         bump(&mut self.topic_limit_refusals, 1);
+    }
+
+    pub fn record_history_unavailable(&mut self) {
+        bump(&mut self.history_unavailable, 1);
     }
 
     pub fn slow_consumer_dropped(&mut self) {
@@ -303,6 +321,12 @@ impl Metrics {
             "Subscriptions to a new topic refused at --max-topics.",
             self.topic_limit_refusals,
         )?;
+        counter(
+            out,
+            "history_unavailable_total",
+            "Publishes refused because the history kept in Redis could not number them.",
+            self.history_unavailable,
+        )?;
         table(
             out,
             "close_frames_sent_total",
@@ -337,6 +361,7 @@ impl Metrics {
              wshub_tls_reloads_total{{result=\"failed\"}} {}",
             self.tls_reloads, self.tls_reloads_failed
         )?;
+        self.write_compression(gauges, out)?;
         gauge(out, "connections", "Open connections.", gauges.connections as u64)?;
         gauge(out, "topics", "Topics with at least one subscriber.", gauges.topics as u64)?;
         gauge(out, "uptime_seconds", "Seconds since the server started.", gauges.uptime_seconds)?;
@@ -378,6 +403,67 @@ impl Metrics {
             counter(out, "backplane_garbage_total", "Messages from Redis dropped as malformed.", b.garbage)?;
         }
         Ok(())
+    }
+
+    /// The permessage-deflate series (all zero with `--compression` off).
+    fn write_compression(&self, gauges: &Gauges, out: &mut String) -> fmt::Result {
+        let counter = |out: &mut String, name: &str, help: &str, value: u64| -> fmt::Result {
+            writeln!(out, "# HELP wshub_{name} {help}\n# TYPE wshub_{name} counter\nwshub_{name} {value}")
+        };
+        let (d, i) = (&gauges.deflate, &gauges.inflate);
+        counter(
+            out,
+            "deflate_connections_total",
+            "Connections upgraded with permessage-deflate negotiated.",
+            self.connections_deflate,
+        )?;
+        counter(
+            out,
+            "deflate_messages_compressed_total",
+            "Messages compressed (a fan-out compresses once per window size, not per subscriber).",
+            d.messages_compressed,
+        )?;
+        counter(
+            out,
+            "deflate_messages_not_smaller_total",
+            "Messages at or over the threshold sent plain because compressing did not shrink them.",
+            d.not_smaller,
+        )?;
+        counter(
+            out,
+            "deflate_input_bytes_total",
+            "Payload bytes of the compressed messages, before compression.",
+            d.bytes_in,
+        )?;
+        counter(
+            out,
+            "deflate_output_bytes_total",
+            "Payload bytes of the compressed messages, after compression.",
+            d.bytes_out,
+        )?;
+        counter(
+            out,
+            "deflate_frames_sent_total",
+            "Compressed frames queued to clients (a fan-out to N subscribers counts N).",
+            d.frames_sent,
+        )?;
+        counter(out, "inflate_messages_total", "Compressed messages received and inflated.", i.messages)?;
+        counter(
+            out,
+            "inflate_input_bytes_total",
+            "Compressed payload bytes of the inflated messages.",
+            i.bytes_in,
+        )?;
+        counter(out, "inflate_output_bytes_total", "Bytes the inflated messages inflated to.", i.bytes_out)?;
+        writeln!(
+            out,
+            "# HELP wshub_inflate_refused_total Compressed messages refused: corrupt stream (1007), \
+             inflating past --max-message-size (1009).\n\
+             # TYPE wshub_inflate_refused_total counter\n\
+             wshub_inflate_refused_total{{reason=\"corrupt\"}} {}\n\
+             wshub_inflate_refused_total{{reason=\"too_big\"}} {}",
+            i.corrupt, i.too_big
+        )
     }
 }
 
@@ -492,6 +578,41 @@ mod tests {
         assert_eq!(m.handshakes_rejected(426), 1);
         assert_eq!(m.close_codes_sent(1009), 1);
         assert_eq!(m.http_responses(413), 1);
+    }
+
+    #[test]
+    fn compression_series() {
+        let mut m = Metrics::default();
+        let text = render(&m, &Gauges::default());
+        assert_eq!(sample(&text, "wshub_deflate_connections_total"), Some(0));
+        assert_eq!(sample(&text, "wshub_inflate_refused_total{reason=\"too_big\"}"), Some(0));
+        m.deflate_negotiated();
+        m.deflate_negotiated();
+        let deflate = DeflateStats {
+            messages_compressed: 3,
+            not_smaller: 1,
+            bytes_in: 900,
+            bytes_out: 300,
+            frames_sent: 70,
+        };
+        let inflate = InflateStats { messages: 5, bytes_in: 50, bytes_out: 400, corrupt: 2, too_big: 1 };
+        let text = render(&m, &Gauges { deflate, inflate, ..Gauges::default() });
+        let expect = [
+            ("wshub_deflate_connections_total", 2),
+            ("wshub_deflate_messages_compressed_total", 3),
+            ("wshub_deflate_messages_not_smaller_total", 1),
+            ("wshub_deflate_input_bytes_total", 900),
+            ("wshub_deflate_output_bytes_total", 300),
+            ("wshub_deflate_frames_sent_total", 70),
+            ("wshub_inflate_messages_total", 5),
+            ("wshub_inflate_input_bytes_total", 50),
+            ("wshub_inflate_output_bytes_total", 400),
+            ("wshub_inflate_refused_total{reason=\"corrupt\"}", 2),
+            ("wshub_inflate_refused_total{reason=\"too_big\"}", 1),
+        ];
+        for (series, value) in expect {
+            assert_eq!(sample(&text, series), Some(value), "{series}");
+        }
     }
 
     #[test]

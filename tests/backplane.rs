@@ -372,3 +372,41 @@ fn reuse_port_two_processes_share_one_port() {
         assert_eq!(recv_json(c), message("shared", json!("hi")));
     }
 }
+
+#[test]
+fn a_flood_from_redis_is_read_over_several_turns_and_delivered_whole() {
+    use std::io::Read;
+    let redis = RedisProc::start();
+    let one = node(&redis);
+    wait_up(&[&one]);
+    let mut sub = ws_connect(one.addr);
+    subscribe(&mut sub, "flood");
+    redis.wait_numsub("wshub:topic:flood", 1, SETTLE);
+    // 48 messages of 48 KiB pipelined straight into the channel: well over what one
+    // readiness event may read (the rest must be read on the next turns, with no new edge).
+    let filler = "x".repeat(48 * 1024);
+    let mut pipeline = Vec::new();
+    for i in 0..48 {
+        let payload = format!("N00000000000000ff [{i},\"{filler}\"]");
+        pipeline.extend_from_slice(
+            format!("*3\r\n$7\r\nPUBLISH\r\n$17\r\nwshub:topic:flood\r\n${}\r\n{payload}\r\n", payload.len())
+                .as_bytes(),
+        );
+    }
+    // The node is stopped meanwhile, so the flood waits whole in its socket when it resumes.
+    let pid = one.child.id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let mut r = TcpStream::connect(redis.addr()).unwrap();
+    r.write_all(&pipeline).unwrap();
+    let mut replies = vec![0u8; 48 * 4];
+    r.read_exact(&mut replies).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    for i in 0..48 {
+        let m = recv_json(&mut sub);
+        assert_eq!(m["payload"]["data"][0], i, "in order, none missing");
+    }
+    // The node still answers at once.
+    send_json(&mut sub, &json!({"type":"ping","id":1}));
+    assert_eq!(recv_json(&mut sub), json!({"type":"pong","id":1}));
+}

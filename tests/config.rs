@@ -335,6 +335,30 @@ fn check_config_masks_secrets_and_binds_nothing() {
 }
 
 #[test]
+fn debug_output_shows_no_secret() {
+    // Every secret, from the command line and from a file: the API key, the JWT secret and a
+    // Redis password (in the file, so the file's own records are checked too).
+    let file = temp_file(
+        "secrets.toml",
+        "api-key = \"hunter2key\"\nredis = \"redis://u:hunter2pw@127.0.0.1:6379\"\n",
+    );
+    let args = ["wshub", "--config", file.to_str().unwrap(), "--jwt-secret", "hunter2jwt"];
+    let loaded = wshub::config::load(args, 1024).expect("valid settings");
+    assert_eq!(loaded.config.effective_api_key().unwrap().as_deref(), Some("hunter2key"));
+    let shown = format!(
+        "{:?} {:?} {:?} {:#?}",
+        loaded.config,
+        loaded.config.http(),
+        loaded.file,
+        loaded.config.redis
+    );
+    assert!(!shown.contains("hunter2"), "{shown}");
+    // Still useful: what is set shows, and where.
+    assert!(shown.contains("u:***@127.0.0.1:6379"), "{shown}");
+    assert!(shown.contains("--api-key=********"), "{shown}");
+}
+
+#[test]
 fn check_config_loads_the_tls_pair_as_the_server_would() {
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
     let (code, stdout, stderr) = check(&["--tls-cert", manifest, "--tls-key", manifest], &[]);

@@ -264,3 +264,91 @@ fn hub_replies_are_compressed_when_long_enough() {
     a.write_all(&masked(OpCode::Text, true, br#"{"type":"ping","id":2}"#)).unwrap();
     assert_eq!(read_message(&mut a), (false, 0x1, br#"{"type":"pong","id":2}"#.to_vec()));
 }
+
+/// A `/metrics` sample as an integer.
+fn metric_u64(addr: SocketAddr, name: &str) -> u64 {
+    metric(addr, name) as u64
+}
+
+#[test]
+fn metrics_count_compression_both_ways() {
+    let server = ServerProc::start(&["--compression", "--max-message-size", "65536"]);
+    let addr = server.addr;
+    for name in ["deflate_connections_total", "deflate_messages_compressed_total", "inflate_messages_total"] {
+        assert_eq!(metric_u64(addr, &format!("wshub_{name}")), 0, "{name} before any traffic");
+    }
+    // Two compressing subscribers and one plain one, and a compressing publisher.
+    let (mut a1, _) = ws_offer(addr, Some("permessage-deflate"));
+    let (mut a2, _) = ws_offer(addr, Some("permessage-deflate; client_max_window_bits"));
+    let (mut b, head) = ws_offer(addr, None);
+    assert_eq!(extension_header(&head), None);
+    for s in [&mut a1, &mut a2, &mut b] {
+        subscribe(s, "news");
+    }
+    let (mut publisher, _) = ws_offer(addr, Some("permessage-deflate"));
+    assert_eq!(metric_u64(addr, "wshub_deflate_connections_total"), 3);
+
+    // Four messages over the threshold (three of them published compressed) and one under it.
+    let (mut inflated_in, mut inflated_out) = (0u64, 0u64);
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        let data = json_payload(i, if i == 4 { 8 } else { 1500 + 100 * i });
+        let msg = format!("{{\"type\":\"publish\",\"payload\":{{\"topic\":\"news\",\"data\":{data}}}}}");
+        if i < 3 {
+            let mut d = Deflater::new(DeflateConfig { threshold: 0, level: 6 });
+            let mut body = Vec::new();
+            assert!(d.compress(msg.as_bytes(), 15, &mut body));
+            inflated_in += body.len() as u64;
+            inflated_out += msg.len() as u64;
+            publisher.write_all(&compressed_client_frame(OpCode::Text, msg.as_bytes())).unwrap();
+        } else {
+            publisher.write_all(&masked(OpCode::Text, true, msg.as_bytes())).unwrap();
+        }
+        sent.push(format!("{{\"type\":\"message\",\"payload\":{{\"topic\":\"news\",\"data\":{data}}}}}"));
+    }
+    // What the compressing subscribers got: the same compressed bytes, one compression each.
+    let (mut plain_bytes, mut compressed_bytes) = (0u64, 0u64);
+    for want in &sent {
+        let f1 = read_raw(&mut a1).unwrap();
+        let f2 = read_raw(&mut a2).unwrap();
+        assert_eq!(f1.payload, f2.payload, "both share one compressed frame");
+        assert_eq!(f1.rsv1, want.len() >= 128);
+        if f1.rsv1 {
+            plain_bytes += want.len() as u64;
+            compressed_bytes += f1.payload.len() as u64;
+        }
+        assert_eq!(read_message(&mut b), (false, 0x1, want.as_bytes().to_vec()));
+    }
+    assert!(compressed_bytes * 2 < plain_bytes, "{compressed_bytes} of {plain_bytes}");
+    let expect = [
+        ("wshub_deflate_messages_compressed_total", 4),
+        ("wshub_deflate_messages_not_smaller_total", 0),
+        ("wshub_deflate_frames_sent_total", 8),
+        ("wshub_deflate_input_bytes_total", plain_bytes),
+        ("wshub_deflate_output_bytes_total", compressed_bytes),
+        ("wshub_inflate_messages_total", 3),
+        ("wshub_inflate_input_bytes_total", inflated_in),
+        ("wshub_inflate_output_bytes_total", inflated_out),
+        ("wshub_inflate_refused_total{reason=\"corrupt\"}", 0),
+        ("wshub_inflate_refused_total{reason=\"too_big\"}", 0),
+    ];
+    for (name, value) in expect {
+        assert_eq!(metric_u64(addr, name), value, "{name}");
+    }
+
+    // A corrupt stream (1007) and a bomb (1009) are counted as refusals, nothing else moves.
+    let (mut s, _) = ws_offer(addr, Some("permessage-deflate"));
+    let mut bad = Vec::new();
+    frame::write_masked_frame_rsv1(&mut bad, true, OpCode::Text, [1, 2, 3, 4], &[0xff, 0xff, 0xff, 0xff]);
+    s.write_all(&bad).unwrap();
+    assert_eq!(expect_close(&mut s), Some(1007));
+    let (mut s, _) = ws_offer(addr, Some("permessage-deflate"));
+    s.write_all(&compressed_client_frame(OpCode::Binary, &vec![0u8; 8 << 20])).unwrap();
+    assert_eq!(expect_close(&mut s), Some(1009));
+    assert_eq!(metric_u64(addr, "wshub_inflate_refused_total{reason=\"corrupt\"}"), 1);
+    assert_eq!(metric_u64(addr, "wshub_inflate_refused_total{reason=\"too_big\"}"), 1);
+    assert_eq!(metric_u64(addr, "wshub_close_frames_sent_total{code=\"1007\"}"), 1);
+    assert_eq!(metric_u64(addr, "wshub_close_frames_sent_total{code=\"1009\"}"), 1);
+    assert_eq!(metric_u64(addr, "wshub_inflate_messages_total"), 3);
+    assert_eq!(metric_u64(addr, "wshub_deflate_connections_total"), 5);
+}

@@ -93,6 +93,14 @@ fn backplane_seed_reaches_delivery() {
     assert_eq!(backplane_checks::run_backplane(&fs::read(fuzz).unwrap()), 2);
 }
 
+#[test]
+fn backplane_history_seed_reaches_delivery() {
+    // History kept in Redis: the seed loads the scripts, appends, recovers two entries and
+    // delivers one numbered message (the next one is garbage).
+    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/backplane/history_in_redis");
+    assert_eq!(backplane_checks::run_backplane(&fs::read(fuzz).unwrap()), 1);
+}
+
 #[allow(dead_code)]
 #[path = "../fuzz/src/config_checks.rs"]
 mod config_checks;

@@ -7,7 +7,7 @@
 #      and again over wss:// (sections 1-10 only: compression does not depend on the transport)
 #   3. interop: Python `websockets` client against the echo mode and the hub protocol, and over
 #      wss:// with curl for https:// /healthz
-#   4. browser: headless Chromium runs the JS client (recovery through cuts and a restart)
+#   4. browser: headless Chromium runs the JS client (recovery through cuts and a restart, token refresh)
 #      and the demo page
 #   5. benchmark smoke: the load generator's smallest echo case once (no speed asserted)
 # Stops at the first failing suite.

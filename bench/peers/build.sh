@@ -8,6 +8,9 @@
 #   fastwebsockets/cargo/release/echo
 #   gorilla/{echo,hub}
 #   node-ws: bench/peers/node-ws/node_modules (run with node bench/peers/node-ws/server.js)
+#
+# With arguments, only the peers named (`build.sh node-ws gorilla` for the compression rows,
+# which only those two peers have).
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -17,6 +20,8 @@ out="$target/bench-peers"
 mkdir -p "$out"
 
 skip() { echo "build.sh: SKIPPING peer $1: $2" >&2; }
+only="$*"
+want() { [ -z "$only" ] || [[ " $only " == *" $1 "* ]]; }
 apt_updated=0
 apt_install() {
     command -v apt-get >/dev/null || return 1
@@ -30,6 +35,7 @@ apt_install() {
 
 # Rust peers: standalone crates (each has its own [workspace]), own target dirs.
 for peer in tokio-tungstenite fastwebsockets; do
+    want "$peer" || continue
     echo "build.sh: building $peer" >&2
     if ! CARGO_TARGET_DIR="$out/$peer/cargo" cargo build --quiet --release --locked \
         --manifest-path "$here/$peer/Cargo.toml"; then
@@ -39,11 +45,15 @@ done
 
 # gorilla/websocket: Debian's Go and Debian's packaged library, GOPATH mode, offline.
 gopath=/usr/share/gocode
-if ! command -v go >/dev/null || [ ! -d "$gopath/src/github.com/gorilla/websocket" ]; then
-    echo "build.sh: installing golang-go and golang-github-gorilla-websocket-dev" >&2
-    apt_install golang-go golang-github-gorilla-websocket-dev || true
-fi
-if command -v go >/dev/null && [ -d "$gopath/src/github.com/gorilla/websocket" ]; then
+build_gorilla() {
+    if ! command -v go >/dev/null || [ ! -d "$gopath/src/github.com/gorilla/websocket" ]; then
+        echo "build.sh: installing golang-go and golang-github-gorilla-websocket-dev" >&2
+        apt_install golang-go golang-github-gorilla-websocket-dev || true
+    fi
+    if ! command -v go >/dev/null || [ ! -d "$gopath/src/github.com/gorilla/websocket" ]; then
+        skip gorilla "no Go toolchain or no gorilla/websocket sources"
+        return
+    fi
     echo "build.sh: building gorilla" >&2
     mkdir -p "$out/gorilla"
     for prog in echo hub; do
@@ -52,11 +62,11 @@ if command -v go >/dev/null && [ -d "$gopath/src/github.com/gorilla/websocket" ]
             skip "gorilla $prog" "go build failed"
         fi
     done
-else
-    skip gorilla "no Go toolchain or no gorilla/websocket sources"
-fi
+}
+want gorilla && build_gorilla
 
 # Node ws: node and npm from Debian if missing, ws from the npm registry.
+want node-ws || exit 0
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     echo "build.sh: installing nodejs and npm" >&2
     apt_install nodejs npm || true

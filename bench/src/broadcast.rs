@@ -23,6 +23,10 @@ pub struct Broadcast {
     /// Bytes of filler in each message's `data`, on top of the timestamp and sequence.
     pub size: usize,
     pub topic: String,
+    /// Filler of realistic JSON text instead of repeated letters.
+    pub json: bool,
+    /// Inflate one compressed delivery in this many (at least 1); count the others by frame.
+    pub inflate_one_in: u64,
     /// Fixed-work mode: messages each publisher sends (rounds) before the run ends.
     pub messages: Option<u64>,
 }
@@ -37,9 +41,14 @@ pub struct BroadcastResult {
     pub cross_p99_us: f64,
     pub rounds: u64,
     pub samples: u64,
-    /// Deliveries counted in all (N x publishers x clients in `--messages` mode).
-    pub delivered: u64,
     pub windows: Vec<f64>,
+    /// Deliveries in all, warm-up included (for per-delivery costs measured over the run; N x
+    /// publishers x clients in `--messages` mode).
+    pub delivered: u64,
+    /// Of which compressed (RSV1).
+    pub compressed: u64,
+    /// Bytes on the wire per delivery (frame header and payload).
+    pub wire_bytes_per_msg: f64,
 }
 
 /// Marker that starts `data`: `"data":"t` then the send time in nanoseconds.
@@ -151,7 +160,13 @@ pub fn run(targets: &[Target], p: &Broadcast, timing: &Timing) -> Result<Broadca
 
     // Rounds.
     let t0 = Instant::now();
-    let filler: Vec<u8> = (0..p.size).map(|i| b'a' + (i % 26) as u8).collect();
+    let filler: Vec<u8> = if p.json {
+        crate::echo::json_payload(p.size).into_iter().map(|b| if b == b'"' { b'\'' } else { b }).collect()
+    } else {
+        (0..p.size).map(|i| b'a' + (i % 26) as u8).collect()
+    };
+    let mut compressed: u64 = 0;
+    let mut wire_bytes: u64 = 0;
     let publishers = p.publishers.min(conns.len());
     let want = publishers as u32;
     let mut hist = Histogram::new();
@@ -216,9 +231,18 @@ pub fn run(targets: &[Target], p: &Broadcast, timing: &Timing) -> Result<Broadca
                     return Ok(false);
                 }
                 // A compressed delivery (--deflate): inflate it to read its send time. This
-                // costs the load generator an allocation and an inflate per delivery.
+                // costs the load generator an allocation and an inflate per delivery, so with
+                // --inflate-one-in N only one in N is inflated; the others are counted by their
+                // frame (during rounds a compressed text frame can only be a delivery: replies
+                // are below any compression threshold), without a latency sample.
                 let inflated;
                 let payload = if f.rsv1 {
+                    compressed += 1;
+                    if !compressed.is_multiple_of(p.inflate_one_in) {
+                        wire_bytes += f.total() as u64;
+                        got += 1;
+                        return Ok(true);
+                    }
                     inflated = ws::inflate(payload, 1 << 20)?;
                     &inflated[..]
                 } else {
@@ -232,6 +256,7 @@ pub fn run(targets: &[Target], p: &Broadcast, timing: &Timing) -> Result<Broadca
                         cross.record(now_ns.saturating_sub(sent));
                     }
                 }
+                wire_bytes += f.total() as u64;
                 got += 1;
                 Ok(true)
             })?;
@@ -267,8 +292,10 @@ pub fn run(targets: &[Target], p: &Broadcast, timing: &Timing) -> Result<Broadca
         cross_p99_us: if cross.count() > 0 { cross.quantile(0.99) as f64 / 1000.0 } else { 0.0 },
         rounds: round,
         samples: hist.count(),
-        delivered,
         windows: meter.rates,
+        delivered,
+        compressed,
+        wire_bytes_per_msg: wire_bytes as f64 / delivered.max(1) as f64,
     })
 }
 

@@ -57,6 +57,9 @@ pub struct EchoResult {
     pub windows: Vec<f64>,
     /// Echoes received in all (the fixed count in `--messages` mode).
     pub received: u64,
+    /// Bytes on the wire per echo received (frame header and payload, compressed or not): the
+    /// server's compression ratio for this payload, next to the plain run's figure.
+    pub wire_bytes_per_msg: f64,
 }
 
 pub fn run(target: &Target, p: &Echo, timing: &Timing) -> Result<EchoResult, String> {
@@ -84,6 +87,7 @@ pub fn run(target: &Target, p: &Echo, timing: &Timing) -> Result<EchoResult, Str
     let mut checked = vec![false; conns.len()];
 
     let mut received: u64 = 0;
+    let mut wire_bytes: u64 = 0;
     // Echoes asked for so far (fixed-work mode stops asking at `messages`).
     let mut requested: u64 = conns.len() as u64 * u64::from(p.depth);
     let started = Instant::now();
@@ -136,6 +140,7 @@ pub fn run(target: &Target, p: &Echo, timing: &Timing) -> Result<EchoResult, Str
                                     op if op == opcode && f.fin && !f.rsv1 && f.payload_len == size => {
                                         got += 1;
                                         received += 1;
+                                        wire_bytes += f.total() as u64;
                                     }
                                     op if op == opcode && f.fin && f.rsv1 && deflate => {
                                         if !*check {
@@ -148,6 +153,7 @@ pub fn run(target: &Target, p: &Echo, timing: &Timing) -> Result<EchoResult, Str
                                         }
                                         got += 1;
                                         received += 1;
+                                        wire_bytes += f.total() as u64;
                                     }
                                     ws::OP_PING | ws::OP_PONG => {}
                                     ws::OP_CLOSE => return Err("server sent close".into()),
@@ -188,5 +194,11 @@ pub fn run(target: &Target, p: &Echo, timing: &Timing) -> Result<EchoResult, Str
     };
     drop(conns);
     std::thread::sleep(Duration::from_millis(50));
-    Ok(EchoResult { msgs_per_s: msgs, mb_per_s: msgs * p.size as f64 / 1e6, windows: meter.rates, received })
+    Ok(EchoResult {
+        msgs_per_s: msgs,
+        mb_per_s: msgs * p.size as f64 / 1e6,
+        windows: meter.rates,
+        received,
+        wire_bytes_per_msg: wire_bytes as f64 / received.max(1) as f64,
+    })
 }

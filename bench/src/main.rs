@@ -107,6 +107,15 @@ enum Cmd {
         size: usize,
         #[arg(long, default_value = "bench")]
         topic: String,
+        /// Filler of realistic JSON text (order-book updates, `"` written as `'` to stay one
+        /// JSON string) instead of repeated letters, which compress far better than real data.
+        #[arg(long)]
+        json: bool,
+        /// With --deflate: inflate (check, and take a latency sample from) one compressed
+        /// delivery in N and count the others by their frame, so the generator's inflate cost
+        /// does not cap what it can receive. 1: inflate every one.
+        #[arg(long, default_value_t = 1)]
+        inflate_one_in: u64,
         /// Fixed work instead of timed windows: each publisher sends exactly this many messages,
         /// and the run ends when every client has them all (or after --stall without a
         /// delivery). --duration then only bounds the run (the watchdog).
@@ -252,16 +261,18 @@ fn run(cli: Cli) -> Result<(), String> {
             let r = echo::run(&target, &p, &timing)?;
             println!(
                 "RESULT scenario=echo server={} size={size} depth={depth} conns={conns} json={json} \
-                 text={text} deflate={} msgs_per_s={:.0} mb_per_s={:.2} received={} windows={}",
+                 text={text} deflate={} msgs_per_s={:.0} mb_per_s={:.2} received={} wire_bytes_per_msg={:.1} \
+                 windows={}",
                 common.server,
                 common.deflate,
                 r.msgs_per_s,
                 r.mb_per_s,
                 r.received,
+                r.wire_bytes_per_msg,
                 join(&r.windows)
             );
         }
-        Cmd::Broadcast { common, clients, publishers, size, topic, messages } => {
+        Cmd::Broadcast { common, clients, publishers, size, topic, json, inflate_one_in, messages } => {
             // Several comma-separated URLs: the nodes of one hub, clients spread over them.
             let mut targets = common
                 .url
@@ -277,7 +288,8 @@ fn run(cli: Cli) -> Result<(), String> {
             if messages == Some(0) {
                 return Err("--messages 0: nothing to measure".into());
             }
-            let p = broadcast::Broadcast { clients, publishers, size, topic, messages };
+            let inflate_one_in = inflate_one_in.max(1);
+            let p = broadcast::Broadcast { clients, publishers, size, topic, json, inflate_one_in, messages };
             let r = broadcast::run(&targets, &p, &timing)?;
             let cross = if targets.len() > 1 {
                 format!(
@@ -291,15 +303,19 @@ fn run(cli: Cli) -> Result<(), String> {
             };
             println!(
                 "RESULT scenario=broadcast server={} clients={clients} publishers={publishers} size={size} \
-                 deliveries_per_s={:.0} p50_us={:.1} p99_us={:.1}{cross} rounds={} samples={} delivered={} \
+                 json={json} deflate={} inflate_one_in={inflate_one_in} deliveries_per_s={:.0} p50_us={:.1} \
+                 p99_us={:.1}{cross} rounds={} samples={} delivered={} compressed={} wire_bytes_per_msg={:.1} \
                  windows={}",
                 common.server,
+                common.deflate,
                 r.deliveries_per_s,
                 r.p50_us,
                 r.p99_us,
                 r.rounds,
                 r.samples,
                 r.delivered,
+                r.compressed,
+                r.wire_bytes_per_msg,
                 join(&r.windows)
             );
         }

@@ -556,19 +556,26 @@ fn slow_consumer(s: &Soak, sh: &Shared) {
         }
         c.sock.set_read_timeout(Some(Duration::from_secs(5))).ok();
         let deadline = Instant::now() + Duration::from_secs(20);
-        let cut = loop {
-            if Instant::now() > deadline {
-                break false;
-            }
-            match c.next() {
-                Ok(Got::Text(_)) => {}
-                Ok(Got::Close(_)) => break true,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                    break false
+        // Reading alone cannot tell: the server's socket, closed with data for our zero window,
+        // lives on in the kernel and only probes the window with a growing back-off (seconds
+        // apart by now), so a read can wait longer than its timeout without a byte, EOF or reset.
+        // A ping makes it tell: a closed socket answers data with a reset, an open one reads it.
+        let mut ping = Vec::new();
+        ws::push_frame(&mut ping, ws::OP_PING, b"cut?");
+        let cut = c.sock.write_all(&ping).is_err()
+            || loop {
+                if Instant::now() > deadline {
+                    break false;
                 }
-                Err(_) => break true, // EOF or reset after being cut off
-            }
-        };
+                match c.next() {
+                    Ok(Got::Text(_)) => {}
+                    Ok(Got::Close(_)) => break true,
+                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                        break false
+                    }
+                    Err(_) => break true, // EOF or reset after being cut off
+                }
+            };
         if cut {
             sh.slow_cut.fetch_add(1, Relaxed);
         } else {

@@ -42,7 +42,13 @@ export interface Subscribed {
 
 export interface Ack {
   topic: string;
-  delivered: number;
+  /** Local subscribers that took the message (absent when history is kept in Redis). */
+  delivered?: number;
+  /** With history kept in Redis: the offset and epoch Redis gave the message. */
+  offset?: number;
+  epoch?: string;
+  /** With a Redis backplane: whether the message was handed to Redis. */
+  backplane?: boolean;
 }
 
 export class WsHub {

@@ -66,7 +66,8 @@ export class WsHub {
     return this._request("unsubscribe", { topic });
   }
 
-  /** Publishes `data` to `topic`; resolves with the ack (`{topic, delivered}`), rejects on error. */
+  /** Publishes `data` to `topic`; resolves with the ack (`{topic, delivered}`, or `{topic, offset, epoch}`
+   * when history is kept in Redis), rejects on error. */
   publish(topic, data) {
     return this._request("publish", { topic, data });
   }

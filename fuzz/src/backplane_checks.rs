@@ -6,12 +6,15 @@
 //!
 //! Input layout: one settings byte, a URL blob, then chunks `[which+len byte][bytes]`, each fed
 //! to the subscribe (even) or publish (odd) connection at a clock that moves on; some chunk
-//! bytes ask for a timer or a local publish/subscription instead. (The input bound is the
+//! bytes ask for a timer or a local publish/subscription instead; with history kept in Redis
+//! (settings bit 3), two more ask for a history append and a position, so the script replies
+//! (`shared::decide`) and numbered channel messages are decoded too. (The input bound is the
 //! decoder's own error, `ReplyTooLarge`; it is not observable from outside, so not checked here.)
 
-use wshub::backplane::redis::{Inbound, RedisCore, RedisSettings, TimerAction, PUB, SUB};
+use wshub::backplane::redis::{Inbound, RedisCore, RedisSettings, SharedHistory, TimerAction, PUB, SUB};
 use wshub::backplane::url::RedisUrl;
 use wshub::backplane::Backplane;
+use wshub::hub::history::Since;
 
 use crate::checks::Reader;
 
@@ -37,10 +40,14 @@ pub fn run_backplane(data: &[u8]) -> u64 {
         url: RedisUrl::parse("redis://127.0.0.1:6379").expect("a plain URL parses"),
         prefix: prefix.into(),
         node_id: NODE,
-        max_output: 256,
+        // Room for a history script call (eleven arguments) when history is on.
+        max_output: if settings_byte & 8 != 0 { 4096 } else { 256 },
         max_data,
         connect_timeout: 3_000,
+        history: (settings_byte & 8 != 0).then_some(SharedHistory { size: 4, ttl: 60_000 }),
     };
+    let history = settings_byte & 8 != 0;
+    let mut tickets = 0u64;
     let mut core = RedisCore::new(settings, 0);
     let mut now = 0u64;
     assert_eq!(core.on_timer(now), TimerAction::Connect, "the first attempt is due at once");
@@ -63,6 +70,19 @@ pub fn run_backplane(data: &[u8]) -> u64 {
                 let _ = core
                     .publish("t", serde_json::value::RawValue::from_string("[1]".into()).unwrap().as_ref());
             }
+            4 | 5 if history => {
+                tickets += 1;
+                let since = r.u8();
+                let epoch = String::from_utf8_lossy(r.blob(16)).into_owned();
+                if op & 0x0f == 4 {
+                    let data = serde_json::value::RawValue::from_string("[1]".into()).unwrap();
+                    let _ = core.append("t", data.as_ref(), (since & 1 == 0).then_some(tickets));
+                } else {
+                    let since =
+                        (since & 1 == 0).then_some(Since { offset: u64::from(since >> 1), epoch: &epoch });
+                    let _ = core.fetch_position("t", since, tickets);
+                }
+            }
             op => {
                 let which = if op & 1 == 0 { SUB } else { PUB };
                 let bytes = r.blob(1024);
@@ -73,7 +93,25 @@ pub fn run_backplane(data: &[u8]) -> u64 {
                 let garbage_before = core.stats().garbage;
                 let mut delivered = 0u64;
                 let result = core.on_input(which, now, |m| {
-                    let (Inbound::Publish { data, .. } | Inbound::Broadcast { data }) = m;
+                    let data = match m {
+                        Inbound::Publish { data, .. } | Inbound::Broadcast { data } => data,
+                        Inbound::Numbered { message, .. } => message.data,
+                        Inbound::Confirmed { .. } | Inbound::Appended { .. } => return true,
+                        Inbound::Position { fetched, .. } => {
+                            // A replay is whole and in order, or there is none.
+                            if let Some(fetched) = fetched {
+                                assert!(fetched.recovered == Some(true) || fetched.replay.is_empty());
+                                for (i, (offset, data)) in fetched.replay.iter().enumerate() {
+                                    assert_eq!(
+                                        *offset,
+                                        fetched.offset + 1 + i as u64 - fetched.replay.len() as u64
+                                    );
+                                    assert!(data.get().len() <= max_data, "replayed data over max_data");
+                                }
+                            }
+                            return true;
+                        }
+                    };
                     assert!(data.get().len() <= max_data, "data over max_data delivered");
                     // JSON syntax only: numbers beyond f64 (`6.6E66114344`) are valid JSON and are
                     // forwarded as written, as a client's publish is; `Value` would refuse them.

@@ -107,8 +107,9 @@ impl std::fmt::Debug for Reply<'_> {
     }
 }
 
-/// Most arguments a command is encoded with without allocating (PUBLISH has 3).
-const INLINE_ARGS: usize = 4;
+/// Most arguments a command is encoded with without allocating (PUBLISH has 3, the history
+/// scripts' EVALSHA 11).
+const INLINE_ARGS: usize = 12;
 /// Least free space offered to a read.
 const READ_CHUNK: usize = 64 * 1024;
 

@@ -37,7 +37,7 @@
 //! A message from Redis is decoded in place in the input buffer, validated once, framed once
 //! by the hub and shared by every local subscriber, like a local publish.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 
@@ -47,8 +47,10 @@ use mio::{Interest, Registry, Token};
 use serde_json::value::RawValue;
 
 use super::link::{Link, LinkError, Reply};
+use super::shared::{self, Fetched, Numbered};
 use super::url::RedisUrl;
-use super::{Backplane, Relay};
+use super::{Backplane, Relay, Ticket};
+use crate::hub::history::{Offset, Since};
 use crate::protocol::session::Millis;
 
 /// The subscribe-mode connection.
@@ -61,6 +63,12 @@ const MAX_BACKOFF: Millis = 5_000;
 /// Channels per SUBSCRIBE when re-subscribing everything after a reconnect.
 const SUBSCRIBE_BATCH: usize = 256;
 const NEVER: Millis = Millis::MAX;
+/// Reads one connection may do per readiness event (64 KiB each): a flood from Redis is taken a
+/// megabyte at a time, the rest on the next turns, so clients are served in between.
+const READS_PER_EVENT: usize = 16;
+/// Most bytes of entries one position reply may carry (a longer gap is not recovered): also
+/// what the PUBLISH connection's input bound grows by when history is kept in Redis.
+const POSITION_REPLY_BUDGET: usize = 8 << 20;
 
 #[derive(Clone, Debug)]
 pub struct RedisSettings {
@@ -74,6 +82,18 @@ pub struct RedisSettings {
     pub max_data: usize,
     /// Time a connection attempt (TCP connect and handshake) may take.
     pub connect_timeout: Millis,
+    /// Topic history kept in Redis (`--history-size` > 0 with `--redis`); `None`: no history.
+    pub history: Option<SharedHistory>,
+}
+
+/// What the history kept in Redis is bounded by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SharedHistory {
+    /// Messages kept per topic (`LTRIM`).
+    pub size: usize,
+    /// How long keys live after a topic's last publish or subscribe (`PEXPIRE`), and how old a
+    /// replayed message may be.
+    pub ttl: Millis,
 }
 
 /// Counters for `/metrics`, and whether the backplane is up.
@@ -93,11 +113,58 @@ pub struct BackplaneStats {
     pub garbage: u64,
 }
 
-/// A message from another node, checked, for local delivery.
-#[derive(Clone, Copy, Debug)]
+/// What Redis brought, checked, for the hub: messages to deliver locally and the completions
+/// of what the hub asked for.
+#[derive(Debug)]
 pub enum Inbound<'a> {
-    Publish { topic: &'a str, data: &'a RawValue },
-    Broadcast { data: &'a RawValue },
+    /// A publish from another node (no history).
+    Publish {
+        topic: &'a str,
+        data: &'a RawValue,
+    },
+    Broadcast {
+        data: &'a RawValue,
+    },
+    /// A history message, from any node this one included: every node delivers these from the
+    /// channel, so each subscriber sees offsets in order.
+    Numbered {
+        topic: &'a str,
+        message: Numbered<'a>,
+    },
+    /// Redis confirmed the SUBSCRIBE of `topic`'s channel asked for by `topic_wanted`.
+    Confirmed {
+        topic: &'a str,
+    },
+    /// The append of a history publish: its epoch and offset, or `None` when it failed.
+    Appended {
+        ticket: Ticket,
+        result: Option<(&'a str, Offset)>,
+    },
+    /// A topic's position for a subscribe; `None` when Redis could not answer.
+    Position {
+        ticket: Ticket,
+        topic: &'a str,
+        fetched: Option<Fetched<'a>>,
+    },
+}
+
+/// What a reply on the PUBLISH connection answers, in the order the commands were sent.
+#[derive(Debug)]
+enum Expect {
+    Publish,
+    Append {
+        ticket: Option<Ticket>,
+    },
+    /// `since`: the offset and the client's epoch (kept only when it is epoch-shaped, else empty:
+    /// it matches nothing, and an attacker's 60 KB epoch costs nothing here).
+    Position {
+        ticket: Ticket,
+        topic: Box<str>,
+        since: Option<(Offset, Box<str>)>,
+    },
+    ScriptLoad,
+    /// A `PEXPIRE` keeping a wanted topic's history alive.
+    Touch,
 }
 
 /// Why a message from Redis was dropped.
@@ -141,9 +208,33 @@ pub struct RedisCore {
     /// Replies to AUTH, SELECT (and PING on PUB) still awaited before the link is usable.
     handshake_left: [u32; 2],
     ready: [bool; 2],
-    /// PUBLISH commands whose reply has not arrived.
-    unacked: u64,
+    /// What each reply still awaited on the PUBLISH connection answers, oldest first. Bounded
+    /// by that connection's output bound (every entry is a command written there).
+    inflight: VecDeque<Expect>,
     wanted: HashSet<Box<str>>,
+    /// SUBSCRIBEs sent by `topic_wanted` while up and not yet confirmed, per topic: the topic is
+    /// confirmed when the last of them is (a quick unsubscribe and resubscribe waits for both).
+    confirming: HashMap<Box<str>, u32>,
+    /// The connection was lost while up since the hub last asked: the hub must answer what it
+    /// waits for (see `take_went_down`).
+    went_down: bool,
+    /// Proposals made so far (each epoch proposal differs).
+    proposals: u64,
+    /// `EVALSHA` names of the two scripts.
+    append_sha: [u8; 40],
+    position_sha: [u8; 40],
+    /// `--history-size` and the TTL in milliseconds, as command arguments.
+    size_arg: Vec<u8>,
+    ttl_arg: Vec<u8>,
+    /// Staging for the three key names of a history command.
+    keys: Vec<u8>,
+    /// Redis answered NOSCRIPT: load the scripts again after this input.
+    reload_scripts: bool,
+    /// When the TTLs of wanted topics' history keys are next refreshed (NEVER without history).
+    touch_at: Millis,
+    /// Channel confirmations still awaited before the subscribe connection is ready (the
+    /// broadcast channel and every topic wanted, resubscribed in batches).
+    handshake_channels: usize,
     backoff: Millis,
     attempts: u64,
     /// `N<16 hex> `: the start of every payload this node sends.
@@ -163,15 +254,35 @@ impl RedisCore {
         // Subscribers receive whole messages; one over the data limit plus RESP framing and the
         // channel name is refused rather than buffered.
         let max_input = settings.max_data.saturating_add(64 * 1024);
-        let links = [Link::new(usize::MAX, max_input), Link::new(settings.max_output, max_input)];
+        // A position reply carries up to the budget of entries, plus one entry's framing.
+        let pub_input = match settings.history {
+            Some(_) => max_input.saturating_add(POSITION_REPLY_BUDGET),
+            None => max_input,
+        };
+        let links = [Link::new(usize::MAX, max_input), Link::new(settings.max_output, pub_input)];
+        let (size_arg, ttl_arg) = match settings.history {
+            Some(h) => (h.size.max(1).to_string().into_bytes(), h.ttl.max(1).to_string().into_bytes()),
+            None => (Vec::new(), Vec::new()),
+        };
         RedisCore {
             settings,
             state: State::Down { retry_at: now },
             links,
             handshake_left: [0; 2],
             ready: [false; 2],
-            unacked: 0,
+            inflight: VecDeque::new(),
             wanted: HashSet::new(),
+            confirming: HashMap::new(),
+            went_down: false,
+            proposals: 0,
+            append_sha: shared::script_sha(shared::APPEND_SCRIPT),
+            position_sha: shared::script_sha(shared::POSITION_SCRIPT),
+            size_arg,
+            ttl_arg,
+            keys: Vec::new(),
+            reload_scripts: false,
+            touch_at: NEVER,
+            handshake_channels: 0,
             backoff: FIRST_BACKOFF,
             attempts: 0,
             tag,
@@ -198,7 +309,29 @@ impl RedisCore {
         match self.state {
             State::Down { retry_at } => retry_at,
             State::Connecting { deadline } => deadline,
-            State::Up => NEVER,
+            State::Up => self.touch_at,
+        }
+    }
+
+    /// How often the TTL of wanted topics' history keys is refreshed: a third of the TTL, so a
+    /// topic with subscribers keeps its epoch however quiet it is (as in the in-memory store).
+    fn touch_interval(&self) -> Option<Millis> {
+        self.settings.history.map(|h| (h.ttl / 3).max(1_000))
+    }
+
+    /// Refreshes the TTL of every wanted topic's history keys (`PEXPIRE`), as far as the output
+    /// bound allows (the rest waits for the next round).
+    fn touch_wanted(&mut self) {
+        let ttl = self.ttl_arg.clone();
+        let topics: Vec<Box<str>> = self.wanted.iter().cloned().collect();
+        'topics: for topic in topics {
+            let [a, b, c] = self.history_keys(&topic);
+            for range in [0..a, a..b, b..c] {
+                if !self.links[PUB].command_bounded(&[b"PEXPIRE", &self.keys[range], &ttl]) {
+                    break 'topics;
+                }
+                self.inflight.push_back(Expect::Touch);
+            }
         }
     }
 
@@ -212,6 +345,11 @@ impl RedisCore {
                 self.fail(now, "connect timeout");
                 TimerAction::Disconnect
             }
+            State::Up if now >= self.touch_at => {
+                self.touch_wanted();
+                self.touch_at = self.touch_interval().map_or(NEVER, |every| now + every);
+                TimerAction::Nothing
+            }
             _ => TimerAction::Nothing,
         }
     }
@@ -224,7 +362,8 @@ impl RedisCore {
         }
         self.handshake_left = [0; 2];
         self.ready = [false; 2];
-        self.unacked = 0;
+        self.inflight.clear();
+        self.confirming.clear();
         for which in [SUB, PUB] {
             self.links[which].reset();
             let url = &self.settings.url;
@@ -240,11 +379,20 @@ impl RedisCore {
                 self.handshake_left[which] += 1;
             }
         }
+        if self.settings.history.is_some() {
+            // Loaded at each connection (a restarted Redis has forgotten them); the replies
+            // must name the SHA we call them by.
+            for script in [shared::APPEND_SCRIPT, shared::POSITION_SCRIPT] {
+                self.links[PUB].command(&[b"SCRIPT", b"LOAD", script.as_bytes()]);
+                self.handshake_left[PUB] += 1;
+            }
+        }
         self.links[PUB].command(&[b"PING"]);
         self.handshake_left[PUB] += 1;
         // The broadcast channel first: its confirmation is what makes SUB ready.
         let broadcast = [self.settings.prefix.as_bytes(), b"broadcast"].concat();
         let wanted: Vec<Vec<u8>> = self.wanted.iter().map(|t| self.topic_channel(t)).collect();
+        self.handshake_channels = 1 + wanted.len();
         let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE", &broadcast];
         for channel in &wanted {
             args.push(channel);
@@ -266,8 +414,12 @@ impl RedisCore {
         }
         let was_up = self.state == State::Up;
         // Publishes in flight may or may not have reached Redis: at most once, counted failed.
-        self.stats.publish_failed += self.unacked;
-        self.unacked = 0;
+        let publishes = self.inflight.iter().filter(|e| matches!(e, Expect::Publish | Expect::Append { .. }));
+        self.stats.publish_failed += publishes.count() as u64;
+        self.inflight.clear();
+        self.confirming.clear();
+        // The hub answers what it waits for (confirmations, positions, appends) at once.
+        self.went_down |= was_up;
         for link in &mut self.links {
             link.reset();
         }
@@ -310,6 +462,12 @@ impl RedisCore {
             }
         });
         self.links[which] = link;
+        if std::mem::take(&mut self.reload_scripts) {
+            for script in [shared::APPEND_SCRIPT, shared::POSITION_SCRIPT] {
+                self.links[PUB].command(&[b"SCRIPT", b"LOAD", script.as_bytes()]);
+                self.inflight.push_back(Expect::ScriptLoad);
+            }
+        }
         match (result, fatal) {
             (Err(e), _) => {
                 self.fail(now, &e.to_string());
@@ -322,6 +480,7 @@ impl RedisCore {
             (Ok(()), None) => {
                 if self.ready == [true; 2] && matches!(self.state, State::Connecting { .. }) {
                     self.state = State::Up;
+                    self.touch_at = self.touch_interval().map_or(NEVER, |every| now + every);
                     self.backoff = FIRST_BACKOFF;
                     info!("backplane {} up ({} topics subscribed)", self.settings.url, self.wanted.len());
                 }
@@ -341,6 +500,11 @@ impl RedisCore {
                 // Redis's own words (e.g. WRONGPASS); they never contain the password.
                 return Err(format!("handshake refused: {}", String::from_utf8_lossy(error)));
             }
+            if let Some(sha) = reply.bulk() {
+                if sha != self.append_sha && sha != self.position_sha {
+                    return Err("SCRIPT LOAD answered an unexpected SHA".into());
+                }
+            }
             self.handshake_left[which] -= 1;
             if which == PUB && self.handshake_left[PUB] == 0 {
                 self.ready[PUB] = true;
@@ -348,12 +512,7 @@ impl RedisCore {
             return Ok(());
         }
         if which == PUB {
-            self.unacked = self.unacked.saturating_sub(1);
-            if let Some(error) = reply.error() {
-                self.stats.publish_failed += 1;
-                warn!("backplane: PUBLISH refused: {}", String::from_utf8_lossy(error));
-            }
-            return Ok(());
+            return self.on_pub_reply(reply, deliver);
         }
         if let Some(error) = reply.error() {
             warn!("backplane: Redis error on the subscribe connection: {}", String::from_utf8_lossy(error));
@@ -367,6 +526,10 @@ impl RedisCore {
                 let (Some(channel), Some(payload)) = (channel, payload) else {
                     return Err("malformed pub/sub message".into());
                 };
+                if shared::is_numbered(payload) {
+                    self.on_numbered(channel, payload, deliver);
+                    return Ok(());
+                }
                 match self.check(channel, payload) {
                     Ok(None) => {} // our own message, already delivered locally
                     Ok(Some(inbound)) => {
@@ -383,13 +546,14 @@ impl RedisCore {
                 }
             }
             b"subscribe" => {
-                let broadcast = self.settings.prefix.len() + b"broadcast".len();
                 let channel = reply.item(1).and_then(|r| r.bulk()).unwrap_or(b"");
-                if channel.len() == broadcast
-                    && channel.starts_with(self.settings.prefix.as_bytes())
-                    && channel.ends_with(b"broadcast")
-                {
-                    self.ready[SUB] = true;
+                if !self.ready[SUB] {
+                    // Up only once every channel of the handshake is confirmed: a subscriber
+                    // answered after that cannot miss a message on any of them.
+                    self.handshake_channels = self.handshake_channels.saturating_sub(1);
+                    self.ready[SUB] = self.handshake_channels == 0;
+                } else if let Some(topic) = self.topic_of(channel) {
+                    self.on_confirmed(topic, deliver);
                 }
             }
             _ => {} // unsubscribe confirmations, pongs
@@ -432,6 +596,206 @@ impl RedisCore {
         }))
     }
 
+    /// The topic a channel of ours names, if it is a topic channel.
+    fn topic_of<'a>(&self, channel: &'a [u8]) -> Option<&'a str> {
+        let name = channel.strip_prefix(self.settings.prefix.as_bytes())?;
+        std::str::from_utf8(name.strip_prefix(b"topic:")?).ok()
+    }
+
+    /// A SUBSCRIBE of a topic channel was confirmed: once the last one `topic_wanted` sent is,
+    /// and the topic is still wanted, the hub hears it.
+    fn on_confirmed(&mut self, topic: &str, deliver: &mut impl FnMut(Inbound<'_>) -> bool) {
+        let Some(count) = self.confirming.get_mut(topic) else { return };
+        *count -= 1;
+        if *count == 0 {
+            self.confirming.remove(topic);
+            if self.wanted.contains(topic) {
+                deliver(Inbound::Confirmed { topic });
+            }
+        }
+    }
+
+    /// A history message from a topic channel (every node's, this one's included).
+    fn on_numbered(&mut self, channel: &[u8], payload: &[u8], deliver: &mut impl FnMut(Inbound<'_>) -> bool) {
+        let Some(topic) = self.topic_of(channel) else {
+            self.stats.garbage += 1;
+            return;
+        };
+        match shared::parse_numbered(payload, self.settings.max_data) {
+            Ok(message) => {
+                if deliver(Inbound::Numbered { topic, message }) {
+                    self.stats.received += 1;
+                } else {
+                    self.stats.garbage += 1;
+                }
+            }
+            Err(why) => {
+                self.stats.garbage += 1;
+                log::debug!("backplane: dropped a history message from Redis: {why:?}");
+            }
+        }
+    }
+
+    /// A reply on the PUBLISH connection: it answers the oldest command still in flight.
+    fn on_pub_reply(
+        &mut self,
+        reply: Reply<'_>,
+        deliver: &mut impl FnMut(Inbound<'_>) -> bool,
+    ) -> Result<(), String> {
+        let Some(expect) = self.inflight.pop_front() else {
+            return Err("a reply to no command".into());
+        };
+        if let Some(error) = reply.error() {
+            if error.starts_with(b"NOSCRIPT") {
+                // Someone flushed the scripts (a restart drops the connection instead): load
+                // them again for the next calls (once the link is back from decoding); this
+                // one fails. Retrying it would mean keeping a copy of every call in flight.
+                self.reload_scripts = true;
+            }
+            warn!("backplane: Redis refused a command: {}", String::from_utf8_lossy(error));
+        }
+        let failed = reply.error().is_some();
+        match expect {
+            Expect::Publish => {
+                if failed {
+                    self.stats.publish_failed += 1;
+                }
+            }
+            Expect::ScriptLoad | Expect::Touch => {}
+            Expect::Append { ticket } => {
+                let result = if failed { None } else { shared::parse_appended(&reply).ok() };
+                if result.is_none() {
+                    self.stats.publish_failed += 1;
+                }
+                if let Some(ticket) = ticket {
+                    deliver(Inbound::Appended { ticket, result });
+                }
+            }
+            Expect::Position { ticket, topic, since } => {
+                let since = since.as_ref().map(|(offset, epoch)| Since { offset: *offset, epoch });
+                let ttl = self.settings.history.map_or(0, |h| h.ttl);
+                let fetched = if failed {
+                    None
+                } else {
+                    shared::decide(&reply, since, ttl, self.settings.max_data).ok()
+                };
+                deliver(Inbound::Position { ticket, topic: &topic, fetched });
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the connection was lost while up since the last call: the hub then answers, at
+    /// once, everything it was waiting on Redis for.
+    pub fn take_went_down(&mut self) -> bool {
+        std::mem::take(&mut self.went_down)
+    }
+
+    /// Whether history is kept in Redis.
+    pub fn keeps_history(&self) -> bool {
+        self.settings.history.is_some()
+    }
+
+    /// The three key names of `topic`'s history in `self.keys`; returns where each ends.
+    fn history_keys(&mut self, topic: &str) -> [usize; 3] {
+        self.keys.clear();
+        let mut ends = [0; 3];
+        for (end, kind) in ends.iter_mut().zip([&b"epoch:"[..], b"offset:", b"history:"]) {
+            self.keys.extend_from_slice(self.settings.prefix.as_bytes());
+            self.keys.extend_from_slice(kind);
+            self.keys.extend_from_slice(topic.as_bytes());
+            *end = self.keys.len();
+        }
+        ends
+    }
+
+    /// A fresh epoch proposal (used by Redis only when the topic has none).
+    fn propose_epoch(&mut self) -> [u8; shared::EPOCH_LEN] {
+        self.proposals += 1;
+        let mut x = self.settings.node_id ^ self.proposals.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        shared::epoch_hex(x ^ (x >> 31))
+    }
+
+    /// A publish on a history topic: one script call gives it its offset, keeps it and
+    /// publishes it to the channel (see [`shared`]). Its completion is an
+    /// [`Inbound::Appended`] (only when `ticket` is given). `Failed`: Redis is down, its output
+    /// full, or history is not kept in Redis; nothing was sent.
+    pub fn append(&mut self, topic: &str, data: &RawValue, ticket: Option<Ticket>) -> Relay {
+        if self.state != State::Up || self.settings.history.is_none() {
+            self.stats.publish_failed += 1;
+            return Relay::Failed;
+        }
+        let epoch = self.propose_epoch();
+        let [a, b, c] = self.history_keys(topic);
+        self.channel.clear();
+        self.channel.extend_from_slice(self.settings.prefix.as_bytes());
+        self.channel.extend_from_slice(b"topic:");
+        self.channel.extend_from_slice(topic.as_bytes());
+        let keys = &self.keys;
+        let args: [&[u8]; 11] = [
+            b"EVALSHA",
+            &self.append_sha,
+            b"4",
+            &keys[..a],
+            &keys[a..b],
+            &keys[b..c],
+            &self.channel,
+            data.get().as_bytes(),
+            &epoch,
+            &self.size_arg,
+            &self.ttl_arg,
+        ];
+        if self.links[PUB].command_bounded(&args) {
+            self.inflight.push_back(Expect::Append { ticket });
+            self.stats.published += 1;
+            Relay::Sent
+        } else {
+            self.stats.publish_failed += 1;
+            Relay::Failed
+        }
+    }
+
+    /// Asks Redis for `topic`'s position (and, with `since`, what a recovery needs); the answer
+    /// is an [`Inbound::Position`]. False when it cannot be asked (down, output full).
+    pub fn fetch_position(&mut self, topic: &str, since: Option<Since<'_>>, ticket: Ticket) -> bool {
+        if self.state != State::Up || self.settings.history.is_none() {
+            return false;
+        }
+        let epoch = self.propose_epoch();
+        let [a, b, c] = self.history_keys(topic);
+        let since = since.map(|s| {
+            let epoch = if s.epoch.len() == shared::EPOCH_LEN { s.epoch } else { "" };
+            (s.offset, Box::<str>::from(epoch))
+        });
+        let since_offset = match &since {
+            Some((offset, _)) => offset.to_string(),
+            None => "-1".to_string(),
+        };
+        let since_epoch = since.as_ref().map_or("", |(_, e)| &**e);
+        let budget = POSITION_REPLY_BUDGET.to_string();
+        let keys = &self.keys;
+        let args: [&[u8]; 11] = [
+            b"EVALSHA",
+            &self.position_sha,
+            b"3",
+            &keys[..a],
+            &keys[a..b],
+            &keys[b..c],
+            &epoch,
+            &self.ttl_arg,
+            since_offset.as_bytes(),
+            since_epoch.as_bytes(),
+            budget.as_bytes(),
+        ];
+        if !self.links[PUB].command_bounded(&args) {
+            return false;
+        }
+        self.inflight.push_back(Expect::Position { ticket, topic: topic.into(), since });
+        true
+    }
+
     fn topic_channel(&self, topic: &str) -> Vec<u8> {
         [self.settings.prefix.as_bytes(), b"topic:", topic.as_bytes()].concat()
     }
@@ -454,7 +818,7 @@ impl RedisCore {
         self.payload.extend_from_slice(&self.tag);
         self.payload.extend_from_slice(data.get().as_bytes());
         if self.links[PUB].command_bounded(&[b"PUBLISH", &self.channel, &self.payload]) {
-            self.unacked += 1;
+            self.inflight.push_back(Expect::Publish);
             self.stats.published += 1;
             Relay::Sent
         } else {
@@ -465,6 +829,18 @@ impl RedisCore {
 }
 
 impl Backplane for RedisCore {
+    fn keeps_history(&self) -> bool {
+        self.settings.history.is_some()
+    }
+
+    fn append(&mut self, topic: &str, data: &RawValue, ticket: Option<Ticket>) -> Relay {
+        RedisCore::append(self, topic, data, ticket)
+    }
+
+    fn fetch_position(&mut self, topic: &str, since: Option<Since<'_>>, ticket: Ticket) -> bool {
+        RedisCore::fetch_position(self, topic, since, ticket)
+    }
+
     fn publish(&mut self, topic: &str, data: &RawValue) -> Relay {
         self.relay(Some(topic), data)
     }
@@ -473,11 +849,20 @@ impl Backplane for RedisCore {
         self.relay(None, data)
     }
 
-    fn topic_wanted(&mut self, topic: &str) {
-        if self.wanted.insert(topic.into()) && self.is_connecting_or_up() {
-            let channel = self.topic_channel(topic);
-            self.links[SUB].command(&[b"SUBSCRIBE", &channel]);
+    fn topic_wanted(&mut self, topic: &str) -> bool {
+        if !self.wanted.insert(topic.into()) || !self.is_connecting_or_up() {
+            return false;
         }
+        let channel = self.topic_channel(topic);
+        self.links[SUB].command(&[b"SUBSCRIBE", &channel]);
+        if self.state != State::Up {
+            // Confirmed with the handshake's (and awaited with them); the hub answers at once,
+            // as while down.
+            self.handshake_channels += 1;
+            return false;
+        }
+        *self.confirming.entry(topic.into()).or_insert(0) += 1;
+        true
     }
 
     fn topic_unwanted(&mut self, topic: &str) {
@@ -502,6 +887,9 @@ pub struct RedisBackplane {
     sockets: [Option<TcpStream>; 2],
     /// Whether each socket finished connecting (writes wait for it).
     connected: [bool; 2],
+    /// A connection stopped reading at its per-event budget with input maybe left: read it
+    /// again next turn (no new readiness edge will come for it).
+    reread: [bool; 2],
     /// The deadline this backplane has in the reactor's queue (see `server::timers`).
     pub timer_armed: Millis,
 }
@@ -514,12 +902,18 @@ impl RedisBackplane {
             tokens,
             sockets: [None, None],
             connected: [false; 2],
+            reread: [false; 2],
             timer_armed: NEVER,
         }
     }
 
     pub fn core(&self) -> &RedisCore {
         &self.core
+    }
+
+    /// See [`RedisCore::take_went_down`].
+    pub fn take_went_down(&mut self) -> bool {
+        self.core.take_went_down()
     }
 
     pub fn is_up(&self) -> bool {
@@ -534,6 +928,16 @@ impl RedisBackplane {
         self.core.next_deadline()
     }
 
+    /// Whether a connection has input left from its last read budget.
+    pub fn wants_reread(&self) -> bool {
+        self.reread != [false; 2]
+    }
+
+    /// The connections to read again this turn (and forgets them).
+    pub fn take_reread(&mut self) -> [bool; 2] {
+        std::mem::take(&mut self.reread)
+    }
+
     /// Which link `token` is, if it is one of ours.
     pub fn link_of(&self, token: Token) -> Option<usize> {
         self.tokens.iter().position(|&t| t == token)
@@ -541,7 +945,13 @@ impl RedisBackplane {
 
     pub fn on_timer(&mut self, registry: &Registry, now: Millis) {
         match self.core.on_timer(now) {
-            TimerAction::Nothing => {}
+            TimerAction::Nothing => {
+                // A refresh of history TTLs may have been queued: nothing else writes it soon.
+                if let Err(why) = self.write(PUB) {
+                    self.core.fail(now, &why);
+                    self.close(registry);
+                }
+            }
             TimerAction::Disconnect => self.close(registry),
             TimerAction::Connect => {
                 if let Err(e) = self.open(registry) {
@@ -571,6 +981,7 @@ impl RedisBackplane {
     }
 
     fn close(&mut self, registry: &Registry) {
+        self.reread = [false; 2];
         for which in [SUB, PUB] {
             if let Some(mut socket) = self.sockets[which].take() {
                 let _ = registry.deregister(&mut socket);
@@ -613,7 +1024,13 @@ impl RedisBackplane {
                 Err(e) => return Err(format!("connect: {e}")),
             }
         }
+        let mut reads = 0;
         loop {
+            if reads == READS_PER_EVENT {
+                self.reread[which] = true;
+                break;
+            }
+            reads += 1;
             match self.core.link(which).read_from(socket) {
                 Ok(0) => return Err("connection closed by Redis".into()),
                 Ok(_) => {
@@ -673,8 +1090,20 @@ impl Backplane for RedisBackplane {
         self.core.broadcast(data)
     }
 
-    fn topic_wanted(&mut self, topic: &str) {
-        self.core.topic_wanted(topic);
+    fn topic_wanted(&mut self, topic: &str) -> bool {
+        self.core.topic_wanted(topic)
+    }
+
+    fn keeps_history(&self) -> bool {
+        self.core.keeps_history()
+    }
+
+    fn append(&mut self, topic: &str, data: &RawValue, ticket: Option<Ticket>) -> Relay {
+        self.core.append(topic, data, ticket)
+    }
+
+    fn fetch_position(&mut self, topic: &str, since: Option<Since<'_>>, ticket: Ticket) -> bool {
+        self.core.fetch_position(topic, since, ticket)
     }
 
     fn topic_unwanted(&mut self, topic: &str) {

@@ -27,14 +27,13 @@ pub const ALIASES: &[(&str, &str)] = &[("redis-url", "redis")];
 /// Flags that make no sense in the file.
 const NOT_FILE_KEYS: &[&str] = &["config", "help", "version"];
 
-/// A parsed file: keys flattened to flag names, in file order.
+/// A parsed file: keys flattened to flag names, in file order. `Debug` masks secrets.
 #[derive(Debug)]
 pub struct FileSettings {
     path: PathBuf,
     entries: Vec<Entry>,
 }
 
-#[derive(Debug)]
 struct Entry {
     /// As written, dotted for sections: `tls.cert`.
     key: String,
@@ -43,8 +42,23 @@ struct Entry {
     value: toml::Value,
 }
 
-/// The file settings that took effect.
-#[derive(Debug, Default)]
+impl fmt::Debug for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let value = match &self.value {
+            toml::Value::String(v) => super::show::masked(&self.flag, v),
+            // Not a string, so not a secret (every secret flag takes text).
+            other => format!("{other:?}"),
+        };
+        f.debug_struct("Entry")
+            .field("key", &self.key)
+            .field("flag", &self.flag)
+            .field("value", &value)
+            .finish()
+    }
+}
+
+/// The file settings that took effect. `Debug` masks secrets.
+#[derive(Default)]
 pub struct Applied {
     pub path: PathBuf,
     /// Arguments to put before the command line's own.
@@ -53,6 +67,26 @@ pub struct Applied {
     pub used: Vec<(String, String)>,
     /// `(argument id, file key)` for file settings a flag or variable overrode.
     pub overridden: Vec<(String, String)>,
+}
+
+impl fmt::Debug for Applied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Each argument is `--flag=value` (see `to_args`).
+        let args: Vec<String> = self
+            .args
+            .iter()
+            .map(|arg| match arg.strip_prefix("--").and_then(|a| a.split_once('=')) {
+                Some((flag, value)) => format!("--{flag}={}", super::show::masked(flag, value)),
+                None => arg.clone(),
+            })
+            .collect();
+        f.debug_struct("Applied")
+            .field("path", &self.path)
+            .field("args", &args)
+            .field("used", &self.used)
+            .field("overridden", &self.overridden)
+            .finish()
+    }
 }
 
 impl Applied {

@@ -161,7 +161,7 @@ pub struct Config {
     /// Bearer token required by POST /publish and /broadcast. Without it, those accept
     /// loopback peers only.
     #[arg(long, env = "WSHUB_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
 
     /// File holding the API key (keeps it out of `ps` and the environment).
     #[arg(long, env = "WSHUB_API_KEY_FILE", conflicts_with = "api_key", value_hint = clap::ValueHint::FilePath)]
@@ -249,6 +249,7 @@ pub struct Config {
     pub reuse_port: bool,
 
     /// Messages kept per topic for clients that reconnect (`subscribe` with `since`); 0 = off.
+    /// With --redis, kept in Redis and shared by every node.
     #[arg(long, env = "WSHUB_HISTORY_SIZE", default_value_t = 0)]
     pub history_size: usize,
 
@@ -256,7 +257,8 @@ pub struct Config {
     #[arg(long, env = "WSHUB_HISTORY_TTL", default_value_t = 300.0, value_parser = parse_secs)]
     pub history_ttl: f64,
 
-    /// Bound on the memory all kept messages take, in bytes (oldest evicted first).
+    /// Bound on the memory all kept messages take, in bytes (oldest evicted first). In-memory
+    /// history only: with --redis, Redis's own maxmemory bounds it.
     #[arg(long, env = "WSHUB_HISTORY_MAX_BYTES", default_value_t = 64 << 20)]
     pub history_max_bytes: usize,
 
@@ -362,7 +364,7 @@ impl Config {
 
     pub fn http(&self) -> HttpConfig {
         HttpConfig {
-            api_key: self.api_key.clone(),
+            api_key: self.api_key.as_ref().map(|Secret(key)| key.clone()),
             max_body_bytes: self.max_body_size,
             origins: OriginPolicy::from_allowed(&self.allowed_origins),
             demo: self.demo,
@@ -436,7 +438,7 @@ impl Config {
     /// The API key for POST /publish and /broadcast, from `--api-key` or `--api-key-file`.
     pub fn effective_api_key(&self) -> Result<Option<String>, String> {
         match (&self.api_key, &self.api_key_file) {
-            (Some(key), _) => Ok(Some(key.clone())),
+            (Some(Secret(key)), _) => Ok(Some(key.clone())),
             (None, Some(path)) => read_secret_file(path, "api-key-file").map(Some),
             (None, None) => Ok(None),
         }

@@ -45,13 +45,10 @@ pub fn render(loaded: &Loaded) -> String {
                 .map(|vs| vs.map(|v| v.to_string_lossy().into_owned()).collect())
                 .unwrap_or_default()
         };
-        let secret = arg.is_hide_env_values_set()
-            || ["-secret", "-password", "-token"].iter().any(|s| long.ends_with(s))
-            || long == "secret";
         let value = if raw.is_empty() {
             let _ = writeln!(out, "# {long} is not set");
             continue;
-        } else if secret {
+        } else if is_secret(arg) {
             MASK.to_owned()
         } else if matches!(arg.get_action(), ArgAction::Append) {
             let items: Vec<String> = raw.iter().map(|v| toml_value(v)).collect();
@@ -69,6 +66,26 @@ pub fn render(loaded: &Loaded) -> String {
         }
     }
     out
+}
+
+/// Whether `arg` holds a secret: declared with `hide_env_values = true` (as every secret's flag
+/// is) or named like one.
+fn is_secret(arg: &clap::Arg) -> bool {
+    let long = arg.get_long().unwrap_or_default();
+    arg.is_hide_env_values_set()
+        || ["-secret", "-password", "-token"].iter().any(|s| long.ends_with(s))
+        || long == "secret"
+}
+
+/// `value` of flag `long` as it may be shown (in `Debug` output, logs): a secret's value
+/// masked whole, and the password of any URL.
+pub fn masked(long: &str, value: &str) -> String {
+    let secret = command().get_arguments().find(|a| a.get_long() == Some(long)).is_some_and(is_secret);
+    if secret {
+        "********".to_owned()
+    } else {
+        mask_password(value)
+    }
 }
 
 /// A number stays a number; anything else is a quoted string with credentials masked.
@@ -105,6 +122,15 @@ mod tests {
         assert_eq!(mask_password("redis://u:pw@h"), "redis://u:********@h");
         assert_eq!(mask_password("redis://h:6379"), "redis://h:6379");
         assert_eq!(mask_password("https://a.example/x@y:z"), "https://a.example/x@y:z");
+    }
+
+    #[test]
+    fn secrets_are_masked_by_flag_and_urls_by_password() {
+        assert_eq!(masked("api-key", "hunter2"), "********");
+        assert_eq!(masked("jwt-secret", "hunter2"), "********");
+        assert_eq!(masked("redis", "redis://u:hunter2@h"), "********", "hides its env values");
+        assert_eq!(masked("path", "/ws"), "/ws");
+        assert_eq!(masked("no-such-flag", "x://u:hunter2@h"), "x://u:********@h");
     }
 
     #[test]

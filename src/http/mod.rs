@@ -30,6 +30,7 @@ use std::borrow::Cow;
 use crate::backplane::redis::BackplaneStats;
 use crate::hub::{self, Hub, HubError, Outbox};
 use crate::metrics::{Gauges, Metrics};
+use crate::protocol::deflate::DeflateStats;
 use crate::protocol::handshake::{status_text, OriginPolicy};
 
 const CONTENT_TYPE_JSON: &str = "application/json";
@@ -43,8 +44,8 @@ pub const DEMO_HTML: &str = include_str!("../../clients/js/demo.html");
 /// The Prometheus text exposition format.
 const CONTENT_TYPE_PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Settings of the HTTP API.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Settings of the HTTP API. `Debug` masks the API key.
+#[derive(Clone, PartialEq, Eq)]
 pub struct HttpConfig {
     /// Bearer token required by the POST routes. `None` (or an empty key, which would be
     /// trivially guessable) means loopback peers only.
@@ -55,6 +56,17 @@ pub struct HttpConfig {
     pub origins: OriginPolicy,
     /// Serve the demo page at `/`.
     pub demo: bool,
+}
+
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("origins", &self.origins)
+            .field("demo", &self.demo)
+            .finish()
+    }
 }
 
 impl Default for HttpConfig {
@@ -89,6 +101,8 @@ pub struct HttpContext<'a, O: Outbox> {
     pub connections: usize,
     /// The backplane's state and counters; `None` without `--redis`.
     pub backplane: Option<BackplaneStats>,
+    /// The reactor's compressor's counters (permessage-deflate).
+    pub deflate: DeflateStats,
 }
 
 /// A complete response, written once before the connection closes.
@@ -380,6 +394,9 @@ fn answer<O: Outbox>(
                 uptime_seconds: ctx.uptime_seconds,
                 history: ctx.hub.history_stats(),
                 backplane: ctx.backplane,
+                deflate: ctx.deflate,
+                // The inflaters count per thread: this one, the reactor's.
+                inflate: crate::protocol::deflate::inflate_stats(),
             };
             let mut text = String::with_capacity(4096);
             ctx.metrics.render_prometheus(&gauges, &mut text);
@@ -433,6 +450,11 @@ fn answer<O: Outbox>(
                 Err(HubError::InvalidFormat { detail }) => {
                     Response::error(400, "Invalid JSON body", Some(detail))
                 }
+                Err(HubError::Unavailable) => Response::error(
+                    503,
+                    "unavailable",
+                    Some("history is kept in Redis, which cannot number the message now"),
+                ),
                 Err(other) => Response::error(400, &other.to_string(), None),
             }
         }

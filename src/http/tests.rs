@@ -37,6 +37,7 @@ impl Server {
             uptime_seconds: 42,
             connections: 3,
             backplane: None,
+            deflate: Default::default(),
         };
         respond(req, body, cfg, &mut ctx)
     }
@@ -158,6 +159,7 @@ fn respond_rechecks_the_body_size() {
         uptime_seconds: 0,
         connections: 0,
         backplane: None,
+        deflate: Default::default(),
     };
     let r = respond(&req, body, &cfg, &mut ctx);
     assert_eq!(r.status, 413);
@@ -376,6 +378,7 @@ fn posts_need_json_a_local_host_and_an_allowed_origin() {
             uptime_seconds: 0,
             connections: 1,
             backplane: None,
+            deflate: Default::default(),
         };
         assert_eq!(respond(req, body, &cfg, &mut ctx).status, *want, "{req:?}");
     }

@@ -39,8 +39,9 @@
 //! With `--history-size 0` there is no store at all: topics cost nothing and `message`s carry
 //! no offset.
 //!
-//! A Redis backplane can implement [`HistoryStore`] later (a stream per topic, `XADD` with an
-//! atomic offset); this in-memory store is the single-node implementation.
+//! This in-memory store is the single-node history. With a Redis backplane, history is kept in
+//! Redis instead and shared by every node (`backplane::shared`); the hub then has no store and
+//! waits on the backplane for offsets and positions (`hub::pending`).
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;

@@ -43,7 +43,10 @@
 //!   all queued within one call so nothing falls in between.
 //! * With a backplane joining other processes ([`Outbox::backplane`]), publishes and broadcasts
 //!   are relayed to it after local delivery, acks add `"backplane":true|false` (handed over or
-//!   not), and the backplane hears when a topic gains its first or loses its last subscriber.
+//!   not), and the backplane hears when a topic gains its first or loses its last subscriber;
+//!   a subscribe that makes the node want a topic is answered once Redis confirms it. With
+//!   history kept by the backplane, offsets come from it and every node delivers history
+//!   messages from it, the publisher's own included ([`pending`]).
 //!
 //! Errors answer `{"type":"error","payload":{"message":"..."}}` (with the `id` whenever the
 //! message was a JSON object carrying one) and leave the connection open:
@@ -73,6 +76,7 @@
 //! topics) so unsubscribing and disconnecting are O(1) per subscription.
 
 pub mod history;
+mod pending;
 mod registry;
 mod wire;
 
@@ -193,6 +197,9 @@ pub enum HubError {
     RefreshRefused(Refusal),
     /// `refresh` with a valid token for another subject.
     RefreshOtherSubject,
+    /// A publish on history kept in Redis while Redis cannot number it (down, or its output
+    /// full): refused rather than delivered without an offset, which would break recovery.
+    Unavailable,
 }
 
 impl fmt::Display for HubError {
@@ -211,6 +218,7 @@ impl fmt::Display for HubError {
             HubError::AuthDisabled => f.write_str("Authentication is not enabled"),
             HubError::RefreshRefused(cause) => write!(f, "Token refused: {}", cause.reason()),
             HubError::RefreshOtherSubject => f.write_str("Token refused: another subject"),
+            HubError::Unavailable => f.write_str("History unavailable: Redis is down"),
         }
     }
 }
@@ -247,6 +255,8 @@ pub struct Hub {
     replay: Vec<Rc<[u8]>>,
     /// The reactor's clock, as of its last [`Hub::tick`].
     now: Millis,
+    /// Subscribes and publishes waiting on the backplane (see [`pending`]).
+    waits: pending::Waits,
 }
 
 impl Hub {
@@ -259,6 +269,7 @@ impl Hub {
             history: None,
             replay: Vec::new(),
             now: 0,
+            waits: pending::Waits::default(),
         }
     }
 
@@ -268,7 +279,14 @@ impl Hub {
         self
     }
 
-    /// The reactor's clock, once per turn: history stamps and expires messages by it.
+    /// The reactor's clock, once per turn: history stamps messages by it, and publishes and
+    /// subscribes expire what is due by it.
+    pub fn set_clock(&mut self, now: Millis) {
+        self.now = now;
+    }
+
+    /// The clock, and a sweep of the history: drops what is due at `now` (the reactor calls
+    /// it when [`Hub::history_deadline`] comes up in its timer queue).
     pub fn tick(&mut self, now: Millis) {
         self.now = now;
         self.expire_history();
@@ -352,14 +370,21 @@ impl Hub {
     /// The client is gone: drop it from every topic and free emptied topics. Must be called
     /// before its `ClientId` is reused for another connection.
     pub fn remove_client(&mut self, client: ClientId) {
+        self.forget_waits(client);
         self.touch_topics_of(client);
-        self.registry.remove_client(client);
+        let waits = &mut self.waits;
+        self.registry.remove_client_with(client, |topic| waits.topic_left(topic));
     }
 
     /// [`Hub::remove_client`], telling `backplane` about every topic left without a subscriber.
     pub fn remove_client_relayed(&mut self, client: ClientId, backplane: &mut dyn Backplane) {
+        self.forget_waits(client);
         self.touch_topics_of(client);
-        self.registry.remove_client_with(client, |topic| backplane.topic_unwanted(topic));
+        let waits = &mut self.waits;
+        self.registry.remove_client_with(client, |topic| {
+            waits.topic_left(topic);
+            backplane.topic_unwanted(topic);
+        });
     }
 
     /// What the last [`Hub::publish`] or [`Hub::broadcast`] did on the backplane
@@ -377,7 +402,25 @@ impl Hub {
         outbox: &mut impl Outbox,
         metrics: &mut Metrics,
     ) -> Result<usize, HubError> {
+        self.publish_from(topic, data, None, outbox, metrics).map(|d| d.unwrap_or(0))
+    }
+
+    /// [`Hub::publish`]; `ack`: the publisher and its id when it wants an ack. `Ok(None)`: the
+    /// history is kept by the backplane, which numbers the message; delivery (here too) comes
+    /// back from it and the ack follows from [`Hub::append_done`].
+    fn publish_from(
+        &mut self,
+        topic: &str,
+        data: &RawValue,
+        ack: Option<(ClientId, &RawValue)>,
+        outbox: &mut impl Outbox,
+        metrics: &mut Metrics,
+    ) -> Result<Option<usize>, HubError> {
         self.check_topic(topic)?;
+        if outbox.backplane().is_some_and(|b| b.keeps_history()) {
+            self.append(topic, data, ack, outbox, metrics)?;
+            return Ok(None);
+        }
         self.expire_history();
         let mut delivered = 0;
         let kept = match &mut self.history {
@@ -405,7 +448,13 @@ impl Hub {
                     &built
                 }
             };
+            let held = self.waits.holds_topic(topic);
             for &client in subscribers {
+                // A subscriber still waiting for Redis's confirmation gets nothing before its
+                // `subscribed`.
+                if held && self.waits.is_held(topic, client) {
+                    continue;
+                }
                 if outbox.deliver(client, message) {
                     delivered += 1;
                 }
@@ -413,7 +462,7 @@ impl Hub {
         }
         metrics.record_publish(delivered);
         self.last_relay = outbox.backplane().map_or(Relay::Off, |b| b.publish(topic, data));
-        Ok(delivered)
+        Ok(Some(delivered))
     }
 
     /// Sends `data` to every open client (HTTP API and permitted client `broadcast`): returns
@@ -471,6 +520,7 @@ impl Hub {
                 }
                 let max = self.config.max_subscriptions;
                 let max_topics = self.config.max_topics;
+                let mut will_confirm = false;
                 match self.registry.subscribe(from, &topic, max, max_topics) {
                     SubscribeOutcome::LimitReached => return Err(HubError::TooManySubscriptions { max }),
                     SubscribeOutcome::TopicLimitReached => {
@@ -479,13 +529,16 @@ impl Hub {
                     }
                     SubscribeOutcome::Added if self.registry.subscribers(&topic).len() == 1 => {
                         if let Some(backplane) = outbox.backplane() {
-                            backplane.topic_wanted(&topic);
+                            will_confirm = backplane.topic_wanted(&topic);
                         }
                     }
                     _ => {}
                 }
                 let since = since.as_ref().map(|s| Since { offset: s.offset, epoch: &s.epoch });
-                self.subscribed(from, &topic, since, id, reply, outbox);
+                // With a backplane, the reply may wait for Redis (see `pending`).
+                if !self.hold_subscribe(from, &topic, since, id, will_confirm, outbox) {
+                    self.subscribed(from, &topic, since, id, reply, outbox);
+                }
             }
             Kind::Unsubscribe => {
                 let TopicPayload { topic } =
@@ -506,8 +559,9 @@ impl Hub {
                         return Err(HubError::PermissionDenied);
                     }
                 }
-                let delivered = self.publish(&topic, data, outbox, metrics)?;
-                if let Some(id) = id {
+                let ack = id.map(|id| (from, id));
+                let delivered = self.publish_from(&topic, data, ack, outbox, metrics)?;
+                if let (Some(id), Some(delivered)) = (id, delivered) {
                     wire::append_text_frame(reply, &mut self.scratch, |out| {
                         wire::write_ack(out, Some(&topic), delivered, self.last_relay, id);
                     });
@@ -558,6 +612,9 @@ impl Hub {
     /// Unsubscribes `client` from `topic` (false if it was not subscribed); a topic left
     /// without subscribers is let go on the backplane.
     fn unsubscribe_one(&mut self, client: ClientId, topic: &str, outbox: &mut impl Outbox) -> bool {
+        if self.waits.is_held(topic, client) {
+            self.release_hold(client, topic, outbox);
+        }
         if !self.registry.unsubscribe(client, topic) {
             return false;
         }
@@ -565,6 +622,7 @@ impl Hub {
             history.touch(topic, self.now);
         }
         if self.registry.subscribers(topic).is_empty() {
+            self.waits.topic_left(topic);
             if let Some(backplane) = outbox.backplane() {
                 backplane.topic_unwanted(topic);
             }
@@ -690,5 +748,7 @@ fn payload_of<'a, T: serde::Deserialize<'a>>(
 mod access_tests;
 #[cfg(test)]
 mod history_tests;
+#[cfg(test)]
+mod pending_tests;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -429,12 +429,27 @@ pub fn push_relay(out: &mut Vec<u8>, relay: Relay) {
 }
 
 /// `{"type":"error","payload":{"message":M}}`, with the id.
-pub fn write_error(out: &mut Vec<u8>, message: &str, id: Option<&RawValue>) {
-    out.extend_from_slice(b"{\"type\":\"error\",\"payload\":{\"message\":");
+pub fn write_error<S: Sink + ?Sized>(out: &mut S, message: &str, id: Option<&RawValue>) {
+    out.put(b"{\"type\":\"error\",\"payload\":{\"message\":");
     push_json_str(out, message);
-    out.push(b'}');
+    out.put(b"}");
     push_id(out, id);
-    out.push(b'}');
+    out.put(b"}");
+}
+
+/// `{"type":"ack","payload":{"topic":T,"offset":O,"epoch":E,"backplane":true},"id":..}`: a
+/// publish on history kept in Redis, numbered there (delivery to subscribers, this node's
+/// included, comes from Redis, so there is no local count to report).
+pub fn write_offset_ack<S: Sink + ?Sized>(out: &mut S, topic: &str, offset: u64, epoch: &str, id: &RawValue) {
+    out.put(b"{\"type\":\"ack\",\"payload\":{\"topic\":");
+    push_json_str(out, topic);
+    out.put(b",\"offset\":");
+    push_decimal(out, offset);
+    out.put(b",\"epoch\":");
+    push_json_str(out, epoch);
+    out.put(b",\"backplane\":true}");
+    push_id(out, Some(id));
+    out.put(b"}");
 }
 
 /// `{"type":"message","payload":{"topic":T,"data":D}}`; without `topic` for a broadcast.

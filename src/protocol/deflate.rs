@@ -22,6 +22,11 @@
 //! a zip bomb costs the limit, no more). At the end of the message the `00 00 ff ff` tail the
 //! sender stripped is fed back (section 7.2.2).
 //!
+//! Counting, for `/metrics`: the [`Deflater`] keeps its own [`DeflateStats`] (messages
+//! compressed, bytes before and after, compressed frames queued), and inflaters count into a
+//! per-thread [`InflateStats`] next to the pool they come from (the session that uses them has
+//! no metrics to write to). Plain additions, once per message or frame, never per byte.
+//!
 //! Backend: `flate2` on `zlib-rs` (a Rust port of zlib, no C toolchain, zlib's speed), chosen
 //! over the default miniz_oxide because it exposes the window size (`new_with_window_bits`),
 //! which honouring `server_max_window_bits` needs. Like zlib, it cannot produce raw deflate with
@@ -262,6 +267,41 @@ thread_local! {
     static POOL: RefCell<Vec<Decompress>> = const { RefCell::new(Vec::new()) };
     /// Inflaters lent out right now (for tests and the memory model).
     static LENT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// What this thread's inflaters did, for `/metrics`.
+    static INFLATED: std::cell::Cell<InflateStats> = const { std::cell::Cell::new(InflateStats::ZERO) };
+}
+
+/// What the inflaters of this thread (the reactor) have done since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InflateStats {
+    /// Compressed messages received whole and inflated.
+    pub messages: u64,
+    /// Their compressed bytes (without the tail the sender stripped) and inflated bytes.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Messages refused as corrupt DEFLATE streams (closed with 1007).
+    pub corrupt: u64,
+    /// Messages refused for inflating past the size limit (closed with 1009): zip bombs,
+    /// stopped one byte past the limit.
+    pub too_big: u64,
+}
+
+impl InflateStats {
+    const ZERO: InflateStats =
+        InflateStats { messages: 0, bytes_in: 0, bytes_out: 0, corrupt: 0, too_big: 0 };
+}
+
+/// What this thread's inflaters have done so far.
+pub fn inflate_stats() -> InflateStats {
+    INFLATED.with(|s| s.get())
+}
+
+fn count_inflate(f: impl FnOnce(&mut InflateStats)) {
+    INFLATED.with(|s| {
+        let mut stats = s.get();
+        f(&mut stats);
+        s.set(stats);
+    });
 }
 
 /// How many inflaters this thread has lent out (messages being received compressed right now).
@@ -300,13 +340,38 @@ impl Inflater {
 
     /// Ends the message: feeds the stripped tail (section 7.2.2). Returns the bytes appended.
     pub fn finish(&mut self, out: &mut Vec<u8>, limit: usize) -> Result<usize, InflateError> {
-        if self.ended {
-            return Ok(0); // a final block already ended the stream; the tail would be extra
-        }
-        self.run(&TAIL, out, limit, FlushDecompress::Sync)
+        // A final block may already have ended the stream; the tail would then be extra.
+        let tail = !self.ended;
+        let appended = if tail { self.run(&TAIL, out, limit, FlushDecompress::Sync)? } else { 0 };
+        let d = self.inner.as_ref().expect("present until drop");
+        let bytes_in = d.total_in().saturating_sub(if tail { TAIL.len() as u64 } else { 0 });
+        let bytes_out = d.total_out();
+        count_inflate(|s| {
+            s.messages = s.messages.saturating_add(1);
+            s.bytes_in = s.bytes_in.saturating_add(bytes_in);
+            s.bytes_out = s.bytes_out.saturating_add(bytes_out);
+        });
+        Ok(appended)
     }
 
     fn run(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        limit: usize,
+        flush: FlushDecompress,
+    ) -> Result<usize, InflateError> {
+        let result = self.run_uncounted(input, out, limit, flush);
+        if let Err(e) = result {
+            count_inflate(|s| match e {
+                InflateError::Corrupt => s.corrupt = s.corrupt.saturating_add(1),
+                InflateError::TooBig => s.too_big = s.too_big.saturating_add(1),
+            });
+        }
+        result
+    }
+
+    fn run_uncounted(
         &mut self,
         mut input: &[u8],
         out: &mut Vec<u8>,
@@ -387,27 +452,63 @@ impl Default for DeflateConfig {
     }
 }
 
+/// What the reactor's [`Deflater`] has done since it started, for `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeflateStats {
+    /// Messages compressed: each distinct message once per window size (a fan-out to many
+    /// subscribers counts one), each echo or reply once.
+    pub messages_compressed: u64,
+    /// Messages at or over the threshold sent plain because compressing did not shrink them.
+    pub not_smaller: u64,
+    /// Payload bytes of the compressed messages before compression, and after (tail stripped).
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Compressed frames queued to clients: a fan-out of one compressed message to N
+    /// subscribers counts N.
+    pub frames_sent: u64,
+}
+
 /// The reactor's compressors: one raw-DEFLATE stream per window size actually in use, created
 /// on first need and reset before every message (no context takeover).
 pub struct Deflater {
     config: DeflateConfig,
     /// Index `bits - 9`.
     streams: [Option<Box<Compress>>; 7],
+    stats: DeflateStats,
 }
 
 impl Deflater {
     pub fn new(config: DeflateConfig) -> Deflater {
-        Deflater { config, streams: Default::default() }
+        Deflater { config, streams: Default::default(), stats: DeflateStats::default() }
     }
 
     pub fn config(&self) -> &DeflateConfig {
         &self.config
     }
 
+    /// What this compressor has done so far.
+    pub fn stats(&self) -> DeflateStats {
+        self.stats
+    }
+
     /// Compresses one whole message with a window of `window_bits` (9..=15) and appends the
     /// DEFLATE bytes, tail stripped, to `out`. Returns false (and leaves `out` as it was) when
     /// compressing does not make the message smaller: it then goes out plain.
     pub fn compress(&mut self, payload: &[u8], window_bits: u8, out: &mut Vec<u8>) -> bool {
+        let start = out.len();
+        let paid = self.compress_uncounted(payload, window_bits, out);
+        let st = &mut self.stats;
+        if paid {
+            st.messages_compressed = st.messages_compressed.saturating_add(1);
+            st.bytes_in = st.bytes_in.saturating_add(payload.len() as u64);
+            st.bytes_out = st.bytes_out.saturating_add((out.len() - start) as u64);
+        } else {
+            st.not_smaller = st.not_smaller.saturating_add(1);
+        }
+        paid
+    }
+
+    fn compress_uncounted(&mut self, payload: &[u8], window_bits: u8, out: &mut Vec<u8>) -> bool {
         debug_assert!((MIN_DEFLATE_WINDOW_BITS..=MAX_WINDOW_BITS).contains(&window_bits));
         let level = Compression::new(self.config.level);
         let slot = &mut self.streams[usize::from(window_bits - MIN_DEFLATE_WINDOW_BITS)];
@@ -452,12 +553,19 @@ impl Deflater {
     pub fn write_frame(&mut self, out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], window: Option<u8>) {
         match window {
             Some(bits) if payload.len() >= self.config.threshold => {
-                if !self.write_compressed_frame(out, opcode, payload, bits) {
+                if self.write_compressed_frame(out, opcode, payload, bits) {
+                    self.count_frame_sent();
+                } else {
                     super::frame::write_frame(out, opcode, payload);
                 }
             }
             _ => super::frame::write_frame(out, opcode, payload),
         }
+    }
+
+    #[inline]
+    fn count_frame_sent(&mut self) {
+        self.stats.frames_sent = self.stats.frames_sent.saturating_add(1);
     }
 
     /// The compressed half of [`Deflater::write_frame`]; false (and nothing written) when
@@ -550,11 +658,16 @@ impl SharedMessage {
         let cell = &self.compressed[usize::from(bits - MIN_DEFLATE_WINDOW_BITS)];
         let built = cell.get_or_init(|| {
             let mut out = Vec::with_capacity(MAX_SERVER_HEADER_LEN + self.payload().len() / 2);
-            deflater.write_frame(&mut out, self.opcode, self.payload(), Some(bits));
-            // write_frame fell back to plain when compression did not pay: share `plain`.
-            (out.first().is_some_and(|b| b & 0x40 != 0)).then(|| out.into())
+            // When compression does not pay, every subscriber shares `plain`.
+            deflater.write_compressed_frame(&mut out, self.opcode, self.payload(), bits).then(|| out.into())
         });
-        built.as_ref().unwrap_or(&self.plain)
+        match built {
+            Some(frame) => {
+                deflater.count_frame_sent();
+                frame
+            }
+            None => &self.plain,
+        }
     }
 
     /// Variants built so far (compressed ones), for tests and metrics.

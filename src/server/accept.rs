@@ -239,6 +239,9 @@ fn on_request(conns: &mut Slab<Connection>, s: &mut Shared, key: usize) {
         conn.grant = grant;
         conn.rate = access::buckets(&s.settings, s.now);
         s.metrics.connection_opened();
+        if accepted.deflate.is_some() {
+            s.metrics.deflate_negotiated();
+        }
         mark(conn, s, key);
         debug!(conn = key; "upgraded");
         // Bytes after the head are the first frames: never lose them.

@@ -1,5 +1,6 @@
 //! The reactor's hooks into [`crate::auth`]: token check at the upgrade, token expiry as one
-//! more deadline, rate limits on incoming frames. The rules live in `auth`; this file only
+//! more deadline, rate limits on incoming frames (one step, [`admits`], that both frame loops
+//! take). The rules live in `auth`; this file only
 //! connects them to a connection and the loop's clock.
 //!
 //! Clocks: the loop's `now` is monotonic milliseconds since start; tokens speak Unix time. The
@@ -21,7 +22,7 @@ use crate::auth::rate::{Bucket, Buckets, RateLimit};
 use crate::auth::{self, Grant, Refusal, Verifier};
 use crate::protocol::close::code;
 use crate::protocol::handshake::RequestHead;
-use crate::protocol::session::{Millis, Session};
+use crate::protocol::session::{Event, Millis, Session};
 
 /// Wall-clock milliseconds since the Unix epoch at the loop's `now`.
 #[inline]
@@ -96,6 +97,29 @@ pub(super) fn within_rate(
         FrameClass::Control => &mut rate.control,
     };
     bucket.take(&limit, now)
+}
+
+/// The rate limit as one step of a frame loop, taken by both (hub and echo) after each
+/// [`Session::advance`]: a message draws from the data bucket, a ping or pong from the control
+/// bucket; a close or an unfinished frame draws nothing. False: over the rate, the caller drops
+/// the frame (a ping's pong with it) and closes with [`rate_limited`]. Without `--rate-limit`,
+/// one branch on a value the caller keeps in a register.
+#[inline(always)]
+pub(super) fn admits(
+    rate: &mut Buckets,
+    limit: Option<RateLimit>,
+    event: Option<&Event<'_>>,
+    now: Millis,
+) -> bool {
+    if limit.is_none() {
+        return true;
+    }
+    let class = match event {
+        Some(Event::Text(_) | Event::Binary(_)) => FrameClass::Data,
+        Some(Event::Ping(_) | Event::Pong(_)) => FrameClass::Control,
+        Some(Event::Closed { .. }) | None => return true,
+    };
+    within_rate(rate, limit, class, now)
 }
 
 /// Starts the close handshake with `close_code` and `reason` (the session waits for the peer's
@@ -185,5 +209,21 @@ mod tests {
         assert!(within_rate(&mut b, limit, FrameClass::Control, 0));
         assert!(!within_rate(&mut b, limit, FrameClass::Control, 0));
         assert!(within_rate(&mut b, limit, FrameClass::Data, 100), "refilled after 100 ms at 10/s");
+    }
+
+    #[test]
+    fn the_loop_step_draws_by_event_kind() {
+        let limit = RateLimit::new(10, Some(1));
+        let mut b = Buckets::full(&limit.unwrap(), 0);
+        let close = Event::Closed { code: None, reason: "" };
+        assert!(admits(&mut b, limit, Some(&Event::Text("a")), 0));
+        assert!(!admits(&mut b, limit, Some(&Event::Binary(b"a")), 0), "one data bucket for both");
+        assert!(admits(&mut b, limit, Some(&Event::Ping(b"")), 0));
+        assert!(!admits(&mut b, limit, Some(&Event::Pong(b"")), 0), "one control bucket for both");
+        for _ in 0..3 {
+            assert!(admits(&mut b, limit, Some(&close), 0), "a close is never refused");
+            assert!(admits(&mut b, limit, None, 0), "an unfinished frame draws nothing");
+        }
+        assert!(admits(&mut b, None, Some(&Event::Text("a")), 0), "no limit");
     }
 }

@@ -79,7 +79,8 @@ pub struct Connection {
     /// Since when queued output has waited without the socket taking any of it, for
     /// `write_wait`; `NEVER` while the last flush emptied the queue.
     pub last_progress: Millis,
-    /// Last close code sent or received (0: none), for the log line.
+    /// The close code we sent (0: none yet), for the log line; the first close sent is the one
+    /// counted (see `frames::session_closed_with`).
     pub close_code: u16,
     pub ending: Ending,
     /// Queued for a flush at the end of this event round.

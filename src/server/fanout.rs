@@ -27,7 +27,7 @@ use super::timers::NEVER;
 use crate::backplane::redis::{BackplaneStats, RedisBackplane};
 use crate::backplane::Backplane;
 use crate::hub::{ClientId, Outbox};
-use crate::protocol::deflate::{Deflater, SharedMessage};
+use crate::protocol::deflate::{DeflateStats, Deflater, SharedMessage};
 
 /// A subscriber with this much queued ends the turn's reading early (see the module header).
 const FLUSH_SOON_BYTES: usize = 256 * 1024;
@@ -100,6 +100,11 @@ impl<'a> Deliveries<'a> {
     /// The backplane's state and counters, for `/healthz` and `/metrics`.
     pub(super) fn backplane_stats(&self) -> Option<BackplaneStats> {
         self.backplane.as_ref().map(|b| b.stats())
+    }
+
+    /// The compressor's counters, for `/metrics`.
+    pub(super) fn deflate_stats(&self) -> DeflateStats {
+        self.deflater.stats()
     }
 
     /// Relays this call's publishes and subscription changes to `backplane`.

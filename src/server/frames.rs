@@ -14,7 +14,7 @@
 use log::debug;
 use slab::Slab;
 
-use super::access::{self, FrameClass};
+use super::access;
 use super::connection::{Connection, Ending, Phase};
 use super::fanout::Deliveries;
 use super::lifecycle::{flush, linger, mark};
@@ -27,7 +27,11 @@ use crate::protocol::session::{Event, ProtocolError, Step};
 /// Frames in `read_buf[start..end]` for an open connection: the hot path.
 pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, start: usize, end: usize) {
     if s.settings.mode == Mode::Echo {
-        return echo_frames(&mut conns[key], s, key, start, end);
+        // Two copies of echo's loop, so the one without `--rate-limit` pays nothing for it.
+        return match s.settings.rate_limit {
+            Some(_) => echo_frames::<true>(&mut conns[key], s, key, start, end),
+            None => echo_frames::<false>(&mut conns[key], s, key, start, end),
+        };
     }
     let Phase::Open(mut session) = std::mem::replace(&mut conns[key].phase, Phase::Busy) else {
         unreachable!("on_frames is only called for open connections");
@@ -37,15 +41,11 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
     while pos < end {
         let buf = &mut s.read_buf[pos..end];
         let step = session.advance(buf, &s.settings.session, &mut s.control, s.now);
-        // The rate limit: each message and each control frame takes a token from its bucket.
-        // Over it, the frame is dropped (a ping gets no pong) and the connection closes 1008.
-        let class = match &step {
-            Ok(Step { event: Some(Event::Text(_) | Event::Binary(_)), .. }) => Some(FrameClass::Data),
-            Ok(Step { event: Some(Event::Ping(_) | Event::Pong(_)), .. }) => Some(FrameClass::Control),
-            _ => None,
-        };
-        let over_rate = class
-            .is_some_and(|c| !access::within_rate(&mut conns[key].rate, s.settings.rate_limit, c, s.now));
+        // Over the rate limit, the frame is dropped (a ping gets no pong) and the connection
+        // closes 1008.
+        let over_rate = step.as_ref().is_ok_and(|step| {
+            !access::admits(&mut conns[key].rate, s.settings.rate_limit, step.event.as_ref(), s.now)
+        });
         if over_rate {
             s.control.clear();
         }
@@ -122,10 +122,19 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
 
 /// Echo mode's loop over `read_buf[start..end]`: each message goes straight back, compressed
 /// when the client negotiated permessage-deflate, through the session's send rule (no data
-/// after a close). The output tail is borrowed once for as many messages as the queue bound
-/// allows; past it the connection is flushed (and judged) before the next message.
-fn echo_frames(conn: &mut Connection, s: &mut Shared, key: usize, start: usize, end: usize) {
+/// after a close), within the rate limit as in hub mode (`RATED`: `--rate-limit` is set). The
+/// output tail is borrowed once for as many messages as the queue bound allows; past it the
+/// connection is flushed (and judged) before the next message.
+#[inline(never)]
+fn echo_frames<const RATED: bool>(
+    conn: &mut Connection,
+    s: &mut Shared,
+    key: usize,
+    start: usize,
+    end: usize,
+) {
     let (now, window, max_queued) = (s.now, conn.send_window, s.settings.max_queued_bytes);
+    let rate_limit = s.settings.rate_limit;
     let mut pos = start;
     let (mut received, mut echoed) = (0u64, 0u64);
     let mut ended: Option<EchoEnd> = None;
@@ -134,10 +143,13 @@ fn echo_frames(conn: &mut Connection, s: &mut Shared, key: usize, start: usize, 
             unreachable!("on_frames is only called for open connections");
         };
         let (config, read_buf, deflater) = (&s.settings.session, &mut s.read_buf, &mut s.deflater);
+        let rate = &mut conn.rate;
         let queued_before = conn.out.queued_bytes();
         let over_bound = conn.out.append_with(&mut s.pool, |tail| {
             let tail_start = tail.len();
             while pos < end {
+                // The session writes a ping's pong straight into the tail.
+                let before_step = tail.len();
                 let step = match session.advance(&mut read_buf[pos..end], config, tail, now) {
                     Ok(step) => step,
                     Err(e) => {
@@ -146,6 +158,11 @@ fn echo_frames(conn: &mut Connection, s: &mut Shared, key: usize, start: usize, 
                     }
                 };
                 pos += step.consumed;
+                if RATED && !access::admits(rate, rate_limit, step.event.as_ref(), now) {
+                    tail.truncate(before_step);
+                    ended = Some(EchoEnd::RateLimited);
+                    return false;
+                }
                 let (opcode, payload) = match step.event {
                     None => return false,
                     Some(Event::Text(text)) => (OpCode::Text, text.as_bytes()),
@@ -183,6 +200,14 @@ fn echo_frames(conn: &mut Connection, s: &mut Shared, key: usize, start: usize, 
     let ended_by = match ended {
         Some(EchoEnd::ProtocolError(e)) => Some(on_protocol_error(conn, s, key, e)),
         Some(EchoEnd::PeerClosed(code)) => Some(on_peer_close(conn, s, code)),
+        Some(EchoEnd::RateLimited) => {
+            let Phase::Open(mut session) = std::mem::replace(&mut conn.phase, Phase::Busy) else {
+                unreachable!("on_frames is only called for open connections");
+            };
+            access::rate_limited(&mut session, conn, s, key);
+            conn.phase = Phase::Open(session);
+            None
+        }
         None => None,
     };
     let closed = matches!(&conn.phase, Phase::Open(session) if session.is_closed());
@@ -193,22 +218,33 @@ fn echo_frames(conn: &mut Connection, s: &mut Shared, key: usize, start: usize, 
 enum EchoEnd {
     ProtocolError(ProtocolError),
     PeerClosed(Option<u16>),
+    /// Over `--rate-limit`: the frame was dropped; close 1008.
+    RateLimited,
 }
 
-/// The peer broke the protocol: the session has written its close; remember the code.
+/// The peer broke the protocol: the session has written its close, unless it had sent one.
 fn on_protocol_error(conn: &mut Connection, s: &mut Shared, key: usize, e: ProtocolError) -> Ending {
     debug!(conn = key; "protocol error: {e}");
-    conn.close_code = e.close_code();
-    s.metrics.close_code_sent(e.close_code());
+    session_closed_with(conn, s, e.close_code());
     Ending::ProtocolError
 }
 
-/// The peer closed: the session has answered with its close; remember the code.
+/// The peer closed: the session has answered with its close, unless it had sent one (the
+/// peer is then answering ours).
 fn on_peer_close(conn: &mut Connection, s: &mut Shared, peer_code: Option<u16>) -> Ending {
-    let c = peer_code.unwrap_or(code::NORMAL);
-    conn.close_code = c;
-    s.metrics.close_code_sent(c);
+    session_closed_with(conn, s, peer_code.unwrap_or(code::NORMAL));
     Ending::Normal
+}
+
+/// Remembers and counts the close the session just wrote with `close_code`. A session writes
+/// at most one close, and every close we start (token expiry, rate limit, shutdown, timeouts)
+/// records its code when it is sent: a code already there means the session wrote nothing now
+/// (the peer's close or error came after ours), and that close was counted when it went out.
+fn session_closed_with(conn: &mut Connection, s: &mut Shared, close_code: u16) {
+    if conn.close_code == 0 {
+        conn.close_code = close_code;
+        s.metrics.close_code_sent(close_code);
+    }
 }
 
 /// After a read's frames: keep an unfinished header or control frame (`read_buf[rest]`) for

@@ -80,6 +80,7 @@ pub(super) fn on_http(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, 
     let mut outbox =
         Deliveries::new(conns, &mut s.dirty, &mut s.deflater, &s.settings).relaying(s.backplane.as_mut());
     let backplane = outbox.backplane_stats();
+    let deflate = outbox.deflate_stats();
     let connections = outbox.conns.len();
     let response = http::respond(
         &request,
@@ -92,6 +93,7 @@ pub(super) fn on_http(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, 
             uptime_seconds: s.now / 1000,
             connections,
             backplane,
+            deflate,
         },
     );
     let cuts = outbox.finish();

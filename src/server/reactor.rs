@@ -33,6 +33,7 @@ use super::accept;
 use super::admission::Admission;
 use super::connection::{Connection, Ending, Phase};
 use super::frames::on_frames;
+use super::history_timer::HistoryTimer;
 use super::lifecycle::{
     doom, flush_dirty, flush_now, mark_dirty, on_eof, reap, rearm_key, socket_failed, TURN_WRITE_BUDGET,
 };
@@ -41,9 +42,9 @@ use super::relay;
 use super::shutdown;
 use super::state::{Mode, Settings, Shared, StressLogs, READ_PREFIX, READ_SIZE, TLS_READ_SIZE};
 use super::timeouts::run_timers;
-use super::timers::{DeadlineQueue, NEVER};
+use super::timers::{DeadlineQueue, FIRST_RESERVED_TOKEN, NEVER};
 use super::transport::Received;
-use crate::backplane::redis::{RedisBackplane, RedisSettings, PUB, SUB};
+use crate::backplane::redis::{RedisBackplane, RedisSettings, SharedHistory, PUB, SUB};
 use crate::config::validate::FdBudget;
 use crate::config::{millis, Config};
 use crate::http::HttpConfig;
@@ -67,8 +68,6 @@ const READS_PER_TURN: usize = 8;
 const BACKPLANE_CONNECT_TIMEOUT: Millis = 3_000;
 /// Most turns a fan-out flush is put off while input keeps arriving.
 const MAX_DEFERRED_TURNS: usize = 8;
-/// Shortest gap between two history expiry wake-ups (TTLs are kept within one).
-const HISTORY_SWEEP: Millis = 1000;
 
 pub struct Server {
     poll: Poll,
@@ -113,7 +112,7 @@ impl Server {
         let max_connections = config
             .max_connections
             .unwrap_or_else(|| FdBudget::fit(open_files).unwrap_or(1))
-            .clamp(1, (1 << 24) - overflow_slots - 1);
+            .clamp(1, FIRST_RESERVED_TOKEN - overflow_slots);
         let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
         let verifier = config.verifier().map_err(invalid)?;
         let api_key = config.effective_api_key().map_err(invalid)?;
@@ -156,9 +155,14 @@ impl Server {
         }
         let (per_ip, max_pending) = (settings.max_connections_per_ip, settings.max_pending_handshakes);
         let hub = Hub::new(config.hub());
+        // With Redis, history is kept there and shared by every node (see `backplane::shared`);
+        // the in-memory store is the single-node history.
+        let keep_in_redis = config.redis.is_some() && !config.echo;
         let hub = match config.history() {
-            Some(history) => hub.with_history(Box::new(MemoryHistory::new(history, random_seed()))),
-            None => hub,
+            Some(history) if !keep_in_redis => {
+                hub.with_history(Box::new(MemoryHistory::new(history, random_seed())))
+            }
+            _ => hub,
         };
         // Sized for the limit up front: the slab's pages are only touched (and so only count
         // towards RSS) as connections arrive, and it never reallocates and copies under load.
@@ -171,6 +175,7 @@ impl Server {
                 max_output: config.redis_max_queued_bytes.max(1),
                 max_data: config.max_message_size,
                 connect_timeout: BACKPLANE_CONNECT_TIMEOUT,
+                history: config.history().map(|h| SharedHistory { size: h.size, ttl: h.ttl }),
             };
             RedisBackplane::new(settings, [BACKPLANE_SUB, BACKPLANE_PUB], 0)
         });
@@ -189,6 +194,7 @@ impl Server {
                 metrics: Metrics::default(),
                 pool: BufferPool::default(),
                 timers: DeadlineQueue::default(),
+                history_timer: HistoryTimer::default(),
                 dirty: Vec::new(),
                 doomed: Vec::new(),
                 reread: Vec::new(),
@@ -240,7 +246,11 @@ impl Server {
                     return Ok(());
                 }
             }
-            let timeout = if self.shared.reread.is_empty() && self.shared.backlog.is_empty() && deferred == 0
+            let backplane_reread = self.shared.backplane.as_ref().is_some_and(|b| b.wants_reread());
+            let timeout = if self.shared.reread.is_empty()
+                && self.shared.backlog.is_empty()
+                && deferred == 0
+                && !backplane_reread
             {
                 self.next_wakeup().map(|at| {
                     std::time::Duration::from_millis(at.saturating_sub(self.shared.now).min(60_000))
@@ -255,10 +265,11 @@ impl Server {
                 return Err(e);
             }
             self.shared.now = self.shared.started.elapsed().as_millis() as Millis;
-            self.shared.hub.tick(self.shared.now);
+            self.shared.hub.set_clock(self.shared.now);
             for key in std::mem::take(&mut self.shared.reread) {
                 self.on_readable(key, true);
             }
+            relay::reread(&mut self.conns, &mut self.shared, self.poll.registry());
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),
@@ -306,10 +317,6 @@ impl Server {
         if let Some(at) = self.shared.shutting_down {
             next = next.min(at);
         }
-        if let Some(at) = self.shared.hub.history_deadline() {
-            // History expiry wakes the loop at most once a second (TTLs are kept within one).
-            next = next.min(at.max(self.shared.now + HISTORY_SWEEP));
-        }
         (next != NEVER).then_some(next)
     }
 
@@ -317,9 +324,11 @@ impl Server {
     fn end_of_turn(&mut self) {
         self.shared.turn_write_budget = TURN_WRITE_BUDGET;
         self.shared.flush_soon = false;
-        relay::flush(&mut self.shared, self.poll.registry());
+        relay::flush(&mut self.conns, &mut self.shared, self.poll.registry());
         flush_dirty(&mut self.conns, &mut self.shared);
         run_timers(&mut self.conns, &mut self.shared, self.poll.registry());
+        // This turn's publishes may have given the history its first deadline.
+        self.shared.history_timer.arm(&self.shared.hub, &mut self.shared.timers);
         flush_dirty(&mut self.conns, &mut self.shared);
         reap(&mut self.conns, &mut self.shared, self.poll.registry());
         self.shared.logs.flush(self.shared.now);

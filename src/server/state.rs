@@ -10,6 +10,7 @@
 use std::time::Instant;
 
 use super::admission::Admission;
+use super::history_timer::HistoryTimer;
 use super::outbuf::BufferPool;
 use super::timers::DeadlineQueue;
 use crate::auth::rate::RateLimit;
@@ -76,6 +77,8 @@ pub(super) struct Shared {
     pub(super) metrics: Metrics,
     pub(super) pool: BufferPool,
     pub(super) timers: DeadlineQueue,
+    /// The history's expiry, one entry in `timers`.
+    pub(super) history_timer: HistoryTimer,
     /// Connections with output to flush at the end of this turn.
     pub(super) dirty: Vec<usize>,
     /// Connections to remove at the end of this turn.

@@ -11,6 +11,7 @@ use mio::Registry;
 use slab::Slab;
 
 use super::connection::{Connection, Ending, Phase};
+use super::history_timer::HISTORY_TIMER;
 use super::lifecycle::{doom, linger, mark, rearm, reject_http};
 use super::relay::{self, BACKPLANE_TIMER};
 use super::state::Shared;
@@ -20,12 +21,16 @@ use crate::protocol::close::code;
 use crate::protocol::handshake::Rejection;
 use crate::protocol::session::TimerOutcome;
 
-/// Runs every deadline that is due (the connections', and the backplane's under its reserved
-/// token), and re-arms each connection's next one.
+/// Runs every deadline that is due (the connections', and the backplane's and the history's
+/// under their reserved tokens), and re-arms each connection's next one.
 pub(super) fn run_timers(conns: &mut Slab<Connection>, s: &mut Shared, registry: &Registry) {
     while let Some((deadline, key)) = s.timers.pop_due(s.now) {
         if key == BACKPLANE_TIMER {
-            relay::on_timer(s, registry, deadline);
+            relay::on_timer(conns, s, registry, deadline);
+            continue;
+        }
+        if key == HISTORY_TIMER {
+            s.history_timer.on_timer(&mut s.hub, &mut s.timers, deadline, s.now);
             continue;
         }
         let Some(conn) = conns.get_mut(key) else { continue };

@@ -18,9 +18,12 @@ pub const NEVER: Millis = Millis::MAX;
 /// bytes per connection.
 const TOKEN_BITS: u32 = 24;
 const TOKEN_MASK: u64 = (1 << TOKEN_BITS) - 1;
-/// The one token above every connection key (the reactor caps connections below it), for a
-/// deadline that is not a connection's: the backplane's reconnect backoff.
+/// The top token, above every connection key, for a deadline that is not a connection's: the
+/// backplane's reconnect backoff.
 pub const RESERVED_TOKEN: usize = TOKEN_MASK as usize;
+/// The lowest token reserved for such deadlines (the one below is the history's expiry); the
+/// reactor caps connection keys below it.
+pub const FIRST_RESERVED_TOKEN: usize = RESERVED_TOKEN - 1;
 
 #[derive(Default)]
 pub struct DeadlineQueue {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Browser tests: Debian's headless Chromium, driven by playwright-core (npm), against real wshub
-# processes (the recovery of the JS client through connection cuts and a restart, the demo page).
+# processes (the recovery of the JS client through connection cuts and a restart, its token
+# refresh, the demo page).
 # Installs what is missing (chromium via apt, playwright-core via npm), quietly and idempotently.
 #
 #   WSHUB_BIN=/path/to/wshub   test that binary instead of building target/release/wshub

@@ -1,6 +1,8 @@
 // Browser tests: headless Chromium (Debian's) driven by playwright-core, against real wshub
 // processes, through a loopback TCP proxy the test controls (to cut connections while the
-// server keeps running, and to point the same URL at a restarted server).
+// server keeps running, and to point the same URL at a restarted server); one test runs a
+// private redis-server (history kept in Redis survives a restart); one runs the client's
+// token refresh against a server that requires tokens.
 //
 //   node tests/browser/test.mjs            (tests/browser/run.sh installs what it needs first)
 //   WSHUB_BIN=path        the server binary (default target/release/wshub)
@@ -9,6 +11,7 @@
 // Every wait is bounded; a failure prints what was seen and exits non-zero.
 
 import { spawn } from "node:child_process";
+import { createHmac } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import os from "node:os";
@@ -256,6 +259,176 @@ async function notRecoverable(browser) {
   await stopServer(server);
 }
 
+// ----- tokens -----
+
+const SECRET = "browser test secret";
+
+/** An HS256 JWT for `claims`, signed with SECRET (node:crypto; no JWT package needed). */
+function mint(claims) {
+  const part = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  const signed = `${part({ alg: "HS256", typ: "JWT" })}.${part(claims)}`;
+  return `${signed}.${createHmac("sha256", SECRET).update(signed).digest("base64url")}`;
+}
+
+async function metric(port, name) {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const line = text.split("\n").find((l) => l.startsWith(`${name} `));
+  assert(line, `metric ${name} in /metrics`);
+  return Number(line.split(" ")[1]);
+}
+
+/**
+ * Opens a page whose client connects with a token from the test (`mintToken`, exposed to the
+ * page): with `refresh`, through the client's `getToken` (so it refreshes before `exp`);
+ * without, as a fixed `token`. Close codes the page's sockets see are logged.
+ */
+async function tokenPage(browser, port, refresh) {
+  const page = await browser.newPage();
+  page.on("pageerror", (e) => console.error("page error:", e));
+  let minted = 0;
+  // The first token expires in 6 s; with refresh, the next ones in 10 minutes.
+  const now = () => Math.floor(Date.now() / 1000);
+  await page.exposeFunction("mintToken", () => {
+    minted += 1;
+    const exp = now() + (minted === 1 ? 6 : 600);
+    return { token: mint({ sub: "browser", exp, wshub: { subscribe: ["t"] } }), exp };
+  });
+  const origin = `http://127.0.0.1:${port}`;
+  await page.goto(`${origin}/healthz`);
+  const first = await page.evaluate(
+    async ({ origin, refresh }) => {
+      const { WsHub } = await import(`${origin}/wshub.js`);
+      const log = (window.log = { states: [], received: [], closes: [], refreshed: [], minted: [], errors: [] });
+      const getToken = async () => {
+        const { token, exp } = await window.mintToken();
+        log.minted.push(exp);
+        return token;
+      };
+      // The socket class the client uses, noting each close code.
+      class Logged extends WebSocket {
+        constructor(url) {
+          super(url);
+          this.addEventListener("close", (e) => log.closes.push(e.code));
+        }
+      }
+      const options = { WebSocket: Logged, minBackoff: 500, maxBackoff: 1000, refreshBefore: 4000 };
+      if (refresh) options.getToken = getToken;
+      else options.token = await getToken();
+      const hub = (window.hub = new WsHub(origin.replace("http", "ws") + "/ws", options));
+      hub.on("state", (s) => log.states.push(s));
+      hub.on("refreshed", (p) => log.refreshed.push(p.exp));
+      hub.on("error", (e) => log.errors.push(e.message));
+      await hub.subscribe("t", (data) => log.received.push(data));
+      return log.minted[0];
+    },
+    { origin, refresh },
+  );
+  return { page, exp: first };
+}
+
+async function tokenRefresh(browser) {
+  const server = await startServer(["--jwt-secret", SECRET, "--jwt-leeway", "0"]);
+  const refreshing = await tokenPage(browser, server.port, true);
+  const fixed = await tokenPage(browser, server.port, false);
+  // Without refresh, the server closes the connection with 4001 at the token's exp.
+  const fixedLog = await waitFor(
+    "the fixed token's connection closed with 4001",
+    async () => {
+      const log = await pageLog(fixed.page);
+      return log.closes.includes(4001) && log;
+    },
+    30000,
+  );
+  assert(Date.now() / 1000 >= fixed.exp - 1, `closed at exp (${fixed.exp}), not before`);
+  assert(fixedLog.states.includes("disconnected"), `the app saw the drop: ${fixedLog.states}`);
+  // With refresh, the client sent a new token before exp: the server answered `refreshed`
+  // with the new exp, and the connection outlives the first token.
+  await waitFor("the first token's exp to pass", async () => Date.now() / 1000 > refreshing.exp + 1, 30000);
+  await publish(server.port, "t", "after the first exp");
+  const log = await waitFor("a message after the first exp", async () => {
+    const log = await pageLog(refreshing.page);
+    return log.received.length === 1 && log;
+  });
+  assert(log.minted.length === 2, `one token to connect, one to refresh: ${log.minted}`);
+  assert(JSON.stringify(log.refreshed) === JSON.stringify([log.minted[1]]), `refreshed with the new exp: ${log.refreshed} vs ${log.minted}`);
+  assert(log.closes.length === 0, `never closed: ${log.closes}`);
+  assert(JSON.stringify(log.states) === JSON.stringify(["connected"]), `one connection throughout: ${log.states}`);
+  assert((await metric(server.port, "wshub_token_refreshes_total")) === 1, "one refresh accepted");
+  assert((await metric(server.port, "wshub_close_frames_sent_total{code=\"4001\"}")) === 1, "one 4001: the fixed token's");
+  console.log(`ok: tokens: the client refreshed before exp and kept its connection; without refresh it was closed with 4001`);
+  await refreshing.page.close();
+  await fixed.page.close();
+  await stopServer(server);
+}
+
+/** A private redis-server on a free loopback port (run-all.sh installs it); stopped with the servers. */
+async function startRedis() {
+  const port = await new Promise((resolve) => {
+    const probe = net.createServer().listen(0, "127.0.0.1", () => {
+      const port = probe.address().port;
+      probe.close(() => resolve(port));
+    });
+  });
+  const child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
+    stdio: "ignore",
+  });
+  servers.add(child);
+  child.on("exit", () => servers.delete(child));
+  await waitFor("redis-server listening", () =>
+    new Promise((resolve) => {
+      const socket = net.connect(port, "127.0.0.1", () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.on("error", () => resolve(false));
+    }),
+  );
+  child.url = `redis://127.0.0.1:${port}`;
+  return child;
+}
+
+async function backplaneUp(port) {
+  await waitFor("the backplane up", async () => {
+    const r = await fetch(`http://127.0.0.1:${port}/healthz`).catch(() => null);
+    return r && r.status === 200;
+  });
+}
+
+async function restartWithHistoryInRedis(browser) {
+  // History kept in Redis: a server restart (a deploy) loses nothing, and the client recovers.
+  const redis = await startRedis();
+  const args = ["--redis", redis.url, "--history-size", "100"];
+  let server = await startServer(args);
+  await backplaneUp(server.port);
+  const proxy = await startProxy(server.port);
+  const page = await clientPage(browser, `http://127.0.0.1:${proxy.port}`, "deploy");
+  for (let i = 1; i <= 3; i++) await publish(server.port, "deploy", i);
+  await waitFor("three messages", async () => (await pageLog(page)).received.length === 3);
+  await stopServer(server);
+  // The new process takes messages before the client is back (the proxy still points at the
+  // dead port), so they can only reach the client through recovery.
+  server = await startServer(args);
+  await backplaneUp(server.port);
+  for (let i = 4; i <= 6; i++) await publish(server.port, "deploy", i);
+  proxy.target = server.port;
+  await waitFor("six messages", async () => (await pageLog(page)).received.length >= 6);
+  await publish(server.port, "deploy", 7);
+  const log = await waitFor("the live one", async () => {
+    const log = await pageLog(page);
+    return log.received.length >= 7 && log;
+  });
+  await sleep(300); // a duplicate would arrive now
+  const final = await pageLog(page);
+  const expected = [1, 2, 3, 4, 5, 6, 7].map((i) => [i, i]);
+  assert(JSON.stringify(final.received) === JSON.stringify(expected), `every message once, in order: ${JSON.stringify(final.received)}`);
+  assert(final.unrecovered.length === 0, `recovered across the restart: ${JSON.stringify(final.unrecovered)}`);
+  console.log(`ok: history in Redis: a server restart loses nothing (${log.states.join(" > ")})`);
+  await page.close();
+  await proxy.close();
+  await stopServer(server);
+  await stopServer(redis);
+}
+
 async function demoPage(browser) {
   const server = await startServer(["--demo", "--history-size", "100"]);
   const page = await browser.newPage({ viewport: { width: 1100, height: 640 } });
@@ -330,6 +503,8 @@ try {
   });
   await recoveryWithHistory(browser);
   await notRecoverable(browser);
+  await restartWithHistoryInRedis(browser);
+  await tokenRefresh(browser);
   await demoPage(browser);
 } catch (e) {
   failed = true;

@@ -12,7 +12,12 @@ fn settings() -> RedisSettings {
         max_output: 1 << 20,
         max_data: 1 << 20,
         connect_timeout: 3_000,
+        history: None,
     }
+}
+
+fn history_settings() -> RedisSettings {
+    RedisSettings { history: Some(SharedHistory { size: 100, ttl: 60_000 }), ..settings() }
 }
 
 fn take_output(core: &mut RedisCore, which: usize) -> String {
@@ -30,6 +35,15 @@ fn feed(core: &mut RedisCore, which: usize, bytes: &[u8]) -> (Vec<String>, Resul
         got.push(match m {
             Inbound::Publish { topic, data } => format!("{topic}={}", data.get()),
             Inbound::Broadcast { data } => format!("*={}", data.get()),
+            Inbound::Numbered { topic, message } => {
+                format!("{topic}#{}@{}={}", message.offset, message.epoch, message.data.get())
+            }
+            Inbound::Confirmed { topic } => format!("confirmed {topic}"),
+            Inbound::Appended { ticket, result } => format!("appended {ticket} {result:?}"),
+            Inbound::Position { ticket, topic, fetched } => format!(
+                "position {ticket} {topic} {:?}",
+                fetched.map(|f| (f.epoch, f.offset, f.recovered, f.replay.len()))
+            ),
         });
         true
     });
@@ -286,4 +300,158 @@ fn bytes_that_are_not_resp_fail_the_connection() {
     let (_, result) = feed(&mut core, SUB, b"HTTP/1.1 200 OK\r\n");
     assert_eq!(result, Err(LinkError::NotResp));
     assert!(!core.is_up());
+}
+
+/// A core keeping history in Redis, connected: its handshake loads both scripts.
+fn history_core() -> RedisCore {
+    let mut core = RedisCore::new(history_settings(), 0);
+    core.on_timer(0);
+    take_output(&mut core, SUB);
+    let handshake = take_output(&mut core, PUB);
+    assert_eq!(handshake.matches("SCRIPT").count(), 2, "{handshake}");
+    let shas = [shared::script_sha(shared::APPEND_SCRIPT), shared::script_sha(shared::POSITION_SCRIPT)];
+    let mut replies = Vec::new();
+    for sha in shas {
+        replies.extend_from_slice(b"$40\r\n");
+        replies.extend_from_slice(&sha);
+        replies.extend_from_slice(b"\r\n");
+    }
+    replies.extend_from_slice(b"+PONG\r\n");
+    feed(&mut core, PUB, &replies).1.unwrap();
+    feed(&mut core, SUB, b"*3\r\n$9\r\nsubscribe\r\n$15\r\nwshub:broadcast\r\n:1\r\n").1.unwrap();
+    assert!(core.is_up());
+    core
+}
+
+fn confirmation(channel: &str) -> Vec<u8> {
+    format!("*3\r\n$9\r\nsubscribe\r\n${}\r\n{channel}\r\n:2\r\n", channel.len()).into_bytes()
+}
+
+#[test]
+fn a_wanted_topic_is_confirmed_once_its_last_subscribe_is() {
+    let mut core = up_core();
+    assert!(core.topic_wanted("a"), "up: Redis will confirm");
+    core.topic_unwanted("a");
+    assert!(core.topic_wanted("a"));
+    let (got, _) = feed(&mut core, SUB, &confirmation("wshub:topic:a"));
+    assert!(got.is_empty(), "the first SUBSCRIBE precedes an UNSUBSCRIBE: not yet");
+    let (got, _) = feed(&mut core, SUB, &confirmation("wshub:topic:a"));
+    assert_eq!(got, ["confirmed a"]);
+    let (got, _) = feed(&mut core, SUB, &confirmation("wshub:topic:a"));
+    assert!(got.is_empty(), "a confirmation nobody waits for is ignored");
+    let mut down = RedisCore::new(settings(), 0);
+    assert!(!down.topic_wanted("a"), "down: answered at once");
+}
+
+#[test]
+fn history_commands_are_script_calls_answered_in_order() {
+    let data: &RawValue = serde_json::from_str("{\"n\":1}").unwrap();
+    let mut core = history_core();
+    assert_eq!(core.append("news", data, Some(7)), Relay::Sent);
+    assert_eq!(core.append("news", data, None), Relay::Sent);
+    assert!(core.fetch_position("news", Some(Since { offset: 3, epoch: "0123456789abcdef" }), 8));
+    let out = take_output(&mut core, PUB);
+    assert_eq!(out.matches("EVALSHA").count(), 3);
+    for key in ["wshub:epoch:news", "wshub:offset:news", "wshub:history:news", "wshub:topic:news"] {
+        assert!(out.contains(key), "{key} in {out}");
+    }
+    let mut replies = b"*2\r\n$16\r\n0123456789abcdef\r\n:4\r\n-ERR oops\r\n".to_vec();
+    replies.extend_from_slice(b"*4\r\n$16\r\n0123456789abcdef\r\n:4\r\n:1000\r\n$9\r\n4 999 \"x\"\r\n");
+    let (got, result) = feed(&mut core, PUB, &replies);
+    result.unwrap();
+    assert_eq!(
+        got,
+        [
+            "appended 7 Some((\"0123456789abcdef\", 4))".to_string(),
+            "position 8 news Some((\"0123456789abcdef\", 4, Some(true), 1))".to_string(),
+        ],
+        "the untracked append's error is counted, not delivered"
+    );
+    assert_eq!(core.stats().publish_failed, 1);
+}
+
+#[test]
+fn numbered_messages_come_from_every_node_and_garbage_is_counted() {
+    let mut core = history_core();
+    let mut bytes = message("wshub:topic:t", b"E0123456789abcdef 5 [1]");
+    bytes.extend(message("wshub:topic:t", b"E0123456789abcdef x [1]"));
+    bytes.extend(message("wshub:topic:t", b"E0123456789abcdef 6 [1"));
+    bytes.extend(message("wshub:topic:t", b"E0123456789abcdef 7 2"));
+    let (got, result) = feed(&mut core, SUB, &bytes);
+    result.unwrap();
+    assert_eq!(got, ["t#5@0123456789abcdef=[1]", "t#7@0123456789abcdef=2"]);
+    assert_eq!((core.stats().received, core.stats().garbage), (2, 2));
+}
+
+#[test]
+fn a_lost_connection_is_reported_once_and_history_waits_fail() {
+    let data: &RawValue = serde_json::from_str("1").unwrap();
+    let mut core = history_core();
+    assert_eq!(core.append("t", data, Some(1)), Relay::Sent);
+    core.fail(10, "lost");
+    assert!(core.take_went_down());
+    assert!(!core.take_went_down(), "once");
+    assert_eq!(core.append("t", data, Some(2)), Relay::Failed);
+    assert!(!core.fetch_position("t", None, 3));
+    assert_eq!(core.stats().publish_failed, 2, "the one in flight and the one refused");
+    let mut plain = up_core();
+    assert_eq!(plain.append("t", data, None), Relay::Failed, "no history in Redis: nothing to append to");
+}
+
+#[test]
+fn noscript_reloads_the_scripts_and_fails_only_that_call() {
+    let data: &RawValue = serde_json::from_str("1").unwrap();
+    let mut core = history_core();
+    assert_eq!(core.append("t", data, Some(1)), Relay::Sent);
+    take_output(&mut core, PUB);
+    let (got, result) = feed(&mut core, PUB, b"-NOSCRIPT No matching script.\r\n");
+    result.unwrap();
+    assert_eq!(got, ["appended 1 None"]);
+    assert_eq!(take_output(&mut core, PUB).matches("SCRIPT").count(), 2, "loaded again");
+    let sha = shared::script_sha(shared::APPEND_SCRIPT);
+    let reply = [&b"$40\r\n"[..], &sha, b"\r\n", b"$40\r\n", &sha, b"\r\n"].concat();
+    feed(&mut core, PUB, &reply).1.unwrap();
+    assert!(core.is_up());
+    assert_eq!(core.append("t", data, Some(2)), Relay::Sent);
+}
+
+#[test]
+fn wanted_topics_keep_their_history_alive() {
+    let mut core = history_core();
+    assert!(core.topic_wanted("quiet"));
+    take_output(&mut core, SUB);
+    let due = core.next_deadline();
+    assert_eq!(due, 10 + 20_000, "a third of the TTL after coming up");
+    assert_eq!(core.on_timer(due - 1), TimerAction::Nothing);
+    assert_eq!(take_output(&mut core, PUB), "");
+    assert_eq!(core.on_timer(due), TimerAction::Nothing);
+    let out = take_output(&mut core, PUB);
+    assert_eq!(out.matches("PEXPIRE").count(), 3, "{out}");
+    assert!(out.contains("wshub:epoch:quiet") && out.contains("wshub:history:quiet"));
+    assert!(out.contains("60000"));
+    assert_eq!(core.next_deadline(), due + 20_000);
+    feed(&mut core, PUB, b":1\r\n:1\r\n:0\r\n").1.unwrap();
+    assert!(core.is_up(), "the replies are consumed in order");
+    let plain = up_core();
+    assert_eq!(plain.next_deadline(), NEVER, "no history: nothing to refresh");
+}
+
+#[test]
+fn up_only_once_every_resubscribed_channel_is_confirmed() {
+    let mut core = RedisCore::new(settings(), 0);
+    for i in 0..300 {
+        core.topic_wanted(&format!("t{i}"));
+    }
+    core.on_timer(0);
+    core.topic_wanted("late");
+    feed(&mut core, PUB, b"+PONG\r\n").1.unwrap();
+    feed(&mut core, SUB, b"*3\r\n$9\r\nsubscribe\r\n$15\r\nwshub:broadcast\r\n:1\r\n").1.unwrap();
+    let mut confirmations = Vec::new();
+    for i in 0..300 {
+        confirmations.extend(confirmation(&format!("wshub:topic:t{i}")));
+    }
+    feed(&mut core, SUB, &confirmations).1.unwrap();
+    assert!(!core.is_up(), "the channel wanted while connecting is not confirmed yet");
+    feed(&mut core, SUB, &confirmation("wshub:topic:late")).1.unwrap();
+    assert!(core.is_up());
 }

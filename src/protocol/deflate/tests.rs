@@ -369,3 +369,59 @@ fn realistic_json_shrinks_at_the_default_level() {
     println!("{} bytes of JSON -> {levels:?} (level, compressed bytes)", data.len());
     assert!(levels[0].1 * 2 < data.len(), "level 1 at least halves it: {levels:?}");
 }
+
+#[test]
+fn deflater_counts_messages_bytes_and_frames() {
+    let mut d = Deflater::new(DeflateConfig { threshold: 32, level: 1 });
+    assert_eq!(d.stats(), DeflateStats::default());
+    let payload = br#"{"type":"message","payload":{"topic":"t","data":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}}"#;
+    // A fan-out: compressed once, one frame counted per compressing subscriber.
+    let msg = SharedMessage::new(OpCode::Text, payload);
+    let frame = msg.frame_for(Some(15), &mut d).clone();
+    for _ in 0..4 {
+        msg.frame_for(Some(15), &mut d);
+    }
+    msg.frame_for(None, &mut d);
+    let s = d.stats();
+    assert_eq!((s.messages_compressed, s.frames_sent, s.not_smaller), (1, 5, 0));
+    assert_eq!(s.bytes_in, payload.len() as u64);
+    let header = 2; // a short compressed frame
+    assert_eq!(s.bytes_out, (frame.len() - header) as u64);
+    // An echo reply: one compression, one frame; under the threshold: nothing counted.
+    let mut out = Vec::new();
+    d.write_frame(&mut out, OpCode::Text, payload, Some(15));
+    d.write_frame(&mut out, OpCode::Text, b"short", Some(15));
+    d.write_frame(&mut out, OpCode::Text, payload, None);
+    let s = d.stats();
+    assert_eq!((s.messages_compressed, s.frames_sent, s.not_smaller), (2, 6, 0));
+    assert_eq!(s.bytes_in, 2 * payload.len() as u64);
+    // Incompressible: tried, sent plain, counted as such; its fan-out frames are plain ones.
+    let noise: Vec<u8> = (0..200u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let msg = SharedMessage::new(OpCode::Binary, &noise);
+    assert!(Rc::ptr_eq(msg.frame_for(Some(15), &mut d), msg.plain()));
+    assert!(Rc::ptr_eq(msg.frame_for(Some(15), &mut d), msg.plain()));
+    let s = d.stats();
+    assert_eq!((s.messages_compressed, s.frames_sent, s.not_smaller), (2, 6, 1));
+}
+
+#[test]
+fn inflaters_count_messages_bytes_and_refusals() {
+    let before = inflate_stats();
+    let mut d = Deflater::new(DeflateConfig { threshold: 0, level: 6 });
+    let payload = b"hello hello hello hello hello hello".repeat(10);
+    let mut packed = Vec::new();
+    assert!(d.compress(&payload, 15, &mut packed));
+    let (a, b) = packed.split_at(packed.len() / 2);
+    assert_eq!(inflate_all(&[a, b], 10_000).unwrap(), payload);
+    let after = inflate_stats();
+    assert_eq!(after.messages - before.messages, 1);
+    assert_eq!(after.bytes_in - before.bytes_in, packed.len() as u64);
+    assert_eq!(after.bytes_out - before.bytes_out, payload.len() as u64);
+    assert_eq!((after.corrupt, after.too_big), (before.corrupt, before.too_big));
+    // A bomb and a corrupt stream: refused, counted, and not as messages.
+    assert_eq!(inflate_all(&[&packed], payload.len() - 1), Err(InflateError::TooBig));
+    assert_eq!(inflate_all(&[&[0xff, 0xff, 0xff]], 1000), Err(InflateError::Corrupt));
+    let last = inflate_stats();
+    assert_eq!(last.messages, after.messages);
+    assert_eq!((last.corrupt - after.corrupt, last.too_big - after.too_big), (1, 1));
+}

@@ -14,6 +14,8 @@ var upgrader = websocket.Upgrader{
 	ReadBufferSize:  4096,
 	WriteBufferSize: 4096,
 	CheckOrigin:     func(*http.Request) bool { return true },
+	// PEER_DEFLATE=1: negotiate permessage-deflate (gorilla: no context takeover, level 1).
+	EnableCompression: os.Getenv("PEER_DEFLATE") == "1",
 }
 
 func echo(w http.ResponseWriter, r *http.Request) {

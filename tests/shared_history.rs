@@ -1,0 +1,310 @@
+//! Topic history kept in Redis and shared by every node (`--redis` with `--history-size`), and
+//! subscribes that complete only once Redis confirms them, against a real `redis-server`:
+//! recovery on another node and across a restart, offsets exactly once and in order with two
+//! publishing nodes, the subscribe race of issue 13, Redis down, and a trimmed history.
+
+mod common;
+
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::redis::RedisProc;
+use common::*;
+use serde_json::{json, Value};
+
+/// Generous bounds: the machine running the tests may be loaded.
+const SETTLE: Duration = Duration::from_secs(10);
+
+fn node(redis: &RedisProc, history: usize) -> ServerProc {
+    let size = history.to_string();
+    let node = ServerProc::start(&["--redis", &redis.url(), "--history-size", &size]);
+    wait_health(&node, 200);
+    node
+}
+
+fn wait_health(node: &ServerProc, status: u16) {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let (got, _) = http(node.addr, "GET", "/healthz", "", "");
+        if got == status {
+            return;
+        }
+        assert!(Instant::now() < deadline, "/healthz still {got}, want {status}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Publishes over WebSocket and waits for the ack: the message is then numbered and kept in
+/// Redis (an HTTP 200 only says it was handed over), so a subscribe that follows sees it.
+fn publish_acked(addr: SocketAddr, topic: &str, data: Value) -> u64 {
+    let mut p = ws_connect(addr);
+    send_json(&mut p, &json!({"type":"publish","payload":{"topic":topic,"data":data},"id":"p"}));
+    let ack = recv_json(&mut p);
+    assert_eq!(ack["type"], "ack", "{ack}");
+    ack["payload"]["offset"].as_u64().expect("an offset")
+}
+
+fn publish(addr: SocketAddr, topic: &str, data: Value) -> (u16, Value) {
+    let (status, body) = http(addr, "POST", "/publish", "", &json!({"topic":topic,"data":data}).to_string());
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// Subscribes (with `since` if given) and returns the `subscribed` payload.
+fn subscribe_since(s: &mut TcpStream, topic: &str, since: Option<Value>) -> Value {
+    let mut payload = json!({"topic": topic});
+    if let Some(since) = since {
+        payload["since"] = since;
+    }
+    send_json(s, &json!({"type":"subscribe","payload":payload,"id":"sub"}));
+    let reply = recv_json(s);
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    assert_eq!(reply["id"], "sub");
+    reply["payload"].clone()
+}
+
+fn message(topic: &str, data: Value, offset: u64) -> Value {
+    json!({"type":"message","payload":{"topic":topic,"data":data,"offset":offset}})
+}
+
+#[test]
+fn a_client_recovers_on_another_node() {
+    let redis = RedisProc::start();
+    let (a, b) = (node(&redis, 100), node(&redis, 100));
+    let mut client = ws_connect(a.addr);
+    let first = subscribe_since(&mut client, "feed", None);
+    assert_eq!(first["offset"], 0);
+    let epoch = first["epoch"].as_str().expect("an epoch from Redis").to_string();
+    for i in 1..=5u64 {
+        assert_eq!(publish(b.addr, "feed", json!(i)), (200, json!({"delivered":0,"backplane":true})));
+        assert_eq!(recv_json(&mut client), message("feed", json!(i), i));
+    }
+    drop(client);
+    for i in 6..=12u64 {
+        assert_eq!(publish_acked(a.addr, "feed", json!(i)), i);
+    }
+    // Back on the other node, from offset 5: exactly 6..=12, then live ones.
+    let mut client = ws_connect(b.addr);
+    let reply = subscribe_since(&mut client, "feed", Some(json!({"offset":5,"epoch":epoch})));
+    assert_eq!(reply, json!({"topic":"feed","offset":12,"epoch":epoch,"recovered":true}));
+    for i in 6..=12u64 {
+        assert_eq!(recv_json(&mut client), message("feed", json!(i), i));
+    }
+    publish(a.addr, "feed", json!(13));
+    assert_eq!(recv_json(&mut client), message("feed", json!(13), 13));
+    // A plain subscribe on either node reports the same position.
+    let mut other = ws_connect(a.addr);
+    let reply = subscribe_since(&mut other, "feed", None);
+    assert_eq!((reply["offset"].as_u64(), reply["epoch"].as_str()), (Some(13), Some(epoch.as_str())));
+    // A subscriber publishing to its own topic reads its message, then the ack with the offset.
+    for round in 0..20u64 {
+        send_json(&mut other, &json!({"type":"publish","payload":{"topic":"feed","data":"mine"},"id":round}));
+        assert_eq!(recv_json(&mut other), message("feed", json!("mine"), 14 + round));
+        assert_eq!(
+            recv_json(&mut other),
+            json!({"type":"ack","payload":{"topic":"feed","offset":14 + round,"epoch":epoch,"backplane":true},"id":round})
+        );
+    }
+}
+
+#[test]
+fn a_node_restart_loses_nothing() {
+    let redis = RedisProc::start();
+    let a = node(&redis, 100);
+    let mut client = ws_connect(a.addr);
+    let epoch = subscribe_since(&mut client, "t", None)["epoch"].as_str().unwrap().to_string();
+    for i in 1..=3u64 {
+        publish(a.addr, "t", json!(i));
+        assert_eq!(recv_json(&mut client)["payload"]["offset"], i);
+    }
+    drop(client);
+    drop(a);
+    // A new process (a deploy): the history is in Redis, not in the process.
+    let a = node(&redis, 100);
+    for i in 4..=6u64 {
+        assert_eq!(publish_acked(a.addr, "t", json!(i)), i);
+    }
+    let mut client = ws_connect(a.addr);
+    let reply = subscribe_since(&mut client, "t", Some(json!({"offset":3,"epoch":epoch})));
+    assert_eq!(reply, json!({"topic":"t","offset":6,"epoch":epoch,"recovered":true}));
+    for i in 4..=6u64 {
+        assert_eq!(recv_json(&mut client), message("t", json!(i), i));
+    }
+}
+
+#[test]
+fn two_publishing_nodes_number_every_message_once_and_in_order() {
+    const PER_PUBLISHER: u64 = 250;
+    let redis = RedisProc::start();
+    let (a, b) = (node(&redis, 1000), node(&redis, 1000));
+    let mut subscribers: Vec<TcpStream> =
+        [a.addr, a.addr, b.addr, b.addr].iter().map(|&n| ws_connect(n)).collect();
+    for s in &mut subscribers {
+        assert_eq!(subscribe_since(s, "seq", None)["offset"], 0);
+    }
+    // Two publishers, one per node, interleaving freely; each waits for nothing but its acks.
+    let publishers: Vec<_> = [("a", a.addr), ("b", b.addr)]
+        .into_iter()
+        .map(|(name, addr)| {
+            std::thread::spawn(move || {
+                let mut p = ws_connect(addr);
+                for i in 0..PER_PUBLISHER {
+                    send_json(&mut p, &json!({"type":"publish","payload":{"topic":"seq","data":format!("{name}{i}")},"id":i}));
+                }
+                let mut offsets = Vec::new();
+                for i in 0..PER_PUBLISHER {
+                    let ack = recv_json(&mut p);
+                    assert_eq!(ack["type"], "ack", "{ack}");
+                    assert_eq!(ack["id"], i, "acks in publish order");
+                    assert_eq!(ack["payload"]["backplane"], true);
+                    offsets.push(ack["payload"]["offset"].as_u64().expect("an offset"));
+                }
+                assert!(offsets.windows(2).all(|w| w[0] < w[1]), "one publisher's offsets increase");
+                offsets
+            })
+        })
+        .collect();
+    let mut acked: Vec<u64> = publishers.into_iter().flat_map(|p| p.join().unwrap()).collect();
+    acked.sort();
+    assert_eq!(acked, (1..=2 * PER_PUBLISHER).collect::<Vec<_>>(), "every offset given once");
+    let mut first: Option<Vec<String>> = None;
+    for s in &mut subscribers {
+        let mut seen = Vec::new();
+        for expected in 1..=2 * PER_PUBLISHER {
+            let m = recv_json(s);
+            assert_eq!(m["payload"]["offset"], expected, "offsets strictly increasing: {m}");
+            seen.push(m["payload"]["data"].as_str().unwrap().to_string());
+        }
+        // Each publisher's messages in its order, and the same sequence on every node.
+        for name in ["a", "b"] {
+            let mine: Vec<&String> = seen.iter().filter(|d| d.starts_with(name)).collect();
+            let want: Vec<String> = (0..PER_PUBLISHER).map(|i| format!("{name}{i}")).collect();
+            assert_eq!(mine, want.iter().collect::<Vec<_>>());
+        }
+        match &first {
+            Some(first) => assert_eq!(&seen, first, "every subscriber sees the one order"),
+            None => first = Some(seen),
+        }
+    }
+}
+
+#[test]
+fn a_message_published_elsewhere_right_after_subscribed_is_not_missed() {
+    let redis = RedisProc::start();
+    for history in [0, 10] {
+        let (a, b) = (node(&redis, history), node(&redis, history));
+        let mut sub = ws_connect(a.addr);
+        for round in 0..30 {
+            // A fresh topic each round: this subscribe is what makes node a want its channel.
+            let topic = format!("race-{history}-{round}");
+            send_json(&mut sub, &json!({"type":"subscribe","payload":{"topic":topic}}));
+            assert_eq!(recv_json(&mut sub)["type"], "subscribed");
+            let (status, _) = publish(b.addr, &topic, json!(round));
+            assert_eq!(status, 200);
+            let m = recv_json(&mut sub);
+            assert_eq!(
+                (m["payload"]["topic"].as_str(), &m["payload"]["data"]),
+                (Some(topic.as_str()), &json!(round))
+            );
+        }
+    }
+}
+
+#[test]
+fn with_redis_down_history_publishes_are_refused_and_subscribes_do_not_recover() {
+    let mut redis = RedisProc::start();
+    let a = node(&redis, 10);
+    let mut client = ws_connect(a.addr);
+    let epoch = subscribe_since(&mut client, "t", None)["epoch"].as_str().unwrap().to_string();
+    publish(a.addr, "t", json!(1));
+    assert_eq!(recv_json(&mut client)["payload"]["offset"], 1);
+    redis.kill();
+    wait_health(&a, 503);
+    send_json(&mut client, &json!({"type":"publish","payload":{"topic":"t","data":2},"id":9}));
+    assert_eq!(
+        recv_json(&mut client),
+        json!({"type":"error","payload":{"message":"History unavailable: Redis is down"},"id":9})
+    );
+    let (status, body) = publish(a.addr, "t", json!(3));
+    assert_eq!((status, body["error"].as_str()), (503, Some("unavailable")));
+    let mut late = ws_connect(a.addr);
+    let reply = subscribe_since(&mut late, "t", Some(json!({"offset":1,"epoch":epoch})));
+    assert_eq!(reply, json!({"topic":"t","recovered":false}), "no position without Redis");
+    assert!(metric(a.addr, "wshub_history_unavailable_total") >= 2.0);
+    // Redis back (empty: it kept nothing on disk): publishing works again, in a new epoch.
+    redis.restart();
+    wait_health(&a, 200);
+    let mut fresh = ws_connect(a.addr);
+    let reply = subscribe_since(&mut fresh, "t", Some(json!({"offset":1,"epoch":epoch})));
+    assert_eq!(reply["recovered"], false);
+    assert_ne!(reply["epoch"].as_str(), Some(epoch.as_str()), "a history that started afresh");
+    let (status, _) = publish(a.addr, "t", json!(4));
+    assert_eq!(status, 200);
+    assert_eq!(recv_json(&mut fresh), message("t", json!(4), 1));
+    // The subscriber that stayed through it is told its history could not continue, then
+    // gets the new epoch's messages (a client would otherwise take offset 1 for an old one).
+    let new_epoch = reply["epoch"].clone();
+    assert_eq!(
+        recv_json(&mut client),
+        json!({"type":"subscribed","payload":{"topic":"t","offset":0,"epoch":new_epoch,"recovered":false}})
+    );
+    assert_eq!(recv_json(&mut client), message("t", json!(4), 1));
+}
+
+#[test]
+fn a_trimmed_history_is_not_recovered() {
+    let redis = RedisProc::start();
+    let a = node(&redis, 3);
+    let mut client = ws_connect(a.addr);
+    let epoch = subscribe_since(&mut client, "t", None)["epoch"].as_str().unwrap().to_string();
+    drop(client);
+    for i in 1..=10u64 {
+        assert_eq!(publish_acked(a.addr, "t", json!(i)), i);
+    }
+    let mut client = ws_connect(a.addr);
+    // Only 8, 9 and 10 are kept: from 7 is whole, from 6 is not.
+    let reply = subscribe_since(&mut client, "t", Some(json!({"offset":7,"epoch":epoch})));
+    assert_eq!(reply["recovered"], true);
+    for i in 8..=10u64 {
+        assert_eq!(recv_json(&mut client), message("t", json!(i), i));
+    }
+    let mut client = ws_connect(a.addr);
+    let reply = subscribe_since(&mut client, "t", Some(json!({"offset":6,"epoch":epoch})));
+    assert_eq!(reply, json!({"topic":"t","offset":10,"epoch":epoch,"recovered":false}));
+    publish(a.addr, "t", json!(11));
+    assert_eq!(recv_json(&mut client), message("t", json!(11), 11), "then live only");
+    assert_eq!(redis_list_len(&redis, "wshub:history:t"), 3, "Redis keeps exactly the last N");
+}
+
+fn redis_list_len(redis: &RedisProc, key: &str) -> i64 {
+    match common::redis::command(redis.addr(), &["LLEN", key]) {
+        common::redis::Resp::Int(n) => n,
+        other => panic!("LLEN answered {other:?}"),
+    }
+}
+
+#[test]
+fn a_quiet_topic_keeps_its_epoch_while_subscribed_and_expires_after() {
+    let redis = RedisProc::start();
+    let a = ServerProc::start(&["--redis", &redis.url(), "--history-size", "10", "--history-ttl", "2"]);
+    wait_health(&a, 200);
+    let mut client = ws_connect(a.addr);
+    let epoch = subscribe_since(&mut client, "quiet", None)["epoch"].as_str().unwrap().to_string();
+    publish(a.addr, "quiet", json!(1));
+    assert_eq!(recv_json(&mut client), message("quiet", json!(1), 1));
+    // Twice the TTL with a subscriber and no traffic: the node refreshes the keys' TTL.
+    std::thread::sleep(Duration::from_millis(4_500));
+    publish(a.addr, "quiet", json!(2));
+    assert_eq!(recv_json(&mut client), message("quiet", json!(2), 2), "same epoch, next offset");
+    let mut other = ws_connect(a.addr);
+    let reply = subscribe_since(&mut other, "quiet", Some(json!({"offset":2,"epoch":epoch})));
+    assert_eq!(reply, json!({"topic":"quiet","offset":2,"epoch":epoch,"recovered":true}));
+    // Nobody subscribed any more: the keys go at the TTL.
+    drop(client);
+    drop(other);
+    let key = "wshub:epoch:quiet";
+    let deadline = Instant::now() + SETTLE;
+    while common::redis::command(redis.addr(), &["EXISTS", key]) != common::redis::Resp::Int(0) {
+        assert!(Instant::now() < deadline, "{key} never expired");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
