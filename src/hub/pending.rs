@@ -49,12 +49,26 @@ pub const MAX_PENDING_ACK_BYTES: usize = 8 << 20;
 /// only, as while Redis is down) rather than held with a client-sized id.
 pub const MAX_HELD_ID_BYTES: usize = 8 << 20;
 
+/// How a subscribe the registry accepted joined its topic.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Joined {
+    /// It made the node want the topic's channel, and Redis will confirm it.
+    Confirming,
+    /// A new subscriber of a topic already wanted (or of one Redis will not confirm).
+    Added,
+    /// Already subscribed and not held: receiving live messages.
+    Again,
+}
+
 /// A subscriber whose `subscribed` waits on the backplane.
 pub(super) struct Hold {
     client: ClientId,
     id: Option<Box<RawValue>>,
     /// The request's `since`: offset and epoch (empty when not epoch-shaped: matches nothing).
     since: Option<(Offset, Box<str>)>,
+    /// Already subscribed and receiving live messages (a repeated subscribe): what is buffered
+    /// up to the position is what it would have had live, so it goes before `subscribed`.
+    live: bool,
     stage: Stage,
 }
 
@@ -231,9 +245,10 @@ impl Hub {
         topic: &str,
         since: Option<Since<'_>>,
         id: Option<&RawValue>,
-        will_confirm: bool,
+        how: Joined,
         outbox: &mut impl Outbox,
     ) -> bool {
+        let (will_confirm, live) = (how == Joined::Confirming, how == Joined::Again);
         let Some(backplane) = outbox.backplane() else { return false };
         let shared = backplane.keeps_history();
         if self.waits.held_bytes + id.map_or(0, |id| id.get().len()) > MAX_HELD_ID_BYTES {
@@ -254,7 +269,8 @@ impl Hub {
         } else {
             return false;
         };
-        let hold = Hold { client: from, id: id.map(ToOwned::to_owned), since: owned_since(since), stage };
+        let hold =
+            Hold { client: from, id: id.map(ToOwned::to_owned), since: owned_since(since), live, stage };
         self.waits.held_bytes += hold.cost();
         self.waits.holds.entry(topic.into()).or_default().push(hold);
         true
@@ -316,7 +332,7 @@ impl Hub {
             self.answer_local(topic, hold, outbox);
             return;
         };
-        let Hold { client, id, since, stage } = hold;
+        let Hold { client, id, since, live, stage } = hold;
         let Stage::Fetching { buffered, overflowed, .. } = stage else { return };
         let id = id.as_deref();
         if let Some((offset, epoch)) = overflowed {
@@ -329,6 +345,15 @@ impl Hub {
             return;
         }
         self.waits.synced(topic, client, fetched.epoch, fetched.offset);
+        let before = |offset: Offset, epoch: &str| *epoch == *fetched.epoch && offset <= fetched.offset;
+        if live {
+            for (offset, epoch, frame) in &buffered {
+                let frame = SharedMessage::from_frame(OpCode::Text, Rc::clone(frame));
+                if before(*offset, epoch) && !outbox.deliver(client, &frame) {
+                    return;
+                }
+            }
+        }
         let position = Some((fetched.offset, fetched.epoch));
         if !send(outbox, client, |out| wire::write_subscribed(out, topic, position, fetched.recovered, id)) {
             return;
@@ -341,8 +366,9 @@ impl Hub {
             }
         }
         for (offset, epoch, frame) in buffered {
-            let live = *epoch != *fetched.epoch || offset > fetched.offset;
-            if live && !outbox.deliver(client, &SharedMessage::from_frame(OpCode::Text, frame)) {
+            if !before(offset, &epoch)
+                && !outbox.deliver(client, &SharedMessage::from_frame(OpCode::Text, frame))
+            {
                 return;
             }
         }

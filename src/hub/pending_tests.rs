@@ -421,3 +421,34 @@ fn an_offset_of_zero_from_redis_costs_nothing() {
     assert_eq!(got[0]["payload"]["offset"], 0);
     assert_eq!(got[1]["payload"]["offset"], 0);
 }
+
+#[test]
+fn a_live_subscriber_that_subscribes_again_misses_nothing() {
+    let mut node = Node::new(true, [1]);
+    node.send(1, json!({"type":"subscribe","payload":{"topic":"t"}}));
+    node.hub.topic_confirmed("t", &mut node.net);
+    let ticket = node.net.backplane.fetches[0].2;
+    node.position("t", ticket, 0, None, &[]);
+    node.numbered("t", 1, "1");
+    assert_eq!(
+        node.take(1),
+        [subscribed(json!({"topic":"t","offset":0,"epoch":EPOCH})), message("t", json!(1), 1)]
+    );
+    // Subscribed and live, it asks again: 2 and 3 come while the position is on its way, and
+    // the position (read after both were published) is 3. The client was getting them live.
+    node.send(1, json!({"type":"subscribe","payload":{"topic":"t"}}));
+    let ticket = node.net.backplane.fetches[1].2;
+    node.numbered("t", 2, "2");
+    node.numbered("t", 3, "3");
+    node.position("t", ticket, 3, None, &[]);
+    node.numbered("t", 4, "4");
+    assert_eq!(
+        node.take(1),
+        [
+            message("t", json!(2), 2),
+            message("t", json!(3), 3),
+            subscribed(json!({"topic":"t","offset":3,"epoch":EPOCH})),
+            message("t", json!(4), 4),
+        ]
+    );
+}
