@@ -403,3 +403,21 @@ fn ids_of_held_subscribes_are_bounded_in_bytes() {
     assert_eq!(node.hub.waiting(), (0, 0));
     assert_eq!(node.take(clients[1])[0]["type"], "subscribed");
 }
+
+#[test]
+fn an_offset_of_zero_from_redis_costs_nothing() {
+    // Only garbage put into Redis by hand can say offset 0 (here in another epoch, so the
+    // sequence breaks and a notice is built from it): it must not underflow.
+    let mut node = Node::new(true, [1]);
+    node.send(1, json!({"type":"subscribe","payload":{"topic":"t"}}));
+    node.hub.topic_confirmed("t", &mut node.net);
+    let ticket = node.net.backplane.fetches[0].2;
+    node.position("t", ticket, 7, None, &[]);
+    node.take(1);
+    let data: &RawValue = serde_json::from_str("0").unwrap();
+    let odd = Numbered { epoch: "fedcba9876543210", offset: 0, data };
+    assert!(node.hub.deliver_numbered("t", odd, &mut node.net.outbox, &mut node.metrics));
+    let got = node.take(1);
+    assert_eq!(got[0]["payload"]["offset"], 0);
+    assert_eq!(got[1]["payload"]["offset"], 0);
+}
