@@ -34,7 +34,7 @@ use serde_json::value::RawValue;
 use super::history::{Offset, Since};
 use super::{wire, ClientId, Hub, HubError, Outbox};
 use crate::backplane::shared::{Fetched, Numbered, EPOCH_LEN};
-use crate::backplane::Ticket;
+use crate::backplane::{Relay, Ticket};
 use crate::metrics::Metrics;
 use crate::protocol::deflate::SharedMessage;
 use crate::protocol::OpCode;
@@ -479,8 +479,8 @@ impl Hub {
             return Err(HubError::Unavailable);
         }
         match backplane.append(topic, data, ticket) {
-            crate::backplane::Relay::Sent => {
-                self.last_relay = crate::backplane::Relay::Sent;
+            Relay::Sent => {
+                self.last_relay = Relay::Sent;
                 if let (Some(ticket), Some((client, id))) = (ticket, ack) {
                     let wait = AckWait { client, id: id.to_owned(), topic: topic.into() };
                     self.waits.ack_bytes += wait.cost();
@@ -489,7 +489,7 @@ impl Hub {
                 Ok(())
             }
             _ => {
-                self.last_relay = crate::backplane::Relay::Failed;
+                self.last_relay = Relay::Failed;
                 metrics.record_history_unavailable();
                 Err(HubError::Unavailable)
             }
