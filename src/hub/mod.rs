@@ -620,6 +620,7 @@ impl Hub {
         if self.waits.is_held(topic, client) {
             self.release_hold(client, topic, outbox);
         }
+        self.waits.forget_ahead(topic, client);
         if !self.registry.unsubscribe(client, topic) {
             return false;
         }

@@ -84,6 +84,9 @@ enum Stage {
     },
 }
 
+/// A client answered with a position (epoch, offset) ahead of the subscribe connection.
+type Ahead = (ClientId, Rc<str>, Offset);
+
 /// A publish whose ack waits for its offset.
 pub(super) struct AckWait {
     client: ClientId,
@@ -109,6 +112,11 @@ pub(super) struct Waits {
     ack_bytes: usize,
     /// What the holds keep in ids (see [`MAX_HELD_ID_BYTES`]).
     held_bytes: usize,
+    /// Clients answered with a position (epoch, offset) the subscribe connection had not
+    /// delivered yet: the position's reply came on the other connection first, so messages up
+    /// to it may still arrive, and they are skipped for these clients (replayed or before their
+    /// position). Dropped once a later message (or another epoch) comes through.
+    ahead: HashMap<Box<str>, Vec<Ahead>>,
 }
 
 impl Hold {
@@ -209,6 +217,26 @@ impl Waits {
         if !self.streams.is_empty() {
             self.streams.remove(topic);
         }
+        if !self.ahead.is_empty() {
+            self.ahead.remove(topic);
+        }
+    }
+
+    /// `client` no longer takes `topic` (left, unsubscribed): it skips nothing there any more.
+    pub(super) fn forget_ahead(&mut self, topic: &str, client: ClientId) {
+        if let Some(ahead) = self.ahead.get_mut(topic) {
+            ahead.retain(|(c, _, _)| *c != client);
+            if ahead.is_empty() {
+                self.ahead.remove(topic);
+            }
+        }
+    }
+
+    /// Whether `client` skips `topic`'s message (`epoch`, `offset`): its position covers it.
+    fn covered(&self, topic: &str, client: ClientId, epoch: &str, offset: Offset) -> bool {
+        self.ahead.get(topic).is_some_and(|ahead| {
+            ahead.iter().any(|(c, e, last)| *c == client && **e == *epoch && offset <= *last)
+        })
     }
 
     /// Holds and acks (tests, diagnostics).
@@ -344,6 +372,16 @@ impl Hub {
             });
             return;
         }
+        let caught_up = self
+            .waits
+            .streams
+            .get(topic)
+            .is_some_and(|s| *s.epoch == *fetched.epoch && s.last >= fetched.offset);
+        if !caught_up && fetched.offset > 0 {
+            self.waits.forget_ahead(topic, client);
+            let entry = (client, Rc::from(fetched.epoch), fetched.offset);
+            self.waits.ahead.entry(topic.into()).or_default().push(entry);
+        }
         self.waits.synced(topic, client, fetched.epoch, fetched.offset);
         let before = |offset: Offset, epoch: &str| *epoch == *fetched.epoch && offset <= fetched.offset;
         if live {
@@ -423,8 +461,12 @@ impl Hub {
                 SharedMessage::from_frame(OpCode::Text, frame)
             });
             let held = self.waits.holds_topic(topic);
+            let ahead = !self.waits.ahead.is_empty() && self.waits.ahead.contains_key(topic);
             let mut epoch: Option<Rc<str>> = None;
             for &client in subscribers {
+                if ahead && self.waits.covered(topic, client, message.epoch, message.offset) {
+                    continue;
+                }
                 if held {
                     if let Some(hold) = self
                         .waits
@@ -455,6 +497,13 @@ impl Hub {
             }
         }
         metrics.record_publish(delivered);
+        if let Some(ahead) = self.waits.ahead.get_mut(topic) {
+            // Channel order is offset order: nothing at or before this message comes after it.
+            ahead.retain(|(_, e, last)| **e == *message.epoch && message.offset < *last);
+            if ahead.is_empty() {
+                self.waits.ahead.remove(topic);
+            }
+        }
         if !self.waits.deferred.is_empty() {
             self.release_acks(
                 |a| *a.topic == *topic && (*a.epoch != *message.epoch || a.offset <= message.offset),
@@ -597,6 +646,12 @@ impl Hub {
 
     /// `client` is leaving: its holds and acks go, so their completions find nothing.
     pub(super) fn forget_waits(&mut self, client: ClientId) {
+        if !self.waits.ahead.is_empty() {
+            let topics: Vec<Box<str>> = self.registry.topics_of(client).map(Box::from).collect();
+            for topic in topics {
+                self.waits.forget_ahead(&topic, client);
+            }
+        }
         if !self.waits.holds.is_empty() {
             let topics: Vec<Box<str>> = self.registry.topics_of(client).map(Box::from).collect();
             for topic in topics {

@@ -452,3 +452,31 @@ fn a_live_subscriber_that_subscribes_again_misses_nothing() {
         ]
     );
 }
+
+#[test]
+fn a_position_read_before_the_channel_caught_up_is_not_followed_by_older_messages() {
+    let mut node = Node::new(true, [1, 2]);
+    node.send(2, json!({"type":"subscribe","payload":{"topic":"t"}}));
+    node.hub.topic_confirmed("t", &mut node.net);
+    node.position("t", node.net.backplane.fetches[0].2, 0, None, &[]);
+    node.numbered("t", 1, "1");
+    node.take(2);
+    // Client 1 recovers from 0. Redis published 2 before it read the position (2), but the
+    // reply on the PUBLISH connection is read before message 2 on the subscribe connection.
+    let since = json!({"offset":0,"epoch":EPOCH});
+    node.send(1, json!({"type":"subscribe","payload":{"topic":"t","since":since}}));
+    node.position("t", node.net.backplane.fetches[1].2, 2, Some(true), &[(1, "1"), (2, "2")]);
+    node.numbered("t", 2, "2");
+    node.numbered("t", 3, "3");
+    assert_eq!(
+        node.take(1),
+        [
+            subscribed(json!({"topic":"t","offset":2,"epoch":EPOCH,"recovered":true})),
+            message("t", json!(1), 1),
+            message("t", json!(2), 2),
+            message("t", json!(3), 3),
+        ],
+        "2 once, from the replay"
+    );
+    assert_eq!(node.take(2), [message("t", json!(2), 2), message("t", json!(3), 3)]);
+}
