@@ -264,16 +264,27 @@ fn build_message(r: &mut Reader<'_>, model: &Model, from: ClientId) -> Built {
 /// Checks a reply's JSON shape; returns its type and parsed value.
 fn check_reply_shape(payload: &[u8]) -> (String, Value) {
     let text = std::str::from_utf8(payload).expect("reply is UTF-8");
-    let value: Value =
-        serde_json::from_str(text).unwrap_or_else(|e| panic!("reply is not JSON ({e}): {text}"));
-    let obj = value.as_object().unwrap_or_else(|| panic!("reply is not an object: {text}"));
+    // The id is echoed as the client wrote it, and a number beyond f64 (`1e6666666`) is valid
+    // JSON that `Value` refuses: parse the fields raw (syntax only), then all but the id as
+    // values; the id stays its raw text (as a string) for the byte-for-byte check.
+    let fields: std::collections::BTreeMap<String, Box<serde_json::value::RawValue>> =
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("reply is not a JSON object ({e}): {text}"));
+    let mut map = serde_json::Map::new();
+    for (key, raw) in fields {
+        let field = if key == "id" {
+            assert_ne!(raw.get(), "null", "null id echoed: {text}");
+            Value::String(raw.get().to_owned())
+        } else {
+            serde_json::from_str(raw.get()).unwrap_or_else(|e| panic!("field {key} ({e}): {text}"))
+        };
+        map.insert(key, field);
+    }
+    let value = Value::Object(map);
+    let obj = value.as_object().expect("an object");
     let kind =
         obj.get("type").and_then(Value::as_str).unwrap_or_else(|| panic!("reply without type: {text}"));
     for key in obj.keys() {
         assert!(matches!(key.as_str(), "type" | "payload" | "id"), "unexpected field {key} in {text}");
-    }
-    if let Some(id) = obj.get("id") {
-        assert!(!id.is_null(), "null id echoed: {text}");
     }
     let payload = obj.get("payload");
     let field = |name: &str| payload.and_then(|p| p.get(name));
