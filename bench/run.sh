@@ -5,8 +5,11 @@
 #                        bench/soak (no speed asserted; CI calls this)
 #   bench/run.sh quick   every scenario once against every server (about 2 minutes after builds)
 #   bench/run.sh full    every scenario 3 times, servers alternating, longer windows (~12 min)
-#   bench/run.sh instr   user-space instructions per echoed message under callgrind, wshub and
-#                        tokio-tungstenite side by side (about 3 minutes; the figure that does
+#                        (BENCH_SERVERS="wshub tokio-tungstenite" BENCH_CASES="echo-16 echo-1k"
+#                        re-runs some rows only; results then go to bench/results/*-subset.*)
+#   bench/run.sh instr   user-space instructions per echoed message and per hub delivery
+#                        (broadcast 100x100, fan-out 1 to 10k) under callgrind, wshub and
+#                        tokio-tungstenite side by side (several minutes; the figure that does
 #                        not move with the machine's noise)
 #   bench/run.sh tls     the TLS rows: wshub serving wss:// itself against tokio-tungstenite +
 #                        tokio-rustls, same certificate (tests/gencert.sh), ring on both sides:
@@ -161,10 +164,13 @@ if [ "$mode" = smoke ]; then
 fi
 
 # ---- instr -------------------------------------------------------------------------------
-# Each server runs under callgrind twice, for N1 and N2 echoed messages of a fixed-work loadgen
-# run (`--messages`). Instructions per message = (I(N2) - I(N1)) / (N2 - N1): start-up,
-# handshakes and shutdown cancel out, what is left is the steady state. Counts are of the whole
-# server process in user space (the kernel's share is the same syscalls for every server).
+# Each server runs under callgrind twice, for N1 and N2 units of a fixed-work loadgen run:
+# echoed messages (`echo --messages`) or messages per publisher (`broadcast --messages`, every
+# client subscribed, the run ends when all deliveries arrived). Instructions per message (per
+# delivery for the hub) = (I(N2) - I(N1)) / (extra messages or deliveries): start-up,
+# handshakes, subscribes and shutdown cancel out, what is left is the steady state. Counts are
+# of the whole server process in user space (the kernel's share is the same syscalls for every
+# server). INSTR_ONLY=echo|hub runs one half; INSTR_SERVERS="wshub" skips the peer.
 if [ "$mode" = instr ]; then
     log "building the tokio-tungstenite peer"
     CARGO_TARGET_DIR="$peers/tokio-tungstenite/cargo" cargo build --quiet --release --locked \
@@ -175,68 +181,119 @@ if [ "$mode" = instr ]; then
     }
     n1=${INSTR_N1:-32000}
     n2=${INSTR_N2:-160000}
+    only=${INSTR_ONLY:-all}
+    read -ra instr_servers <<<"${INSTR_SERVERS:-wshub tokio-tungstenite}"
     out="$results/instr.md"
     total_instr() { sed -n 's/^\(summary\|totals\): *\([0-9]*\).*/\2/p' "$1" | head -1; }
-    instr_cases=(
-        "echo 16 B text|--conns 100 --size 16 --depth 16 --text"
-        "echo 1 KiB text|--conns 100 --size 1024 --depth 16 --text"
-        "echo 16 B binary|--conns 100 --size 16 --depth 16"
-    )
+    # profile_diff A B UNITS: the top functions of callgrind profile B minus A (exclusive, code
+    # inlined into a function counted in it), in instructions per unit: where the steady-state
+    # cost of one message or delivery goes, without start-up and handshakes.
+    profile_diff() {
+        ann() {
+            callgrind_annotate --inclusive=no --threshold=100 --auto=no "$1" 2>/dev/null |
+                grep -E '^ *[0-9,]+ \( *[0-9.]+%\) ' | grep -v 'PROGRAM TOTALS' |
+                sed -E 's/^ *([0-9,]+) \( *[0-9.]+%\) +/\1\t/; s/ \[[^]]*\]$//' | tr -d ',' |
+                awk -F'\t' '{ f = $2; sub(/^[^:]*:/, "", f); s[f] += $1 } END { for (f in s) print s[f] "\t" f }' |
+                sort -t $'\t' -k2,2
+        }
+        join -t $'\t' -1 2 -2 2 -a 1 -a 2 -e 0 -o 0,1.1,2.1 <(ann "$1") <(ann "$2") |
+            awk -F'\t' -v u="$3" '{ d = ($3 - $2) / u; if (d >= 0.5) printf "%8.1f  %s\n", d, $1 }' |
+            sort -rn | head -14
+    }
+    # Cases: label | server mode | N1 | N2 | units per N (messages, or deliveries per message
+    # per publisher) | loadgen arguments.
+    instr_cases=()
+    if [ "$only" != hub ]; then
+        instr_cases+=(
+            "echo 16 B text|echo|$n1|$n2|1|echo --conns 100 --size 16 --depth 16 --text"
+            "echo 1 KiB text|echo|$n1|$n2|1|echo --conns 100 --size 1024 --depth 16 --text"
+            "echo 16 B binary|echo|$n1|$n2|1|echo --conns 100 --size 16 --depth 16"
+        )
+    fi
+    if [ "$only" != echo ]; then
+        # Per message each publisher sends, 100x100 makes 100 x 100 deliveries and 1 to 10k
+        # makes 10,000. Small counts: callgrind runs the server some 50 times slower.
+        instr_cases+=(
+            "broadcast 100x100 (per delivery)|hub|${INSTR_HUB_N1:-10}|${INSTR_HUB_N2:-30}|10000|broadcast --clients 100"
+            "fan-out 1 to 10k (per delivery)|hub|${INSTR_FANOUT_N1:-3}|${INSTR_FANOUT_N2:-9}|10000|broadcast --clients 10000 --publishers 1"
+        )
+    fi
     rows=()
     port=9500
+    # callgrind_run NAME SMODE N WANT OUTFILE LOADGEN-ARGS...: the server under callgrind for
+    # one fixed-work run; sets `total` to its instructions (empty if the run fell short of WANT
+    # echoes or deliveries).
+    callgrind_run() {
+        local name=$1 smode=$2 n=$3 want=$4 cg=$5
+        shift 5
+        total=""
+        port=$((port + 1))
+        server_cmd "$name" "$smode" "127.0.0.1:$port"
+        # No heartbeat: its timers fire by wall-clock time, which differs between the N1 and N2
+        # runs under valgrind, and a silent subscriber would be closed after --pong-wait (the
+        # peers have no heartbeat either).
+        [ "$name/$smode" = wshub/hub ] && cmd+=(--ping-interval 0 --pong-wait 0)
+        rm -f "$cg"
+        # valgrind goes right before the program (after `env VAR=...` if any).
+        if [ "${cmd[0]}" = env ]; then
+            cmd=("${cmd[@]:0:2}" valgrind --tool=callgrind --callgrind-out-file="$cg" "${cmd[@]:2}")
+        else
+            cmd=(valgrind --tool=callgrind --callgrind-out-file="$cg" "${cmd[@]}")
+        fi
+        ("${cmd[@]}") >"$tmp/server-$name-instr.log" 2>&1 &
+        server_pid=$!
+        for _ in $(seq 1 300); do
+            (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+            sleep 0.1
+        done
+        # Generous budgets: 10,000 handshakes under valgrind on a shared machine take a while.
+        if ! "$loadgen" "$@" --messages "$n" --stall 60 --setup 300 --duration 300 --windows 1 \
+            --server "$name" --url "ws://127.0.0.1:$port/ws" >"$tmp/loadgen-instr.txt" 2>&1; then
+            log "$* against $name failed: $(tail -c 300 "$tmp/loadgen-instr.txt")"
+        fi
+        kill -TERM "$server_pid" 2>/dev/null || true
+        for _ in $(seq 1 300); do
+            kill -0 "$server_pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+        server_pid=""
+        local got
+        got=$(sed -n 's/.* \(received\|delivered\)=\([0-9]*\).*/\2/p' "$tmp/loadgen-instr.txt")
+        if [ -f "$cg" ] && [ "$got" = "$want" ]; then
+            total=$(total_instr "$cg")
+        else
+            log "$name/$n: no profile or short run (got ${got:-0} of $want)"
+        fi
+    }
     for case in "${instr_cases[@]}"; do
-        IFS='|' read -r label args <<<"$case"
-        for name in wshub tokio-tungstenite; do
-            server_cmd "$name" echo x
-            [ ${#cmd[@]} -gt 0 ] || { log "$name: not built, skipped"; continue; }
-            declare -A total=()
-            for n in "$n1" "$n2"; do
-                port=$((port + 1))
-                server_cmd "$name" echo "127.0.0.1:$port"
-                cg="$tmp/callgrind-$name-${label// /_}-$n.out"
-                rm -f "$cg"
-                # valgrind goes right before the program (after `env VAR=...` if any).
-                if [ "${cmd[0]}" = env ]; then
-                    cmd=("${cmd[@]:0:2}" valgrind --tool=callgrind --callgrind-out-file="$cg" "${cmd[@]:2}")
-                else
-                    cmd=(valgrind --tool=callgrind --callgrind-out-file="$cg" "${cmd[@]}")
-                fi
-                ("${cmd[@]}") >"$tmp/server-$name-instr.log" 2>&1 &
-                server_pid=$!
-                for _ in $(seq 1 300); do
-                    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-                    sleep 0.1
-                done
-                # shellcheck disable=SC2086
-                if ! "$loadgen" echo $args --messages "$n" --stall 30 --server "$name" \
-                    --url "ws://127.0.0.1:$port/ws" >"$tmp/loadgen-instr.txt" 2>&1; then
-                    log "$label against $name failed: $(tail -c 300 "$tmp/loadgen-instr.txt")"
-                fi
-                kill -TERM "$server_pid" 2>/dev/null || true
-                for _ in $(seq 1 300); do
-                    kill -0 "$server_pid" 2>/dev/null || break
-                    sleep 0.1
-                done
-                wait "$server_pid" 2>/dev/null || true
-                server_pid=""
-                got=$(sed -n 's/.* received=\([0-9]*\).*/\1/p' "$tmp/loadgen-instr.txt")
-                [ -f "$cg" ] && [ "$got" = "$n" ] || { log "$label/$name/$n: no profile or short run (got ${got:-0})"; continue 2; }
-                total[$n]=$(total_instr "$cg")
-            done
-            per=$(awk -v a="${total[$n1]}" -v b="${total[$n2]}" -v n1="$n1" -v n2="$n2" \
-                'BEGIN { printf "%.0f", (b - a) / (n2 - n1) }')
-            log "$label $name: $per instructions/message"
+        IFS='|' read -r label smode c1 c2 units args <<<"$case"
+        for name in "${instr_servers[@]}"; do
+            server_cmd "$name" "$smode" x
+            [ ${#cmd[@]} -gt 0 ] || { log "$name ($smode): not built, skipped"; continue; }
+            slug="${label%% (*}"
+            slug="${slug// /_}"
+            # shellcheck disable=SC2086
+            callgrind_run "$name" "$smode" "$c1" $((c1 * units)) "$tmp/callgrind-$name-$slug-$c1.out" $args
+            t1=$total
+            # shellcheck disable=SC2086
+            callgrind_run "$name" "$smode" "$c2" $((c2 * units)) "$tmp/callgrind-$name-$slug-$c2.out" $args
+            t2=$total
+            [ -n "$t1" ] && [ -n "$t2" ] || continue
+            per=$(awk -v a="$t1" -v b="$t2" -v d="$(((c2 - c1) * units))" 'BEGIN { printf "%.0f", (b - a) / d }')
+            log "$label $name: $per instructions"
             rows+=("$label|$name|$per")
             if [ "$name" = wshub ]; then
-                callgrind_annotate --inclusive=no "$tmp/callgrind-$name-${label// /_}-$n2.out" 2>/dev/null |
-                    grep -E '^ *[0-9,]+ ' | head -12 >"$tmp/profile-${label// /_}.txt" || true
+                profile_diff "$tmp/callgrind-$name-$slug-$c1.out" "$tmp/callgrind-$name-$slug-$c2.out" \
+                    $(((c2 - c1) * units)) >"$tmp/profile-$slug.txt" || true
             fi
-            unset total
         done
     done
     {
-        echo "bench/run.sh instr, $(date -u '+%Y-%m-%d %H:%M UTC'): user-space instructions per echoed message"
-        echo "(callgrind, whole server process, (I(N2) - I(N1)) / (N2 - N1) with N1=$n1, N2=$n2; 100 connections, depth 16)"
+        echo "bench/run.sh instr, $(date -u '+%Y-%m-%d %H:%M UTC'): user-space instructions per echoed message / per hub delivery"
+        echo "(callgrind, whole server process, (I(N2) - I(N1)) / (extra messages or deliveries); echo: N1=$n1, N2=$n2"
+        echo "messages, 100 connections, depth 16; hub: \`loadgen broadcast --messages N\`, N messages per publisher)"
         echo
         echo "| case | wshub | tokio-tungstenite | ratio |"
         echo "|---|---:|---:|---:|"
@@ -247,13 +304,17 @@ if [ "$mode" = instr ]; then
             r=$(awk -v w="$w" -v t="$t" 'BEGIN { if (w > 0 && t > 0) printf "%.2fx", t / w; else print "-" }')
             echo "| $label | ${w:--} | ${t:--} | $r |"
         done
-        for f in "$tmp"/profile-*.txt; do
+        for case in "${instr_cases[@]}"; do
+            IFS='|' read -r label _ <<<"$case"
+            slug="${label%% (*}"
+            f="$tmp/profile-${slug// /_}.txt"
             [ -s "$f" ] || continue
             echo
-            echo "wshub profile, $(basename "$f" .txt | sed 's/^profile-//; s/_/ /g') (N2 run, exclusive):"
+            echo "wshub profile, $slug: instructions per message or delivery by function (N2 run minus N1, exclusive):"
             echo '```'
             cat "$f"
             echo '```'
+            rm -f "$f"
         done
     } >"$out"
     cat "$out"
@@ -278,6 +339,15 @@ elif [ "$mode" = deflate ]; then
     log "building the peers with permessage-deflate (Node ws, gorilla)"
     "$here/peers/build.sh" node-ws gorilla
     out=deflate-latest
+elif [ -n "${BENCH_SERVERS:-}" ]; then
+    # A subset of servers (e.g. BENCH_SERVERS="wshub tokio-tungstenite"): build only the
+    # tokio-tungstenite peer if it is asked for; others must have been built before.
+    case " $BENCH_SERVERS " in *" tokio-tungstenite "*)
+        log "building the tokio-tungstenite peer"
+        CARGO_TARGET_DIR="$peers/tokio-tungstenite/cargo" cargo build --quiet --release --locked \
+            --manifest-path "$here/peers/tokio-tungstenite/Cargo.toml" || log "tokio-tungstenite peer build failed"
+        ;;
+    esac
 else
     log "building peers"
     "$here/peers/build.sh"
@@ -353,6 +423,20 @@ clk_tck=$(getconf CLK_TCK)
 cpu_ns() {
     awk -v hz="$clk_tck" '{ sub(/.*\) /, ""); printf "%.0f", ($12 + $13) * 1e9 / hz }' "/proc/$1/stat" 2>/dev/null || echo 0
 }
+
+# Subsets, for a re-run of some rows: BENCH_SERVERS="wshub tokio-tungstenite",
+# BENCH_CASES="echo-16 echo-1k" (case ids as above).
+if [ -n "${BENCH_SERVERS:-}" ]; then
+    read -ra servers <<<"$BENCH_SERVERS"
+fi
+if [ -n "${BENCH_CASES:-}" ]; then
+    kept=()
+    for case in "${cases[@]}"; do
+        case " $BENCH_CASES " in *" ${case%%|*} "*) kept+=("$case") ;; esac
+    done
+    cases=("${kept[@]}")
+    out="$out-subset"
+fi
 
 raw="$tmp/raw.txt"
 : >"$raw"

@@ -384,6 +384,12 @@ impl Metrics {
             )?;
             counter(
                 out,
+                "backplane_stalled_total",
+                "Connections to Redis dropped because a request went unanswered for 5 s.",
+                b.stalled,
+            )?;
+            counter(
+                out,
                 "backplane_published_total",
                 "Messages handed to Redis for the other nodes.",
                 b.published,
@@ -486,10 +492,12 @@ mod tests {
     fn backplane_series_only_with_a_backplane() {
         let text = render(&Metrics::default(), &Gauges::default());
         assert!(!text.contains("backplane"));
-        let stats = BackplaneStats { up: true, reconnects: 2, garbage: 5, ..BackplaneStats::default() };
+        let stats =
+            BackplaneStats { up: true, reconnects: 2, garbage: 5, stalled: 1, ..BackplaneStats::default() };
         let text = render(&Metrics::default(), &Gauges { backplane: Some(stats), ..Gauges::default() });
         assert_eq!(sample(&text, "wshub_backplane_up"), Some(1));
         assert_eq!(sample(&text, "wshub_backplane_reconnects_total"), Some(2));
+        assert_eq!(sample(&text, "wshub_backplane_stalled_total"), Some(1));
         assert_eq!(sample(&text, "wshub_backplane_garbage_total"), Some(5));
         assert_eq!(sample(&text, "wshub_backplane_publish_failed_total"), Some(0));
     }

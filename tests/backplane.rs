@@ -410,3 +410,33 @@ fn a_flood_from_redis_is_read_over_several_turns_and_delivered_whole() {
     send_json(&mut sub, &json!({"type":"ping","id":1}));
     assert_eq!(recv_json(&mut sub), json!({"type":"pong","id":1}));
 }
+
+#[test]
+fn a_stalled_redis_does_not_hold_a_subscribe_for_ever() {
+    let redis = RedisProc::start();
+    let (one, two) = (node(&redis), node(&redis));
+    wait_up(&[&one, &two]);
+    let pid = redis.pid().to_string();
+    // Redis keeps its connections but answers nothing (as under `DEBUG SLEEP`).
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let mut sub = ws_connect(one.addr);
+    sub.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let asked = Instant::now();
+    send_json(&mut sub, &json!({"type":"subscribe","payload":{"topic":"fresh"}}));
+    let answer = recv_json(&mut sub);
+    let waited = asked.elapsed();
+    let resumed = Command::new("kill").args(["-CONT", &pid]).status().unwrap().success();
+    assert!(resumed);
+    assert_eq!(answer, json!({"type":"subscribed","payload":{"topic":"fresh"}}));
+    // Held until the reply deadline (5 s), answered soon after it (slack for a loaded machine).
+    assert!(waited >= Duration::from_secs(4), "answered after {waited:?}: not held for Redis?");
+    assert!(waited < Duration::from_secs(15), "answered after {waited:?}");
+    assert!(metric(one.addr, "wshub_backplane_stalled_total") >= 1);
+
+    // Redis back: the node reconnects (backoff capped at 5 s) and resubscribes the topic.
+    wait_health(&one, 200, Duration::from_secs(30));
+    redis.wait_numsub("wshub:topic:fresh", 1, Duration::from_secs(30));
+    let (status, body) = http(two.addr, "POST", "/publish", r#"{"topic":"fresh","data":"again"}"#);
+    assert_eq!((status, body), (200, json!({"delivered":0,"backplane":true})));
+    assert_eq!(recv_json(&mut sub), message("fresh", json!("again")), "messages flow again");
+}

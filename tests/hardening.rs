@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use wshub::protocol::OpCode;
 
 // ----- helpers -----
@@ -30,17 +30,6 @@ fn start(args: &[&str]) -> ServerProc {
     }
 }
 
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
-}
-
 /// Sends a raw request and returns (status, whole response).
 fn raw_http(addr: SocketAddr, request: &str) -> (u16, String) {
     let mut s = connect(addr);
@@ -48,19 +37,6 @@ fn raw_http(addr: SocketAddr, request: &str) -> (u16, String) {
     let _ = s.write_all(request.as_bytes());
     let response = read_to_close(&mut s);
     (status_of(&response), response)
-}
-
-/// A sample from /metrics (`name` includes any labels).
-fn metric(addr: SocketAddr, name: &str) -> f64 {
-    let (status, text) = raw_http(addr, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n");
-    assert_eq!(status, 200, "{text}");
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (key, value) = l.rsplit_once(' ')?;
-            (key == name).then(|| value.parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("metric {name} missing in:\n{text}"))
 }
 
 /// Polls a metric until it reads `want`.
@@ -77,23 +53,8 @@ fn wait_metric(addr: SocketAddr, name: &str, want: f64, within: Duration) {
     panic!("{name} stayed at {last}, expected {want}");
 }
 
-fn send_json(s: &mut TcpStream, v: &Value) {
-    s.write_all(&masked(OpCode::Text, true, v.to_string().as_bytes())).unwrap();
-}
-
 fn send_text(s: &mut TcpStream, text: &str) {
     s.write_all(&masked(OpCode::Text, true, text.as_bytes())).unwrap();
-}
-
-/// The next JSON message from the server (heartbeat pings skipped).
-fn next_json(s: &mut TcpStream) -> Value {
-    loop {
-        let f = read_frame(s).expect("a frame");
-        if f.opcode == 0x1 {
-            return serde_json::from_slice(&f.payload).expect("JSON");
-        }
-        assert_eq!(f.opcode, 0x9, "unexpected frame {f:?}");
-    }
 }
 
 /// A 256-byte topic name unique to (client, n).
@@ -119,7 +80,7 @@ fn subscribe_many(addr: SocketAddr, clients: usize, per_client: usize) -> Vec<Tc
                     }
                     s.write_all(&batch).unwrap();
                     for _ in 0..per_client {
-                        let reply = next_json(&mut s);
+                        let reply = recv_json(&mut s);
                         assert_eq!(reply["type"], "subscribed", "{reply}");
                     }
                     mine.push(s);
@@ -141,14 +102,14 @@ fn topic_cap_refuses_new_topics_and_keeps_the_connection() {
     let s = &mut conns[0];
     send_json(s, &json!({"type":"subscribe","payload":{"topic":"one-too-many"},"id":7}));
     assert_eq!(
-        next_json(s),
+        recv_json(s),
         json!({"type":"error","payload":{"message":"Too many topics on this server (max 100)"},"id":7})
     );
     // Existing topics are still open to everyone, and the connection is fine.
     send_json(s, &json!({"type":"subscribe","payload":{"topic":long_topic(1, 0)},"id":8}));
-    assert_eq!(next_json(s)["type"], "subscribed");
+    assert_eq!(recv_json(s)["type"], "subscribed");
     send_json(s, &json!({"type":"ping","id":9}));
-    assert_eq!(next_json(s), json!({"type":"pong","id":9}));
+    assert_eq!(recv_json(s), json!({"type":"pong","id":9}));
     assert_eq!(metric(server.addr, "wshub_topics"), 100.0);
     assert_eq!(metric(server.addr, "wshub_topic_limit_refusals_total"), 1.0);
 }
@@ -202,7 +163,7 @@ fn lone_surrogates_are_refused_over_the_wire() {
     let server = start(&[]);
     let mut sub = ws_connect(server.addr);
     send_json(&mut sub, &json!({"type":"subscribe","payload":{"topic":"t"}}));
-    assert_eq!(next_json(&mut sub)["type"], "subscribed");
+    assert_eq!(recv_json(&mut sub)["type"], "subscribed");
     let mut publisher = ws_connect(server.addr);
     for text in [
         r#"{"type":"publish","payload":{"topic":"t","data":"\ud800"},"id":1}"#,
@@ -211,7 +172,7 @@ fn lone_surrogates_are_refused_over_the_wire() {
         r#"{"type":"subscribe","payload":{"topic":"a\u0001"},"id":1}"#,
     ] {
         send_text(&mut publisher, text);
-        let reply = next_json(&mut publisher);
+        let reply = recv_json(&mut publisher);
         assert_eq!(reply["type"], "error", "{text}: {reply}");
         assert_eq!(reply["payload"]["message"], "Invalid message format", "{text}");
     }
@@ -226,7 +187,7 @@ fn lone_surrogates_are_refused_over_the_wire() {
     assert_eq!(status, 400, "{response}");
     // The subscriber got nothing but what follows.
     send_text(&mut publisher, r#"{"type":"publish","payload":{"topic":"t","data":"\ud83d\ude00"}}"#);
-    assert_eq!(next_json(&mut sub), json!({"type":"message","payload":{"topic":"t","data":"😀"}}));
+    assert_eq!(recv_json(&mut sub), json!({"type":"message","payload":{"topic":"t","data":"😀"}}));
 }
 
 // ----- HTTP API: cross-site and rebinding -----
@@ -351,7 +312,7 @@ fn silent_subscribers(addr: SocketAddr, n: usize, topic: &str) -> Vec<TcpStream>
         for s in batch.iter_mut() {
             let head = read_head(s);
             assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-            assert_eq!(next_json(s)["type"], "subscribed");
+            assert_eq!(recv_json(s)["type"], "subscribed");
         }
         conns.append(&mut batch);
     }
@@ -375,7 +336,7 @@ fn a_huge_fan_out_does_not_stall_other_clients() {
     publisher.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     // Warm up the bystander's path.
     send_json(&mut bystander, &json!({"type":"ping","id":0}));
-    assert_eq!(next_json(&mut bystander)["type"], "pong");
+    assert_eq!(recv_json(&mut bystander)["type"], "pong");
 
     let data = "x".repeat(1 << 20);
     let publish = format!(r#"{{"type":"publish","payload":{{"topic":"big","data":"{data}"}},"id":"p"}}"#);
@@ -385,9 +346,9 @@ fn a_huge_fan_out_does_not_stall_other_clients() {
     std::thread::sleep(Duration::from_millis(1));
     let asked = Instant::now();
     send_json(&mut bystander, &json!({"type":"ping","id":"first"}));
-    assert_eq!(next_json(&mut bystander), json!({"type":"pong","id":"first"}));
+    assert_eq!(recv_json(&mut bystander), json!({"type":"pong","id":"first"}));
     let first_ping = asked.elapsed();
-    let ack = next_json(&mut publisher);
+    let ack = recv_json(&mut publisher);
     let ack_after = sent.elapsed();
     assert_eq!(ack["type"], "ack", "{ack}");
     assert_eq!(ack["payload"]["delivered"], subscribers);
@@ -397,7 +358,7 @@ fn a_huge_fan_out_does_not_stall_other_clients() {
     while sent.elapsed() < Duration::from_secs(2) || pings < 20 {
         let asked = Instant::now();
         send_json(&mut bystander, &json!({"type":"ping","id":pings}));
-        let pong = next_json(&mut bystander);
+        let pong = recv_json(&mut bystander);
         assert_eq!(pong, json!({"type":"pong","id":pings}));
         worst = worst.max(asked.elapsed());
         pings += 1;
@@ -534,7 +495,7 @@ fn upgrades_succeed_while_one_address_holds_half_sent_requests() {
         let head = upgrade(&mut s);
         assert!(head.starts_with("HTTP/1.1 101"), "upgrade {i} while the attack holds: {head}");
         send_json(&mut s, &json!({"type":"ping","id":i}));
-        assert_eq!(next_json(&mut s), json!({"type":"pong","id":i}));
+        assert_eq!(recv_json(&mut s), json!({"type":"pong","id":i}));
         clients.push(s);
         // The attacker renews what it lost, as it would every handshake timeout.
         let mut again = connect_from(attacker, addr);

@@ -45,17 +45,6 @@ fn assert_healthy(server: &ServerProc) {
     assert_eq!(expect_close(&mut s), Some(1000));
 }
 
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
-}
-
 /// Open file descriptors of a process.
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
@@ -858,17 +847,6 @@ fn sigterm_with_clients_mid_message_closes_each_with_1001_and_exits() {
 
 // ----- many attackers in one turn -----
 
-/// Peak resident memory of a process, in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmHWM")
-}
-
 fn signal(pid: u32, sig: &str) {
     let _ = std::process::Command::new("kill").args([sig, &pid.to_string()]).status();
 }
@@ -1215,14 +1193,6 @@ fn echo_floods_that_read_do_not_starve_a_bystander() {
     // For the log only: on a loaded machine the debug server takes seconds; what is asserted is
     // the order (bystander served before the floods end), which load does not change.
     eprintln!("worst bystander round trip under two echo floods: {worst:?}");
-}
-
-/// CPU time (user + system, in clock ticks) a process has used.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("server process exists");
-    // After the command name (in parentheses): utime is the 12th field, stime the 13th.
-    let fields: Vec<&str> = stat[stat.rfind(')').expect("stat") + 2..].split_whitespace().collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
 /// Waits until `done()`, for as long as the server keeps working towards it: fails when its

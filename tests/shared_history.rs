@@ -308,3 +308,58 @@ fn a_quiet_topic_keeps_its_epoch_while_subscribed_and_expires_after() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_stalled_redis_fails_held_publishes_and_subscribes_at_the_reply_deadline() {
+    let redis = RedisProc::start();
+    let a = node(&redis, 10);
+    let mut client = ws_connect(a.addr);
+    let epoch = subscribe_since(&mut client, "t", None)["epoch"].as_str().unwrap().to_string();
+    publish(a.addr, "t", json!(1));
+    assert_eq!(recv_json(&mut client)["payload"]["offset"], 1);
+    // Redis keeps its connections but answers nothing (as under `DEBUG SLEEP`).
+    let pid = redis.pid().to_string();
+    let signal = |sig: &str| std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success();
+    assert!(signal("-STOP"));
+    let asked = Instant::now();
+    send_json(&mut client, &json!({"type":"publish","payload":{"topic":"t","data":2},"id":9}));
+    let mut late = ws_connect(a.addr);
+    late.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    send_json(
+        &mut late,
+        &json!({"type":"subscribe","payload":{"topic":"t","since":{"offset":1,"epoch":epoch}}}),
+    );
+    let subscribed = recv_json(&mut late);
+    let acked = recv_json(&mut client);
+    let waited = asked.elapsed();
+    assert!(signal("-CONT"));
+    assert_eq!(subscribed, json!({"type":"subscribed","payload":{"topic":"t","recovered":false}}));
+    assert_eq!(
+        acked,
+        json!({"type":"error","payload":{"message":"History unavailable: Redis is down"},"id":9})
+    );
+    // Held until the reply deadline (5 s), answered soon after it (slack for a loaded machine).
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(15),
+        "answered after {waited:?}"
+    );
+    assert!(metric(a.addr, "wshub_backplane_stalled_total") >= 1.0);
+    // Redis back with its data: publishes are numbered and delivered again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while publish(a.addr, "t", json!(3)).0 != 200 {
+        assert!(Instant::now() < deadline, "Redis never came back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Answered local-only, the subscriber is told its position once Redis is back (the
+    // publish that stalled may have reached Redis after all: at most once, never retried).
+    let notice = recv_json(&mut late);
+    assert_eq!(
+        (&notice["type"], &notice["payload"]["recovered"]),
+        (&json!("subscribed"), &json!(false)),
+        "{notice}"
+    );
+    assert_eq!(notice["payload"]["epoch"], json!(epoch), "Redis kept the history");
+    let got = recv_json(&mut late);
+    assert_eq!(got["payload"]["data"], json!(3), "messages flow again: {got}");
+}

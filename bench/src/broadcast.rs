@@ -1,6 +1,12 @@
 //! `broadcast`: N clients subscribe to one topic of the JSON hub protocol; each round the first
 //! P of them publish one message each, and the round ends when every client has received all P.
 //! Each message carries its send time, so every delivery gives one latency sample.
+//!
+//! With `--messages N` the run is a fixed amount of work instead of a timed one: every publisher
+//! sends exactly N messages (N rounds) and stops, and the run ends once every client has
+//! received all of them (N x publishers x clients deliveries), or fails after `--stall` seconds
+//! without a delivery. A server under `valgrind --tool=callgrind` then does the same work
+//! whatever the machine's speed: `bench/run.sh instr` counts instructions per delivery with it.
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +27,8 @@ pub struct Broadcast {
     pub json: bool,
     /// Inflate one compressed delivery in this many (at least 1); count the others by frame.
     pub inflate_one_in: u64,
+    /// Fixed-work mode: messages each publisher sends (rounds) before the run ends.
+    pub messages: Option<u64>,
 }
 
 pub struct BroadcastResult {
@@ -34,7 +42,8 @@ pub struct BroadcastResult {
     pub rounds: u64,
     pub samples: u64,
     pub windows: Vec<f64>,
-    /// Deliveries in all, warm-up included (for per-delivery costs measured over the run).
+    /// Deliveries in all, warm-up included (for per-delivery costs measured over the run; N x
+    /// publishers x clients in `--messages` mode).
     pub delivered: u64,
     /// Of which compressed (RSV1).
     pub compressed: u64,
@@ -180,11 +189,16 @@ pub fn run(targets: &[Target], p: &Broadcast, timing: &Timing) -> Result<Broadca
         Ok(())
     };
     start_round(&mut conns, round)?;
-    let mut last_progress = (Instant::now(), 0u64);
+    let started = Instant::now();
+    let mut last_progress = (started, 0u64);
     loop {
         let now = Instant::now();
-        if meter.observe(now, delivered) {
-            break;
+        match p.messages {
+            // Every round is counted complete below; the last one ends the run.
+            Some(n) if round >= n => break,
+            Some(_) => {}
+            None if meter.observe(now, delivered) => break,
+            None => {}
         }
         if delivered != last_progress.1 {
             last_progress = (now, delivered);
@@ -195,9 +209,16 @@ pub fn run(targets: &[Target], p: &Broadcast, timing: &Timing) -> Result<Broadca
                 timing.stall
             ));
         }
-        poll.poll(&mut events, Some(if timing.spin { Duration::ZERO } else { meter.timeout(now) }))
-            .map_err(|e| e.to_string())?;
-        let measuring = meter.measuring();
+        let timeout = if timing.spin {
+            Duration::ZERO
+        } else if p.messages.is_some() {
+            Duration::from_millis(100)
+        } else {
+            meter.timeout(now)
+        };
+        poll.poll(&mut events, Some(timeout)).map_err(|e| e.to_string())?;
+        // Fixed work has no warm-up: every delivery is a sample.
+        let measuring = p.messages.is_some() || meter.measuring();
         for ev in events.iter() {
             let i = ev.token().0;
             let c = &mut conns[i];
@@ -252,13 +273,19 @@ pub fn run(targets: &[Target], p: &Broadcast, timing: &Timing) -> Result<Broadca
         if finished == conns.len() {
             finished = 0;
             round += 1;
-            start_round(&mut conns, round)?;
+            if p.messages.is_none_or(|n| round < n) {
+                start_round(&mut conns, round)?;
+            }
         }
     }
+    let deliveries_per_s = match p.messages {
+        Some(_) => delivered as f64 / started.elapsed().as_secs_f64(),
+        None => meter.median(),
+    };
     drop(conns);
     std::thread::sleep(Duration::from_millis(50));
     Ok(BroadcastResult {
-        deliveries_per_s: meter.median(),
+        deliveries_per_s,
         p50_us: hist.quantile(0.5) as f64 / 1000.0,
         p99_us: hist.quantile(0.99) as f64 / 1000.0,
         cross_p50_us: if cross.count() > 0 { cross.quantile(0.5) as f64 / 1000.0 } else { 0.0 },

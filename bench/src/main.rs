@@ -57,6 +57,10 @@ struct Common {
     /// Seconds without progress after which the run fails.
     #[arg(long, default_value_t = 5.0)]
     stall: f64,
+    /// Seconds allowed for connecting and subscribing every client (a server under valgrind
+    /// needs more than the default for 10,000 handshakes).
+    #[arg(long, default_value_t = 60.0)]
+    setup: f64,
     /// Busy-poll (zero epoll timeout) instead of blocking in epoll_wait. Measured on the
     /// 2-vCPU bench machine it costs throughput (0.28M vs 0.80M msgs/s echo), so it is off.
     #[arg(long)]
@@ -112,6 +116,11 @@ enum Cmd {
         /// does not cap what it can receive. 1: inflate every one.
         #[arg(long, default_value_t = 1)]
         inflate_one_in: u64,
+        /// Fixed work instead of timed windows: each publisher sends exactly this many messages,
+        /// and the run ends when every client has them all (or after --stall without a
+        /// delivery). --duration then only bounds the run (the watchdog).
+        #[arg(long)]
+        messages: Option<u64>,
     },
     /// N idle connections; server RSS growth per connection.
     Idle {
@@ -218,7 +227,7 @@ impl Common {
             window: duration / windows as u32,
             windows,
             stall: secs(self.stall.max(0.5), "stall")?,
-            setup_limit: Duration::from_secs(60),
+            setup_limit: secs(self.setup.max(1.0), "setup")?,
             spin: self.spin,
         };
         // Hard cap: whatever happens, the process ends after its budget plus a margin.
@@ -263,7 +272,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 join(&r.windows)
             );
         }
-        Cmd::Broadcast { common, clients, publishers, size, topic, json, inflate_one_in } => {
+        Cmd::Broadcast { common, clients, publishers, size, topic, json, inflate_one_in, messages } => {
             // Several comma-separated URLs: the nodes of one hub, clients spread over them.
             let mut targets = common
                 .url
@@ -276,8 +285,11 @@ fn run(cli: Cli) -> Result<(), String> {
             let timing = common.timing()?;
             let clients = check_conns(clients)?;
             let publishers = publishers.unwrap_or(clients).clamp(1, clients);
+            if messages == Some(0) {
+                return Err("--messages 0: nothing to measure".into());
+            }
             let inflate_one_in = inflate_one_in.max(1);
-            let p = broadcast::Broadcast { clients, publishers, size, topic, json, inflate_one_in };
+            let p = broadcast::Broadcast { clients, publishers, size, topic, json, inflate_one_in, messages };
             let r = broadcast::run(&targets, &p, &timing)?;
             let cross = if targets.len() > 1 {
                 format!(

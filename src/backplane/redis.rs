@@ -4,8 +4,8 @@
 //! fed the bytes each connection received and the time, and it produces the bytes to write,
 //! the messages to deliver locally and its next deadline. [`RedisBackplane`] is the thin
 //! shell the reactor drives: two non-blocking `mio` sockets registered in the same `Poll`
-//! as the clients, and one entry in the reactor's deadline queue (connect timeout or
-//! reconnect backoff):
+//! as the clients, and one entry in the reactor's deadline queue (connect timeout, reconnect
+//! backoff, TTL refresh, or the reply deadline of the oldest request in flight):
 //!
 //! ```text
 //! event on SUB/PUB token -> backplane.on_event(which, ..., deliver)   // read, decode, write
@@ -26,14 +26,17 @@
 //! The subscribe connection subscribes to the broadcast channel and to the channel of every
 //! topic with a local subscriber, and unsubscribes as soon as the last one leaves. After a
 //! connection loss both connections are dropped, and the next attempt comes after a backoff
-//! (100 ms, doubling, capped at 5 s) and re-subscribes everything wanted.
+//! (100 ms, doubling, capped at 5 s) and re-subscribes everything wanted. A request left
+//! unanswered for [`REPLY_DEADLINE`] (a stalled Redis, a refused SUBSCRIBE) counts as such a
+//! loss.
 //!
 //! # Cost model
 //!
 //! A publish costs, on top of local delivery, one copy of the data into the payload staging
 //! buffer and one into the PUBLISH command in the output buffer; all publishes of a reactor
 //! turn leave in one `write`. Output is bounded (`max_output`); a publish over it, or while
-//! Redis is down, is refused and counted (`publish_failed`), never queued without bound.
+//! Redis is down, is refused and counted (`publish_failed`), never queued without bound; so
+//! are the requests awaiting a reply ([`MAX_IN_FLIGHT`]).
 //! A message from Redis is decoded in place in the input buffer, validated once, framed once
 //! by the hub and shared by every local subscriber, like a local publish.
 
@@ -69,6 +72,19 @@ const READS_PER_EVENT: usize = 16;
 /// Most bytes of entries one position reply may carry (a longer gap is not recovered): also
 /// what the PUBLISH connection's input bound grows by when history is kept in Redis.
 const POSITION_REPLY_BUDGET: usize = 8 << 20;
+/// How long a request to Redis (a PUBLISH, a script call, a topic's SUBSCRIBE) may wait for its
+/// reply. A Redis that keeps the connection but stops answering (`DEBUG SLEEP`, a stopped
+/// process) or refuses a SUBSCRIBE (`-NOPERM`, answered by no confirmation) would otherwise
+/// hold subscribers and acks for ever: past this, the connection counts as lost (`stalled`),
+/// and the usual path answers every wait at once and reconnects with the backoff. Replies come
+/// in order, so one look at the oldest request of each connection is the whole check.
+pub const REPLY_DEADLINE: Millis = 5_000;
+/// Requests awaiting a reply on the PUBLISH connection at most. Written commands leave the
+/// output bound, so this bounds what a slow Redis makes this node remember (an entry is a few
+/// dozen bytes): over it, publishes fail like over the output bound.
+pub const MAX_IN_FLIGHT: usize = 64 * 1024;
+/// The send time of a request queued this turn, until the end of the turn stamps it.
+const UNSTAMPED: Millis = Millis::MAX;
 
 #[derive(Clone, Debug)]
 pub struct RedisSettings {
@@ -111,6 +127,8 @@ pub struct BackplaneStats {
     pub received: u64,
     /// Messages from Redis dropped because they did not parse.
     pub garbage: u64,
+    /// Connections dropped because a request went unanswered past [`REPLY_DEADLINE`].
+    pub stalled: u64,
 }
 
 /// What Redis brought, checked, for the hub: messages to deliver locally and the completions
@@ -208,9 +226,13 @@ pub struct RedisCore {
     /// Replies to AUTH, SELECT (and PING on PUB) still awaited before the link is usable.
     handshake_left: [u32; 2],
     ready: [bool; 2],
-    /// What each reply still awaited on the PUBLISH connection answers, oldest first. Bounded
-    /// by that connection's output bound (every entry is a command written there).
-    inflight: VecDeque<Expect>,
+    /// What each reply still awaited on the PUBLISH connection answers, oldest first, with
+    /// when it was sent (`UNSTAMPED` until the end of its turn). At most [`MAX_IN_FLIGHT`].
+    inflight: VecDeque<(Millis, Expect)>,
+    /// Topic SUBSCRIBEs sent while up and not yet confirmed, oldest first, with when they were
+    /// sent: the front one is what [`REPLY_DEADLINE`] watches on the subscribe connection.
+    /// Bounded by the topics wanted (one SUBSCRIBE per topic becoming wanted).
+    sub_sent: VecDeque<(Millis, Box<str>)>,
     wanted: HashSet<Box<str>>,
     /// SUBSCRIBEs sent by `topic_wanted` while up and not yet confirmed, per topic: the topic is
     /// confirmed when the last of them is (a quick unsubscribe and resubscribe waits for both).
@@ -271,6 +293,7 @@ impl RedisCore {
             handshake_left: [0; 2],
             ready: [false; 2],
             inflight: VecDeque::new(),
+            sub_sent: VecDeque::new(),
             wanted: HashSet::new(),
             confirming: HashMap::new(),
             went_down: false,
@@ -309,8 +332,36 @@ impl RedisCore {
         match self.state {
             State::Down { retry_at } => retry_at,
             State::Connecting { deadline } => deadline,
-            State::Up => self.touch_at,
+            State::Up => self.touch_at.min(self.reply_deadline()),
         }
+    }
+
+    /// When the oldest request awaiting a reply (on either connection) is overdue.
+    fn reply_deadline(&self) -> Millis {
+        let publish = self.inflight.front().map_or(NEVER, |(at, _)| *at);
+        let subscribe = self.sub_sent.front().map_or(NEVER, |(at, _)| *at);
+        publish.min(subscribe).saturating_add(REPLY_DEADLINE)
+    }
+
+    /// Gives the requests queued this turn their send time (the shell calls it at the end of
+    /// each turn, when they are written). Unstamped entries are the newest: this stops at the
+    /// first stamped one, so each entry is stamped once.
+    pub fn stamp(&mut self, now: Millis) {
+        for (at, _) in self.inflight.iter_mut().rev().take_while(|(at, _)| *at == UNSTAMPED) {
+            *at = now;
+        }
+        for (at, _) in self.sub_sent.iter_mut().rev().take_while(|(at, _)| *at == UNSTAMPED) {
+            *at = now;
+        }
+    }
+
+    fn expect(&mut self, expect: Expect) {
+        self.inflight.push_back((UNSTAMPED, expect));
+    }
+
+    /// Whether one more request may be sent on the PUBLISH connection.
+    fn room(&self) -> bool {
+        self.inflight.len() < MAX_IN_FLIGHT
     }
 
     /// How often the TTL of wanted topics' history keys is refreshed: a third of the TTL, so a
@@ -327,15 +378,23 @@ impl RedisCore {
         'topics: for topic in topics {
             let [a, b, c] = self.history_keys(&topic);
             for range in [0..a, a..b, b..c] {
-                if !self.links[PUB].command_bounded(&[b"PEXPIRE", &self.keys[range], &ttl]) {
+                if !self.room() || !self.links[PUB].command_bounded(&[b"PEXPIRE", &self.keys[range], &ttl]) {
                     break 'topics;
                 }
-                self.inflight.push_back(Expect::Touch);
+                self.expect(Expect::Touch);
             }
         }
     }
 
     pub fn on_timer(&mut self, now: Millis) -> TimerAction {
+        // What this turn sent so far was sent now (and must not look older than it is).
+        self.stamp(now);
+        let action = self.on_due(now);
+        self.stamp(now);
+        action
+    }
+
+    fn on_due(&mut self, now: Millis) -> TimerAction {
         match self.state {
             State::Down { retry_at } if now >= retry_at => {
                 self.start_connecting(now);
@@ -343,6 +402,11 @@ impl RedisCore {
             }
             State::Connecting { deadline } if now >= deadline => {
                 self.fail(now, "connect timeout");
+                TimerAction::Disconnect
+            }
+            State::Up if now >= self.reply_deadline() => {
+                self.stats.stalled += 1;
+                self.fail(now, "Redis left a request unanswered too long");
                 TimerAction::Disconnect
             }
             State::Up if now >= self.touch_at => {
@@ -363,6 +427,7 @@ impl RedisCore {
         self.handshake_left = [0; 2];
         self.ready = [false; 2];
         self.inflight.clear();
+        self.sub_sent.clear();
         self.confirming.clear();
         for which in [SUB, PUB] {
             self.links[which].reset();
@@ -414,9 +479,11 @@ impl RedisCore {
         }
         let was_up = self.state == State::Up;
         // Publishes in flight may or may not have reached Redis: at most once, counted failed.
-        let publishes = self.inflight.iter().filter(|e| matches!(e, Expect::Publish | Expect::Append { .. }));
+        let publishes =
+            self.inflight.iter().filter(|(_, e)| matches!(e, Expect::Publish | Expect::Append { .. }));
         self.stats.publish_failed += publishes.count() as u64;
         self.inflight.clear();
+        self.sub_sent.clear();
         self.confirming.clear();
         // The hub answers what it waits for (confirmations, positions, appends) at once.
         self.went_down |= was_up;
@@ -451,6 +518,7 @@ impl RedisCore {
         now: Millis,
         mut deliver: impl FnMut(Inbound<'_>) -> bool,
     ) -> Result<(), LinkError> {
+        self.stamp(now);
         let mut link = std::mem::replace(&mut self.links[which], Link::new(0, 0));
         let mut fatal: Option<String> = None;
         let result = link.decode(|reply| {
@@ -465,9 +533,10 @@ impl RedisCore {
         if std::mem::take(&mut self.reload_scripts) {
             for script in [shared::APPEND_SCRIPT, shared::POSITION_SCRIPT] {
                 self.links[PUB].command(&[b"SCRIPT", b"LOAD", script.as_bytes()]);
-                self.inflight.push_back(Expect::ScriptLoad);
+                self.expect(Expect::ScriptLoad);
             }
         }
+        self.stamp(now);
         match (result, fatal) {
             (Err(e), _) => {
                 self.fail(now, &e.to_string());
@@ -553,6 +622,11 @@ impl RedisCore {
                     self.handshake_channels = self.handshake_channels.saturating_sub(1);
                     self.ready[SUB] = self.handshake_channels == 0;
                 } else if let Some(topic) = self.topic_of(channel) {
+                    // Confirmations come in order: this one answers the oldest SUBSCRIBE sent
+                    // while up, unless it answers one sent before (not watched).
+                    if self.sub_sent.front().is_some_and(|(_, t)| **t == *topic) {
+                        self.sub_sent.pop_front();
+                    }
                     self.on_confirmed(topic, deliver);
                 }
             }
@@ -642,7 +716,7 @@ impl RedisCore {
         reply: Reply<'_>,
         deliver: &mut impl FnMut(Inbound<'_>) -> bool,
     ) -> Result<(), String> {
-        let Some(expect) = self.inflight.pop_front() else {
+        let Some((_, expect)) = self.inflight.pop_front() else {
             return Err("a reply to no command".into());
         };
         if let Some(error) = reply.error() {
@@ -747,8 +821,8 @@ impl RedisCore {
             &self.size_arg,
             &self.ttl_arg,
         ];
-        if self.links[PUB].command_bounded(&args) {
-            self.inflight.push_back(Expect::Append { ticket });
+        if self.room() && self.links[PUB].command_bounded(&args) {
+            self.expect(Expect::Append { ticket });
             self.stats.published += 1;
             Relay::Sent
         } else {
@@ -760,7 +834,7 @@ impl RedisCore {
     /// Asks Redis for `topic`'s position (and, with `since`, what a recovery needs); the answer
     /// is an [`Inbound::Position`]. False when it cannot be asked (down, output full).
     pub fn fetch_position(&mut self, topic: &str, since: Option<Since<'_>>, ticket: Ticket) -> bool {
-        if self.state != State::Up || self.settings.history.is_none() {
+        if self.state != State::Up || self.settings.history.is_none() || !self.room() {
             return false;
         }
         let epoch = self.propose_epoch();
@@ -792,7 +866,7 @@ impl RedisCore {
         if !self.links[PUB].command_bounded(&args) {
             return false;
         }
-        self.inflight.push_back(Expect::Position { ticket, topic: topic.into(), since });
+        self.expect(Expect::Position { ticket, topic: topic.into(), since });
         true
     }
 
@@ -817,8 +891,8 @@ impl RedisCore {
         self.payload.clear();
         self.payload.extend_from_slice(&self.tag);
         self.payload.extend_from_slice(data.get().as_bytes());
-        if self.links[PUB].command_bounded(&[b"PUBLISH", &self.channel, &self.payload]) {
-            self.inflight.push_back(Expect::Publish);
+        if self.room() && self.links[PUB].command_bounded(&[b"PUBLISH", &self.channel, &self.payload]) {
+            self.expect(Expect::Publish);
             self.stats.published += 1;
             Relay::Sent
         } else {
@@ -862,6 +936,7 @@ impl Backplane for RedisCore {
             return false;
         }
         *self.confirming.entry(topic.into()).or_insert(0) += 1;
+        self.sub_sent.push_back((UNSTAMPED, topic.into()));
         true
     }
 
@@ -1067,6 +1142,7 @@ impl RedisBackplane {
 
     /// Writes what this turn queued (publishes, subscription changes).
     pub fn flush(&mut self, registry: &Registry, now: Millis) {
+        self.core.stamp(now);
         for which in [SUB, PUB] {
             if let Err(why) = self.write(which) {
                 self.core.fail(now, &why);

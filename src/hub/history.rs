@@ -229,6 +229,14 @@ impl MemoryHistory {
         }
     }
 
+    /// Drops the oldest message topic `key` keeps, if any, from the totals too.
+    fn drop_oldest(&mut self, key: usize) {
+        if let Some(old) = self.topics[key].kept.pop_front() {
+            self.messages -= 1;
+            self.bytes -= cost(&old.frame);
+        }
+    }
+
     /// Pops the due queue's front and deals with it: drops its message if still kept, then
     /// frees or revisits the topic.
     fn pop_front(&mut self, now: Millis, in_use: &dyn Fn(&str) -> bool) {
@@ -239,10 +247,7 @@ impl MemoryHistory {
         if entry.offset == 0 {
             topic.look_pending = false;
         } else if topic.kept.front().is_some_and(|k| k.offset == entry.offset) {
-            if let Some(kept) = topic.kept.pop_front() {
-                self.messages -= 1;
-                self.bytes -= cost(&kept.frame);
-            }
+            self.drop_oldest(entry.key);
         }
         self.settle(entry.key, now, in_use);
     }
@@ -304,10 +309,7 @@ impl HistoryStore for MemoryHistory {
         self.bytes += cost(&frame);
         let serial = t.serial;
         if t.kept.len() > self.config.size {
-            if let Some(old) = t.kept.pop_front() {
-                self.messages -= 1;
-                self.bytes -= cost(&old.frame);
-            }
+            self.drop_oldest(key);
         }
         self.due.push_back(Due { at: now, key, serial, offset });
         // Over the global bound: drop the oldest messages of any topic, this one's included.

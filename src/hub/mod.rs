@@ -520,7 +520,7 @@ impl Hub {
                 }
                 let max = self.config.max_subscriptions;
                 let max_topics = self.config.max_topics;
-                let mut will_confirm = false;
+                let mut joined = pending::Joined::Added;
                 match self.registry.subscribe(from, &topic, max, max_topics) {
                     SubscribeOutcome::LimitReached => return Err(HubError::TooManySubscriptions { max }),
                     SubscribeOutcome::TopicLimitReached => {
@@ -529,14 +529,19 @@ impl Hub {
                     }
                     SubscribeOutcome::Added if self.registry.subscribers(&topic).len() == 1 => {
                         if let Some(backplane) = outbox.backplane() {
-                            will_confirm = backplane.topic_wanted(&topic);
+                            if backplane.topic_wanted(&topic) {
+                                joined = pending::Joined::Confirming;
+                            }
                         }
+                    }
+                    SubscribeOutcome::AlreadySubscribed if !self.waits.is_held(&topic, from) => {
+                        joined = pending::Joined::Again;
                     }
                     _ => {}
                 }
                 let since = since.as_ref().map(|s| Since { offset: s.offset, epoch: &s.epoch });
                 // With a backplane, the reply may wait for Redis (see `pending`).
-                if !self.hold_subscribe(from, &topic, since, id, will_confirm, outbox) {
+                if !self.hold_subscribe(from, &topic, since, id, joined, outbox) {
                     self.subscribed(from, &topic, since, id, reply, outbox);
                 }
             }
@@ -615,6 +620,7 @@ impl Hub {
         if self.waits.is_held(topic, client) {
             self.release_hold(client, topic, outbox);
         }
+        self.waits.forget_ahead(topic, client);
         if !self.registry.unsubscribe(client, topic) {
             return false;
         }

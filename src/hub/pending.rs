@@ -34,7 +34,7 @@ use serde_json::value::RawValue;
 use super::history::{Offset, Since};
 use super::{wire, ClientId, Hub, HubError, Outbox};
 use crate::backplane::shared::{Fetched, Numbered, EPOCH_LEN};
-use crate::backplane::Ticket;
+use crate::backplane::{Relay, Ticket};
 use crate::metrics::Metrics;
 use crate::protocol::deflate::SharedMessage;
 use crate::protocol::OpCode;
@@ -49,12 +49,26 @@ pub const MAX_PENDING_ACK_BYTES: usize = 8 << 20;
 /// only, as while Redis is down) rather than held with a client-sized id.
 pub const MAX_HELD_ID_BYTES: usize = 8 << 20;
 
+/// How a subscribe the registry accepted joined its topic.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Joined {
+    /// It made the node want the topic's channel, and Redis will confirm it.
+    Confirming,
+    /// A new subscriber of a topic already wanted (or of one Redis will not confirm).
+    Added,
+    /// Already subscribed and not held: receiving live messages.
+    Again,
+}
+
 /// A subscriber whose `subscribed` waits on the backplane.
 pub(super) struct Hold {
     client: ClientId,
     id: Option<Box<RawValue>>,
     /// The request's `since`: offset and epoch (empty when not epoch-shaped: matches nothing).
     since: Option<(Offset, Box<str>)>,
+    /// Already subscribed and receiving live messages (a repeated subscribe): what is buffered
+    /// up to the position is what it would have had live, so it goes before `subscribed`.
+    live: bool,
     stage: Stage,
 }
 
@@ -69,6 +83,9 @@ enum Stage {
         overflowed: Option<(Offset, Rc<str>)>,
     },
 }
+
+/// A client answered with a position (epoch, offset) ahead of the subscribe connection.
+type Ahead = (ClientId, Rc<str>, Offset);
 
 /// A publish whose ack waits for its offset.
 pub(super) struct AckWait {
@@ -95,6 +112,11 @@ pub(super) struct Waits {
     ack_bytes: usize,
     /// What the holds keep in ids (see [`MAX_HELD_ID_BYTES`]).
     held_bytes: usize,
+    /// Clients answered with a position (epoch, offset) the subscribe connection had not
+    /// delivered yet: the position's reply came on the other connection first, so messages up
+    /// to it may still arrive, and they are skipped for these clients (replayed or before their
+    /// position). Dropped once a later message (or another epoch) comes through.
+    ahead: HashMap<Box<str>, Vec<Ahead>>,
 }
 
 impl Hold {
@@ -195,6 +217,26 @@ impl Waits {
         if !self.streams.is_empty() {
             self.streams.remove(topic);
         }
+        if !self.ahead.is_empty() {
+            self.ahead.remove(topic);
+        }
+    }
+
+    /// `client` no longer takes `topic` (left, unsubscribed): it skips nothing there any more.
+    pub(super) fn forget_ahead(&mut self, topic: &str, client: ClientId) {
+        if let Some(ahead) = self.ahead.get_mut(topic) {
+            ahead.retain(|(c, _, _)| *c != client);
+            if ahead.is_empty() {
+                self.ahead.remove(topic);
+            }
+        }
+    }
+
+    /// Whether `client` skips `topic`'s message (`epoch`, `offset`): its position covers it.
+    fn covered(&self, topic: &str, client: ClientId, epoch: &str, offset: Offset) -> bool {
+        self.ahead.get(topic).is_some_and(|ahead| {
+            ahead.iter().any(|(c, e, last)| *c == client && **e == *epoch && offset <= *last)
+        })
     }
 
     /// Holds and acks (tests, diagnostics).
@@ -231,9 +273,10 @@ impl Hub {
         topic: &str,
         since: Option<Since<'_>>,
         id: Option<&RawValue>,
-        will_confirm: bool,
+        how: Joined,
         outbox: &mut impl Outbox,
     ) -> bool {
+        let (will_confirm, live) = (how == Joined::Confirming, how == Joined::Again);
         let Some(backplane) = outbox.backplane() else { return false };
         let shared = backplane.keeps_history();
         if self.waits.held_bytes + id.map_or(0, |id| id.get().len()) > MAX_HELD_ID_BYTES {
@@ -254,7 +297,8 @@ impl Hub {
         } else {
             return false;
         };
-        let hold = Hold { client: from, id: id.map(ToOwned::to_owned), since: owned_since(since), stage };
+        let hold =
+            Hold { client: from, id: id.map(ToOwned::to_owned), since: owned_since(since), live, stage };
         self.waits.held_bytes += hold.cost();
         self.waits.holds.entry(topic.into()).or_default().push(hold);
         true
@@ -316,7 +360,7 @@ impl Hub {
             self.answer_local(topic, hold, outbox);
             return;
         };
-        let Hold { client, id, since, stage } = hold;
+        let Hold { client, id, since, live, stage } = hold;
         let Stage::Fetching { buffered, overflowed, .. } = stage else { return };
         let id = id.as_deref();
         if let Some((offset, epoch)) = overflowed {
@@ -328,7 +372,26 @@ impl Hub {
             });
             return;
         }
+        let caught_up = self
+            .waits
+            .streams
+            .get(topic)
+            .is_some_and(|s| *s.epoch == *fetched.epoch && s.last >= fetched.offset);
+        if !caught_up && fetched.offset > 0 {
+            self.waits.forget_ahead(topic, client);
+            let entry = (client, Rc::from(fetched.epoch), fetched.offset);
+            self.waits.ahead.entry(topic.into()).or_default().push(entry);
+        }
         self.waits.synced(topic, client, fetched.epoch, fetched.offset);
+        let before = |offset: Offset, epoch: &str| *epoch == *fetched.epoch && offset <= fetched.offset;
+        if live {
+            for (offset, epoch, frame) in &buffered {
+                let frame = SharedMessage::from_frame(OpCode::Text, Rc::clone(frame));
+                if before(*offset, epoch) && !outbox.deliver(client, &frame) {
+                    return;
+                }
+            }
+        }
         let position = Some((fetched.offset, fetched.epoch));
         if !send(outbox, client, |out| wire::write_subscribed(out, topic, position, fetched.recovered, id)) {
             return;
@@ -341,8 +404,9 @@ impl Hub {
             }
         }
         for (offset, epoch, frame) in buffered {
-            let live = *epoch != *fetched.epoch || offset > fetched.offset;
-            if live && !outbox.deliver(client, &SharedMessage::from_frame(OpCode::Text, frame)) {
+            if !before(offset, &epoch)
+                && !outbox.deliver(client, &SharedMessage::from_frame(OpCode::Text, frame))
+            {
                 return;
             }
         }
@@ -390,15 +454,19 @@ impl Hub {
             // never takes a new epoch's offsets for old ones or silently skips a gap.
             let (continuity, synced) = self.waits.follow(topic, message.epoch, message.offset);
             let notice = (continuity == Continuity::Breaks).then(|| {
-                let before = Some((message.offset - 1, message.epoch));
+                let before = Some((message.offset.saturating_sub(1), message.epoch));
                 let frame = wire::build_shared_text_frame(|out| {
                     wire::write_subscribed(out, topic, before, Some(false), None);
                 });
                 SharedMessage::from_frame(OpCode::Text, frame)
             });
             let held = self.waits.holds_topic(topic);
+            let ahead = !self.waits.ahead.is_empty() && self.waits.ahead.contains_key(topic);
             let mut epoch: Option<Rc<str>> = None;
             for &client in subscribers {
+                if ahead && self.waits.covered(topic, client, message.epoch, message.offset) {
+                    continue;
+                }
                 if held {
                     if let Some(hold) = self
                         .waits
@@ -429,6 +497,13 @@ impl Hub {
             }
         }
         metrics.record_publish(delivered);
+        if let Some(ahead) = self.waits.ahead.get_mut(topic) {
+            // Channel order is offset order: nothing at or before this message comes after it.
+            ahead.retain(|(_, e, last)| **e == *message.epoch && message.offset < *last);
+            if ahead.is_empty() {
+                self.waits.ahead.remove(topic);
+            }
+        }
         if !self.waits.deferred.is_empty() {
             self.release_acks(
                 |a| *a.topic == *topic && (*a.epoch != *message.epoch || a.offset <= message.offset),
@@ -479,8 +554,8 @@ impl Hub {
             return Err(HubError::Unavailable);
         }
         match backplane.append(topic, data, ticket) {
-            crate::backplane::Relay::Sent => {
-                self.last_relay = crate::backplane::Relay::Sent;
+            Relay::Sent => {
+                self.last_relay = Relay::Sent;
                 if let (Some(ticket), Some((client, id))) = (ticket, ack) {
                     let wait = AckWait { client, id: id.to_owned(), topic: topic.into() };
                     self.waits.ack_bytes += wait.cost();
@@ -489,7 +564,7 @@ impl Hub {
                 Ok(())
             }
             _ => {
-                self.last_relay = crate::backplane::Relay::Failed;
+                self.last_relay = Relay::Failed;
                 metrics.record_history_unavailable();
                 Err(HubError::Unavailable)
             }
@@ -571,6 +646,12 @@ impl Hub {
 
     /// `client` is leaving: its holds and acks go, so their completions find nothing.
     pub(super) fn forget_waits(&mut self, client: ClientId) {
+        if !self.waits.ahead.is_empty() {
+            let topics: Vec<Box<str>> = self.registry.topics_of(client).map(Box::from).collect();
+            for topic in topics {
+                self.waits.forget_ahead(&topic, client);
+            }
+        }
         if !self.waits.holds.is_empty() {
             let topics: Vec<Box<str>> = self.registry.topics_of(client).map(Box::from).collect();
             for topic in topics {

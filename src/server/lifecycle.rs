@@ -277,12 +277,25 @@ pub(super) fn flush_dirty(conns: &mut Slab<Connection>, s: &mut Shared) {
         let limit = CONN_WRITE_BUDGET.min(s.turn_write_budget).max(1);
         let written = flush_limited(conn, s, key, limit);
         s.turn_write_budget = s.turn_write_budget.saturating_sub(written);
-        rearm(conn, s, key);
+        if needs_rearm_after_flush(conn) {
+            rearm(conn, s, key);
+        }
     }
     // Hand the (empty) list back so its capacity is reused next turn.
     if s.dirty.is_empty() {
         s.dirty = work;
     }
+}
+
+/// Whether a connection flushed at the end of the turn needs [`rearm`]. Not an open one whose
+/// queue the flush emptied, the fan-out's common case (one per subscriber per delivery turn):
+/// writing moves none of its deadlines. The session's and the token's are armed whenever they
+/// change (after every read and every timer), and the write-progress deadline exists only
+/// while output waits. Anything else (output left, a phase that ends by a deadline, a request
+/// head still counted as pending) goes through `rearm` as before.
+#[inline]
+fn needs_rearm_after_flush(conn: &Connection) -> bool {
+    conn.has_output() || conn.pending || !matches!(conn.phase, Phase::Open(_))
 }
 
 /// Remove the connections doomed this turn: from the slab, the hub and the poll.

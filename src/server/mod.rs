@@ -8,8 +8,9 @@
 //!   `frames` (an open connection's frames to echo or hub; the hot path), `http_route` (plain
 //!   HTTP: health, metrics, publish), `timeouts` (what a passed deadline means), `shutdown`
 //!   (signals, graceful stop), `relay` (the Redis backplane's sockets and deadline, when
-//!   `--redis` is set), `history_timer` (history expiry, one entry in the timer queue). `fanout` is the hub's outbox over the connections, shared by `frames`,
-//!   `http_route` and `relay`.
+//!   `--redis` is set), `history_timer` (history expiry, one entry in the timer queue).
+//!   `fanout` is the hub's outbox over the connections, shared by `frames`, `http_route` and
+//!   `relay`.
 //! * `lifecycle` is the floor every handler stands on: mark dirty, doom, linger, flush, re-arm,
 //!   cut a slow consumer, reap.
 //! * `state` holds the settings and the loop's shared buffers, reachable from every file.

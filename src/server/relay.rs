@@ -7,8 +7,8 @@
 //! is never relayed back), framed once like a local publish; a history message (any node's) is
 //! delivered with its offset; the completions of what the hub waits for (a channel confirmed, a
 //! topic's position, a publish's offset) go to the hub's `pending` side. When the connection
-//! is lost, the hub answers every wait at once. The backplane's deadline (connect timeout or
-//! reconnect backoff) is one entry in the timer queue under the token reserved for it,
+//! is lost, the hub answers every wait at once. The backplane's deadline (connect timeout,
+//! reconnect backoff, TTL refresh or reply deadline) is one entry in the timer queue under the token reserved for it,
 //! [`BACKPLANE_TIMER`].
 
 use mio::Registry;

@@ -39,6 +39,12 @@ impl RedisProc {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
+    /// The server's process id (to stop and resume it: a Redis that keeps its connections but
+    /// answers nothing).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("redis-server running").id()
+    }
+
     /// Kills the server (SIGKILL: no goodbye to its clients).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

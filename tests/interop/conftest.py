@@ -1,5 +1,7 @@
-"""Start target/release/wshub (or $WSHUB_BIN) on a free loopback port for each test module."""
+"""Start target/release/wshub (or $WSHUB_BIN) on a free loopback port for each test module;
+and what every test module's conversations share (`run`, `client`)."""
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -9,8 +11,27 @@ import time
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.client import connect
 
 ROOT = Path(__file__).resolve().parents[2]
+
+# Bound for each test's whole conversation, so a server that stops answering fails the test
+# instead of hanging the run.
+TEST_TIMEOUT = 30
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, TEST_TIMEOUT))
+
+
+def client(url, **kwargs):
+    """A `websockets` client for tests; `kwargs` add to or override these options."""
+    # proxy=None: never route loopback traffic through a proxy from the environment.
+    # ping_interval=None: keepalive pings would interleave with what the tests check.
+    # max_size=None: the client must not be the side that limits message size.
+    options = dict(proxy=None, ping_interval=None, max_size=None, open_timeout=10, close_timeout=10)
+    options.update(kwargs)
+    return connect(url, **options)
 
 
 def wshub_binary() -> Path:

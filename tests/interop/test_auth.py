@@ -9,22 +9,12 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from conftest import run_wshub
+from conftest import client, run, run_wshub
 
 SECRET = "interop secret, 32 bytes or longer!"
-TEST_TIMEOUT = 30
 REPLY_TIMEOUT = 5
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, TEST_TIMEOUT))
-
-
-def client(url, **kwargs):
-    return connect(url, proxy=None, ping_interval=None, open_timeout=10, close_timeout=10, **kwargs)
 
 
 def mint(claims=None, key=SECRET, alg="HS256", **overrides):

@@ -6,22 +6,10 @@ import asyncio
 import json
 
 import pytest
-from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory, PerMessageDeflate
 
-TEST_TIMEOUT = 30
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, TEST_TIMEOUT))
-
-
-def client(url, **kwargs):
-    options = dict(proxy=None, ping_interval=None, max_size=None, open_timeout=10, close_timeout=10)
-    options.update(kwargs)
-    return connect(url, **options)
-
+from conftest import client, run
 
 def deflate_of(ws):
     """The negotiated PerMessageDeflate extension, or None."""

@@ -4,26 +4,9 @@ import asyncio
 import os
 
 import pytest
-from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-# Bound for each test's whole conversation, so a server that stops answering fails the test
-# instead of hanging the run.
-TEST_TIMEOUT = 30
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, TEST_TIMEOUT))
-
-
-def client(url, **kwargs):
-    # proxy=None: never route loopback traffic through a proxy from the environment.
-    # ping_interval=None: keepalive pings would interleave with what the tests check.
-    # max_size=None: the client must not be the side that limits message size.
-    options = dict(proxy=None, ping_interval=None, max_size=None, open_timeout=10, close_timeout=10)
-    options.update(kwargs)
-    return connect(url, **options)
-
+from conftest import client, run
 
 async def expect_close(ws, code):
     """Reads until the server closes; returns the close frame it sent."""

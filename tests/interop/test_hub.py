@@ -3,23 +3,10 @@
 import asyncio
 import json
 
-from websockets.asyncio.client import connect
+from conftest import client, run
 
-# Bound for each test's whole conversation, so a server that stops answering fails the test
-# instead of hanging the run.
-TEST_TIMEOUT = 30
 # How long to wait for one expected reply.
 REPLY_TIMEOUT = 5
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, TEST_TIMEOUT))
-
-
-def client(url):
-    # proxy=None: never route loopback traffic through a proxy from the environment.
-    # ping_interval=None: the tests read every frame and do not want keepalive traffic.
-    return connect(url, proxy=None, ping_interval=None, open_timeout=10, close_timeout=10)
 
 
 async def send(ws, obj):

@@ -12,14 +12,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from conftest import ROOT, run_wshub
-
-TEST_TIMEOUT = 30
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, TEST_TIMEOUT))
-
+from conftest import ROOT, run, run_wshub
 
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory):

@@ -429,9 +429,11 @@ fn wanted_topics_keep_their_history_alive() {
     assert_eq!(out.matches("PEXPIRE").count(), 3, "{out}");
     assert!(out.contains("wshub:epoch:quiet") && out.contains("wshub:history:quiet"));
     assert!(out.contains("60000"));
-    assert_eq!(core.next_deadline(), due + 20_000);
+    feed(&mut core, SUB, &confirmation("wshub:topic:quiet")).1.unwrap();
+    assert_eq!(core.next_deadline(), due + REPLY_DEADLINE, "the replies are awaited");
     feed(&mut core, PUB, b":1\r\n:1\r\n:0\r\n").1.unwrap();
     assert!(core.is_up(), "the replies are consumed in order");
+    assert_eq!(core.next_deadline(), due + 20_000);
     let plain = up_core();
     assert_eq!(plain.next_deadline(), NEVER, "no history: nothing to refresh");
 }
@@ -454,4 +456,80 @@ fn up_only_once_every_resubscribed_channel_is_confirmed() {
     assert!(!core.is_up(), "the channel wanted while connecting is not confirmed yet");
     feed(&mut core, SUB, &confirmation("wshub:topic:late")).1.unwrap();
     assert!(core.is_up());
+}
+
+#[test]
+fn a_subscribe_redis_never_confirms_is_a_lost_connection_at_the_deadline() {
+    let mut core = up_core();
+    assert_eq!(core.next_deadline(), NEVER, "nothing awaited, no history to refresh");
+    assert!(core.topic_wanted("a"));
+    assert_eq!(core.next_deadline(), NEVER, "sent at the end of the turn, not before");
+    core.stamp(100);
+    assert_eq!(core.next_deadline(), 100 + REPLY_DEADLINE);
+    // A refusal (ACL) is no confirmation: the deadline stays.
+    let (got, result) = feed(&mut core, SUB, b"-NOPERM this user has no permissions\r\n");
+    assert!(got.is_empty() && result.is_ok());
+    assert_eq!(core.next_deadline(), 100 + REPLY_DEADLINE);
+    assert_eq!(core.on_timer(100 + REPLY_DEADLINE - 1), TimerAction::Nothing);
+    assert!(core.is_up());
+    assert_eq!(core.on_timer(100 + REPLY_DEADLINE), TimerAction::Disconnect);
+    assert!(!core.is_up());
+    assert_eq!(core.stats().stalled, 1);
+    assert!(core.take_went_down(), "the hub answers the held subscribe at once");
+    assert_eq!(core.next_deadline(), 100 + REPLY_DEADLINE + FIRST_BACKOFF, "reconnects after the backoff");
+}
+
+#[test]
+fn a_confirmed_subscribe_and_answered_publishes_clear_the_deadline() {
+    let data: &RawValue = serde_json::from_str("1").unwrap();
+    let mut core = up_core();
+    assert!(core.topic_wanted("a"));
+    core.stamp(100);
+    feed(&mut core, SUB, &confirmation("wshub:topic:a")).1.unwrap();
+    assert_eq!(core.next_deadline(), NEVER);
+    assert_eq!(core.publish("t", data), Relay::Sent);
+    core.stamp(200);
+    assert_eq!(core.publish("t", data), Relay::Sent);
+    core.stamp(300);
+    assert_eq!(core.next_deadline(), 200 + REPLY_DEADLINE, "the oldest one counts");
+    feed(&mut core, PUB, b":0\r\n").1.unwrap();
+    assert_eq!(core.next_deadline(), 300 + REPLY_DEADLINE);
+    feed(&mut core, PUB, b":0\r\n").1.unwrap();
+    assert_eq!(core.next_deadline(), NEVER);
+    // A Redis that stops answering publishes is lost too, and those in flight count failed.
+    assert_eq!(core.publish("t", data), Relay::Sent);
+    core.stamp(400);
+    assert_eq!(core.on_timer(400 + REPLY_DEADLINE), TimerAction::Disconnect);
+    let stats = core.stats();
+    assert_eq!((stats.stalled, stats.publish_failed, stats.up), (1, 1, false));
+}
+
+#[test]
+fn history_waits_have_the_same_deadline() {
+    let mut core = history_core();
+    let topic_refresh = core.next_deadline();
+    assert!(core.fetch_position("a", None, 7));
+    core.stamp(1_000);
+    assert_eq!(core.next_deadline(), topic_refresh.min(1_000 + REPLY_DEADLINE));
+    assert_eq!(core.on_timer(1_000 + REPLY_DEADLINE), TimerAction::Disconnect);
+    assert!(core.take_went_down(), "the hub answers the fetch (local only) at once");
+}
+
+#[test]
+fn requests_in_flight_are_capped() {
+    let data: &RawValue = serde_json::from_str("1").unwrap();
+    let mut core = RedisCore::new(RedisSettings { max_output: usize::MAX, ..settings() }, 0);
+    core.on_timer(0);
+    feed(&mut core, PUB, b"+PONG\r\n").1.unwrap();
+    feed(&mut core, SUB, b"*3\r\n$9\r\nsubscribe\r\n$15\r\nwshub:broadcast\r\n:1\r\n").1.unwrap();
+    for _ in 0..MAX_IN_FLIGHT {
+        assert_eq!(core.publish("t", data), Relay::Sent);
+        // Written at once: the output bound alone would not stop them.
+        take_output(&mut core, PUB);
+    }
+    assert_eq!(core.publish("t", data), Relay::Failed);
+    assert_eq!(core.broadcast(data), Relay::Failed);
+    assert_eq!(core.stats().publish_failed, 2);
+    feed(&mut core, PUB, b":0\r\n").1.unwrap();
+    assert_eq!(core.publish("t", data), Relay::Sent, "an answer makes room");
 }
