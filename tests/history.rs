@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -28,24 +28,11 @@ fn publish(addr: SocketAddr, topic: &str, data: Value) {
     assert_eq!(status, 200, "{body}");
 }
 
-/// Subscribes (with `since` if given) and returns the reply.
-fn subscribe(s: &mut TcpStream, topic: &str, since: Option<Value>) -> Value {
-    let mut payload = json!({"topic": topic});
-    if let Some(since) = since {
-        payload["since"] = since;
-    }
-    send_json(s, &json!({"type":"subscribe","payload":payload,"id":"sub"}));
-    let reply = recv_json(s);
-    assert_eq!(reply["type"], "subscribed", "{reply}");
-    assert_eq!(reply["id"], "sub");
-    reply["payload"].clone()
-}
-
 #[test]
 fn a_client_that_drops_reads_exactly_what_it_missed_then_live() {
     let server = ServerProc::start(&["--history-size", "100"]);
     let mut a = ws_connect(server.addr);
-    let first = subscribe(&mut a, "feed", None);
+    let first = subscribe_since(&mut a, "feed", None);
     assert_eq!(first["offset"], 0);
     let epoch = first["epoch"].as_str().unwrap().to_string();
     for i in 1..=5 {
@@ -58,7 +45,7 @@ fn a_client_that_drops_reads_exactly_what_it_missed_then_live() {
         publish(server.addr, "feed", json!(i));
     }
     let mut b = ws_connect(server.addr);
-    let reply = subscribe(&mut b, "feed", Some(json!({"offset":5,"epoch":epoch})));
+    let reply = subscribe_since(&mut b, "feed", Some(json!({"offset":5,"epoch":epoch})));
     assert_eq!(reply, json!({"topic":"feed","offset":12,"epoch":epoch,"recovered":true}));
     for i in 6..=12 {
         assert_eq!(recv_json(&mut b)["payload"], json!({"topic":"feed","data":i,"offset":i}));
@@ -71,13 +58,13 @@ fn a_client_that_drops_reads_exactly_what_it_missed_then_live() {
 fn too_far_behind_expired_or_restarted_is_not_recovered() {
     let mut server = ServerProc::start(&["--history-size", "3", "--history-ttl", "1"]);
     let mut a = ws_connect(server.addr);
-    let epoch = subscribe(&mut a, "t", None)["epoch"].clone();
+    let epoch = subscribe_since(&mut a, "t", None)["epoch"].clone();
     for i in 1..=5 {
         publish(server.addr, "t", json!(i));
         assert_eq!(recv_json(&mut a)["payload"]["offset"], i);
     }
     // Only 3, 4, 5 are kept: since 1 is a gap.
-    let reply = subscribe(&mut a, "t", Some(json!({"offset":1,"epoch":epoch})));
+    let reply = subscribe_since(&mut a, "t", Some(json!({"offset":1,"epoch":epoch})));
     assert_eq!(reply["recovered"], false);
     assert_eq!(reply["offset"], 5);
     // After the TTL (1 s, swept within a second) nothing is kept: since 4 misses 5.
@@ -90,10 +77,10 @@ fn too_far_behind_expired_or_restarted_is_not_recovered() {
         }
         assert!(Instant::now() < deadline, "history never expired:\n{metrics}");
     }
-    let reply = subscribe(&mut a, "t", Some(json!({"offset":4,"epoch":epoch})));
+    let reply = subscribe_since(&mut a, "t", Some(json!({"offset":4,"epoch":epoch})));
     assert_eq!(reply["recovered"], false);
     assert_eq!(reply["epoch"], epoch, "the topic has a subscriber: same epoch");
-    let reply = subscribe(&mut a, "t", Some(json!({"offset":5,"epoch":epoch})));
+    let reply = subscribe_since(&mut a, "t", Some(json!({"offset":5,"epoch":epoch})));
     assert_eq!(reply["recovered"], true, "up to date is recovered");
     drop(a);
 
@@ -101,7 +88,7 @@ fn too_far_behind_expired_or_restarted_is_not_recovered() {
     let server = ServerProc::start(&["--history-size", "3"]);
     publish(server.addr, "t", json!("after restart"));
     let mut b = ws_connect(server.addr);
-    let reply = subscribe(&mut b, "t", Some(json!({"offset":5,"epoch":epoch})));
+    let reply = subscribe_since(&mut b, "t", Some(json!({"offset":5,"epoch":epoch})));
     assert_eq!(reply["recovered"], false);
     assert_ne!(reply["epoch"], epoch, "a restart starts a new epoch");
     assert_eq!(reply["offset"], 1);
@@ -111,7 +98,7 @@ fn too_far_behind_expired_or_restarted_is_not_recovered() {
 fn with_history_off_since_is_answered_and_messages_have_no_offset() {
     let server = ServerProc::start(&[]);
     let mut a = ws_connect(server.addr);
-    let reply = subscribe(&mut a, "t", Some(json!({"offset":3,"epoch":"abc"})));
+    let reply = subscribe_since(&mut a, "t", Some(json!({"offset":3,"epoch":"abc"})));
     assert_eq!(reply, json!({"topic":"t","recovered":false}));
     publish(server.addr, "t", json!(1));
     assert_eq!(recv_json(&mut a)["payload"], json!({"topic":"t","data":1}));
@@ -137,13 +124,13 @@ fn a_replay_longer_than_the_send_queue_reaches_a_reading_client() {
     // them out as they are queued, so a client that reads gets every one.
     let server = ServerProc::start(&["--history-size", "1000"]);
     let mut a = ws_connect(server.addr);
-    let epoch = subscribe(&mut a, "long", None)["epoch"].clone();
+    let epoch = subscribe_since(&mut a, "long", None)["epoch"].clone();
     drop(a);
     for i in 1..=600 {
         publish(server.addr, "long", json!({"i": i, "pad": "x".repeat(200)}));
     }
     let mut b = ws_connect(server.addr);
-    let reply = subscribe(&mut b, "long", Some(json!({"offset":0,"epoch":epoch})));
+    let reply = subscribe_since(&mut b, "long", Some(json!({"offset":0,"epoch":epoch})));
     assert_eq!(reply["recovered"], true);
     for i in 1..=600 {
         assert_eq!(recv_json(&mut b)["payload"]["offset"], i);

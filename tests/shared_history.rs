@@ -49,19 +49,6 @@ fn publish(addr: SocketAddr, topic: &str, data: Value) -> (u16, Value) {
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
-/// Subscribes (with `since` if given) and returns the `subscribed` payload.
-fn subscribe_since(s: &mut TcpStream, topic: &str, since: Option<Value>) -> Value {
-    let mut payload = json!({"topic": topic});
-    if let Some(since) = since {
-        payload["since"] = since;
-    }
-    send_json(s, &json!({"type":"subscribe","payload":payload,"id":"sub"}));
-    let reply = recv_json(s);
-    assert_eq!(reply["type"], "subscribed", "{reply}");
-    assert_eq!(reply["id"], "sub");
-    reply["payload"].clone()
-}
-
 fn message(topic: &str, data: Value, offset: u64) -> Value {
     json!({"type":"message","payload":{"topic":topic,"data":data,"offset":offset}})
 }

@@ -228,6 +228,20 @@ pub fn subscribe(s: &mut TcpStream, topic: &str) {
     assert_eq!(recv_json(s), json!({"type":"subscribed","payload":{"topic":topic}}));
 }
 
+/// Subscribes `s` to `topic` (with the history position `since` if given), checks the
+/// `subscribed` reply and returns its payload (offset, epoch, recovered).
+pub fn subscribe_since(s: &mut TcpStream, topic: &str, since: Option<Value>) -> Value {
+    let mut payload = json!({"topic": topic});
+    if let Some(since) = since {
+        payload["since"] = since;
+    }
+    send_json(s, &json!({"type":"subscribe","payload":payload,"id":"sub"}));
+    let reply = recv_json(s);
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    assert_eq!(reply["id"], "sub");
+    reply["payload"].clone()
+}
+
 /// One HTTP/1.1 request on its own connection (`headers`: whole lines, each ending in CRLF);
 /// returns the status and the body.
 pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
