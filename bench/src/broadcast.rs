@@ -209,13 +209,7 @@ pub fn run(targets: &[Target], p: &Broadcast, timing: &Timing) -> Result<Broadca
                 timing.stall
             ));
         }
-        let timeout = if timing.spin {
-            Duration::ZERO
-        } else if p.messages.is_some() {
-            Duration::from_millis(100)
-        } else {
-            meter.timeout(now)
-        };
+        let timeout = timing.poll_timeout(p.messages.is_some(), &meter, now);
         poll.poll(&mut events, Some(timeout)).map_err(|e| e.to_string())?;
         // Fixed work has no warm-up: every delivery is a sample.
         let measuring = p.messages.is_some() || meter.measuring();

@@ -115,13 +115,7 @@ pub fn run(target: &Target, p: &Echo, timing: &Timing) -> Result<EchoResult, Str
         } else if now.duration_since(last_progress.0) > timing.stall {
             return Err(format!("stalled: no echo for {:?}", timing.stall));
         }
-        let timeout = if timing.spin {
-            Duration::ZERO
-        } else if p.messages.is_some() {
-            Duration::from_millis(100)
-        } else {
-            meter.timeout(now)
-        };
+        let timeout = timing.poll_timeout(p.messages.is_some(), &meter, now);
         poll.poll(&mut events, Some(timeout)).map_err(|e| e.to_string())?;
         for ev in events.iter() {
             let i = ev.token().0;

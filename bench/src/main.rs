@@ -16,7 +16,7 @@ mod stats;
 mod ws;
 
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -209,6 +209,21 @@ pub struct Timing {
     pub setup_limit: Duration,
     /// Busy-poll (zero epoll timeout) while measuring.
     pub spin: bool,
+}
+
+impl Timing {
+    /// How long an event loop may block in `poll`: not at all when spinning; 100 ms in a
+    /// fixed-work run (no windows to close, only the stall check); otherwise until the
+    /// meter's next window boundary.
+    pub fn poll_timeout(&self, fixed_work: bool, meter: &stats::Meter, now: Instant) -> Duration {
+        if self.spin {
+            Duration::ZERO
+        } else if fixed_work {
+            Duration::from_millis(100)
+        } else {
+            meter.timeout(now)
+        }
+    }
 }
 
 fn secs(v: f64, name: &str) -> Result<Duration, String> {
