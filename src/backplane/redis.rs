@@ -599,19 +599,9 @@ impl RedisCore {
                     self.on_numbered(channel, payload, deliver);
                     return Ok(());
                 }
-                match self.check(channel, payload) {
-                    Ok(None) => {} // our own message, already delivered locally
-                    Ok(Some(inbound)) => {
-                        if deliver(inbound) {
-                            self.stats.received += 1;
-                        } else {
-                            self.stats.garbage += 1;
-                        }
-                    }
-                    Err(why) => {
-                        self.stats.garbage += 1;
-                        log::debug!("backplane: dropped a message from Redis: {why:?}");
-                    }
+                // `None`: our own message, already delivered locally.
+                if let Some(inbound) = self.check(channel, payload).transpose() {
+                    self.hand_over(inbound, deliver);
                 }
             }
             b"subscribe" => {
@@ -695,17 +685,24 @@ impl RedisCore {
             self.stats.garbage += 1;
             return;
         };
-        match shared::parse_numbered(payload, self.settings.max_data) {
-            Ok(message) => {
-                if deliver(Inbound::Numbered { topic, message }) {
-                    self.stats.received += 1;
-                } else {
-                    self.stats.garbage += 1;
-                }
-            }
+        let inbound = shared::parse_numbered(payload, self.settings.max_data)
+            .map(|message| Inbound::Numbered { topic, message });
+        self.hand_over(inbound, deliver);
+    }
+
+    /// Gives a decoded message to `deliver` and counts it: received when delivered, garbage
+    /// when it did not decode or `deliver` refused it.
+    fn hand_over<E: std::fmt::Debug>(
+        &mut self,
+        inbound: Result<Inbound<'_>, E>,
+        deliver: &mut impl FnMut(Inbound<'_>) -> bool,
+    ) {
+        match inbound.map(deliver) {
+            Ok(true) => self.stats.received += 1,
+            Ok(false) => self.stats.garbage += 1,
             Err(why) => {
                 self.stats.garbage += 1;
-                log::debug!("backplane: dropped a history message from Redis: {why:?}");
+                log::debug!("backplane: dropped a message from Redis: {why:?}");
             }
         }
     }
