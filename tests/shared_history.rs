@@ -376,6 +376,9 @@ fn a_stalled_redis_fails_held_publishes_and_subscribes_at_the_reply_deadline() {
         );
     }
     assert!(metric(a.addr, "wshub_backplane_stalled_total") >= 1.0);
+    // The three appends in flight when the connection was given up count as unavailable: the
+    // acked one, the held one and the one whose client left.
+    assert_eq!(metric(a.addr, "wshub_history_unavailable_total"), 3.0);
     send_json(&mut bystander, &json!({"type":"ping","id":"b"}));
     assert_eq!(recv_json(&mut bystander), json!({"type":"pong","id":"b"}), "nothing stray before it");
     // Redis back with its data: publishes are numbered and delivered again.
@@ -395,4 +398,63 @@ fn a_stalled_redis_fails_held_publishes_and_subscribes_at_the_reply_deadline() {
     assert_eq!(notice["payload"]["epoch"], json!(epoch), "Redis kept the history");
     let got = recv_json(&mut late);
     assert_eq!(got["payload"]["data"], json!(3), "messages flow again: {got}");
+}
+
+#[test]
+fn received_counts_every_message_read_from_redis_the_own_history_ones_included() {
+    let redis = RedisProc::start();
+    let (a, b) = (node(&redis, 10), node(&redis, 10));
+    let mut on_a = ws_connect(a.addr);
+    let mut on_b = ws_connect(b.addr);
+    let epoch = subscribe_since(&mut on_a, "h", None)["epoch"].as_str().unwrap().to_string();
+    subscribe_since(&mut on_b, "h", None);
+    // Three history messages published on a, two on b: each node reads all five from Redis
+    // and delivers them, its own included.
+    for (i, node) in [a.addr, a.addr, b.addr, a.addr, b.addr].into_iter().enumerate() {
+        let offset = i as u64 + 1;
+        assert_eq!(
+            publish(node, "h", json!(i)),
+            (200, json!({"offset":offset,"epoch":epoch,"backplane":true}))
+        );
+    }
+    // A broadcast from b: delivered on b at once, its copy from Redis skipped there.
+    let (status, _) = http(b.addr, "POST", "/broadcast", "", r#"{"data":"all"}"#);
+    assert_eq!(status, 200);
+    for sub in [&mut on_a, &mut on_b] {
+        for i in 0..5u64 {
+            assert_eq!(recv_json(sub), message("h", json!(i), i + 1));
+        }
+        assert_eq!(recv_json(sub), json!({"type":"message","payload":{"data":"all"}}));
+    }
+    assert_eq!(metric(a.addr, "wshub_backplane_received_total"), 6.0);
+    assert_eq!(metric(b.addr, "wshub_backplane_received_total"), 5.0);
+    assert_eq!(metric(a.addr, "wshub_backplane_published_total"), 3.0);
+    assert_eq!(metric(b.addr, "wshub_backplane_published_total"), 3.0);
+}
+
+#[test]
+fn an_append_redis_refuses_is_answered_unavailable_and_counted() {
+    let redis = RedisProc::start();
+    let a = node(&redis, 10);
+    // A key of the wrong type where the topic's epoch goes: the append script fails in Redis,
+    // after the node sent it (the connection stays).
+    let pushed = common::redis::command(redis.addr(), &["RPUSH", "wshub:epoch:broken", "x"]);
+    assert_eq!(pushed, common::redis::Resp::Int(1));
+    let (status, body) = publish(a.addr, "broken", json!(1));
+    assert_eq!((status, body["error"].as_str()), (503, Some("unavailable")), "{body}");
+    let mut client = ws_connect(a.addr);
+    send_json(&mut client, &json!({"type":"publish","payload":{"topic":"broken","data":2},"id":1}));
+    assert_eq!(
+        recv_json(&mut client),
+        json!({"type":"error","payload":{"message":"History unavailable: Redis is down"},"id":1})
+    );
+    // Without an id nobody hears of it, but it is counted all the same.
+    send_json(&mut client, &json!({"type":"publish","payload":{"topic":"broken","data":3}}));
+    // Read (and sent to Redis) before the next publish, whose reply therefore comes after its.
+    send_json(&mut client, &json!({"type":"ping","id":2}));
+    assert_eq!(recv_json(&mut client), json!({"type":"pong","id":2}));
+    let (status, body) = publish(a.addr, "fine", json!(4));
+    assert_eq!((status, &body["offset"]), (200, &json!(1)), "{body}");
+    assert_eq!(metric(a.addr, "wshub_history_unavailable_total"), 3.0);
+    assert_eq!(metric(a.addr, "wshub_backplane_up"), 1.0);
 }
