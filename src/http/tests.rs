@@ -31,6 +31,7 @@ impl Server {
             return refusal;
         }
         let mut ctx = HttpContext {
+            caller: 9,
             hub: &mut self.hub,
             outbox: &mut self.outbox,
             metrics: &mut self.metrics,
@@ -39,7 +40,7 @@ impl Server {
             backplane: None,
             deflate: Default::default(),
         };
-        respond(req, body, cfg, &mut ctx)
+        respond(req, body, cfg, &mut ctx).expect("answered at once without a backplane")
     }
 
     fn subscribe(&mut self, client: usize, topic: &str) {
@@ -178,6 +179,7 @@ fn respond_rechecks_the_body_size() {
     // The reactor lying about the length must not get a big body through.
     let req = HttpRequest { content_length: Some(1), ..post("/broadcast", body, None, true) };
     let mut ctx = HttpContext {
+        caller: 9,
         hub: &mut s.hub,
         outbox: &mut s.outbox,
         metrics: &mut s.metrics,
@@ -186,7 +188,7 @@ fn respond_rechecks_the_body_size() {
         backplane: None,
         deflate: Default::default(),
     };
-    let r = respond(&req, body, &cfg, &mut ctx);
+    let r = respond(&req, body, &cfg, &mut ctx).unwrap();
     assert_eq!(r.status, 413);
     assert_eq!(json_body(&r), json!({"error":"Body too large (max 8 bytes)"}));
 }
@@ -397,6 +399,7 @@ fn posts_need_json_a_local_host_and_an_allowed_origin() {
         assert_eq!(s.call(req, body, &cfg).status, *want, "{req:?}");
         // `respond` alone (without the plan) applies the same rules.
         let mut ctx = HttpContext {
+            caller: 9,
             hub: &mut s.hub,
             outbox: &mut s.outbox,
             metrics: &mut s.metrics,
@@ -405,7 +408,7 @@ fn posts_need_json_a_local_host_and_an_allowed_origin() {
             backplane: None,
             deflate: Default::default(),
         };
-        assert_eq!(respond(req, body, &cfg, &mut ctx).status, *want, "{req:?}");
+        assert_eq!(respond(req, body, &cfg, &mut ctx).unwrap().status, *want, "{req:?}");
     }
     // With a key, Host is free (the key is the proof), but Origin and type still hold.
     let keyed = HttpConfig { api_key: Some(KEY.into()), ..HttpConfig::default() };
