@@ -212,8 +212,15 @@ pub(super) fn on_eof(conn: &mut Connection, s: &mut Shared, key: usize) {
     // still goes out, best effort, before the socket is dropped.
     flush(conn, s, key);
     let ending = if matches!(conn.phase, Phase::Draining { .. }) { Ending::Normal } else { Ending::PeerGone };
-    if conn.transport.handshaking() && !conn.doomed {
-        s.metrics.tls_handshake_failed(TlsFailure::Closed);
+    if conn.transport.handshaking() {
+        if !conn.doomed {
+            s.metrics.tls_handshake_failed(TlsFailure::Closed);
+        }
+    } else if !conn.doomed && !matches!(conn.phase, Phase::Draining { .. }) {
+        // Then our end, best effort: over TLS a close_notify (RFC 8446 section 6.1: each side
+        // sends one before closing), so a client that left mid-frame or mid-request sees a
+        // clean end rather than a truncation. Draining has sent it already.
+        let _ = conn.transport.finish();
     }
     doom(conn, s, key, ending);
 }
