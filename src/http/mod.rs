@@ -23,7 +23,8 @@
 //! attacker's host). Other answers:
 //! 400 for a body that is not the JSON above (with a JSON `{"error":..}` body), 411 without
 //! `Content-Length`, 413 for a body over the limit, 405 for a wrong method on a known path,
-//! 404 for any other path. Every response carries `Connection: close`.
+//! 404 for any other path. Every response carries `Connection: close`. `HEAD` is answered on the
+//! GET routes like `GET`, headers and `Content-Length` included, without the body.
 //!
 //! With a backplane, both POST answers add `"backplane":true|false` (handed to Redis or not).
 //! With history kept in Redis (`--redis` with `--history-size`), the message is numbered there
@@ -125,11 +126,18 @@ pub struct Response {
     /// One extra header some statuses require (`Allow` on 405, `WWW-Authenticate` on 401).
     extra_header: Option<(&'static str, &'static str)>,
     body: Vec<u8>,
+    /// The answer to a HEAD: every header of the GET answer (`Content-Length` included), no
+    /// body (RFC 9110 section 9.3.2).
+    head_only: bool,
 }
 
 impl Response {
     fn json(status: u16, body: Vec<u8>) -> Response {
-        Response { status, content_type: CONTENT_TYPE_JSON, extra_header: None, body }
+        Response { status, content_type: CONTENT_TYPE_JSON, extra_header: None, body, head_only: false }
+    }
+
+    fn ok(content_type: &'static str, body: Vec<u8>) -> Response {
+        Response { status: 200, content_type, extra_header: None, body, head_only: false }
     }
 
     /// `{"error": message}`, plus `"detail"` when there is more to say.
@@ -145,13 +153,24 @@ impl Response {
         Response::json(status, body)
     }
 
+    /// This response as the answer to `req`: without its body if `req` is a HEAD.
+    fn answering(mut self, req: &HttpRequest<'_>) -> Response {
+        self.head_only = req.method == "HEAD";
+        self
+    }
+
     fn with_header(mut self, name: &'static str, value: &'static str) -> Response {
         self.extra_header = Some((name, value));
         self
     }
 
+    /// The body as the client receives it: none for a HEAD.
     pub fn body(&self) -> &[u8] {
-        &self.body
+        if self.head_only {
+            &[]
+        } else {
+            &self.body
+        }
     }
 
     pub fn content_type(&self) -> &'static str {
@@ -182,7 +201,7 @@ impl Response {
         }
         // Health and metrics are live values: no cache may answer for us.
         out.extend_from_slice(b"\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n");
-        out.extend_from_slice(&self.body);
+        out.extend_from_slice(self.body());
     }
 }
 
@@ -209,15 +228,26 @@ impl Route {
         })
     }
 
-    fn method(self) -> &'static str {
-        match self {
-            Route::Healthz | Route::Metrics | Route::ClientJs | Route::Demo => "GET",
-            Route::Publish | Route::Broadcast => "POST",
+    fn takes_body(self) -> bool {
+        matches!(self, Route::Publish | Route::Broadcast)
+    }
+
+    /// Whether `method` may be used on this route: POST for the publish API; GET, and HEAD
+    /// with it, for the rest (RFC 9110 section 9.1: a server that does GET does HEAD).
+    fn allows(self, method: &str) -> bool {
+        match self.takes_body() {
+            true => method == "POST",
+            false => method == "GET" || method == "HEAD",
         }
     }
 
-    fn takes_body(self) -> bool {
-        self.method() == "POST"
+    /// The `Allow` header of a 405 on this route.
+    fn allow_header(self) -> &'static str {
+        if self.takes_body() {
+            "POST"
+        } else {
+            "GET, HEAD"
+        }
     }
 }
 
@@ -225,8 +255,10 @@ impl Route {
 fn route(req: &HttpRequest<'_>, cfg: &HttpConfig) -> Result<Route, Response> {
     let path = req.path.split_once('?').map_or(req.path, |(path, _query)| path);
     let route = Route::find(path, cfg).ok_or_else(|| Response::error(404, "Not found", None))?;
-    if req.method != route.method() {
-        return Err(Response::error(405, "Method not allowed", None).with_header("Allow", route.method()));
+    if !route.allows(req.method) {
+        return Err(
+            Response::error(405, "Method not allowed", None).with_header("Allow", route.allow_header())
+        );
     }
     Ok(route)
 }
@@ -348,7 +380,7 @@ fn too_large(cfg: &HttpConfig) -> Response {
 /// GET). Routing and authorization are decided here, so refused requests cost no body read.
 /// A refusal is the response to send.
 pub fn body_plan(req: &HttpRequest<'_>, cfg: &HttpConfig) -> Result<usize, Response> {
-    let route = route(req, cfg)?;
+    let route = route(req, cfg).map_err(|refusal| refusal.answering(req))?;
     if !route.takes_body() {
         return Ok(0);
     }
@@ -371,7 +403,8 @@ pub fn respond<O: Outbox>(
     let response = match route(req, cfg) {
         Ok(route) => answer(route, req, body, cfg, ctx)?,
         Err(refusal) => refusal,
-    };
+    }
+    .answering(req);
     ctx.metrics.http_response(response.status);
     Some(response)
 }
@@ -433,25 +466,10 @@ fn answer<O: Outbox>(
             };
             let mut text = String::with_capacity(4096);
             ctx.metrics.render_prometheus(&gauges, &mut text);
-            Response {
-                status: 200,
-                content_type: CONTENT_TYPE_PROMETHEUS,
-                extra_header: None,
-                body: text.into_bytes(),
-            }
+            Response::ok(CONTENT_TYPE_PROMETHEUS, text.into_bytes())
         }
-        Route::ClientJs => Response {
-            status: 200,
-            content_type: CONTENT_TYPE_JS,
-            extra_header: None,
-            body: CLIENT_JS.as_bytes().to_vec(),
-        },
-        Route::Demo => Response {
-            status: 200,
-            content_type: CONTENT_TYPE_HTML,
-            extra_header: None,
-            body: DEMO_HTML.as_bytes().to_vec(),
-        },
+        Route::ClientJs => Response::ok(CONTENT_TYPE_JS, CLIENT_JS.as_bytes().to_vec()),
+        Route::Demo => Response::ok(CONTENT_TYPE_HTML, DEMO_HTML.as_bytes().to_vec()),
         Route::Publish | Route::Broadcast => {
             if let Err(refusal) =
                 same_site(req, cfg).and_then(|()| authorize(req, cfg)).and_then(|()| body_length(req, cfg))

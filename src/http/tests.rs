@@ -120,13 +120,38 @@ fn unknown_paths_and_wrong_methods() {
         assert_eq!(json_body(&r), json!({"error":"Not found"}));
     }
     let r = s.call(&post("/healthz", b"", None, true), b"", &cfg);
-    assert_eq!((r.status, r.header("allow")), (405, Some("GET")));
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD")));
     let r = s.call(&get("/publish"), b"", &cfg);
     assert_eq!((r.status, r.header("Allow")), (405, Some("POST")));
-    let head = HttpRequest { method: "HEAD", ..get("/metrics") };
-    assert_eq!(s.call(&head, b"", &cfg).status, 405);
+    let head = HttpRequest { method: "HEAD", ..get("/publish") };
+    let r = s.call(&head, b"", &cfg);
+    assert_eq!((r.status, r.header("Allow"), r.body()), (405, Some("POST"), &b""[..]));
+    let options = HttpRequest { method: "OPTIONS", ..get("/metrics") };
+    assert_eq!(s.call(&options, b"", &cfg).status, 405);
     assert_eq!(s.metrics.http_responses(404), 5);
-    assert_eq!(s.metrics.http_responses(405), 3);
+    assert_eq!(s.metrics.http_responses(405), 4);
+}
+
+#[test]
+fn head_is_get_without_the_body() {
+    let mut s = Server::new();
+    let cfg = HttpConfig::default();
+    for path in ["/healthz", "/metrics", "/wshub.js"] {
+        let full = s.call(&get(path), b"", &cfg);
+        let head = s.call(&HttpRequest { method: "HEAD", ..get(path) }, b"", &cfg);
+        assert_eq!((head.status, head.content_type()), (200, full.content_type()), "{path}");
+        assert!(head.body().is_empty(), "{path}");
+        let mut out = Vec::new();
+        head.write_to(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with("\r\n\r\n"), "{path}: {text}");
+        if path == "/wshub.js" {
+            // The length of the body a GET gets (the other routes' bodies are live values).
+            assert!(text.contains(&format!("\r\nContent-Length: {}\r\n", full.body().len())), "{text}");
+        }
+    }
+    let missing = s.call(&HttpRequest { method: "HEAD", ..get("/nowhere") }, b"", &cfg);
+    assert_eq!((missing.status, missing.body()), (404, &b""[..]));
 }
 
 #[test]
@@ -422,5 +447,5 @@ fn the_browser_client_is_always_served_and_the_demo_only_when_asked() {
     assert_eq!((r.status, r.content_type()), (200, "text/html; charset=utf-8"));
     assert!(std::str::from_utf8(r.body()).unwrap().contains("/wshub.js"));
     let r = s.call(&post("/", b"", None, true), b"", &demo);
-    assert_eq!((r.status, r.header("Allow")), (405, Some("GET")));
+    assert_eq!((r.status, r.header("Allow")), (405, Some("GET, HEAD")));
 }

@@ -1,7 +1,7 @@
 //! Plain HTTP requests on the server's port: health, metrics and the publish API.
 //!
 //! [`on_http`] checks the framing the reactor relies on (one exact `Content-Length`, never
-//! chunked), waits for the body (answering `Expect: 100-continue` once), then lets
+//! chunked, one `Host`), waits for the body (answering `Expect: 100-continue` once), then lets
 //! [`crate::http`] decide the response, sans-IO. A publish fans out through [`Deliveries`] like a
 //! WebSocket message does. Every answer is the connection's last: it lingers, then closes.
 //!
@@ -32,8 +32,8 @@ pub(super) fn on_http(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, 
         Ok(Some(head)) => head,
         _ => unreachable!("parsed just before"),
     };
-    let content_length = match head.content_length() {
-        Ok(n) => n,
+    let (host, content_length) = match head.host().and_then(|host| Ok((host, head.content_length()?))) {
+        Ok(checked) => checked,
         Err(rejection) => {
             reject_http(&mut conns[key], s, key, rejection);
             return;
@@ -59,7 +59,7 @@ pub(super) fn on_http(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, 
         peer_is_loopback,
         content_type: head.header("content-type"),
         origin: head.header("origin"),
-        host: head.header("host"),
+        host,
     };
     let body_len = match http::body_plan(&request, &s.settings.http) {
         Ok(n) => n,
