@@ -1290,6 +1290,17 @@ fn head_requests_get_the_get_headers_without_a_body() {
     // HEAD on the WebSocket path is still not an upgrade.
     let ws_head = raw_http(server.addr, upgrade_request("/ws", "").replacen("GET", "HEAD", 1).as_bytes());
     assert_eq!(status_of(&ws_head), 400, "{ws_head}");
+    // Refusals of a HEAD carry no body either: the 426 of the WebSocket path, a 400 for a
+    // missing Host, a 404.
+    for (request, status) in [
+        ("HEAD /ws HTTP/1.1\r\nHost: localhost\r\n\r\n", 426),
+        ("HEAD /healthz HTTP/1.1\r\n\r\n", 400),
+        ("HEAD /nowhere HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
+    ] {
+        let response = raw_http(server.addr, request.as_bytes());
+        assert_eq!(status_of(&response), status, "{request:?} -> {response:?}");
+        assert!(response.ends_with("\r\n\r\n"), "{request:?} -> a body: {response:?}");
+    }
     assert_healthy(&server);
 }
 

@@ -91,16 +91,29 @@ pub struct UpgradePolicy {
 pub struct Rejection {
     pub status: u16,
     pub reason: &'static str,
+    /// It answers a HEAD: headers only (RFC 9110 section 9.3.2).
+    head_only: bool,
 }
 
 impl Rejection {
     pub const fn new(status: u16, reason: &'static str) -> Rejection {
-        Rejection { status, reason }
+        Rejection { status, reason, head_only: false }
+    }
+
+    /// This refusal as the answer to a request with `method`: without its body for a HEAD.
+    pub fn answering(mut self, method: &str) -> Rejection {
+        self.head_only = method == "HEAD";
+        self
     }
 
     /// Writes a complete `Connection: close` response (426 carries the version we speak).
     pub fn write_response(&self, out: &mut Vec<u8>) {
         write_plain_response(out, self.status, self.reason, self.status == 426);
+        if self.head_only {
+            // Every header, `Content-Length` included, as a GET would get them; not the body
+            // (the reason and its line end).
+            out.truncate(out.len() - self.reason.len() - 1);
+        }
     }
 }
 

@@ -35,7 +35,7 @@ pub(super) fn on_http(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, 
     let (host, content_length) = match head.host().and_then(|host| Ok((host, head.content_length()?))) {
         Ok(checked) => checked,
         Err(rejection) => {
-            reject_http(&mut conns[key], s, key, rejection);
+            reject_http(&mut conns[key], s, key, rejection.answering(head.method));
             return;
         }
     };
@@ -47,7 +47,7 @@ pub(super) fn on_http(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, 
         } else {
             Rejection::new(411, "chunked bodies are not accepted")
         };
-        reject_http(&mut conns[key], s, key, rejection);
+        reject_http(&mut conns[key], s, key, rejection.answering(head.method));
         return;
     }
     let peer_is_loopback = conns[key].peer.ip().is_loopback();
