@@ -270,8 +270,17 @@ pub(super) fn flush_now(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
 /// over from the last turn first. Once this turn's [`TURN_WRITE_BUDGET`] is spent, the rest
 /// wait in the backlog for the next turn (the loop does not sleep while it is not empty).
 pub(super) fn flush_dirty(conns: &mut Slab<Connection>, s: &mut Shared) {
-    let mut work = std::mem::take(&mut s.backlog);
-    work.append(&mut s.dirty);
+    // Three lists take turns (this turn's marks, the backlog, the list being flushed), so each
+    // keeps its capacity and a steady fan-out allocates and copies none: a fan-out to 10,000
+    // subscribers marks 10,000 connections, 80 KB that were copied into a list regrown from
+    // nothing every turn (and the backlog regrown whenever the turn budget ran out).
+    let mut work = std::mem::replace(&mut s.backlog, std::mem::take(&mut s.flush_spare));
+    if work.is_empty() {
+        // The usual turn, with no backlog: this turn's marks are the work as they are.
+        std::mem::swap(&mut work, &mut s.dirty);
+    } else {
+        work.append(&mut s.dirty);
+    }
     for key in work.drain(..) {
         let Some(conn) = conns.get_mut(key) else { continue };
         conn.dirty = false;
@@ -290,10 +299,7 @@ pub(super) fn flush_dirty(conns: &mut Slab<Connection>, s: &mut Shared) {
             rearm(conn, s, key);
         }
     }
-    // Hand the (empty) list back so its capacity is reused next turn.
-    if s.dirty.is_empty() {
-        s.dirty = work;
-    }
+    s.flush_spare = work;
 }
 
 /// Whether a connection flushed at the end of the turn needs [`rearm`]. Not an open one whose
