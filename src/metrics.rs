@@ -85,8 +85,10 @@ pub struct Metrics {
     pub error_replies: u64,
     /// Subscriptions to a new topic refused because the server held `--max-topics`.
     pub topic_limit_refusals: u64,
-    /// Publishes on history kept in Redis refused because Redis could not number them (down,
-    /// output full, or the offset never came back).
+    /// Publishes on history kept in Redis refused at once because Redis could not number them
+    /// (down, its output full, too many waiting for their offset). Those that failed after
+    /// they were sent are counted by the backplane (`BackplaneStats::appends_failed`); the
+    /// exported `history_unavailable_total` is the sum.
     pub history_unavailable: u64,
     /// Indexed like `CLOSE_CODES`, then "other".
     close_codes_sent: [u64; CLOSE_CODES.len() + 1],
@@ -324,8 +326,10 @@ impl Metrics {
         counter(
             out,
             "history_unavailable_total",
-            "Publishes refused because the history kept in Redis could not number them.",
-            self.history_unavailable,
+            "Publishes on history kept in Redis that got no offset: refused at once (Redis down, \
+             output full, too many waiting) or failed after they were sent (an error reply, or \
+             the connection lost or stalled before the reply).",
+            self.history_unavailable.saturating_add(gauges.backplane.map_or(0, |b| b.appends_failed)),
         )?;
         table(
             out,
@@ -403,7 +407,8 @@ impl Metrics {
             counter(
                 out,
                 "backplane_received_total",
-                "Messages from other nodes delivered here.",
+                "Messages read from Redis channels and delivered here: other nodes' publishes and \
+                 broadcasts, and every history message (this node's own included).",
                 b.received,
             )?;
             counter(out, "backplane_garbage_total", "Messages from Redis dropped as malformed.", b.garbage)?;
@@ -500,6 +505,15 @@ mod tests {
         assert_eq!(sample(&text, "wshub_backplane_stalled_total"), Some(1));
         assert_eq!(sample(&text, "wshub_backplane_garbage_total"), Some(5));
         assert_eq!(sample(&text, "wshub_backplane_publish_failed_total"), Some(0));
+    }
+
+    #[test]
+    fn history_unavailable_counts_refusals_and_late_failures() {
+        let m = Metrics { history_unavailable: 3, ..Metrics::default() };
+        assert_eq!(sample(&render(&m, &Gauges::default()), "wshub_history_unavailable_total"), Some(3));
+        let stats = BackplaneStats { appends_failed: 4, ..BackplaneStats::default() };
+        let text = render(&m, &Gauges { backplane: Some(stats), ..Gauges::default() });
+        assert_eq!(sample(&text, "wshub_history_unavailable_total"), Some(7));
     }
 
     #[test]

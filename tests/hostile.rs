@@ -1236,6 +1236,102 @@ fn a_plain_request_to_the_websocket_path_gets_426_with_the_protocol_to_use() {
     assert_healthy(&server);
 }
 
+/// The status line of a raw response.
+fn status_line(response: &str) -> &str {
+    response.split("\r\n").next().unwrap_or("")
+}
+
+#[test]
+fn every_refusal_has_its_standard_reason_phrase() {
+    // A client (or a log) reading "415 Error" learns nothing; RFC 9110 names every status.
+    let server = ServerProc::start(&[]);
+    let text_plain = raw_http(
+        server.addr,
+        b"POST /publish HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\n{}",
+    );
+    assert_eq!(status_line(&text_plain), "HTTP/1.1 415 Unsupported Media Type", "{text_plain}");
+    let limited = ServerProc::start(&["--max-connections-per-ip", "1"]);
+    let held = ws(&limited);
+    let over = raw_http(limited.addr, upgrade_request("/ws", "").as_bytes());
+    assert_eq!(status_line(&over), "HTTP/1.1 429 Too Many Requests", "{over}");
+    drop(held);
+    assert_healthy(&server);
+}
+
+#[test]
+fn head_requests_get_the_get_headers_without_a_body() {
+    // RFC 9110 section 9.1: HEAD is GET without the body; health checkers and `curl -I` use it.
+    let server = ServerProc::start(&[]);
+    for path in ["/healthz", "/metrics", "/wshub.js"] {
+        let get = raw_http(server.addr, format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes());
+        let head =
+            raw_http(server.addr, format!("HEAD {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes());
+        let (get_head, get_body) = get.split_once("\r\n\r\n").expect("a GET response");
+        assert_eq!(status_line(&head), "HTTP/1.1 200 OK", "HEAD {path}: {head:?}");
+        assert!(head.ends_with("\r\n\r\n"), "HEAD {path} must carry no body: {head:?}");
+        let content_type = |h: &str| h.lines().find(|l| l.starts_with("Content-Type:")).map(str::to_string);
+        assert_eq!(content_type(&head), content_type(get_head), "HEAD {path}");
+        if path == "/wshub.js" {
+            // A fixed body: the length HEAD announces is the one GET sends.
+            assert!(head.contains(&format!("\r\nContent-Length: {}\r\n", get_body.len())), "{head}");
+        }
+    }
+    // HEAD is no way around the POST routes, and their 405 names the method they take; the GET
+    // routes' 405 names both methods they take.
+    let publish = raw_http(server.addr, b"HEAD /publish HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_eq!(status_of(&publish), 405, "{publish}");
+    assert!(publish.contains("\r\nAllow: POST\r\n"), "{publish}");
+    let post_health = raw_http(
+        server.addr,
+        b"POST /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+    );
+    assert_eq!(status_of(&post_health), 405, "{post_health}");
+    assert!(post_health.contains("\r\nAllow: GET, HEAD\r\n"), "{post_health}");
+    // HEAD on the WebSocket path is still not an upgrade.
+    let ws_head = raw_http(server.addr, upgrade_request("/ws", "").replacen("GET", "HEAD", 1).as_bytes());
+    assert_eq!(status_of(&ws_head), 400, "{ws_head}");
+    // Refusals of a HEAD carry no body either: the 426 of the WebSocket path, a 400 for a
+    // missing Host, a 404.
+    for (request, status) in [
+        ("HEAD /ws HTTP/1.1\r\nHost: localhost\r\n\r\n", 426),
+        ("HEAD /healthz HTTP/1.1\r\n\r\n", 400),
+        ("HEAD /nowhere HTTP/1.1\r\nHost: localhost\r\n\r\n", 404),
+    ] {
+        let response = raw_http(server.addr, request.as_bytes());
+        assert_eq!(status_of(&response), status, "{request:?} -> {response:?}");
+        assert!(response.ends_with("\r\n\r\n"), "{request:?} -> a body: {response:?}");
+    }
+    assert_healthy(&server);
+}
+
+#[test]
+fn plain_http_1_1_needs_exactly_one_host() {
+    // RFC 9112 section 3.2: a server MUST answer 400 to an HTTP/1.1 request without Host or
+    // with more than one (a proxy may route by one Host while we judge by the other).
+    let server = ServerProc::start(&[]);
+    let body = r#"{"topic":"t","data":1}"#;
+    let publish = |hosts: &str| {
+        format!(
+            "POST /publish HTTP/1.1\r\n{hosts}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    for request in [
+        "GET /healthz HTTP/1.1\r\n\r\n".to_string(),
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nHost: localhost\r\n\r\n".to_string(),
+        publish(""),
+        publish("Host: localhost\r\nHost: evil.example\r\n"),
+        publish("Host: evil.example\r\nHost: localhost\r\n"),
+    ] {
+        let response = raw_http(server.addr, request.as_bytes());
+        assert_eq!(status_of(&response), 400, "{request:?} -> {response:?}");
+    }
+    // HTTP/1.0 has no Host requirement; one Host is the normal case.
+    assert_eq!(status_of(&raw_http(server.addr, b"GET /healthz HTTP/1.0\r\n\r\n")), 200);
+    assert_eq!(status_of(&raw_http(server.addr, publish("Host: localhost\r\n").as_bytes())), 200);
+    assert_healthy(&server);
+}
+
 #[test]
 fn subscribers_resetting_during_fan_out_do_not_disturb_the_rest() {
     let server = ServerProc::start(&[]);

@@ -35,7 +35,7 @@ fn wait_health(node: &ServerProc, status: u16) {
 }
 
 /// Publishes over WebSocket and waits for the ack: the message is then numbered and kept in
-/// Redis (an HTTP 200 only says it was handed over), so a subscribe that follows sees it.
+/// Redis, so a subscribe that follows sees it (as after an HTTP publish's 200).
 fn publish_acked(addr: SocketAddr, topic: &str, data: Value) -> u64 {
     let mut p = ws_connect(addr);
     send_json(&mut p, &json!({"type":"publish","payload":{"topic":topic,"data":data},"id":"p"}));
@@ -47,6 +47,26 @@ fn publish_acked(addr: SocketAddr, topic: &str, data: Value) -> u64 {
 fn publish(addr: SocketAddr, topic: &str, data: Value) -> (u16, Value) {
     let (status, body) = http(addr, "POST", "/publish", "", &json!({"topic":topic,"data":data}).to_string());
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// Sends `POST /publish` on a connection of its own and leaves it open (the answer unread).
+fn raw_request(addr: SocketAddr, topic: &str, data: Value) -> TcpStream {
+    let body = json!({"topic":topic,"data":data}).to_string();
+    let mut s = TcpStream::connect(addr).unwrap();
+    let request = format!(
+        "POST /publish HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    std::io::Write::write_all(&mut s, request.as_bytes()).unwrap();
+    s
+}
+
+/// `POST /publish`, waiting up to `within` for the whole response.
+fn raw_publish(addr: SocketAddr, topic: &str, data: Value, within: Duration) -> String {
+    let mut s = raw_request(addr, topic, data);
+    s.set_read_timeout(Some(within)).unwrap();
+    read_to_close(&mut s)
 }
 
 fn message(topic: &str, data: Value, offset: u64) -> Value {
@@ -62,7 +82,11 @@ fn a_client_recovers_on_another_node() {
     assert_eq!(first["offset"], 0);
     let epoch = first["epoch"].as_str().expect("an epoch from Redis").to_string();
     for i in 1..=5u64 {
-        assert_eq!(publish(b.addr, "feed", json!(i)), (200, json!({"delivered":0,"backplane":true})));
+        // Answered once Redis has numbered it, with the fields of the WebSocket ack.
+        assert_eq!(
+            publish(b.addr, "feed", json!(i)),
+            (200, json!({"offset":i,"epoch":epoch,"backplane":true}))
+        );
         assert_eq!(recv_json(&mut client), message("feed", json!(i), i));
     }
     drop(client);
@@ -300,6 +324,7 @@ fn a_quiet_topic_keeps_its_epoch_while_subscribed_and_expires_after() {
 fn a_stalled_redis_fails_held_publishes_and_subscribes_at_the_reply_deadline() {
     let redis = RedisProc::start();
     let a = node(&redis, 10);
+    let a_addr = a.addr;
     let mut client = ws_connect(a.addr);
     let epoch = subscribe_since(&mut client, "t", None)["epoch"].as_str().unwrap().to_string();
     publish(a.addr, "t", json!(1));
@@ -317,21 +342,45 @@ fn a_stalled_redis_fails_held_publishes_and_subscribes_at_the_reply_deadline() {
         &mut late,
         &json!({"type":"subscribe","payload":{"topic":"t","since":{"offset":1,"epoch":epoch}}}),
     );
+    // An HTTP publish is held like the ack; another one's client gives up before the answer.
+    let held = std::thread::spawn(move || {
+        let asked = Instant::now();
+        let response = raw_publish(a_addr, "t", json!("held"), Duration::from_secs(30));
+        (response, asked.elapsed())
+    });
+    let gone = raw_request(a.addr, "t", json!("gone"));
+    std::thread::sleep(Duration::from_millis(300));
+    gone.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(gone);
+    std::thread::sleep(Duration::from_millis(300));
+    // Likely in the slot the one that left had: it must get nothing meant for that one.
+    let mut bystander = ws_connect(a.addr);
     let subscribed = recv_json(&mut late);
     let acked = recv_json(&mut client);
     let waited = asked.elapsed();
+    let (response, http_waited) = held.join().unwrap();
     assert!(signal("-CONT"));
     assert_eq!(subscribed, json!({"type":"subscribed","payload":{"topic":"t","recovered":false}}));
     assert_eq!(
         acked,
         json!({"type":"error","payload":{"message":"History unavailable: Redis is down"},"id":9})
     );
+    assert_eq!(status_of(&response), 503, "{response}");
+    let body: Value = serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["error"], "unavailable");
     // Held until the reply deadline (5 s), answered soon after it (slack for a loaded machine).
-    assert!(
-        waited >= Duration::from_secs(4) && waited < Duration::from_secs(15),
-        "answered after {waited:?}"
-    );
+    for waited in [waited, http_waited] {
+        assert!(
+            waited >= Duration::from_secs(4) && waited < Duration::from_secs(15),
+            "answered after {waited:?}"
+        );
+    }
     assert!(metric(a.addr, "wshub_backplane_stalled_total") >= 1.0);
+    // The three appends in flight when the connection was given up count as unavailable: the
+    // acked one, the held one and the one whose client left.
+    assert_eq!(metric(a.addr, "wshub_history_unavailable_total"), 3.0);
+    send_json(&mut bystander, &json!({"type":"ping","id":"b"}));
+    assert_eq!(recv_json(&mut bystander), json!({"type":"pong","id":"b"}), "nothing stray before it");
     // Redis back with its data: publishes are numbered and delivered again.
     let deadline = Instant::now() + Duration::from_secs(30);
     while publish(a.addr, "t", json!(3)).0 != 200 {
@@ -349,4 +398,63 @@ fn a_stalled_redis_fails_held_publishes_and_subscribes_at_the_reply_deadline() {
     assert_eq!(notice["payload"]["epoch"], json!(epoch), "Redis kept the history");
     let got = recv_json(&mut late);
     assert_eq!(got["payload"]["data"], json!(3), "messages flow again: {got}");
+}
+
+#[test]
+fn received_counts_every_message_read_from_redis_the_own_history_ones_included() {
+    let redis = RedisProc::start();
+    let (a, b) = (node(&redis, 10), node(&redis, 10));
+    let mut on_a = ws_connect(a.addr);
+    let mut on_b = ws_connect(b.addr);
+    let epoch = subscribe_since(&mut on_a, "h", None)["epoch"].as_str().unwrap().to_string();
+    subscribe_since(&mut on_b, "h", None);
+    // Three history messages published on a, two on b: each node reads all five from Redis
+    // and delivers them, its own included.
+    for (i, node) in [a.addr, a.addr, b.addr, a.addr, b.addr].into_iter().enumerate() {
+        let offset = i as u64 + 1;
+        assert_eq!(
+            publish(node, "h", json!(i)),
+            (200, json!({"offset":offset,"epoch":epoch,"backplane":true}))
+        );
+    }
+    // A broadcast from b: delivered on b at once, its copy from Redis skipped there.
+    let (status, _) = http(b.addr, "POST", "/broadcast", "", r#"{"data":"all"}"#);
+    assert_eq!(status, 200);
+    for sub in [&mut on_a, &mut on_b] {
+        for i in 0..5u64 {
+            assert_eq!(recv_json(sub), message("h", json!(i), i + 1));
+        }
+        assert_eq!(recv_json(sub), json!({"type":"message","payload":{"data":"all"}}));
+    }
+    assert_eq!(metric(a.addr, "wshub_backplane_received_total"), 6.0);
+    assert_eq!(metric(b.addr, "wshub_backplane_received_total"), 5.0);
+    assert_eq!(metric(a.addr, "wshub_backplane_published_total"), 3.0);
+    assert_eq!(metric(b.addr, "wshub_backplane_published_total"), 3.0);
+}
+
+#[test]
+fn an_append_redis_refuses_is_answered_unavailable_and_counted() {
+    let redis = RedisProc::start();
+    let a = node(&redis, 10);
+    // A key of the wrong type where the topic's epoch goes: the append script fails in Redis,
+    // after the node sent it (the connection stays).
+    let pushed = common::redis::command(redis.addr(), &["RPUSH", "wshub:epoch:broken", "x"]);
+    assert_eq!(pushed, common::redis::Resp::Int(1));
+    let (status, body) = publish(a.addr, "broken", json!(1));
+    assert_eq!((status, body["error"].as_str()), (503, Some("unavailable")), "{body}");
+    let mut client = ws_connect(a.addr);
+    send_json(&mut client, &json!({"type":"publish","payload":{"topic":"broken","data":2},"id":1}));
+    assert_eq!(
+        recv_json(&mut client),
+        json!({"type":"error","payload":{"message":"History unavailable: Redis is down"},"id":1})
+    );
+    // Without an id nobody hears of it, but it is counted all the same.
+    send_json(&mut client, &json!({"type":"publish","payload":{"topic":"broken","data":3}}));
+    // Read (and sent to Redis) before the next publish, whose reply therefore comes after its.
+    send_json(&mut client, &json!({"type":"ping","id":2}));
+    assert_eq!(recv_json(&mut client), json!({"type":"pong","id":2}));
+    let (status, body) = publish(a.addr, "fine", json!(4));
+    assert_eq!((status, &body["offset"]), (200, &json!(1)), "{body}");
+    assert_eq!(metric(a.addr, "wshub_history_unavailable_total"), 3.0);
+    assert_eq!(metric(a.addr, "wshub_backplane_up"), 1.0);
 }

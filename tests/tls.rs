@@ -350,6 +350,32 @@ fn a_tls_subscriber_that_does_not_read_is_cut_off_and_others_are_served() {
 // ----- hostile -----
 
 #[test]
+fn a_client_that_ends_with_close_notify_mid_frame_or_mid_head_gets_close_notify_back() {
+    // RFC 8446 section 6.1: each side sends close_notify before closing its write side. A
+    // client that gives up half-way through a frame (or its request head) and says so with
+    // close_notify must see a clean end, not a truncated stream.
+    let pki = Pki::new("notify");
+    let server = pki.start(&["--echo"]);
+    let config = pki.client_config();
+    let mut mid_frame = raw_upgrade(server.addr, &config);
+    let frame = masked(OpCode::Text, true, b"half of this never comes");
+    mid_frame.write_all(&frame[..8]).unwrap();
+    let mut mid_head = tls_connect(server.addr, &config).expect("TLS handshake");
+    mid_head.write_all(b"GET /ws HTTP/1.1\r\nHost: loc").unwrap();
+    for (tls, what) in [(&mut mid_frame, "mid-frame"), (&mut mid_head, "mid-head")] {
+        tls.conn.send_close_notify();
+        tls.flush().unwrap();
+        tls.sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut rest = Vec::new();
+        let end = tls.read_to_end(&mut rest);
+        assert!(end.is_ok(), "{what}: the server ended without close_notify: {end:?}");
+    }
+    let mut ws = wss_connect(server.addr, &config);
+    ws.send(Message::text("still serving")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("still serving"));
+}
+
+#[test]
 fn plain_http_to_the_tls_port_is_refused_at_once_and_counted() {
     let pki = Pki::new("plain");
     let server = pki.start(&[]);

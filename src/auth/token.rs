@@ -1,8 +1,8 @@
 //! Verifying a connection token: signature by `jsonwebtoken` (over `ring`), claims by us.
 //!
 //! The order is the one that trusts nothing unverified: the header's `alg` picks a configured
-//! key (or the token is refused: `none`, unknown algorithms and algorithms without a key never
-//! reach the crypto), `jsonwebtoken` checks the signature and then `aud`/`iss`, and only then
+//! key (or the token is refused: `none`, unknown algorithms, algorithms without a key and
+//! critical extensions (`crit`) never reach the crypto), `jsonwebtoken` checks the signature and then `aud`/`iss`, and only then
 //! are the claims read. `exp` and `nbf` are checked here, against the `now` the caller passes
 //! (the crate would read the system clock itself), with the configured leeway.
 
@@ -116,10 +116,16 @@ struct WshubClaim {
     broadcast: bool,
 }
 
+/// What the header must say before anything is verified: the algorithm, and no `crit`.
 #[derive(Deserialize)]
 struct AlgOnly<'a> {
     #[serde(borrow)]
     alg: std::borrow::Cow<'a, str>,
+    /// RFC 7515 section 4.1.11: a token whose `crit` lists an extension the recipient does
+    /// not understand is invalid. We understand none (and `jsonwebtoken` ignores the field),
+    /// so any `crit` refuses the token.
+    #[serde(default)]
+    crit: Option<serde::de::IgnoredAny>,
 }
 
 /// A NumericDate (seconds, maybe fractional) in milliseconds; negative is the epoch.
@@ -211,7 +217,10 @@ impl Verifier {
     fn rule_for(&self, token: &str) -> Result<&Rule, Refusal> {
         let header = token.split('.').next().ok_or(Refusal::Malformed)?;
         let header = URL_SAFE_NO_PAD.decode(header).map_err(|_| Refusal::Malformed)?;
-        let AlgOnly { alg } = serde_json::from_slice(&header).map_err(|_| Refusal::Malformed)?;
+        let AlgOnly { alg, crit } = serde_json::from_slice(&header).map_err(|_| Refusal::Malformed)?;
+        if crit.is_some() {
+            return Err(Refusal::Malformed);
+        }
         let alg = Algorithm::from_str(&alg).map_err(|_| Refusal::AlgNotAllowed)?;
         self.rules.iter().find(|r| r.alg == alg).ok_or(Refusal::AlgNotAllowed)
     }

@@ -123,8 +123,15 @@ pub struct BackplaneStats {
     /// Messages that could not be handed to Redis (down, output full, refused by Redis, or
     /// in flight when the connection was lost).
     pub publish_failed: u64,
-    /// Messages from other nodes delivered locally.
+    /// Messages read from Redis's channels and handed to the hub (garbage excluded): other
+    /// nodes' publishes and broadcasts (a node's own plain messages are skipped, served
+    /// locally already) and every history message, this node's own included (with history in
+    /// Redis every node delivers from the channel).
     pub received: u64,
+    /// History publishes sent to Redis that got no offset after all: the append was answered
+    /// with an error (or a reply that does not parse), or was in flight when the connection
+    /// was lost or stalled. Part of `wshub_history_unavailable_total`.
+    pub appends_failed: u64,
     /// Messages from Redis dropped because they did not parse.
     pub garbage: u64,
     /// Connections dropped because a request went unanswered past [`REPLY_DEADLINE`].
@@ -482,6 +489,8 @@ impl RedisCore {
         let publishes =
             self.inflight.iter().filter(|(_, e)| matches!(e, Expect::Publish | Expect::Append { .. }));
         self.stats.publish_failed += publishes.count() as u64;
+        let appends = self.inflight.iter().filter(|(_, e)| matches!(e, Expect::Append { .. }));
+        self.stats.appends_failed += appends.count() as u64;
         self.inflight.clear();
         self.sub_sent.clear();
         self.confirming.clear();
@@ -737,6 +746,7 @@ impl RedisCore {
                 let result = if failed { None } else { shared::parse_appended(&reply).ok() };
                 if result.is_none() {
                     self.stats.publish_failed += 1;
+                    self.stats.appends_failed += 1;
                 }
                 if let Some(ticket) = ticket {
                     deliver(Inbound::Appended { ticket, result });

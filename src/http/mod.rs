@@ -23,12 +23,22 @@
 //! attacker's host). Other answers:
 //! 400 for a body that is not the JSON above (with a JSON `{"error":..}` body), 411 without
 //! `Content-Length`, 413 for a body over the limit, 405 for a wrong method on a known path,
-//! 404 for any other path. Every response carries `Connection: close`.
+//! 404 for any other path. Every response carries `Connection: close`. `HEAD` is answered on the
+//! GET routes like `GET`, headers and `Content-Length` included, without the body.
+//!
+//! With a backplane, both POST answers add `"backplane":true|false` (handed to Redis or not).
+//! With history kept in Redis (`--redis` with `--history-size`), the message is numbered there
+//! and every node delivers it from there, so a publish cannot be answered within the call:
+//! [`respond`] returns `None` and the reactor holds the connection until the hub hands the
+//! offset to [`numbered`] (200 `{"offset":8,"epoch":"9f2c41d07be3a815","backplane":true}`, the
+//! fields of the WebSocket `ack`) or the failure (503 `{"error":"unavailable",..}`: Redis down,
+//! refused, lost or stalled past its reply deadline, or too many publishes waiting).
 
 use std::borrow::Cow;
 
 use crate::backplane::redis::BackplaneStats;
-use crate::hub::{self, Hub, HubError, Outbox};
+use crate::hub::history::Offset;
+use crate::hub::{self, ClientId, Hub, HubError, Outbox};
 use crate::metrics::{Gauges, Metrics};
 use crate::protocol::deflate::DeflateStats;
 use crate::protocol::handshake::{status_text, OriginPolicy};
@@ -93,6 +103,9 @@ pub struct HttpRequest<'a> {
 
 /// What a response may need from the rest of the server.
 pub struct HttpContext<'a, O: Outbox> {
+    /// The connection asking: a publish whose answer waits on the backplane is answered to it
+    /// later, through [`Outbox::numbered`].
+    pub caller: ClientId,
     pub hub: &'a mut Hub,
     pub outbox: &'a mut O,
     pub metrics: &'a mut Metrics,
@@ -113,11 +126,18 @@ pub struct Response {
     /// One extra header some statuses require (`Allow` on 405, `WWW-Authenticate` on 401).
     extra_header: Option<(&'static str, &'static str)>,
     body: Vec<u8>,
+    /// The answer to a HEAD: every header of the GET answer (`Content-Length` included), no
+    /// body (RFC 9110 section 9.3.2).
+    head_only: bool,
 }
 
 impl Response {
     fn json(status: u16, body: Vec<u8>) -> Response {
-        Response { status, content_type: CONTENT_TYPE_JSON, extra_header: None, body }
+        Response { status, content_type: CONTENT_TYPE_JSON, extra_header: None, body, head_only: false }
+    }
+
+    fn ok(content_type: &'static str, body: Vec<u8>) -> Response {
+        Response { status: 200, content_type, extra_header: None, body, head_only: false }
     }
 
     /// `{"error": message}`, plus `"detail"` when there is more to say.
@@ -133,13 +153,24 @@ impl Response {
         Response::json(status, body)
     }
 
+    /// This response as the answer to `req`: without its body if `req` is a HEAD.
+    fn answering(mut self, req: &HttpRequest<'_>) -> Response {
+        self.head_only = req.method == "HEAD";
+        self
+    }
+
     fn with_header(mut self, name: &'static str, value: &'static str) -> Response {
         self.extra_header = Some((name, value));
         self
     }
 
+    /// The body as the client receives it: none for a HEAD.
     pub fn body(&self) -> &[u8] {
-        &self.body
+        if self.head_only {
+            &[]
+        } else {
+            &self.body
+        }
     }
 
     pub fn content_type(&self) -> &'static str {
@@ -170,7 +201,7 @@ impl Response {
         }
         // Health and metrics are live values: no cache may answer for us.
         out.extend_from_slice(b"\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n");
-        out.extend_from_slice(&self.body);
+        out.extend_from_slice(self.body());
     }
 }
 
@@ -197,15 +228,26 @@ impl Route {
         })
     }
 
-    fn method(self) -> &'static str {
-        match self {
-            Route::Healthz | Route::Metrics | Route::ClientJs | Route::Demo => "GET",
-            Route::Publish | Route::Broadcast => "POST",
+    fn takes_body(self) -> bool {
+        matches!(self, Route::Publish | Route::Broadcast)
+    }
+
+    /// Whether `method` may be used on this route: POST for the publish API; GET, and HEAD
+    /// with it, for the rest (RFC 9110 section 9.1: a server that does GET does HEAD).
+    fn allows(self, method: &str) -> bool {
+        match self.takes_body() {
+            true => method == "POST",
+            false => method == "GET" || method == "HEAD",
         }
     }
 
-    fn takes_body(self) -> bool {
-        self.method() == "POST"
+    /// The `Allow` header of a 405 on this route.
+    fn allow_header(self) -> &'static str {
+        if self.takes_body() {
+            "POST"
+        } else {
+            "GET, HEAD"
+        }
     }
 }
 
@@ -213,8 +255,10 @@ impl Route {
 fn route(req: &HttpRequest<'_>, cfg: &HttpConfig) -> Result<Route, Response> {
     let path = req.path.split_once('?').map_or(req.path, |(path, _query)| path);
     let route = Route::find(path, cfg).ok_or_else(|| Response::error(404, "Not found", None))?;
-    if req.method != route.method() {
-        return Err(Response::error(405, "Method not allowed", None).with_header("Allow", route.method()));
+    if !route.allows(req.method) {
+        return Err(
+            Response::error(405, "Method not allowed", None).with_header("Allow", route.allow_header())
+        );
     }
     Ok(route)
 }
@@ -336,7 +380,7 @@ fn too_large(cfg: &HttpConfig) -> Response {
 /// GET). Routing and authorization are decided here, so refused requests cost no body read.
 /// A refusal is the response to send.
 pub fn body_plan(req: &HttpRequest<'_>, cfg: &HttpConfig) -> Result<usize, Response> {
-    let route = route(req, cfg)?;
+    let route = route(req, cfg).map_err(|refusal| refusal.answering(req))?;
     if !route.takes_body() {
         return Ok(0);
     }
@@ -347,29 +391,51 @@ pub fn body_plan(req: &HttpRequest<'_>, cfg: &HttpConfig) -> Result<usize, Respo
 
 /// With the whole body: the response to write before closing the connection. Checks again
 /// everything `body_plan` checked, so it is safe to call on its own. Counts the response in
-/// `ctx.metrics`.
+/// `ctx.metrics`. `None`: a publish waits for its offset from the backplane (see the module
+/// header); the answer is [`numbered`]'s, once the hub hands the result to
+/// [`Outbox::numbered`] for `ctx.caller`.
 pub fn respond<O: Outbox>(
     req: &HttpRequest<'_>,
     body: &[u8],
     cfg: &HttpConfig,
     ctx: &mut HttpContext<'_, O>,
-) -> Response {
+) -> Option<Response> {
     let response = match route(req, cfg) {
-        Ok(route) => answer(route, req, body, cfg, ctx),
+        Ok(route) => answer(route, req, body, cfg, ctx)?,
         Err(refusal) => refusal,
-    };
+    }
+    .answering(req);
     ctx.metrics.http_response(response.status);
-    response
+    Some(response)
 }
 
+/// The answer to a publish that waited for its offset (not counted: the caller counts what it
+/// writes): 200 with the epoch and offset Redis gave it, or 503 when it got none.
+pub fn numbered(result: Option<(&str, Offset)>) -> Response {
+    let Some((epoch, offset)) = result else { return unavailable() };
+    let mut json = Vec::with_capacity(64);
+    json.extend_from_slice(b"{\"offset\":");
+    hub::push_decimal(&mut json, offset);
+    json.extend_from_slice(b",\"epoch\":");
+    hub::push_json_str(&mut json, epoch);
+    json.extend_from_slice(b",\"backplane\":true}");
+    Response::json(200, json)
+}
+
+/// 503 for a publish on history kept in Redis that cannot be numbered.
+pub fn unavailable() -> Response {
+    Response::error(503, "unavailable", Some("history is kept in Redis, which cannot number the message now"))
+}
+
+/// The response, or `None` when it waits on the backplane.
 fn answer<O: Outbox>(
     route: Route,
     req: &HttpRequest<'_>,
     body: &[u8],
     cfg: &HttpConfig,
     ctx: &mut HttpContext<'_, O>,
-) -> Response {
-    match route {
+) -> Option<Response> {
+    Some(match route {
         Route::Healthz => {
             // With a backplane that is down the node still serves its own clients, but a load
             // balancer should prefer the nodes that reach the others: 503, "degraded".
@@ -400,46 +466,33 @@ fn answer<O: Outbox>(
             };
             let mut text = String::with_capacity(4096);
             ctx.metrics.render_prometheus(&gauges, &mut text);
-            Response {
-                status: 200,
-                content_type: CONTENT_TYPE_PROMETHEUS,
-                extra_header: None,
-                body: text.into_bytes(),
-            }
+            Response::ok(CONTENT_TYPE_PROMETHEUS, text.into_bytes())
         }
-        Route::ClientJs => Response {
-            status: 200,
-            content_type: CONTENT_TYPE_JS,
-            extra_header: None,
-            body: CLIENT_JS.as_bytes().to_vec(),
-        },
-        Route::Demo => Response {
-            status: 200,
-            content_type: CONTENT_TYPE_HTML,
-            extra_header: None,
-            body: DEMO_HTML.as_bytes().to_vec(),
-        },
+        Route::ClientJs => Response::ok(CONTENT_TYPE_JS, CLIENT_JS.as_bytes().to_vec()),
+        Route::Demo => Response::ok(CONTENT_TYPE_HTML, DEMO_HTML.as_bytes().to_vec()),
         Route::Publish | Route::Broadcast => {
             if let Err(refusal) =
                 same_site(req, cfg).and_then(|()| authorize(req, cfg)).and_then(|()| body_length(req, cfg))
             {
-                return refusal;
+                return Some(refusal);
             }
             if body.len() > cfg.max_body_bytes {
-                return too_large(cfg);
+                return Some(too_large(cfg));
             }
             let Ok(text) = std::str::from_utf8(body) else {
-                return Response::error(400, "Invalid JSON body", Some("not UTF-8"));
+                return Some(Response::error(400, "Invalid JSON body", Some("not UTF-8")));
             };
             let delivered = if route == Route::Publish {
                 hub::parse_publish_body(text).and_then(|(topic, data): (Cow<'_, str>, _)| {
-                    ctx.hub.publish(&topic, data, ctx.outbox, ctx.metrics)
+                    ctx.hub.publish_as(ctx.caller, &topic, data, ctx.outbox, ctx.metrics)
                 })
             } else {
-                hub::parse_broadcast_body(text).map(|data| ctx.hub.broadcast(data, ctx.outbox, ctx.metrics))
+                hub::parse_broadcast_body(text)
+                    .map(|data| Some(ctx.hub.broadcast(data, ctx.outbox, ctx.metrics)))
             };
             match delivered {
-                Ok(n) => {
+                Ok(None) => return None,
+                Ok(Some(n)) => {
                     let mut json = Vec::with_capacity(24);
                     json.extend_from_slice(b"{\"delivered\":");
                     hub::push_decimal(&mut json, n as u64);
@@ -450,15 +503,11 @@ fn answer<O: Outbox>(
                 Err(HubError::InvalidFormat { detail }) => {
                     Response::error(400, "Invalid JSON body", Some(detail))
                 }
-                Err(HubError::Unavailable) => Response::error(
-                    503,
-                    "unavailable",
-                    Some("history is kept in Redis, which cannot number the message now"),
-                ),
+                Err(HubError::Unavailable) => unavailable(),
                 Err(other) => Response::error(400, &other.to_string(), None),
             }
         }
-    }
+    })
 }
 
 #[cfg(test)]

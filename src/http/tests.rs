@@ -31,6 +31,7 @@ impl Server {
             return refusal;
         }
         let mut ctx = HttpContext {
+            caller: 9,
             hub: &mut self.hub,
             outbox: &mut self.outbox,
             metrics: &mut self.metrics,
@@ -39,7 +40,7 @@ impl Server {
             backplane: None,
             deflate: Default::default(),
         };
-        respond(req, body, cfg, &mut ctx)
+        respond(req, body, cfg, &mut ctx).expect("answered at once without a backplane")
     }
 
     fn subscribe(&mut self, client: usize, topic: &str) {
@@ -119,13 +120,38 @@ fn unknown_paths_and_wrong_methods() {
         assert_eq!(json_body(&r), json!({"error":"Not found"}));
     }
     let r = s.call(&post("/healthz", b"", None, true), b"", &cfg);
-    assert_eq!((r.status, r.header("allow")), (405, Some("GET")));
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD")));
     let r = s.call(&get("/publish"), b"", &cfg);
     assert_eq!((r.status, r.header("Allow")), (405, Some("POST")));
-    let head = HttpRequest { method: "HEAD", ..get("/metrics") };
-    assert_eq!(s.call(&head, b"", &cfg).status, 405);
+    let head = HttpRequest { method: "HEAD", ..get("/publish") };
+    let r = s.call(&head, b"", &cfg);
+    assert_eq!((r.status, r.header("Allow"), r.body()), (405, Some("POST"), &b""[..]));
+    let options = HttpRequest { method: "OPTIONS", ..get("/metrics") };
+    assert_eq!(s.call(&options, b"", &cfg).status, 405);
     assert_eq!(s.metrics.http_responses(404), 5);
-    assert_eq!(s.metrics.http_responses(405), 3);
+    assert_eq!(s.metrics.http_responses(405), 4);
+}
+
+#[test]
+fn head_is_get_without_the_body() {
+    let mut s = Server::new();
+    let cfg = HttpConfig::default();
+    for path in ["/healthz", "/metrics", "/wshub.js"] {
+        let full = s.call(&get(path), b"", &cfg);
+        let head = s.call(&HttpRequest { method: "HEAD", ..get(path) }, b"", &cfg);
+        assert_eq!((head.status, head.content_type()), (200, full.content_type()), "{path}");
+        assert!(head.body().is_empty(), "{path}");
+        let mut out = Vec::new();
+        head.write_to(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with("\r\n\r\n"), "{path}: {text}");
+        if path == "/wshub.js" {
+            // The length of the body a GET gets (the other routes' bodies are live values).
+            assert!(text.contains(&format!("\r\nContent-Length: {}\r\n", full.body().len())), "{text}");
+        }
+    }
+    let missing = s.call(&HttpRequest { method: "HEAD", ..get("/nowhere") }, b"", &cfg);
+    assert_eq!((missing.status, missing.body()), (404, &b""[..]));
 }
 
 #[test]
@@ -153,6 +179,7 @@ fn respond_rechecks_the_body_size() {
     // The reactor lying about the length must not get a big body through.
     let req = HttpRequest { content_length: Some(1), ..post("/broadcast", body, None, true) };
     let mut ctx = HttpContext {
+        caller: 9,
         hub: &mut s.hub,
         outbox: &mut s.outbox,
         metrics: &mut s.metrics,
@@ -161,7 +188,7 @@ fn respond_rechecks_the_body_size() {
         backplane: None,
         deflate: Default::default(),
     };
-    let r = respond(&req, body, &cfg, &mut ctx);
+    let r = respond(&req, body, &cfg, &mut ctx).unwrap();
     assert_eq!(r.status, 413);
     assert_eq!(json_body(&r), json!({"error":"Body too large (max 8 bytes)"}));
 }
@@ -372,6 +399,7 @@ fn posts_need_json_a_local_host_and_an_allowed_origin() {
         assert_eq!(s.call(req, body, &cfg).status, *want, "{req:?}");
         // `respond` alone (without the plan) applies the same rules.
         let mut ctx = HttpContext {
+            caller: 9,
             hub: &mut s.hub,
             outbox: &mut s.outbox,
             metrics: &mut s.metrics,
@@ -380,7 +408,7 @@ fn posts_need_json_a_local_host_and_an_allowed_origin() {
             backplane: None,
             deflate: Default::default(),
         };
-        assert_eq!(respond(req, body, &cfg, &mut ctx).status, *want, "{req:?}");
+        assert_eq!(respond(req, body, &cfg, &mut ctx).unwrap().status, *want, "{req:?}");
     }
     // With a key, Host is free (the key is the proof), but Origin and type still hold.
     let keyed = HttpConfig { api_key: Some(KEY.into()), ..HttpConfig::default() };
@@ -419,5 +447,5 @@ fn the_browser_client_is_always_served_and_the_demo_only_when_asked() {
     assert_eq!((r.status, r.content_type()), (200, "text/html; charset=utf-8"));
     assert!(std::str::from_utf8(r.body()).unwrap().contains("/wshub.js"));
     let r = s.call(&post("/", b"", None, true), b"", &demo);
-    assert_eq!((r.status, r.header("Allow")), (405, Some("GET")));
+    assert_eq!((r.status, r.header("Allow")), (405, Some("GET, HEAD")));
 }

@@ -120,6 +120,11 @@ pub trait Outbox {
     fn backplane(&mut self) -> Option<&mut dyn Backplane> {
         None
     }
+    /// The offset of a publish from `caller` ([`Hub::publish_as`]) came: the epoch and offset
+    /// the backplane gave it, or `None` when it could not be numbered (Redis refused it, or
+    /// was lost or stalled before it answered: the message may or may not have been kept).
+    /// Never called for a caller that left ([`Hub::remove_client`]).
+    fn numbered(&mut self, _caller: ClientId, _numbered: Option<(&str, history::Offset)>) {}
 }
 
 /// Default of `--max-topics`. One topic costs about 200 bytes of tables plus its name (at most
@@ -405,20 +410,36 @@ impl Hub {
         self.publish_from(topic, data, None, outbox, metrics).map(|d| d.unwrap_or(0))
     }
 
-    /// [`Hub::publish`]; `ack`: the publisher and its id when it wants an ack. `Ok(None)`: the
-    /// history is kept by the backplane, which numbers the message; delivery (here too) comes
-    /// back from it and the ack follows from [`Hub::append_done`].
+    /// [`Hub::publish`] for `caller`, which waits for the offset when the backplane keeps the
+    /// history (the HTTP API: the connection is held). `Ok(None)`: it waits, and the epoch and
+    /// offset (or the failure) come to [`Outbox::numbered`] once Redis answers, bounded with
+    /// the acks in flight ([`pending::MAX_PENDING_ACKS`]: over it, `Unavailable` at once).
+    /// Without history in the backplane, as [`Hub::publish`].
+    pub fn publish_as(
+        &mut self,
+        caller: ClientId,
+        topic: &str,
+        data: &RawValue,
+        outbox: &mut impl Outbox,
+        metrics: &mut Metrics,
+    ) -> Result<Option<usize>, HubError> {
+        self.publish_from(topic, data, Some(pending::Waiter::Caller(caller)), outbox, metrics)
+    }
+
+    /// [`Hub::publish`]; `waiter`: who wants the offset (a publisher and its id, or a caller).
+    /// `Ok(None)`: the history is kept by the backplane, which numbers the message; delivery
+    /// (here too) comes back from it and the ack follows from [`Hub::append_done`].
     fn publish_from(
         &mut self,
         topic: &str,
         data: &RawValue,
-        ack: Option<(ClientId, &RawValue)>,
+        waiter: Option<pending::Waiter<'_>>,
         outbox: &mut impl Outbox,
         metrics: &mut Metrics,
     ) -> Result<Option<usize>, HubError> {
         self.check_topic(topic)?;
         if outbox.backplane().is_some_and(|b| b.keeps_history()) {
-            self.append(topic, data, ack, outbox, metrics)?;
+            self.append(topic, data, waiter, outbox, metrics)?;
             return Ok(None);
         }
         self.expire_history();
@@ -564,7 +585,7 @@ impl Hub {
                         return Err(HubError::PermissionDenied);
                     }
                 }
-                let ack = id.map(|id| (from, id));
+                let ack = id.map(|id| pending::Waiter::Acked(from, id));
                 let delivered = self.publish_from(&topic, data, ack, outbox, metrics)?;
                 if let (Some(id), Some(delivered)) = (id, delivered) {
                     wire::append_text_frame(reply, &mut self.scratch, |out| {

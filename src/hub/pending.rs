@@ -11,20 +11,22 @@
 //!   nothing published after the answer can be missed. Live messages for the held client are
 //!   buffered meanwhile (bounded); [`Hub::position_ready`] sends `subscribed`, the replay, then
 //!   the buffered messages after the last offset replayed, in that order. A publish's offset
-//!   comes from Redis too: its `ack` goes out in [`Hub::append_done`].
+//!   comes from Redis too: its `ack` goes out in [`Hub::append_done`], or, for a caller that
+//!   waits outside the protocol (the HTTP API, [`Hub::publish_as`]), the offset goes to
+//!   [`Outbox::numbered`] and the caller's connection answers it.
 //!
 //! The reactor routes the backplane's completions here; [`Hub::backplane_down`] answers every
 //! wait at once (local only: no position, `recovered: false`; publishes waiting for their offset
-//! get an error). A client that leaves drops its holds and acks ([`Hub::forget_waits`]), so a
-//! completion that arrives later finds nothing and costs nothing.
+//! get an error, or `None` for a caller). A client that leaves drops its holds and acks
+//! ([`Hub::forget_waits`]), so a completion that arrives later finds nothing and costs nothing.
 //!
 //! Bounds: a hold exists only for a subscription the registry accepted (so at most
 //! `--max-subscriptions` per client); an id is kept as the client sent it (bounded by the
 //! message size); `since.epoch` is kept only when epoch-shaped (16 bytes); a held client buffers
 //! at most [`MAX_BUFFERED`] live messages (shared frames), after which it is answered from the
-//! newest message seen instead of a replay; acks in flight are at most [`MAX_PENDING_ACKS`]
-//! holding at most [`MAX_PENDING_ACK_BYTES`] (over either, a publish with an id is refused as
-//! unavailable).
+//! newest message seen instead of a replay; acks in flight (callers waiting included) are at
+//! most [`MAX_PENDING_ACKS`] holding at most [`MAX_PENDING_ACK_BYTES`] (over either, a publish
+//! that would wait is refused as unavailable).
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -87,10 +89,20 @@ enum Stage {
 /// A client answered with a position (epoch, offset) ahead of the subscribe connection.
 type Ahead = (ClientId, Rc<str>, Offset);
 
+/// Who waits for a publish's offset.
+#[derive(Clone, Copy)]
+pub(super) enum Waiter<'a> {
+    /// A client of the protocol, acked with an `ack` frame carrying its id.
+    Acked(ClientId, &'a RawValue),
+    /// A caller answered through [`Outbox::numbered`] (see [`Hub::publish_as`]).
+    Caller(ClientId),
+}
+
 /// A publish whose ack waits for its offset.
 pub(super) struct AckWait {
     client: ClientId,
-    id: Box<RawValue>,
+    /// `None`: a caller, answered through [`Outbox::numbered`] rather than with a frame.
+    id: Option<Box<RawValue>>,
     topic: Box<str>,
 }
 
@@ -127,7 +139,7 @@ impl Hold {
 
 impl AckWait {
     fn cost(&self) -> usize {
-        self.id.get().len() + self.topic.len()
+        self.id.as_ref().map_or(0, |id| id.get().len()) + self.topic.len()
     }
 }
 
@@ -528,36 +540,47 @@ impl Hub {
     }
 
     /// A publish on a topic whose history the backplane keeps: sent to Redis, delivered when it
-    /// comes back from the channel (here as on every node). With `ack` (a WebSocket publish
-    /// with an id), the `ack` reporting its offset follows in [`Hub::append_done`].
+    /// comes back from the channel (here as on every node). With `waiter` (a WebSocket publish
+    /// with an id, or a caller of [`Hub::publish_as`]), its offset follows in
+    /// [`Hub::append_done`].
     pub(super) fn append(
         &mut self,
         topic: &str,
         data: &RawValue,
-        ack: Option<(ClientId, &RawValue)>,
+        waiter: Option<Waiter<'_>>,
         outbox: &mut impl Outbox,
         metrics: &mut Metrics,
     ) -> Result<(), HubError> {
         let Some(backplane) = outbox.backplane() else { return Err(HubError::Unavailable) };
-        let ticket = match ack {
-            Some((_, id))
+        let id = match waiter {
+            Some(Waiter::Acked(_, id)) => Some(id),
+            _ => None,
+        };
+        let ticket = match waiter {
+            Some(_)
                 if self.waits.acks.len() + self.waits.deferred.len() >= MAX_PENDING_ACKS
-                    || self.waits.ack_bytes + id.get().len() + topic.len() > MAX_PENDING_ACK_BYTES =>
+                    || self.waits.ack_bytes + id.map_or(0, |id| id.get().len()) + topic.len()
+                        > MAX_PENDING_ACK_BYTES =>
             {
                 None
             }
             Some(_) => Some(self.waits.ticket()),
             None => None,
         };
-        if ack.is_some() && ticket.is_none() {
+        if waiter.is_some() && ticket.is_none() {
             metrics.record_history_unavailable();
             return Err(HubError::Unavailable);
         }
         match backplane.append(topic, data, ticket) {
             Relay::Sent => {
                 self.last_relay = Relay::Sent;
-                if let (Some(ticket), Some((client, id))) = (ticket, ack) {
-                    let wait = AckWait { client, id: id.to_owned(), topic: topic.into() };
+                if let (Some(ticket), Some(waiter)) = (ticket, waiter) {
+                    let wait = match waiter {
+                        Waiter::Acked(client, id) => {
+                            AckWait { client, id: Some(id.to_owned()), topic: topic.into() }
+                        }
+                        Waiter::Caller(client) => AckWait { client, id: None, topic: topic.into() },
+                    };
                     self.waits.ack_bytes += wait.cost();
                     self.waits.acks.insert(ticket, wait);
                 }
@@ -572,7 +595,8 @@ impl Hub {
     }
 
     /// The publish `ticket` was numbered (`Some((epoch, offset))`) or failed: its ack, or an
-    /// error, goes to the publisher if it is still here.
+    /// error, goes to the publisher if it is still here (a caller hears either through
+    /// [`Outbox::numbered`]).
     pub fn append_done(
         &mut self,
         ticket: Ticket,
@@ -582,10 +606,14 @@ impl Hub {
     ) {
         let Some(wait) = self.waits.acks.remove(&ticket) else { return };
         self.waits.ack_bytes -= wait.cost();
+        let Some(id) = wait.id.as_deref() else {
+            outbox.numbered(wait.client, result);
+            return;
+        };
         match result {
             Some((epoch, offset)) => {
                 let frame = wire::build_shared_text_frame(|out| {
-                    wire::write_offset_ack(out, &wait.topic, offset, epoch, &wait.id)
+                    wire::write_offset_ack(out, &wait.topic, offset, epoch, id)
                 });
                 // Subscribed here (and live) to what it published, the publisher gets its copy
                 // first: the ack waits for it unless it went out already.
@@ -608,7 +636,7 @@ impl Hub {
             None => {
                 metrics.record_error_reply();
                 let message = HubError::Unavailable.to_string();
-                send(outbox, wait.client, |out| wire::write_error(out, &message, Some(&wait.id)));
+                send(outbox, wait.client, |out| wire::write_error(out, &message, Some(id)));
             }
         }
     }

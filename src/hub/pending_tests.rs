@@ -71,6 +71,9 @@ impl Outbox for Relayed {
     fn backplane(&mut self) -> Option<&mut dyn Backplane> {
         Some(&mut self.backplane)
     }
+    fn numbered(&mut self, caller: ClientId, numbered: Option<(&str, history::Offset)>) {
+        self.outbox.numbered(caller, numbered);
+    }
 }
 
 const EPOCH: &str = "0123456789abcdef";
@@ -230,6 +233,61 @@ fn publishes_are_acked_with_their_offset_or_refused_while_redis_is_down() {
         [json!({"type":"error","payload":{"message":"History unavailable: Redis is down"},"id":4})]
     );
     assert_eq!(node.metrics.history_unavailable, 1);
+}
+
+#[test]
+fn a_caller_hears_its_offset_or_the_failure_through_the_outbox() {
+    // Caller 7 (an HTTP connection): not a protocol client, it never gets a frame.
+    let mut node = Node::new(true, [1]);
+    let data: &RawValue = serde_json::from_str("{\"n\":1}").unwrap();
+    let publish = |node: &mut Node| node.hub.publish_as(7, "t", data, &mut node.net, &mut node.metrics);
+    assert_eq!(publish(&mut node), Ok(None), "waits for its offset");
+    assert_eq!(node.net.backplane.appends[0].1, "{\"n\":1}");
+    let ticket = node.net.backplane.appends[0].2.expect("a ticket: someone waits");
+    assert_eq!(node.hub.waiting(), (0, 1));
+    node.hub.append_done(ticket, Some((EPOCH, 42)), &mut node.net.outbox, &mut node.metrics);
+    assert_eq!(node.net.outbox.answers, [(7, Some((EPOCH.to_string(), 42)))]);
+    assert_eq!(node.hub.waiting(), (0, 0));
+    // Failed late (an error reply), or lost with the connection: `None`, no error frame.
+    assert_eq!(publish(&mut node), Ok(None));
+    let ticket = node.net.backplane.appends[1].2.unwrap();
+    node.hub.append_done(ticket, None, &mut node.net.outbox, &mut node.metrics);
+    assert_eq!(publish(&mut node), Ok(None));
+    node.hub.backplane_down(&mut node.net.outbox, &mut node.metrics);
+    assert_eq!(node.net.outbox.answers[1..], [(7, None), (7, None)]);
+    assert_eq!(node.metrics.error_replies, 0, "no protocol error was sent");
+    // Gone before the answer: it is dropped. Redis down: refused at once, counted.
+    assert_eq!(publish(&mut node), Ok(None));
+    node.hub.remove_client(7);
+    assert_eq!(node.hub.waiting(), (0, 0));
+    let ticket = node.net.backplane.appends[3].2.unwrap();
+    node.hub.append_done(ticket, Some((EPOCH, 43)), &mut node.net.outbox, &mut node.metrics);
+    assert_eq!(node.net.outbox.answers.len(), 3);
+    node.net.backplane.up = false;
+    assert_eq!(publish(&mut node), Err(HubError::Unavailable));
+    assert_eq!(node.metrics.history_unavailable, 1);
+    assert!(node.take(1).is_empty());
+}
+
+#[test]
+fn callers_waiting_count_against_the_acks_in_flight() {
+    let mut node = Node::new(true, [1]);
+    let data: &RawValue = serde_json::from_str("1").unwrap();
+    for caller in 0..pending::MAX_PENDING_ACKS {
+        assert_eq!(node.hub.publish_as(caller, "t", data, &mut node.net, &mut node.metrics), Ok(None));
+    }
+    let over = pending::MAX_PENDING_ACKS;
+    assert_eq!(
+        node.hub.publish_as(over, "t", data, &mut node.net, &mut node.metrics),
+        Err(HubError::Unavailable)
+    );
+    let refused = node.send(1, json!({"type":"publish","payload":{"topic":"t","data":1},"id":1}));
+    assert_eq!(refused[0]["payload"]["message"], "History unavailable: Redis is down");
+    assert_eq!(node.metrics.history_unavailable, 2);
+    // One answered: room for one more.
+    let ticket = node.net.backplane.appends[0].2.unwrap();
+    node.hub.append_done(ticket, Some((EPOCH, 1)), &mut node.net.outbox, &mut node.metrics);
+    assert_eq!(node.hub.publish_as(over, "t", data, &mut node.net, &mut node.metrics), Ok(None));
 }
 
 #[test]

@@ -15,6 +15,8 @@ pub(crate) struct FakeOutbox {
     pub queues: BTreeMap<ClientId, Vec<Rc<[u8]>>>,
     /// Clients that refuse deliveries (cut off as slow consumers).
     pub refusing: BTreeSet<ClientId>,
+    /// What `numbered` answered callers, in order.
+    pub answers: Vec<(ClientId, Option<(String, u64)>)>,
 }
 
 impl FakeOutbox {
@@ -53,6 +55,10 @@ impl Outbox for FakeOutbox {
             }
         }
         taken
+    }
+
+    fn numbered(&mut self, caller: ClientId, numbered: Option<(&str, history::Offset)>) {
+        self.answers.push((caller, numbered.map(|(epoch, offset)| (epoch.to_string(), offset))));
     }
 }
 

@@ -91,16 +91,29 @@ pub struct UpgradePolicy {
 pub struct Rejection {
     pub status: u16,
     pub reason: &'static str,
+    /// It answers a HEAD: headers only (RFC 9110 section 9.3.2).
+    head_only: bool,
 }
 
 impl Rejection {
     pub const fn new(status: u16, reason: &'static str) -> Rejection {
-        Rejection { status, reason }
+        Rejection { status, reason, head_only: false }
+    }
+
+    /// This refusal as the answer to a request with `method`: without its body for a HEAD.
+    pub fn answering(mut self, method: &str) -> Rejection {
+        self.head_only = method == "HEAD";
+        self
     }
 
     /// Writes a complete `Connection: close` response (426 carries the version we speak).
     pub fn write_response(&self, out: &mut Vec<u8>) {
         write_plain_response(out, self.status, self.reason, self.status == 426);
+        if self.head_only {
+            // Every header, `Content-Length` included, as a GET would get them; not the body
+            // (the reason and its line end).
+            out.truncate(out.len() - self.reason.len() - 1);
+        }
     }
 }
 
@@ -117,7 +130,9 @@ pub fn status_text(status: u16) -> &'static str {
         408 => "Request Timeout",
         411 => "Length Required",
         413 => "Content Too Large",
+        415 => "Unsupported Media Type",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
@@ -271,6 +286,22 @@ impl<'b> RequestHead<'b> {
         Ok(found)
     }
 
+    /// The one `Host` of an HTTP/1.1 request (RFC 9112 section 3.2: a server MUST answer 400
+    /// when it is missing, empty or repeated; a check must not see one Host while a proxy
+    /// routes by another). HTTP/1.0 needs none, but may not repeat it either. Every request
+    /// goes through this, upgrades and plain HTTP alike.
+    pub fn host(&self) -> Result<Option<&'b [u8]>, Rejection> {
+        let mut hosts = self.headers().iter().filter(|h| h.name.eq_ignore_ascii_case("host"));
+        let host = hosts.next().map(|h| h.value);
+        if hosts.next().is_some() {
+            return Err(Rejection::new(400, "more than one Host header"));
+        }
+        if self.version == 1 && host.is_none_or(|h| trim(h).is_empty()) {
+            return Err(Rejection::new(400, "missing Host header"));
+        }
+        Ok(host)
+    }
+
     /// `Transfer-Encoding` present (we do not accept chunked bodies).
     pub fn has_transfer_encoding(&self) -> bool {
         self.header("transfer-encoding").is_some()
@@ -285,15 +316,7 @@ impl<'b> RequestHead<'b> {
         if self.version != 1 {
             return Err(Rejection::new(400, "WebSocket upgrade requires HTTP/1.1"));
         }
-        let host = self.header("host");
-        if host.is_none_or(|h| trim(h).is_empty()) {
-            return Err(Rejection::new(400, "missing Host header"));
-        }
-        // RFC 7230 section 5.4: more than one Host is a 400 (the origin check must not see one
-        // Host while a proxy routes by another).
-        if self.headers().iter().filter(|h| h.name.eq_ignore_ascii_case("host")).count() > 1 {
-            return Err(Rejection::new(400, "more than one Host header"));
-        }
+        let host = self.host()?;
         // RFC 9112 section 6: bytes after a head that announces a body are that body; accepting
         // the upgrade would read them as WebSocket frames.
         if self.has_transfer_encoding() || !matches!(self.content_length(), Ok(None | Some(0))) {

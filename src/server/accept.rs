@@ -263,12 +263,8 @@ fn on_request(conns: &mut Slab<Connection>, s: &mut Shared, key: usize) {
     if head.path() == s.settings.path {
         // The WebSocket endpoint exists; this request just did not ask to upgrade. 426 says
         // so (404 said there was nothing here).
-        reject(
-            conn,
-            s,
-            key,
-            Rejection::new(426, "this endpoint speaks WebSocket only; send an upgrade request"),
-        );
+        let refusal = Rejection::new(426, "this endpoint speaks WebSocket only; send an upgrade request");
+        reject(conn, s, key, refusal.answering(head.method));
         return;
     }
     on_http(conns, s, key, input);

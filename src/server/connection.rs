@@ -25,6 +25,10 @@ pub enum Phase {
     /// The session is out of its slot while the reactor hands its events to the hub (so the hub
     /// may deliver to every connection, this one included).
     Busy,
+    /// An HTTP request whose answer waits on the backplane (a publish's offset from Redis):
+    /// input is discarded, and the answer comes through the hub (`Outbox::numbered`), within
+    /// the backplane's reply deadline; `deadline` is only a backstop (503 if ever reached).
+    Held { deadline: Millis },
     /// A last response or close frame is queued: once it is written, shut down our side.
     Lingering { deadline: Millis },
     /// Our side is shut down: discard input until the peer closes or the deadline passes.

@@ -17,15 +17,21 @@
 //! [`Cuts::apply`] cuts those clients off (1008, counted as slow consumers) right after the hub
 //! returns (the hub is busy during the call). Used by every caller of the hub: WebSocket
 //! messages (`frames`), the HTTP publish API (`http_route`) and the backplane (`relay`).
+//!
+//! The answers to held HTTP publishes ([`Phase::Held`](super::connection::Phase::Held)),
+//! which the hub gives through [`Outbox::numbered`] when Redis has numbered them, leave the
+//! same way: built here, written by [`Cuts::apply`] once the hub has returned.
 
 use slab::Slab;
 
 use super::connection::Connection;
-use super::lifecycle::cut_slow_consumer;
+use super::lifecycle::{answer_held, cut_slow_consumer};
 use super::state::{Settings, Shared};
 use super::timers::NEVER;
 use crate::backplane::redis::{BackplaneStats, RedisBackplane};
 use crate::backplane::Backplane;
+use crate::http::{self, Response};
+use crate::hub::history::Offset;
 use crate::hub::{ClientId, Outbox};
 use crate::protocol::deflate::{DeflateStats, Deflater, SharedMessage};
 
@@ -41,6 +47,8 @@ pub(super) struct Deliveries<'a> {
     send_queue: usize,
     /// Clients over a bound during this call; cut off right after it (the hub is busy).
     cuts: Vec<usize>,
+    /// Held HTTP requests answered during this call; written right after it.
+    answers: Vec<(usize, Response)>,
     /// A subscriber's queue reached the flush-soon mark.
     flush_soon: bool,
     /// Where publishes go on to the other nodes; `None` for a single node and for messages that
@@ -53,6 +61,7 @@ pub(super) struct Deliveries<'a> {
 #[derive(Default)]
 pub(super) struct Cuts {
     cuts: Vec<usize>,
+    answers: Vec<(usize, Response)>,
     flush_soon: bool,
 }
 
@@ -60,15 +69,21 @@ impl Cuts {
     /// Adds what another fan-out left, for a handler that runs several before it can end them.
     pub(super) fn absorb(&mut self, other: Cuts) {
         self.cuts.extend(other.cuts);
+        self.answers.extend(other.answers);
         self.flush_soon |= other.flush_soon;
     }
 
-    /// Cuts off each refused client, and tells the loop to flush soon if a queue grew big.
+    /// Cuts off each refused client, answers the held requests, and tells the loop to flush
+    /// soon if a queue grew big.
     pub(super) fn apply(self, conns: &mut Slab<Connection>, s: &mut Shared) {
         s.flush_soon |= self.flush_soon;
         for key in self.cuts {
             let Some(conn) = conns.get_mut(key) else { continue };
             cut_slow_consumer(conn, s, key);
+        }
+        for (key, response) in self.answers {
+            let Some(conn) = conns.get_mut(key) else { continue };
+            answer_held(conn, s, key, &response);
         }
     }
 }
@@ -87,6 +102,7 @@ impl<'a> Deliveries<'a> {
             max_queued_bytes: settings.max_queued_bytes,
             send_queue: settings.send_queue,
             cuts: Vec::new(),
+            answers: Vec::new(),
             flush_soon: false,
             backplane: None,
         }
@@ -94,7 +110,7 @@ impl<'a> Deliveries<'a> {
 
     /// Ends the fan-out, releasing the connections; what is left to do is in the [`Cuts`].
     pub(super) fn finish(self) -> Cuts {
-        Cuts { cuts: self.cuts, flush_soon: self.flush_soon }
+        Cuts { cuts: self.cuts, answers: self.answers, flush_soon: self.flush_soon }
     }
 
     /// The backplane's state and counters, for `/healthz` and `/metrics`.
@@ -159,5 +175,9 @@ impl Outbox for Deliveries<'_> {
 
     fn backplane(&mut self) -> Option<&mut dyn Backplane> {
         self.backplane.as_deref_mut().map(|b| b as &mut dyn Backplane)
+    }
+
+    fn numbered(&mut self, caller: ClientId, numbered: Option<(&str, Offset)>) {
+        self.answers.push((caller, http::numbered(numbered)));
     }
 }

@@ -1,9 +1,15 @@
 //! Plain HTTP requests on the server's port: health, metrics and the publish API.
 //!
 //! [`on_http`] checks the framing the reactor relies on (one exact `Content-Length`, never
-//! chunked), waits for the body (answering `Expect: 100-continue` once), then lets
+//! chunked, one `Host`), waits for the body (answering `Expect: 100-continue` once), then lets
 //! [`crate::http`] decide the response, sans-IO. A publish fans out through [`Deliveries`] like a
 //! WebSocket message does. Every answer is the connection's last: it lingers, then closes.
+//!
+//! A publish on history kept in Redis is answered once Redis has numbered it: the connection
+//! is [held](Phase::Held) (its input discarded, its buffer freed) and the hub's answer comes
+//! back through the outbox of the backplane's events (`fanout::Cuts::apply`). The backplane
+//! answers or fails every request within [`REPLY_DEADLINE`]; a client that closes meanwhile is
+//! reaped as usual, which drops its wait in the hub, so the answer finds nothing.
 
 use slab::Slab;
 
@@ -11,8 +17,14 @@ use super::connection::{Connection, Ending, Phase};
 use super::fanout::Deliveries;
 use super::lifecycle::{linger, mark, reject_http};
 use super::state::Shared;
+use crate::backplane::redis::REPLY_DEADLINE;
 use crate::http::{self, HttpContext, HttpRequest};
 use crate::protocol::handshake::{self, Rejection};
+use crate::protocol::session::Millis;
+
+/// How long a held request may wait at most: a backstop, since the backplane answers or fails
+/// within its reply deadline (plus a turn) and the hub then answers at once.
+const HELD_BACKSTOP: Millis = 2 * REPLY_DEADLINE;
 
 /// A plain HTTP request (healthz, metrics, publish API). `input` holds head and body so far.
 pub(super) fn on_http(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, input: Vec<u8>) {
@@ -20,10 +32,10 @@ pub(super) fn on_http(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, 
         Ok(Some(head)) => head,
         _ => unreachable!("parsed just before"),
     };
-    let content_length = match head.content_length() {
-        Ok(n) => n,
+    let (host, content_length) = match head.host().and_then(|host| Ok((host, head.content_length()?))) {
+        Ok(checked) => checked,
         Err(rejection) => {
-            reject_http(&mut conns[key], s, key, rejection);
+            reject_http(&mut conns[key], s, key, rejection.answering(head.method));
             return;
         }
     };
@@ -35,7 +47,7 @@ pub(super) fn on_http(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, 
         } else {
             Rejection::new(411, "chunked bodies are not accepted")
         };
-        reject_http(&mut conns[key], s, key, rejection);
+        reject_http(&mut conns[key], s, key, rejection.answering(head.method));
         return;
     }
     let peer_is_loopback = conns[key].peer.ip().is_loopback();
@@ -47,7 +59,7 @@ pub(super) fn on_http(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, 
         peer_is_loopback,
         content_type: head.header("content-type"),
         origin: head.header("origin"),
-        host: head.header("host"),
+        host,
     };
     let body_len = match http::body_plan(&request, &s.settings.http) {
         Ok(n) => n,
@@ -87,6 +99,7 @@ pub(super) fn on_http(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, 
         body,
         &s.settings.http,
         &mut HttpContext {
+            caller: key,
             hub: &mut s.hub,
             outbox: &mut outbox,
             metrics: &mut s.metrics,
@@ -98,7 +111,13 @@ pub(super) fn on_http(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, 
     );
     let cuts = outbox.finish();
     let conn = &mut conns[key];
-    conn.out.append_with(&mut s.pool, |out| response.write_to(out));
-    linger(conn, s, key, Ending::Normal);
+    match response {
+        Some(response) => {
+            conn.out.append_with(&mut s.pool, |out| response.write_to(out));
+            linger(conn, s, key, Ending::Normal);
+        }
+        // The answer waits for Redis (see `Phase::Held`); the reactor re-arms the backstop.
+        None => conn.phase = Phase::Held { deadline: s.now + HELD_BACKSTOP },
+    }
     cuts.apply(conns, s);
 }

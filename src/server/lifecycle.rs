@@ -22,6 +22,7 @@ use super::admission::AddrKey;
 use super::connection::{Connection, Ending, Phase};
 use super::state::{Mode, Shared};
 use super::timers::NEVER;
+use crate::http::Response;
 use crate::metrics::TlsFailure;
 use crate::protocol::close::code;
 use crate::protocol::frame;
@@ -143,6 +144,19 @@ pub(super) fn reject_http(conn: &mut Connection, s: &mut Shared, key: usize, rej
     linger(conn, s, key, Ending::Rejected);
 }
 
+/// The answer to a held HTTP request ([`Phase::Held`]) came: written, counted, then the
+/// connection ends like any HTTP exchange. A connection no longer held (answered by the
+/// backstop, closing) drops it.
+pub(super) fn answer_held(conn: &mut Connection, s: &mut Shared, key: usize, response: &Response) {
+    if conn.doomed || !matches!(conn.phase, Phase::Held { .. }) {
+        return;
+    }
+    s.metrics.http_response(response.status);
+    conn.out.append_with(&mut s.pool, |out| response.write_to(out));
+    linger(conn, s, key, Ending::Normal);
+    rearm(conn, s, key);
+}
+
 /// The last bytes are queued: write them, then shut down, bounded by the close timeout.
 pub(super) fn linger(conn: &mut Connection, s: &mut Shared, key: usize, ending: Ending) {
     if conn.ending == Ending::None {
@@ -207,8 +221,15 @@ pub(super) fn on_eof(conn: &mut Connection, s: &mut Shared, key: usize) {
     // still goes out, best effort, before the socket is dropped.
     flush(conn, s, key);
     let ending = if matches!(conn.phase, Phase::Draining { .. }) { Ending::Normal } else { Ending::PeerGone };
-    if conn.transport.handshaking() && !conn.doomed {
-        s.metrics.tls_handshake_failed(TlsFailure::Closed);
+    if conn.transport.handshaking() {
+        if !conn.doomed {
+            s.metrics.tls_handshake_failed(TlsFailure::Closed);
+        }
+    } else if !conn.doomed && !matches!(conn.phase, Phase::Draining { .. }) {
+        // Then our end, best effort: over TLS a close_notify (RFC 8446 section 6.1: each side
+        // sends one before closing), so a client that left mid-frame or mid-request sees a
+        // clean end rather than a truncation. Draining has sent it already.
+        let _ = conn.transport.finish();
     }
     doom(conn, s, key, ending);
 }
@@ -224,9 +245,10 @@ pub(super) fn rearm(conn: &mut Connection, s: &mut Shared, key: usize) {
         s.admission.head_done(key);
     }
     let deadline = match &conn.phase {
-        Phase::Handshake { deadline, .. } | Phase::Lingering { deadline } | Phase::Draining { deadline } => {
-            *deadline
-        }
+        Phase::Handshake { deadline, .. }
+        | Phase::Held { deadline }
+        | Phase::Lingering { deadline }
+        | Phase::Draining { deadline } => *deadline,
         Phase::Open(session) => {
             let mut d = session.next_timeout(&s.settings.session).unwrap_or(NEVER);
             if conn.has_output() {

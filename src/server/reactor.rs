@@ -407,7 +407,7 @@ impl Server {
                 Phase::Handshake { .. } => accept::on_request_bytes(&mut self.conns, s, key, n),
                 Phase::Open(_) => on_frames(&mut self.conns, s, key, start, end),
                 Phase::Busy => unreachable!("the session is only out of its slot inside on_frames"),
-                Phase::Lingering { .. } | Phase::Draining { .. } => {} // discarded
+                Phase::Held { .. } | Phase::Lingering { .. } | Phase::Draining { .. } => {} // discarded
             }
             rearm_key(&mut self.conns, &mut self.shared, key);
             // A short read drained the socket: with edge-triggered readiness the next arrival

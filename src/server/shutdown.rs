@@ -3,8 +3,9 @@
 //! `shutdown_timeout` has passed.
 //!
 //! A request still arriving gets 503; an open connection gets close 1001 (going away) and the
-//! usual close handshake, bounded by its close timeout. The loop checks the overall deadline at
-//! the top of each turn.
+//! usual close handshake, bounded by its close timeout. A held HTTP publish keeps waiting for
+//! its answer from Redis (which comes within the reply deadline). The loop checks the overall
+//! deadline at the top of each turn.
 
 use log::{info, warn};
 use mio::net::TcpListener;

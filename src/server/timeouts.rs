@@ -2,7 +2,8 @@
 //!
 //! Every connection has at most one live entry in the timer queue ([`super::timers`]), armed by
 //! `lifecycle::rearm` for its phase's next deadline. When it comes due, [`on_timer`] decides:
-//! a request head that never finished gets 408; a lingering or draining connection is dropped;
+//! a request head that never finished gets 408; a held HTTP request that was never answered gets
+//! 503; a lingering or draining connection is dropped;
 //! an open one that made no write progress for `write_wait` is dropped, and otherwise its session
 //! sends a ping or gives up on a missing pong or close.
 
@@ -12,7 +13,7 @@ use slab::Slab;
 
 use super::connection::{Connection, Ending, Phase};
 use super::history_timer::HISTORY_TIMER;
-use super::lifecycle::{doom, linger, mark, rearm, reject_http};
+use super::lifecycle::{answer_held, doom, linger, mark, rearm, reject_http};
 use super::relay::{self, BACKPLANE_TIMER};
 use super::state::Shared;
 use super::timers::NEVER;
@@ -64,6 +65,12 @@ pub(super) fn on_timer(conn: &mut Connection, s: &mut Shared, key: usize) {
             // the drain limit.
             conn.ending = Ending::HandshakeTimeout;
             reject_http(conn, s, key, Rejection::new(408, "request not received in time"));
+        }
+        Phase::Held { deadline } if now >= *deadline => {
+            // The backplane answers within its reply deadline, so this is not expected: the
+            // request is not left waiting for ever all the same.
+            debug!(conn = key; "held HTTP request not answered in time");
+            answer_held(conn, s, key, &crate::http::unavailable());
         }
         Phase::Lingering { deadline } | Phase::Draining { deadline } if now >= *deadline => {
             doom(conn, s, key, Ending::CloseTimeout);

@@ -32,6 +32,15 @@ fn unsigned(header: Value, claims: &Value) -> String {
     format!("{}.{}.c2ln", b64(&header), b64(claims))
 }
 
+/// A token with the given header, properly signed with the test secret.
+fn signed(header: Value, claims: &Value) -> String {
+    let message = format!("{}.{}", b64(&header), b64(claims));
+    let signature =
+        jsonwebtoken::crypto::sign(message.as_bytes(), &EncodingKey::from_secret(SECRET), Algorithm::HS256)
+            .unwrap();
+    format!("{message}.{signature}")
+}
+
 fn ok_claims() -> Value {
     json!({"sub": "42", "exp": NOW + 60, "wshub": {"subscribe": ["news.*", "user.{sub}"], "publish": ["chat"]}})
 }
@@ -83,6 +92,11 @@ fn refusal_table() {
         ("patterns not strings", hs(Algorithm::HS256, &json!({"exp": NOW + 60, "wshub": {"subscribe": [1]}})), Err(Refusal::Malformed)),
         ("too many patterns", hs(Algorithm::HS256, &json!({"exp": NOW + 60, "wshub": {"publish": vec!["t"; 65]}})), Err(Refusal::Malformed)),
         ("aud ignored when not configured", hs(Algorithm::HS256, &json!({"exp": NOW + 60, "aud": "x"})), Ok(())),
+        ("signed header", signed(json!({"alg": "HS256", "typ": "JWT", "kid": "k1"}), &ok_claims()), Ok(())),
+        // RFC 7515 section 4.1.11: a `crit` extension the recipient does not understand makes
+        // the token invalid, and we understand none.
+        ("crit extension", signed(json!({"alg": "HS256", "crit": ["exp"]}), &ok_claims()), Err(Refusal::Malformed)),
+        ("crit empty", signed(json!({"alg": "HS256", "crit": []}), &ok_claims()), Err(Refusal::Malformed)),
         ("too long", "a".repeat(super::super::extract::MAX_TOKEN_LEN + 1), Err(Refusal::Malformed)),
     ];
     for (name, token, expected) in cases {
