@@ -158,12 +158,11 @@ impl Connection {
         self.out.queued_bytes() + self.transport.pending_bytes()
     }
 
-    /// Records the outcome of a flush for the write-progress timer.
+    /// Records the outcome of a flush that left output waiting, for the write-progress timer
+    /// (a flush that left none clears it: `last_progress` is `NEVER` while nothing waits).
     #[inline]
-    pub fn note_flush(&mut self, written: usize, now: Millis) {
-        if !self.has_output() {
-            self.last_progress = super::timers::NEVER;
-        } else if written > 0 || self.last_progress == super::timers::NEVER {
+    pub fn note_progress(&mut self, written: usize, now: Millis) {
+        if written > 0 || self.last_progress == super::timers::NEVER {
             // Progress, or the first time output is left waiting: the stall clock (re)starts.
             self.last_progress = now;
         }

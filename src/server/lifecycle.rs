@@ -69,53 +69,62 @@ pub(super) fn flush(conn: &mut Connection, s: &mut Shared, key: usize) {
 }
 
 /// As [`flush`], writing at most `limit` bytes; returns how many were written. Output left by
-/// the limit (not refused by the socket) goes to the backlog for the next turn.
+/// the limit (not refused by the socket) goes to the backlog for the next turn. Always inlined
+/// (two callers): [`flush_dirty`] runs it once per delivery in a wide fan-out, where as a call
+/// it cost about 25 instructions of its own (see bench/RESULTS.md).
+#[inline(always)]
 fn flush_limited(conn: &mut Connection, s: &mut Shared, key: usize, limit: usize) -> usize {
-    let mut written = 0;
-    if conn.has_output() {
-        let blocked = match conn.transport.flush_limited(&mut conn.out, &mut s.pool, limit) {
-            Ok(f) => {
-                conn.note_flush(f.written, s.now);
-                s.metrics.bytes_out(f.written as u64);
-                written = f.written;
-                f.blocked
-            }
-            Err(e) => {
-                socket_failed(conn, s, key, "write", &e);
-                return written;
-            }
-        };
-        if !conn.has_output() {
-            conn.kernel_queued = 0;
-        } else if blocked {
-            // The socket refused more: what it holds unsent is this client's too.
-            let unsent = crate::sys::unsent_bytes(conn.transport.socket().as_raw_fd()).unwrap_or(0);
-            conn.kernel_queued = u32::try_from(unsent).unwrap_or(u32::MAX);
-        } else if !conn.dirty {
-            // Stopped by the budget: carry on next turn, after everyone else had theirs.
-            conn.dirty = true;
-            s.backlog.push(key);
-        }
-        if conn.is_open()
-            && (conn.unsent_bytes() > s.settings.max_queued_bytes
-                || blocked && conn.out.shared_frames() > s.settings.send_queue)
-        {
-            cut_slow_consumer(conn, s, key);
-            return written;
-        }
-    }
     if !conn.has_output() {
-        if let Phase::Lingering { deadline } = conn.phase {
-            // Everything is out: close_notify (TLS) and FIN after the last byte, then wait for
-            // the peer's FIN so unread input does not turn our close into a reset.
-            match conn.transport.finish() {
-                Ok(true) => conn.phase = Phase::Draining { deadline },
-                Ok(false) => mark(conn, s, key), // close_notify waits for the socket
-                Err(e) => socket_failed(conn, s, key, "write", &e),
-            }
+        finish_lingering(conn, s, key);
+        return 0;
+    }
+    let f = match conn.transport.flush_limited(&mut conn.out, &mut s.pool, limit) {
+        Ok(f) => f,
+        Err(e) => {
+            socket_failed(conn, s, key, "write", &e);
+            return 0;
+        }
+    };
+    s.metrics.bytes_out(f.written as u64);
+    if !conn.has_output() {
+        // Everything is out, the usual end of a flush (a fan-out pays this once per delivery):
+        // no stall clock, nothing unsent anywhere, so no bound to judge.
+        conn.last_progress = NEVER;
+        conn.kernel_queued = 0;
+        finish_lingering(conn, s, key);
+        return f.written;
+    }
+    conn.note_progress(f.written, s.now);
+    if f.blocked {
+        // The socket refused more: what it holds unsent is this client's too.
+        let unsent = crate::sys::unsent_bytes(conn.transport.socket().as_raw_fd()).unwrap_or(0);
+        conn.kernel_queued = u32::try_from(unsent).unwrap_or(u32::MAX);
+    } else if !conn.dirty {
+        // Stopped by the budget: carry on next turn, after everyone else had theirs.
+        conn.dirty = true;
+        s.backlog.push(key);
+    }
+    if conn.is_open()
+        && (conn.unsent_bytes() > s.settings.max_queued_bytes
+            || f.blocked && conn.out.shared_frames() > s.settings.send_queue)
+    {
+        cut_slow_consumer(conn, s, key);
+    }
+    f.written
+}
+
+/// A lingering connection whose output is all out: close_notify (TLS) and FIN after the last
+/// byte, then wait for the peer's FIN so unread input does not turn our close into a reset.
+/// Always inlined: every flush asks, and as a call the question cost 12 instructions.
+#[inline(always)]
+fn finish_lingering(conn: &mut Connection, s: &mut Shared, key: usize) {
+    if let Phase::Lingering { deadline } = conn.phase {
+        match conn.transport.finish() {
+            Ok(true) => conn.phase = Phase::Draining { deadline },
+            Ok(false) => mark(conn, s, key), // close_notify waits for the socket
+            Err(e) => socket_failed(conn, s, key, "write", &e),
         }
     }
-    written
 }
 
 /// Queue a refusal and end the connection after it is written.
@@ -283,8 +292,17 @@ pub(super) fn flush_now(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
 /// over from the last turn first. Once this turn's [`TURN_WRITE_BUDGET`] is spent, the rest
 /// wait in the backlog for the next turn (the loop does not sleep while it is not empty).
 pub(super) fn flush_dirty(conns: &mut Slab<Connection>, s: &mut Shared) {
-    let mut work = std::mem::take(&mut s.backlog);
-    work.append(&mut s.dirty);
+    // Three lists take turns (this turn's marks, the backlog, the list being flushed), so each
+    // keeps its capacity and a steady fan-out allocates and copies none: a fan-out to 10,000
+    // subscribers marks 10,000 connections, 80 KB that were copied into a list regrown from
+    // nothing every turn (and the backlog regrown whenever the turn budget ran out).
+    let mut work = std::mem::replace(&mut s.backlog, std::mem::take(&mut s.flush_spare));
+    if work.is_empty() {
+        // The usual turn, with no backlog: this turn's marks are the work as they are.
+        std::mem::swap(&mut work, &mut s.dirty);
+    } else {
+        work.append(&mut s.dirty);
+    }
     for key in work.drain(..) {
         let Some(conn) = conns.get_mut(key) else { continue };
         conn.dirty = false;
@@ -303,10 +321,7 @@ pub(super) fn flush_dirty(conns: &mut Slab<Connection>, s: &mut Shared) {
             rearm(conn, s, key);
         }
     }
-    // Hand the (empty) list back so its capacity is reused next turn.
-    if s.dirty.is_empty() {
-        s.dirty = work;
-    }
+    s.flush_spare = work;
 }
 
 /// Whether a connection flushed at the end of the turn needs [`rearm`]. Not an open one whose

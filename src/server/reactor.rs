@@ -199,6 +199,7 @@ impl Server {
                 doomed: Vec::new(),
                 reread: Vec::new(),
                 backlog: Vec::new(),
+                flush_spare: Vec::new(),
                 flush_soon: false,
                 refusing: 0,
                 turn_write_budget: TURN_WRITE_BUDGET,

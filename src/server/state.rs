@@ -88,6 +88,9 @@ pub(super) struct Shared {
     /// Connections whose output was left for the next turn by the write budget (still marked
     /// dirty); flushed first next turn, and the loop does not sleep while there are any.
     pub(super) backlog: Vec<usize>,
+    /// Always empty between turns: the third list `lifecycle::flush_dirty` rotates with `dirty`
+    /// and `backlog`, kept for its capacity.
+    pub(super) flush_spare: Vec<usize>,
     /// A delivery left a subscriber with a big queue: read no more this turn (connections with
     /// input left go to `reread`) and flush at its end rather than gathering more turns.
     pub(super) flush_soon: bool,
