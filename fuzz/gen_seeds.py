@@ -296,3 +296,68 @@ bp("history_in_redis", b"redis://127.0.0.1:6379",
           + bulk(b"4 999 1") + bulk(b"5 999 [2]")),
     hfeed("sub", resp_msg(b"wshub:topic:t", b"E" + EPOCH + b" 6 [6]")),
     hfeed("sub", resp_msg(b"wshub:topic:t", b"E" + EPOCH + b" x [6]"))], settings=0x0a)
+
+
+# http_request: policy byte (bit 0 API key, 1 loopback peer, 2 history, 3 demo page, 4-5 origin
+# policy, 6 the key is empty), limits byte (bits 0-2 body limit 0/16/300/64K/1M, 3-4 head
+# limit), chunk sizes, then the request. See fuzz/src/http_checks.rs.
+def hr(name, request, policy=0x02, limits=0x03, sizes=b""):
+    write("http_request", name, bytes([policy, limits, len(sizes)]) + sizes + request)
+
+
+def http(line, headers, body=b"", length=True):
+    out = line + b"\r\n"
+    for name, value in headers:
+        out += name + b": " + value + b"\r\n"
+    if length and body:
+        out += b"Content-Length: " + str(len(body)).encode() + b"\r\n"
+    return out + b"\r\n" + body
+
+
+LOCAL = [(b"Host", b"localhost:8080"), (b"Content-Type", b"application/json")]
+KEYED = [(b"Host", b"example.com"), (b"Content-Type", b"application/json; charset=utf-8"),
+         (b"Authorization", b"Bearer fuzz-key")]
+PUB = b'{"topic":"news","data":{"x":[1,2,"\\u00e9"]}}'
+hr("publish_local", http(b"POST /publish HTTP/1.1", LOCAL, PUB))
+hr("publish_pieces_continue", http(b"POST /publish?x=1 HTTP/1.1", LOCAL + [(b"Expect", b"100-continue")], PUB),
+   sizes=bytes([40, 1, 0, 7]))
+hr("publish_history", http(b"POST /publish HTTP/1.1", LOCAL, b'{"data":5,"topic":"sport"}'), policy=0x06)
+hr("publish_escaped_topic", http(b"POST /publish HTTP/1.1", LOCAL, b'{"topic":"a\\"b","data":null}'))
+hr("publish_unicode_topic", http(b"POST /publish HTTP/1.1", LOCAL, '{"topic":"日本","data":"ü"}'.encode()))
+hr("publish_nobody_listens", http(b"POST /publish HTTP/1.1", LOCAL, b'{"topic":"none","data":[]}'))
+hr("publish_absolute_form", http(b"POST http://localhost/publish HTTP/1.1", LOCAL, PUB))
+hr("publish_http10_no_host", http(b"POST /publish HTTP/1.0", [(b"Content-Type", b"application/json")], PUB))
+hr("broadcast_key", http(b"POST /broadcast HTTP/1.1", KEYED, b'{"data":{"k":true}}'), policy=0x01)
+hr("broadcast_wrong_key", http(b"POST /broadcast HTTP/1.1",
+                               KEYED[:2] + [(b"Authorization", b"bearer nope")], b'{"data":1}'), policy=0x01)
+hr("publish_remote_no_key", http(b"POST /publish HTTP/1.1", LOCAL, PUB), policy=0x00)
+hr("publish_empty_key", http(b"POST /publish HTTP/1.1", LOCAL, PUB), policy=0x43)
+hr("publish_text_plain", http(b"POST /publish HTTP/1.1", [(b"Host", b"127.0.0.1"), (b"Content-Type", b"text/plain")], PUB))
+hr("publish_foreign_origin", http(b"POST /publish HTTP/1.1", LOCAL + [(b"Origin", b"http://evil.test")], PUB))
+hr("publish_allowed_origin", http(b"POST /publish HTTP/1.1", LOCAL + [(b"Origin", b"http://localhost:8080")], PUB),
+   policy=0x22)
+hr("publish_rebinding_host", http(b"POST /publish HTTP/1.1", [(b"Host", b"evil.test"), LOCAL[1]], PUB))
+hr("publish_too_large", http(b"POST /publish HTTP/1.1", LOCAL, PUB), limits=0x01)
+hr("publish_invalid_json", http(b"POST /publish HTTP/1.1", LOCAL, b'{"topic":"news","data":}'))
+hr("publish_not_utf8", http(b"POST /publish HTTP/1.1", LOCAL, b'{"topic":"\xff","data":1}'))
+hr("publish_no_length", http(b"POST /publish HTTP/1.1", LOCAL, b"", length=False) + PUB)
+hr("publish_chunked", http(b"POST /publish HTTP/1.1", LOCAL + [(b"Transfer-Encoding", b"chunked")], b"", length=False)
+   + b"5\r\nhello\r\n0\r\n\r\n")
+hr("publish_chunked_and_length", http(b"POST /publish HTTP/1.1", LOCAL + [(b"Transfer-Encoding", b"chunked")], PUB))
+hr("publish_two_lengths", http(b"POST /publish HTTP/1.1", LOCAL + [(b"Content-Length", b"3")], PUB))
+hr("publish_huge_length", http(b"POST /publish HTTP/1.1", LOCAL + [(b"Content-Length", b"1000000")], b"",
+                                length=False) + PUB, limits=0x04, sizes=bytes([60, 3]))
+hr("publish_overflowing_length", http(b"POST /publish HTTP/1.1",
+                                      LOCAL + [(b"Content-Length", b"99999999999999999999999")], b"", length=False))
+hr("two_hosts", http(b"GET /healthz HTTP/1.1", [(b"Host", b"a"), (b"Host", b"b")]))
+hr("no_host", http(b"GET /healthz HTTP/1.1", []))
+hr("healthz", http(b"GET /healthz HTTP/1.1", [(b"Host", b"localhost")]), sizes=bytes([3]))
+hr("head_metrics", http(b"HEAD /metrics HTTP/1.1", [(b"Host", b"localhost")]), policy=0x06)
+hr("head_chunked", http(b"HEAD /healthz HTTP/1.1", [(b"Host", b"x"), (b"Transfer-Encoding", b"gzip")]))
+hr("client_js", http(b"GET /wshub.js HTTP/1.1", [(b"Host", b"localhost")]))
+hr("demo", http(b"GET /?q HTTP/1.1", [(b"Host", b"localhost")]), policy=0x0a)
+hr("not_found", http(b"GET /nope HTTP/1.1", [(b"Host", b"localhost")]))
+hr("wrong_method", http(b"DELETE /publish HTTP/1.1", LOCAL, PUB))
+hr("malformed", b"GET /\x01 HTTP/1.1\r\n\r\n")
+hr("head_too_large", http(b"GET /healthz HTTP/1.1", [(b"Host", b"localhost"), (b"X-Pad", b"p" * 200)]),
+   limits=0x13)

@@ -33,6 +33,7 @@ max_len() {
     frame_parser | hub_message | backplane) echo 1024 ;;
     connection) echo 768 ;;
     handshake) echo 1536 ;;
+    http_request) echo 1536 ;; # a request head and a small JSON body
     config) echo 2048 ;;
     tls_pem) echo 4096 ;; # a PEM chain with a key
     *) echo 1024 ;;

@@ -118,3 +118,41 @@ mod tls_checks;
 fn tls_pem_corpus_and_regressions() {
     replay("tls_pem", tls_checks::check_tls_pem);
 }
+
+#[allow(dead_code)]
+#[path = "../fuzz/src/http_checks.rs"]
+mod http_checks;
+
+// The replay measures what the fuzz target measures: the largest allocation before a body.
+#[global_allocator]
+static ALLOC: http_checks::CountingAlloc = http_checks::CountingAlloc;
+
+#[test]
+fn http_request_corpus_and_regressions() {
+    replay("http_request", http_checks::check_http_request);
+}
+
+#[test]
+fn http_request_seeds_reach_their_answers() {
+    // The delivery and allocation checks run only if seeds get that far.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/http_request");
+    for (seed, expected) in [
+        ("publish_local", (Some(200), 2, 0)),
+        ("publish_pieces_continue", (Some(200), 2, 1)),
+        ("publish_history", (Some(200), 1, 0)),
+        ("broadcast_key", (Some(200), 4, 0)),
+        ("publish_remote_no_key", (Some(403), 0, 0)),
+        ("publish_chunked", (Some(411), 0, 0)),
+        ("publish_huge_length", (None, 0, 0)),
+        ("head_metrics", (Some(200), 0, 0)),
+    ] {
+        let data = fs::read(dir.join(seed)).unwrap();
+        assert_eq!(http_checks::run_http_request(&data), expected, "{seed}");
+    }
+}
+
+#[test]
+fn the_allocation_counter_is_installed_and_counts() {
+    let (_, largest) = http_checks::largest_allocation(|| std::hint::black_box(vec![0u8; 5000]));
+    assert!(largest.is_some_and(|n| n >= 5000), "{largest:?}");
+}

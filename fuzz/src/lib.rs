@@ -4,5 +4,6 @@
 pub mod backplane_checks;
 pub mod checks;
 pub mod config_checks;
+pub mod http_checks;
 pub mod hub_checks;
 pub mod tls_checks;
