@@ -463,13 +463,23 @@ pub fn run_http_request(data: &[u8]) -> (Option<u16>, usize, usize) {
     let request = r.rest();
     let pieces = drive(&setup, &mut chunks(request, &sizes).into_iter());
     let whole = drive(&setup, &mut std::iter::once(request));
-    // Whole or in pieces, the same answer and the same deliveries; only pieces can make a
-    // client wait for its body, so only they can get a 100 Continue.
-    assert_eq!(pieces.end, whole.end, "in pieces vs whole");
+    // Whole or in pieces, the same answer and the same deliveries. A client waits for its body
+    // in pieces whenever it does whole (and maybe more often), and is told to go on once.
+    match (&pieces.end, &whole.end) {
+        // A partial head that reaches the head limit is refused as too large (431) before the
+        // byte that makes it malformed arrives; whole, that byte answers first (400). Both
+        // refuse, and only the reactor's reads decide which refusal comes first.
+        (End::Rejected(431), End::Rejected(_)) => return (Some(431), 0, 0),
+        (a, b) => assert_eq!(a, b, "in pieces vs whole"),
+    }
     assert_eq!(pieces.response, whole.response, "in pieces vs whole");
     assert_eq!(pieces.recorder, whole.recorder, "in pieces vs whole");
-    assert_eq!(whole.continues, 0);
-    assert!(pieces.continues <= 1);
+    assert!(
+        whole.continues <= pieces.continues && pieces.continues <= 1,
+        "{} then {}",
+        whole.continues,
+        pieces.continues
+    );
     let status = match pieces.end {
         End::Rejected(s) | End::Refused(s) | End::Answered(s) => Some(s),
         End::Incomplete | End::NotHttp => None,
