@@ -667,6 +667,55 @@ fn subscribing_to_ten_thousand_topics_stops_at_the_limit() {
 }
 
 #[test]
+fn endless_new_topics_cannot_grow_the_history_past_max_topics() {
+    // With history on, publishing to a topic nobody subscribes to keeps its state (so a client
+    // that comes back finds it), and so does subscribing then unsubscribing. Neither made a hub
+    // topic, so --max-topics did not count them and --history-max-bytes bounds only messages:
+    // one client publishing to new names grew the server ~580 bytes per name for the TTL.
+    let server = ServerProc::start(&["--history-size", "10", "--max-topics", "100"]);
+    let mut keeper = ws(&server);
+    send_json(&mut keeper, &json!({"type":"subscribe","payload":{"topic":"kept"}}));
+    let epoch = recv_json(&mut keeper)["payload"]["epoch"].as_str().unwrap().to_string();
+    let mut attacker = ws(&server);
+    let mut batch = Vec::new();
+    let pad = "x".repeat(200);
+    for i in 0..1000 {
+        let churned = format!("churn-{i}-{pad}");
+        let published = format!("publish-{i}-{pad}");
+        for msg in [
+            json!({"type":"subscribe","payload":{"topic":churned}}),
+            json!({"type":"unsubscribe","payload":{"topic":churned}}),
+            json!({"type":"publish","payload":{"topic":published,"data":i}}),
+        ] {
+            batch.extend_from_slice(&masked(OpCode::Text, true, msg.to_string().as_bytes()));
+        }
+    }
+    // A publish to the subscribed topic after the flood: its history must have survived it.
+    let publish = json!({"type":"publish","payload":{"topic":"kept","data":"after"},"id":"p"});
+    batch.extend_from_slice(&masked(OpCode::Text, true, publish.to_string().as_bytes()));
+    let mut writer = attacker.try_clone().unwrap();
+    let t = std::thread::spawn(move || writer.write_all(&batch).unwrap());
+    loop {
+        let reply = recv_json(&mut attacker);
+        if reply["id"] == "p" {
+            break;
+        }
+    }
+    t.join().unwrap();
+    let topics = metric(server.addr, "wshub_history_topics");
+    assert!(topics <= 100.0, "{topics} topics with history state, --max-topics 100");
+    // The live subscriber's topic kept its epoch and what was published to it.
+    let message = recv_json(&mut keeper);
+    assert_eq!(message["payload"]["offset"], 1, "{message}");
+    let mut back = ws(&server);
+    let since = json!({"offset":0,"epoch":epoch});
+    send_json(&mut back, &json!({"type":"subscribe","payload":{"topic":"kept","since":since}}));
+    assert_eq!(recv_json(&mut back)["payload"]["recovered"], true);
+    assert_eq!(recv_json(&mut back)["payload"]["data"], "after");
+    assert_healthy(&server);
+}
+
+#[test]
 fn giant_topic_names_are_refused_cheaply() {
     let server = ServerProc::start(&[]);
     let mut s = ws(&server);

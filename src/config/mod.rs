@@ -397,6 +397,7 @@ impl Config {
             size: self.history_size,
             ttl: millis(self.history_ttl).max(1),
             max_bytes: self.history_max_bytes,
+            max_topics: self.max_topics,
         })
     }
 

@@ -32,7 +32,9 @@
 //! entry, `Rc` counts); that sum is what `--history-max-bytes` bounds, evicting the oldest
 //! messages of any topic first. A topic with history state costs [`PER_TOPIC_OVERHEAD`] bytes
 //! plus its name twice, whether or not it keeps messages; such state exists only for topics
-//! published to or subscribed within the last TTL, or subscribed now. So, with `N` =
+//! published to or subscribed within the last TTL, or subscribed now, and for at most
+//! `max_topics` of them (`--max-topics`; the least recently used topic without subscribers
+//! makes room). So, with `N` =
 //! `--history-size`, `T` such topics and frames of `F` bytes:
 //! `bytes <= min(T * N * (F + 72), max_bytes) + T * (PER_TOPIC_OVERHEAD + 2 * name)` (on 64-bit
 //! Linux the overheads are 72 and 168 bytes).
@@ -67,6 +69,9 @@ pub struct HistoryConfig {
     pub ttl: Millis,
     /// Bound on the bytes all kept messages cost (frames plus [`PER_MESSAGE_OVERHEAD`]).
     pub max_bytes: usize,
+    /// Bound on the topics with history state (`--max-topics`): at it, a topic that needs
+    /// state takes the place of the least recently used one that has no subscribers.
+    pub max_topics: usize,
 }
 
 /// Where a client says it stopped: the last offset it saw in that epoch.
@@ -101,16 +106,25 @@ pub struct HistoryStats {
 pub trait HistoryStore {
     /// Records a message published to `topic`: assigns the next offset, lets `encode` build the
     /// frame with it (once), keeps that frame and returns it for fan-out.
-    fn append(&mut self, topic: &str, now: Millis, encode: &mut dyn FnMut(Offset) -> Frame) -> Frame;
+    fn append(
+        &mut self,
+        topic: &str,
+        now: Millis,
+        in_use: &dyn Fn(&str) -> bool,
+        encode: &mut dyn FnMut(Offset) -> Frame,
+    ) -> Frame;
 
     /// A client subscribes to `topic`. Creates the topic's state (fresh epoch) if it had none.
     /// With `since`, pushes onto `replay` every kept frame after it, in order, when the epoch
     /// matches and nothing after it was dropped (`recovered: true`), and nothing otherwise.
+    /// `in_use(topic)` says whether a topic has subscribers: a topic that needs new state at
+    /// the topic bound takes the place of one that has none (so does `append`'s).
     fn subscribe(
         &mut self,
         topic: &str,
         since: Option<Since<'_>>,
         now: Millis,
+        in_use: &dyn Fn(&str) -> bool,
         replay: &mut Vec<Frame>,
     ) -> Position;
 
@@ -172,6 +186,18 @@ struct TopicHistory {
     look_pending: bool,
 }
 
+/// An entry of the use queue: topic `key` as of its last use `touched` when queued.
+#[derive(Clone, Copy)]
+struct Turn {
+    key: usize,
+    serial: u64,
+    touched: Millis,
+}
+
+/// Topics looked at, at most, to find one to forget when a new topic needs state at the bound
+/// (each in use, or used since it was queued, goes to the back: a second chance).
+const MAKE_ROOM_STEPS: usize = 64;
+
 /// The single-node history: one ring per topic, one due queue for all.
 ///
 /// Entries enter the due queue in publish order, so the queue's front is always the next
@@ -183,6 +209,9 @@ pub struct MemoryHistory {
     topics: Slab<TopicHistory>,
     by_name: HashMap<Rc<str>, usize>,
     due: VecDeque<Due>,
+    /// Every topic with state once (plus stale entries of freed ones), least recently queued
+    /// first: who makes room at the topic bound.
+    order: VecDeque<Turn>,
     messages: usize,
     bytes: usize,
     seed: u64,
@@ -197,6 +226,7 @@ impl MemoryHistory {
             topics: Slab::new(),
             by_name: HashMap::new(),
             due: VecDeque::new(),
+            order: VecDeque::new(),
             messages: 0,
             bytes: 0,
             seed,
@@ -219,14 +249,60 @@ impl MemoryHistory {
             look_pending: false,
         });
         self.by_name.insert(name, key);
+        self.order.push_back(Turn { key, serial, touched: now });
         key
     }
 
-    fn key_of(&mut self, topic: &str, now: Millis) -> usize {
+    fn key_of(&mut self, topic: &str, now: Millis, in_use: &dyn Fn(&str) -> bool) -> usize {
         match self.by_name.get(topic) {
             Some(&key) => key,
-            None => self.new_topic(topic, now),
+            None => {
+                self.make_room(in_use);
+                self.new_topic(topic, now)
+            }
         }
+    }
+
+    /// At the topic bound, forgets the state of the least recently used topic that has no
+    /// subscribers: a client coming back to it is told `recovered: false`, as after the TTL.
+    /// Without this, every name published to (or subscribed and left) within the TTL kept
+    /// state, ~600 bytes each for a long name, however many. Second chance: a topic in use,
+    /// or used since it was queued, goes to the back; at most [`MAKE_ROOM_STEPS`] of those per
+    /// call, so a bound full of subscribed topics costs a few steps, never a scan (the state
+    /// is then made anyway: subscribed topics are bounded by the hub's own `--max-topics`).
+    fn make_room(&mut self, in_use: &dyn Fn(&str) -> bool) {
+        let mut steps = MAKE_ROOM_STEPS;
+        while self.topics.len() >= self.config.max_topics && steps > 0 {
+            let Some(turn) = self.order.pop_front() else { return };
+            let Some(topic) = self.topics.get(turn.key).filter(|t| t.serial == turn.serial) else {
+                continue; // freed by the TTL: a stale entry
+            };
+            if topic.touched != turn.touched || in_use(&topic.name) {
+                steps -= 1;
+                let touched = topic.touched;
+                self.order.push_back(Turn { touched, ..turn });
+                continue;
+            }
+            self.forget(turn.key);
+        }
+        self.compact_order();
+    }
+
+    /// Frees topic `key`'s state and whatever it keeps (its due entries go stale).
+    fn forget(&mut self, key: usize) {
+        let topic = self.topics.remove(key);
+        self.by_name.remove(&topic.name);
+        self.messages -= topic.kept.len();
+        self.bytes -= topic.kept.iter().map(|k| cost(&k.frame)).sum::<usize>();
+    }
+
+    /// Sweeps stale entries out of the use queue once they outnumber the live ones.
+    fn compact_order(&mut self) {
+        if self.order.len() <= 2 * self.topics.len() + 1024 {
+            return;
+        }
+        let topics = &self.topics;
+        self.order.retain(|turn| topics.get(turn.key).is_some_and(|t| t.serial == turn.serial));
     }
 
     /// Drops the oldest message topic `key` keeps, if any, from the totals too.
@@ -297,8 +373,14 @@ fn cost(frame: &Frame) -> usize {
 }
 
 impl HistoryStore for MemoryHistory {
-    fn append(&mut self, topic: &str, now: Millis, encode: &mut dyn FnMut(Offset) -> Frame) -> Frame {
-        let key = self.key_of(topic, now);
+    fn append(
+        &mut self,
+        topic: &str,
+        now: Millis,
+        in_use: &dyn Fn(&str) -> bool,
+        encode: &mut dyn FnMut(Offset) -> Frame,
+    ) -> Frame {
+        let key = self.key_of(topic, now, in_use);
         let t = &mut self.topics[key];
         t.last += 1;
         t.touched = now;
@@ -325,9 +407,10 @@ impl HistoryStore for MemoryHistory {
         topic: &str,
         since: Option<Since<'_>>,
         now: Millis,
+        in_use: &dyn Fn(&str) -> bool,
         replay: &mut Vec<Frame>,
     ) -> Position {
-        let key = self.key_of(topic, now);
+        let key = self.key_of(topic, now, in_use);
         let t = &mut self.topics[key];
         t.touched = now;
         let recovered = since.map(|since| {
@@ -407,13 +490,13 @@ mod tests {
     const SEC: Millis = 1000;
 
     fn store(size: usize, ttl: Millis, max_bytes: usize) -> MemoryHistory {
-        MemoryHistory::new(HistoryConfig { size, ttl, max_bytes }, 7)
+        MemoryHistory::new(HistoryConfig { size, ttl, max_bytes, max_topics: usize::MAX }, 7)
     }
 
     /// Appends a message whose frame is its offset in text, padded to `len` bytes.
     fn put(h: &mut MemoryHistory, topic: &str, now: Millis) -> Offset {
         let mut got = 0;
-        h.append(topic, now, &mut |offset| {
+        h.append(topic, now, &|_| false, &mut |offset| {
             got = offset;
             Rc::from(format!("{topic}:{offset}").as_bytes())
         });
@@ -437,7 +520,7 @@ mod tests {
         now: Millis,
     ) -> (Position, Vec<String>) {
         let mut replay = Vec::new();
-        let pos = h.subscribe(topic, Some(Since { offset, epoch }), now, &mut replay);
+        let pos = h.subscribe(topic, Some(Since { offset, epoch }), now, &|_| false, &mut replay);
         (pos, replayed(&replay))
     }
 
@@ -448,7 +531,7 @@ mod tests {
         assert_eq!(put(&mut h, "a", 0), 2);
         assert_eq!(put(&mut h, "b", 0), 1);
         let mut replay = Vec::new();
-        let pos = h.subscribe("a", None, 0, &mut replay);
+        let pos = h.subscribe("a", None, 0, &|_| false, &mut replay);
         assert_eq!((pos.offset, pos.recovered), (2, None));
         assert!(replay.is_empty(), "no since, no replay");
         assert_eq!(pos.epoch.len(), EPOCH_LEN);
@@ -457,7 +540,7 @@ mod tests {
     #[test]
     fn recovers_exactly_what_follows_since() {
         let mut h = store(10, 60 * SEC, 1 << 20);
-        let epoch = h.subscribe("t", None, 0, &mut Vec::new()).epoch;
+        let epoch = h.subscribe("t", None, 0, &|_| false, &mut Vec::new()).epoch;
         for _ in 0..5 {
             put(&mut h, "t", 0);
         }
@@ -474,7 +557,7 @@ mod tests {
     #[test]
     fn refuses_a_gap_a_wrong_epoch_or_an_offset_from_the_future() {
         let mut h = store(3, 60 * SEC, 1 << 20);
-        let epoch = h.subscribe("t", None, 0, &mut Vec::new()).epoch;
+        let epoch = h.subscribe("t", None, 0, &|_| false, &mut Vec::new()).epoch;
         for _ in 0..6 {
             put(&mut h, "t", 0);
         }
@@ -505,7 +588,7 @@ mod tests {
     fn messages_expire_at_the_ttl_and_idle_topics_lose_their_epoch() {
         let mut h = store(10, 10 * SEC, 1 << 20);
         put(&mut h, "t", 0);
-        let epoch = h.subscribe("t", None, 0, &mut Vec::new()).epoch;
+        let epoch = h.subscribe("t", None, 0, &|_| false, &mut Vec::new()).epoch;
         put(&mut h, "t", 5 * SEC);
         assert_eq!(h.next_deadline(), Some(10 * SEC));
         h.expire(10 * SEC - 1, &|_| false);
@@ -520,7 +603,7 @@ mod tests {
         h.expire(20 * SEC, &|_| false);
         assert_eq!(h.stats(), HistoryStats::default(), "idle for the TTL: nothing left");
         assert!(h.due.is_empty());
-        let pos = h.subscribe("t", None, 20 * SEC, &mut Vec::new());
+        let pos = h.subscribe("t", None, 20 * SEC, &|_| false, &mut Vec::new());
         assert_ne!(pos.epoch, epoch, "a fresh history is a new epoch");
         assert_eq!(pos.offset, 0);
     }
@@ -528,7 +611,7 @@ mod tests {
     #[test]
     fn a_subscribed_quiet_topic_keeps_its_epoch() {
         let mut h = store(10, 10 * SEC, 1 << 20);
-        let epoch = h.subscribe("t", None, 0, &mut Vec::new()).epoch;
+        let epoch = h.subscribe("t", None, 0, &|_| false, &mut Vec::new()).epoch;
         for s in 1..100 {
             h.expire(s * SEC, &|t| t == "t");
         }
@@ -548,14 +631,58 @@ mod tests {
         put(&mut h, "c", 3);
         assert_eq!(h.stats().messages, 3);
         assert!(h.stats().bytes <= 3 * one);
-        let epoch = h.subscribe("a", None, 3, &mut Vec::new()).epoch;
+        let epoch = h.subscribe("a", None, 3, &|_| false, &mut Vec::new()).epoch;
         assert_eq!(since(&mut h, "a", 0, &epoch, 3).0.recovered, Some(false), "a:1 was evicted");
         assert_eq!(since(&mut h, "a", 1, &epoch, 3).1, ["a:2"]);
         // A single message bigger than the bound is not kept at all.
         let mut h = store(100, 60 * SEC, cost_of("a:1") - 1);
         put(&mut h, "a", 0);
         assert_eq!(h.stats().messages, 0);
-        assert_eq!(h.subscribe("a", None, 0, &mut Vec::new()).offset, 1, "its offset still counts");
+        assert_eq!(
+            h.subscribe("a", None, 0, &|_| false, &mut Vec::new()).offset,
+            1,
+            "its offset still counts"
+        );
+    }
+
+    #[test]
+    fn topic_states_stop_at_the_bound_and_the_least_recently_used_unsubscribed_go() {
+        let mut h = MemoryHistory::new(
+            HistoryConfig { size: 10, ttl: 3600 * SEC, max_bytes: 1 << 20, max_topics: 3 },
+            7,
+        );
+        let subscribed = |t: &str| t == "live";
+        let live = h.subscribe("live", None, 0, &subscribed, &mut Vec::new()).epoch;
+        h.append("old", 1, &subscribed, &mut |o| Rc::from(format!("old:{o}").as_bytes()));
+        h.append("used", 2, &subscribed, &mut |o| Rc::from(format!("used:{o}").as_bytes()));
+        // "old" is used again: a second chance. The bound is full.
+        h.append("old", 3, &subscribed, &mut |o| Rc::from(format!("old:{o}").as_bytes()));
+        assert_eq!(h.stats().topics, 3);
+        // A new topic: "live" has a subscriber, "old" was used since it was queued, so "used"
+        // (least recently used, no subscriber) makes room, with what it kept.
+        h.append("new", 4, &subscribed, &mut |o| Rc::from(format!("new:{o}").as_bytes()));
+        assert_eq!(h.stats().topics, 3);
+        assert_eq!(h.stats().messages, 3, "old:1, old:2, new:1");
+        assert!(!h.by_name.contains_key("used") && h.by_name.contains_key("old"));
+        // Ten thousand more names: never more than the bound, and the subscribed topic keeps
+        // its epoch and its messages throughout.
+        put(&mut h, "live", 5);
+        for i in 0..10_000 {
+            let name = format!("flood{i}");
+            if i % 2 == 0 {
+                h.append(&name, 6, &subscribed, &mut |o| Rc::from(format!("f:{o}").as_bytes()));
+            } else {
+                h.subscribe(&name, None, 6, &subscribed, &mut Vec::new());
+            }
+            assert!(h.stats().topics <= 3);
+        }
+        assert!(h.order.len() <= 2 * 3 + 1024, "use queue compacted: {}", h.order.len());
+        let mut replay = Vec::new();
+        let pos = h.subscribe("live", Some(Since { offset: 0, epoch: &live }), 7, &subscribed, &mut replay);
+        assert_eq!((pos.recovered, replayed(&replay)), (Some(true), vec!["live:1".to_string()]));
+        // The byte count follows what was forgotten.
+        let kept: usize = h.topics.iter().flat_map(|(_, t)| t.kept.iter()).map(|k| cost(&k.frame)).sum();
+        assert_eq!(h.stats().bytes, kept);
     }
 
     #[test]
@@ -570,11 +697,13 @@ mod tests {
 
     #[test]
     fn epochs_differ_by_topic_and_by_seed() {
-        let mut a = MemoryHistory::new(HistoryConfig { size: 1, ttl: SEC, max_bytes: 1000 }, 1);
-        let mut b = MemoryHistory::new(HistoryConfig { size: 1, ttl: SEC, max_bytes: 1000 }, 2);
-        let ea = a.subscribe("t", None, 0, &mut Vec::new()).epoch;
-        let eu = a.subscribe("u", None, 0, &mut Vec::new()).epoch;
-        let eb = b.subscribe("t", None, 0, &mut Vec::new()).epoch;
+        let mut a =
+            MemoryHistory::new(HistoryConfig { size: 1, ttl: SEC, max_bytes: 1000, max_topics: 10 }, 1);
+        let mut b =
+            MemoryHistory::new(HistoryConfig { size: 1, ttl: SEC, max_bytes: 1000, max_topics: 10 }, 2);
+        let ea = a.subscribe("t", None, 0, &|_| false, &mut Vec::new()).epoch;
+        let eu = a.subscribe("u", None, 0, &|_| false, &mut Vec::new()).epoch;
+        let eb = b.subscribe("t", None, 0, &|_| false, &mut Vec::new()).epoch;
         assert_ne!(ea, eu);
         assert_ne!(ea, eb);
         assert_ne!(random_seed(), random_seed());

@@ -11,7 +11,7 @@ use super::*;
 const SEC: Millis = 1000;
 
 fn hub(size: usize, ttl: Millis, max_bytes: usize, seed: u64) -> Hub {
-    let store = MemoryHistory::new(HistoryConfig { size, ttl, max_bytes }, seed);
+    let store = MemoryHistory::new(HistoryConfig { size, ttl, max_bytes, max_topics: usize::MAX }, seed);
     Hub::new(HubConfig::default()).with_history(Box::new(store))
 }
 

@@ -444,10 +444,12 @@ impl Hub {
         }
         self.expire_history();
         let mut delivered = 0;
+        let registry = &self.registry;
         let kept = match &mut self.history {
             // Kept even when nobody listens now: that is when a reconnecting client needs it.
             Some(history) => {
-                let frame = history.append(topic, self.now, &mut |offset| {
+                let in_use = |t: &str| !registry.subscribers(t).is_empty();
+                let frame = history.append(topic, self.now, &in_use, &mut |offset| {
                     wire::build_shared_text_frame(|out| {
                         wire::write_message_at(out, Some(topic), data, Some(offset));
                     })
@@ -702,7 +704,9 @@ impl Hub {
         self.expire_history();
         let Some(history) = &mut self.history else { return };
         self.replay.clear();
-        let position = history.subscribe(topic, since, self.now, &mut self.replay);
+        let registry = &self.registry;
+        let in_use = |t: &str| !registry.subscribers(t).is_empty();
+        let position = history.subscribe(topic, since, self.now, &in_use, &mut self.replay);
         let write = |out: &mut dyn wire::Sink| {
             wire::write_subscribed(
                 out,

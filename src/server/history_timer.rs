@@ -94,7 +94,7 @@ mod tests {
     }
 
     fn hub() -> Hub {
-        let config = HistoryConfig { size: 100, ttl: TTL, max_bytes: 1 << 20 };
+        let config = HistoryConfig { size: 100, ttl: TTL, max_bytes: 1 << 20, max_topics: 1000 };
         Hub::new(HubConfig::default()).with_history(Box::new(MemoryHistory::new(config, 7)))
     }
 
