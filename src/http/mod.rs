@@ -1,7 +1,8 @@
 //! Plain HTTP/1.1 requests on the WebSocket port (not upgrades), sans-IO.
 //!
-//! The reactor parses the request head, asks [`body_plan`](crate::http::body_plan) whether to
-//! read a body and how much, reads it, then writes what [`respond`](crate::http::respond)
+//! The reactor parses the request head, turns it into an [`HttpRequest`] with
+//! [`request_from_head`] (the framing rules: one `Host`, one exact `Content-Length`, never
+//! chunked), asks [`body_plan`](crate::http::body_plan) whether to read a body and how much, reads it, then writes what [`respond`](crate::http::respond)
 //! returns and closes the connection. Nothing here touches a socket.
 //!
 //! | Route | Answer |
@@ -42,6 +43,9 @@ use crate::hub::{self, ClientId, Hub, HubError, Outbox};
 use crate::metrics::{Gauges, Metrics};
 use crate::protocol::deflate::DeflateStats;
 use crate::protocol::handshake::{status_text, OriginPolicy};
+
+mod request;
+pub use request::{request_from_head, wants_continue};
 
 const CONTENT_TYPE_JSON: &str = "application/json";
 const CONTENT_TYPE_JS: &str = "text/javascript";

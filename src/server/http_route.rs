@@ -1,9 +1,10 @@
 //! Plain HTTP requests on the server's port: health, metrics and the publish API.
 //!
-//! [`on_http`] checks the framing the reactor relies on (one exact `Content-Length`, never
-//! chunked, one `Host`), waits for the body (answering `Expect: 100-continue` once), then lets
-//! [`crate::http`] decide the response, sans-IO. A publish fans out through [`Deliveries`] like a
-//! WebSocket message does. Every answer is the connection's last: it lingers, then closes.
+//! [`on_http`] has [`http::request_from_head`] check the framing the reactor relies on (one
+//! exact `Content-Length`, never chunked, one `Host`), waits for the body (answering
+//! `Expect: 100-continue` once), then lets [`crate::http`] decide the response, sans-IO. A
+//! publish fans out through [`Deliveries`] like a WebSocket message does. Every answer is the
+//! connection's last: it lingers, then closes.
 //!
 //! A publish on history kept in Redis is answered once Redis has numbered it: the connection
 //! is [held](Phase::Held) (its input discarded, its buffer freed) and the hub's answer comes
@@ -18,8 +19,8 @@ use super::fanout::Deliveries;
 use super::lifecycle::{linger, mark, reject_http};
 use super::state::Shared;
 use crate::backplane::redis::REPLY_DEADLINE;
-use crate::http::{self, HttpContext, HttpRequest};
-use crate::protocol::handshake::{self, Rejection};
+use crate::http::{self, HttpContext};
+use crate::protocol::handshake;
 use crate::protocol::session::Millis;
 
 /// How long a held request may wait at most: a backstop, since the backplane answers or fails
@@ -32,34 +33,13 @@ pub(super) fn on_http(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, 
         Ok(Some(head)) => head,
         _ => unreachable!("parsed just before"),
     };
-    let (host, content_length) = match head.host().and_then(|host| Ok((host, head.content_length()?))) {
-        Ok(checked) => checked,
+    let peer_is_loopback = conns[key].peer.ip().is_loopback();
+    let request = match http::request_from_head(&head, peer_is_loopback) {
+        Ok(request) => request,
         Err(rejection) => {
-            reject_http(&mut conns[key], s, key, rejection.answering(head.method));
+            reject_http(&mut conns[key], s, key, rejection);
             return;
         }
-    };
-    if head.has_transfer_encoding() {
-        // With a Content-Length too, the framing is ambiguous (the request-smuggling shape,
-        // RFC 9112 section 6.3): 400. Alone, we lack the length we require: 411.
-        let rejection = if content_length.is_some() {
-            Rejection::new(400, "Content-Length with Transfer-Encoding")
-        } else {
-            Rejection::new(411, "chunked bodies are not accepted")
-        };
-        reject_http(&mut conns[key], s, key, rejection.answering(head.method));
-        return;
-    }
-    let peer_is_loopback = conns[key].peer.ip().is_loopback();
-    let request = HttpRequest {
-        method: head.method,
-        path: head.path(),
-        authorization: head.header("authorization"),
-        content_length,
-        peer_is_loopback,
-        content_type: head.header("content-type"),
-        origin: head.header("origin"),
-        host,
     };
     let body_len = match http::body_plan(&request, &s.settings.http) {
         Ok(n) => n,
@@ -73,10 +53,8 @@ pub(super) fn on_http(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, 
     };
     let have = input.len() - head.head_len;
     if have < body_len {
-        // RFC 9110 section 10.1.1: a client that waits to be told to send its body is told,
-        // once (never an HTTP/1.0 client, which may not get a 1xx).
-        let go_ahead = head.version == 1
-            && head.header("expect").is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"));
+        // A client that waits to be told to send its body is told, once.
+        let go_ahead = http::wants_continue(&head);
         let conn = &mut conns[key];
         conn.input = input;
         if let Phase::Handshake { awaiting_body, .. } = &mut conn.phase {
