@@ -352,3 +352,60 @@ fn metrics_count_compression_both_ways() {
     assert_eq!(metric_u64(addr, "wshub_inflate_messages_total"), 3);
     assert_eq!(metric_u64(addr, "wshub_deflate_connections_total"), 5);
 }
+
+#[test]
+fn a_compressed_flood_cannot_hold_the_loop_for_others() {
+    // A kilobyte on the wire inflates to hundreds: a read of compressed messages is work out
+    // of all proportion to its bytes. One read (256 KiB) of such messages used to be handled
+    // in one go, up to eight reads a turn, while every other client waited (a bystander's
+    // ping took ~2 s in the release build). The loop now stops a connection after a mebibyte
+    // of messages per turn and takes the rest of its input next turn.
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let server = ServerProc::start(&["--compression", "--max-message-size", "300000"]);
+    let (mut flooder, _) = ws_offer(server.addr, Some("permessage-deflate"));
+    let data = "a".repeat(250_000);
+    let count = 400;
+    let mut burst = Vec::new();
+    for i in 0..count {
+        let msg = format!(r#"{{"type":"publish","payload":{{"topic":"void","data":"{data}"}},"id":{i}}}"#);
+        burst.extend(compressed_client_frame(OpCode::Text, msg.as_bytes()));
+    }
+    assert!(burst.len() < 256 * 1024, "the whole flood fits one read: {} bytes", burst.len());
+    // A bystander pings all along; each pong must come within a turn, not after the flood.
+    let mut bystander = ws_connect(server.addr);
+    bystander.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let stop = Arc::clone(&done);
+    let pinger = std::thread::spawn(move || {
+        let mut worst = Duration::ZERO;
+        while !stop.load(Ordering::Relaxed) {
+            let sent = Instant::now();
+            bystander.write_all(&masked(OpCode::Ping, true, b"here?")).unwrap();
+            while read_frame(&mut bystander).expect("a pong").opcode != 0xA {}
+            worst = worst.max(sent.elapsed());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        worst
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let started = Instant::now();
+    flooder.write_all(&burst).unwrap();
+    // Every message of the flood is still handled, in order.
+    flooder.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    for i in 0..count {
+        let (_, _, ack) = read_message(&mut flooder);
+        let ack: serde_json::Value = serde_json::from_slice(&ack).unwrap();
+        assert_eq!(ack["id"], i, "{ack}");
+    }
+    let flood = started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    let worst = pinger.join().unwrap();
+    // Relative to the flood, so a slow (debug, loaded) machine slows both alike: before, the
+    // worst ping waited for about the whole flood.
+    assert!(
+        worst < (flood / 4).max(Duration::from_millis(100)),
+        "a bystander's ping waited {worst:?} while the flood took {flood:?}"
+    );
+}

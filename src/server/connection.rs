@@ -76,7 +76,8 @@ pub struct Connection {
     pub phase: Phase,
     pub out: OutQueue,
     /// Bytes read but not yet consumed: the request head during the handshake; afterwards at
-    /// most an unfinished frame header or control frame (`session::MAX_UNCONSUMED`).
+    /// most an unfinished frame header or control frame (`session::MAX_UNCONSUMED`), or, while
+    /// `paused`, the rest of a read.
     pub input: Vec<u8>,
     /// The deadline this connection has an entry for in the reactor's queue.
     pub timer_armed: Millis,
@@ -96,6 +97,9 @@ pub struct Connection {
     pub pending: bool,
     /// Refused at accept (or pushed out while pending): drains its answer in an overflow slot.
     pub overflow: bool,
+    /// The message budget (`frames::MESSAGE_BYTES_PER_TURN`) stopped its last read: `input`
+    /// holds the rest of it, handled next turn before the socket is read again.
+    pub paused: bool,
     /// What the kernel held unsent (`SIOCOUTQ`) when the socket last refused output: counted
     /// with the queue against `--max-queued-bytes`. 0 after a flush that emptied the queue.
     pub kernel_queued: u32,
@@ -127,6 +131,7 @@ impl Connection {
             admitted: false,
             pending: false,
             overflow: false,
+            paused: false,
             kernel_queued: 0,
             grant: None,
             rate: Buckets::default(),

@@ -129,10 +129,11 @@ impl<'a> Deliveries<'a> {
         self
     }
 
-    /// Called once per delivery: inlined where it can be, and the list of clients cut during
-    /// this call (almost always empty) searched only when there is one (93 -> 85 instructions
-    /// per delivery in broadcast 100x100).
-    #[inline]
+    /// Called once per delivery: always inlined (into the hub's fan-out loop through
+    /// `deliver`; as a call of its own it paid a register save and restore per delivery), and
+    /// the list of clients cut during this call (almost always empty) searched only when there
+    /// is one (93 -> 85 instructions per delivery in broadcast 100x100).
+    #[inline(always)]
     fn deliver_to(&mut self, key: usize, message: &SharedMessage) -> bool {
         let Some(conn) = self.conns.get_mut(key) else { return false };
         if !conn.accepts_messages() || (!self.cuts.is_empty() && self.cuts.contains(&key)) {
@@ -162,7 +163,7 @@ impl<'a> Deliveries<'a> {
 }
 
 impl Outbox for Deliveries<'_> {
-    #[inline]
+    #[inline(always)]
     fn deliver(&mut self, client: ClientId, message: &SharedMessage) -> bool {
         self.deliver_to(client, message)
     }

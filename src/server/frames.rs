@@ -24,6 +24,13 @@ use crate::protocol::close::code;
 use crate::protocol::frame::OpCode;
 use crate::protocol::session::{Event, ProtocolError, Step};
 
+/// Message bytes one call handles for one connection before it stops and leaves the rest of
+/// the input for the next turn ([`end_of_read`] keeps it, the reactor comes back to it first).
+/// A plain read never reaches it (a read is 256 KiB); compressed messages can: a kilobyte on
+/// the wire may inflate to a mebibyte, so one read of them was seconds of work while every
+/// other client waited. A mebibyte keeps a turn to a millisecond or two.
+pub(super) const MESSAGE_BYTES_PER_TURN: usize = 1 << 20;
+
 /// Frames in `read_buf[start..end]` for an open connection: the hot path.
 pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize, start: usize, end: usize) {
     if s.settings.mode == Mode::Echo {
@@ -38,6 +45,7 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
     };
     let mut pos = start;
     let mut ended_by: Option<Ending> = None;
+    let mut handled = 0;
     while pos < end {
         let buf = &mut s.read_buf[pos..end];
         let step = session.advance(buf, &s.settings.session, &mut s.control, s.now);
@@ -71,6 +79,7 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
         match event {
             Event::Text(text) => {
                 s.metrics.message_in();
+                handled += text.len();
                 // The grant leaves its slot for the call, as the session does, so the
                 // hub may deliver to this connection too.
                 let mut grant = conns[key].grant.take();
@@ -92,7 +101,8 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
                 }
                 cuts.apply(conns, s);
             }
-            Event::Binary(_) => {
+            Event::Binary(data) => {
+                handled += data.len();
                 s.metrics.message_in();
                 s.hub.handle_binary(key, &mut s.reply, &mut s.metrics);
                 s.metrics.message_out();
@@ -110,14 +120,15 @@ pub(super) fn on_frames(conns: &mut Slab<Connection>, s: &mut Shared, key: usize
         if conns[key].queued_bytes() > s.settings.max_queued_bytes {
             flush(&mut conns[key], s, key);
         }
-        if conns[key].doomed {
+        if conns[key].doomed || handled >= MESSAGE_BYTES_PER_TURN {
             break;
         }
     }
     let conn = &mut conns[key];
     let closed = session.is_closed();
     conn.phase = Phase::Open(session);
-    end_of_read(conn, s, key, pos..end, closed, ended_by);
+    let stopped = handled >= MESSAGE_BYTES_PER_TURN;
+    end_of_read(conn, s, key, pos..end, closed, ended_by, stopped);
 }
 
 /// Echo mode's loop over `read_buf[start..end]`: each message goes straight back, compressed
@@ -137,6 +148,7 @@ fn echo_frames<const RATED: bool>(
     let rate_limit = s.settings.rate_limit;
     let mut pos = start;
     let (mut received, mut echoed) = (0u64, 0u64);
+    let mut handled = 0;
     let mut ended: Option<EchoEnd> = None;
     loop {
         let Phase::Open(session) = &mut conn.phase else {
@@ -175,9 +187,13 @@ fn echo_frames<const RATED: bool>(
                     }
                 };
                 received += 1;
+                handled += payload.len();
                 if step.sender.can_send() {
                     deflater.write_frame(tail, opcode, payload, window);
                     echoed += 1;
+                }
+                if handled >= MESSAGE_BYTES_PER_TURN {
+                    return false; // the rest of the input waits for the next turn
                 }
                 // A client that sends faster than it reads its echoes is judged after each
                 // message, not after a whole read budget of them.
@@ -211,7 +227,8 @@ fn echo_frames<const RATED: bool>(
         None => None,
     };
     let closed = matches!(&conn.phase, Phase::Open(session) if session.is_closed());
-    end_of_read(conn, s, key, pos..end, closed, ended_by);
+    let stopped = handled >= MESSAGE_BYTES_PER_TURN;
+    end_of_read(conn, s, key, pos..end, closed, ended_by, stopped);
 }
 
 /// Why echo's loop stopped before the end of the input.
@@ -248,7 +265,8 @@ fn session_closed_with(conn: &mut Connection, s: &mut Shared, close_code: u16) {
 }
 
 /// After a read's frames: keep an unfinished header or control frame (`read_buf[rest]`) for
-/// the next read, queue the connection for the end-of-turn flush, and linger if it closed.
+/// the next read, or, when [`MESSAGE_BYTES_PER_TURN`] stopped the call, the whole rest of the
+/// read for the next turn; queue the connection for the end-of-turn flush; linger if it closed.
 fn end_of_read(
     conn: &mut Connection,
     s: &mut Shared,
@@ -256,9 +274,15 @@ fn end_of_read(
     rest: std::ops::Range<usize>,
     closed: bool,
     ended_by: Option<Ending>,
+    stopped: bool,
 ) {
     if !rest.is_empty() && !closed && !conn.doomed {
         conn.input.extend_from_slice(&s.read_buf[rest]);
+        if stopped {
+            // Whole frames may wait in it, and no readiness edge will come for them.
+            conn.paused = true;
+            s.reread.push(key);
+        }
     }
     mark(conn, s, key);
     if closed {

@@ -360,6 +360,26 @@ impl Server {
                 s.reread.push(key);
                 return;
             }
+            if std::mem::take(&mut conn.paused) && matches!(conn.phase, Phase::Open(_)) {
+                // The rest of a read the message budget stopped (`frames::MESSAGE_BYTES_PER_TURN`;
+                // at most a read plus what was kept before it): handle it before reading more,
+                // then let the others have their turn.
+                let backlog = std::mem::take(&mut conn.input);
+                if backlog.len() > s.read_buf.len() {
+                    doom(conn, s, key, Ending::IoError); // cannot happen; refuse to guess
+                    return;
+                }
+                s.read_buf[..backlog.len()].copy_from_slice(&backlog);
+                on_frames(&mut self.conns, s, key, 0, backlog.len());
+                rearm_key(&mut self.conns, &mut self.shared, key);
+                if !self.conns.get(key).is_some_and(|c| c.paused) {
+                    // Done with it: read the socket next turn (its readiness edge may have
+                    // come and gone meanwhile). Paused again, it is queued already.
+                    self.shared.reread.push(key);
+                }
+                flush_now(&mut self.conns, &mut self.shared, key);
+                return;
+            }
             // Read after any kept bytes so the parser sees one contiguous slice.
             let kept = if matches!(conn.phase, Phase::Open(_)) { conn.input.len() } else { 0 };
             if kept > READ_PREFIX {
@@ -410,6 +430,11 @@ impl Server {
                 Phase::Held { .. } | Phase::Lingering { .. } | Phase::Draining { .. } => {} // discarded
             }
             rearm_key(&mut self.conns, &mut self.shared, key);
+            if self.conns.get(key).is_some_and(|c| c.paused) {
+                // The message budget stopped this read: the rest next turn (queued already).
+                flush_now(&mut self.conns, &mut self.shared, key);
+                return;
+            }
             // A short read drained the socket: with edge-triggered readiness the next arrival
             // raises a new event, so skip the read that would only say WouldBlock. Not when the
             // peer's FIN came in the same event: the read that returns 0 is the only notice.
