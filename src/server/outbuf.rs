@@ -525,20 +525,11 @@ mod tests {
         assert_eq!(sink.got.len(), 256);
     }
 
-    /// A queue built from `(shared?, len)` pairs, with the shared frames it references.
+    /// A queue built from `(shared?, len)` pairs (bytes 0, 1, ...), with the shared frames it
+    /// references.
     fn queue_of(parts: &[(bool, usize)], pool: &mut BufferPool) -> (OutQueue, Vec<Rc<[u8]>>) {
         let mut q = OutQueue::default();
-        let mut shared = Vec::new();
-        for (i, &(is_shared, len)) in parts.iter().enumerate() {
-            let bytes = vec![i as u8; len];
-            if is_shared {
-                let frame: Rc<[u8]> = bytes.into();
-                q.push_shared(&frame);
-                shared.push(frame);
-            } else {
-                q.push_bytes(pool, &bytes);
-            }
-        }
+        let shared = append_parts(&mut q, parts, 0, pool);
         (q, shared)
     }
 
@@ -583,9 +574,20 @@ mod tests {
 
     /// Appends `(shared?, len)` parts to `q` (bytes 200, 201, ...), returning the shared frames.
     fn push_parts(q: &mut OutQueue, parts: &[(bool, usize)], pool: &mut BufferPool) -> Vec<Rc<[u8]>> {
+        append_parts(q, parts, 200, pool)
+    }
+
+    /// Appends `(shared?, len)` parts to `q`, part i filled with byte `first + i`, returning
+    /// the shared frames.
+    fn append_parts(
+        q: &mut OutQueue,
+        parts: &[(bool, usize)],
+        first: u8,
+        pool: &mut BufferPool,
+    ) -> Vec<Rc<[u8]>> {
         let mut shared = Vec::new();
         for (i, &(is_shared, len)) in parts.iter().enumerate() {
-            let bytes = vec![200u8.wrapping_add(i as u8); len];
+            let bytes = vec![first.wrapping_add(i as u8); len];
             if is_shared {
                 let frame: Rc<[u8]> = bytes.into();
                 q.push_shared(&frame);
